@@ -1,0 +1,32 @@
+"""Shared helpers for the tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def random_layer(
+    rng: np.random.Generator, m: int, n_in: int, n_out: int, dtype: type = np.float64,
+) -> tuple[np.ndarray, ...]:
+    """O, W, gamma, beta, dY with standard-normal entries (gamma kept away from 0)."""
+    O = rng.standard_normal((m, n_in))
+    W = rng.standard_normal((n_out, n_in))
+    gamma = rng.uniform(0.5, 2.0, n_out) * rng.choice([-1.0, 1.0], n_out)
+    beta = rng.standard_normal(n_out)
+    dY = rng.standard_normal((m, n_out))
+    return tuple(a.astype(dtype) for a in (O, W, gamma, beta, dY))
+
+
+def rel_err(a: np.ndarray, b: np.ndarray, scale: float | None = None) -> float:
+    """``max|a - b| / max(max|b|, scale)``: normwise relative error.
+
+    ``scale`` is the size of the terms a computation subtracts: where they cancel
+    (the exact dZ of a batch of two is O(eps) times its terms), rounding is relative
+    to them, not to the small result.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    ref = max(float(np.max(np.abs(b), initial=0.0)), scale or 0.0)
+    err = float(np.max(np.abs(a - b), initial=0.0))
+    return err / ref if ref > 0 else err
