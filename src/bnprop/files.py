@@ -1,16 +1,14 @@
 """Files users keep: written atomically, read without unpickling.
 
-Every write goes to a temporary file in the destination's folder, is flushed and
-fsync'ed, then renamed over the destination with ``os.replace`` (atomic on POSIX):
-a crash or ``kill -9`` at any moment leaves either the old complete file or the new
-complete file, never a torn one. Arrays are read with ``allow_pickle=False``.
+Every write goes through :func:`bnprop._atomic.atomic_writer` (temporary file, fsync,
+rename): a crash or ``kill -9`` at any moment leaves either the old complete file or the
+new one. Arrays are read with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -18,36 +16,15 @@ from typing import IO, Any
 
 import numpy as np
 
+from bnprop._atomic import atomic_writer
 from bnprop._validate import InputError
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"{path}: the folder {folder} does not exist.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platform dependent
-        return path
-    try:
-        os.fsync(dir_fd)
-    except OSError:  # pragma: no cover - platform dependent
-        pass
-    finally:
-        os.close(dir_fd)
-    return path
+    with atomic_writer(path) as f:
+        write(f)
+    return Path(path)
 
 
 def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> Path:

@@ -26,18 +26,14 @@ either the old file or the complete new one.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import math
 import os
-import tempfile
 import zlib
-from collections.abc import Iterator
-from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
+from bnprop._atomic import atomic_writer
 from bnprop._validate import InputError
 
 #: IDX type code -> big-endian NumPy dtype of the stored items.
@@ -177,29 +173,3 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, *, compress: bool = Fa
             f.write(header)
             f.write(body)
 
-
-@contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Open a temporary file beside ``path``; on success fsync it and rename it to ``path``.
-
-    If the ``with`` body raises, the temporary file is removed and ``path`` is untouched.
-    This is the one way the data layer writes files.
-    """
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would make data files private
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
