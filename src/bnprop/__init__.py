@@ -10,16 +10,27 @@ The handout's layer (``../shared/MATH.md`` gives the notation)::
 
 from bnprop._validate import InputError
 from bnprop.activations import ACTIVATIONS
+from bnprop.data.datasets import load_dataset
 from bnprop.layer import LayerCache, LayerGrads, layer_backward, layer_forward
+from bnprop.loss import softmax_cross_entropy
+from bnprop.model import MLP, FoldedMLP
+from bnprop.optim import SGD, Adam, Schedule
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS",
+    "MLP",
+    "SGD",
+    "Adam",
+    "FoldedMLP",
     "InputError",
     "LayerCache",
     "LayerGrads",
+    "Schedule",
     "__version__",
     "layer_backward",
     "layer_forward",
+    "load_dataset",
+    "softmax_cross_entropy",
 ]

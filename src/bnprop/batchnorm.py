@@ -161,3 +161,35 @@ def dZ_frozen(G: np.ndarray, gamma: np.ndarray, inv_std: np.ndarray) -> np.ndarr
 def unbiased_var(var_B: np.ndarray, m: float) -> np.ndarray:
     """Bessel-corrected variance ``m / (m - 1) * var_B`` (needs m >= 2)."""
     return var_B * (m / (m - 1))
+
+
+def running_update(running: np.ndarray, batch: np.ndarray, momentum: float) -> np.ndarray:
+    """One step of a running statistic: ``(1 - momentum) * running + momentum * batch``.
+
+    PyTorch's ``BatchNorm1d`` convention: ``momentum`` weights the new batch statistic.
+    With ``momentum = 1 / k`` at the k-th batch (k = 1, 2, ...) the result is the plain
+    average of the k batch statistics (Ioffe & Szegedy 2015, Algorithm 2; PyTorch's
+    ``momentum=None``). Returned in ``running``'s dtype; the inputs are not modified.
+    """
+    new = running * (1.0 - momentum)
+    new += (batch * momentum).astype(running.dtype, copy=False)
+    return new
+
+
+def fold(
+    W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+    mu_pop: np.ndarray, var_pop: np.ndarray, eps: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fold inference-mode normalization into the linear map before it (MATH.md, Inference).
+
+    ``gamma * (O W^T - mu_pop) / sqrt(var_pop + eps) + beta = O W_fold^T + b_fold`` with::
+
+        W_fold = diag(gamma / sqrt(var_pop + eps)) W                     (n_out, n_in)
+        b_fold = beta - gamma * mu_pop / sqrt(var_pop + eps)             (n_out,)
+
+    Computed in float64, returned in ``W``'s dtype.
+    """
+    scale = np.asarray(gamma, dtype=np.float64) * inverse_std(var_pop, eps)
+    W_fold = (scale[:, None] * W).astype(W.dtype, copy=False)
+    b_fold = (np.asarray(beta, dtype=np.float64) - scale * mu_pop).astype(W.dtype, copy=False)
+    return W_fold, b_fold

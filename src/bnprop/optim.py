@@ -1,0 +1,359 @@
+"""Optimizers over named NumPy parameters, updated in place, with PyTorch's conventions.
+
+Parameters and gradients are ``dict[str, ndarray]`` keyed alike (``MLP.parameters()``
+and the grads of ``MLP.loss_and_grads``). ``t = 0, 1, ...`` counts the steps already
+taken; step t uses the learning rate ``lr_t = lr * schedule.factor(t)``.
+
+SGD (``torch.optim.SGD``, dampening 0, no Nesterov), per parameter p with gradient g::
+
+    g' = g + weight_decay * p
+    v  = g'                            at the first step (the buffer starts as the gradient)
+    v  = momentum * v + g'             afterwards
+    p  = p - lr_t * v                  (v = g' when momentum = 0)
+
+Adam (``torch.optim.Adam``, L2 weight decay added to the gradient, no AMSGrad)::
+
+    g' = g + weight_decay * p
+    m  = beta1 * m + (1 - beta1) * g'                  m, v start at 0
+    v  = beta2 * v + (1 - beta2) * g'^2
+    p  = p - (lr_t / (1 - beta1^(t+1))) * m / (sqrt(v) / sqrt(1 - beta2^(t+1)) + eps)
+
+Every buffer has its parameter's dtype, so float32 stays float32. ``state_dict()``
+holds ``t`` and the buffers; ``load_state_dict`` of it continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from bnprop._validate import InputError, check_choice, check_positive
+
+SCHEDULE_KINDS = ("constant", "cosine", "step")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A learning-rate schedule: ``lr_t = lr * factor(t)``, t the number of steps taken.
+
+    ::
+
+        constant   factor(t) = 1
+        cosine     factor(t) = final + (1 - final) * (1 + cos(pi * min(t, T) / T)) / 2
+                   with T = total_steps
+        step       factor(t) = decay ** floor(t / every)
+
+    ``cosine`` equals ``torch.optim.lr_scheduler.CosineAnnealingLR(T_max=total_steps,
+    eta_min=final * lr)`` up to t = total_steps (then stays at ``final``); ``step`` equals
+    ``StepLR(step_size=every, gamma=decay)``. Build one with :meth:`constant`,
+    :meth:`cosine`, :meth:`step`, or by name for a run of ``total_steps`` steps with
+    :meth:`from_name`.
+    """
+
+    kind: str = "constant"
+    total_steps: int = 1
+    final: float = 0.0
+    every: int = 1
+    decay: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_choice(self.kind, "kind", SCHEDULE_KINDS)
+        for name in ("total_steps", "every"):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+                raise InputError(f"{name}: expected an integer >= 1, got {value!r} instead.")
+        if not (isinstance(self.final, int | float) and 0.0 <= self.final <= 1.0):
+            raise InputError(f"final: expected a number in [0, 1], got {self.final!r} instead.")
+        check_positive(self.decay, "decay")
+
+    @classmethod
+    def constant(cls) -> Schedule:
+        """``factor(t) = 1``."""
+        return cls("constant")
+
+    @classmethod
+    def cosine(cls, total_steps: int, final: float = 0.0) -> Schedule:
+        """Cosine decay from 1 to ``final`` over ``total_steps`` steps."""
+        return cls("cosine", total_steps=total_steps, final=final)
+
+    @classmethod
+    def step(cls, every: int, decay: float = 0.1) -> Schedule:
+        """Multiply by ``decay`` every ``every`` steps."""
+        return cls("step", every=every, decay=decay)
+
+    @classmethod
+    def from_name(cls, name: str, total_steps: int | None) -> Schedule:
+        """The schedule a name means for a run of ``total_steps`` steps::
+
+            "constant"   factor(t) = 1
+            "cosine"     Schedule.cosine(total_steps): from 1 down to 0 at t = total_steps
+            "step"       Schedule.step(every=max(1, total_steps // 3), decay=0.1):
+                         x0.1 after each third of the run
+        """
+        check_choice(name, "schedule", SCHEDULE_KINDS)
+        if name == "constant":
+            return cls.constant()
+        if total_steps is None:
+            raise InputError(
+                f"schedule: {name!r} needs the run's length: pass total_steps=... to the "
+                "optimizer (or a Schedule object)."
+            )
+        if not isinstance(total_steps, int | np.integer) or total_steps < 1:
+            raise InputError(
+                f"total_steps: expected an integer >= 1, got {total_steps!r} instead."
+            )
+        if name == "cosine":
+            return cls.cosine(int(total_steps))
+        return cls.step(every=max(1, int(total_steps) // 3), decay=0.1)
+
+    def factor(self, t: int) -> float:
+        """The factor of the learning rate at step ``t`` (0-based)."""
+        if self.kind == "cosine":
+            frac = min(t, self.total_steps) / self.total_steps
+            return self.final + (1.0 - self.final) * (1.0 + math.cos(math.pi * frac)) / 2.0
+        if self.kind == "step":
+            return self.decay ** (t // self.every)
+        return 1.0
+
+
+def _check_schedule(schedule: object, total_steps: int | None) -> Schedule:
+    if schedule is None:
+        return Schedule.constant()
+    if isinstance(schedule, str) and schedule in SCHEDULE_KINDS:
+        return Schedule.from_name(schedule, total_steps)
+    if not isinstance(schedule, Schedule):
+        raise InputError(
+            "schedule: expected None, 'constant', 'cosine', 'step' or a Schedule "
+            f"(Schedule.cosine(total_steps), Schedule.step(every, decay)), got {schedule!r} "
+            "instead."
+        )
+    return schedule
+
+
+def _check_nonnegative(value: object, name: str, *, below_one: bool = False) -> float:
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InputError(f"{name}: expected a number >= 0, got {value!r} instead.") from None
+    if not np.isfinite(v) or v < 0 or (below_one and v >= 1):
+        want = "in [0, 1)" if below_one else ">= 0"
+        raise InputError(f"{name}: expected a finite number {want}, got {value!r} instead.")
+    return v
+
+
+def _check_step_args(params: object, grads: object) -> None:
+    """Every gradient has a parameter of its shape and dtype (cheap: no data is read)."""
+    if not isinstance(params, dict) or not isinstance(grads, dict):
+        raise InputError(
+            "params, grads: expected two dicts of arrays keyed by parameter name, got "
+            f"{type(params).__name__} and {type(grads).__name__} instead."
+        )
+    for name, g in grads.items():
+        p = params.get(name)
+        if p is None:
+            raise InputError(f"grads: key {name!r} has no parameter of that name in params.")
+        if not isinstance(g, np.ndarray) or g.shape != p.shape or g.dtype != p.dtype:
+            got = (f"{g.dtype} array of shape {g.shape}" if isinstance(g, np.ndarray)
+                   else type(g).__name__)
+            raise InputError(
+                f"grads[{name!r}]: expected a {p.dtype} array of shape {p.shape} like its "
+                f"parameter, got {got} instead."
+            )
+
+
+class Optimizer:
+    """Shared parts: learning rate and schedule, step count, state (de)serialization."""
+
+    #: Names of the per-parameter buffers, e.g. ``("momentum_buffer",)``.
+    buffer_names: tuple[str, ...] = ()
+
+    def __init__(
+        self, lr: float, weight_decay: float, schedule: object, total_steps: int | None,
+    ) -> None:
+        self.lr = check_positive(lr, "lr")
+        self.weight_decay = _check_nonnegative(weight_decay, "weight_decay")
+        self.schedule = _check_schedule(schedule, total_steps)
+        self.t = 0
+        self.buffers: dict[str, dict[str, np.ndarray]] = {k: {} for k in self.buffer_names}
+
+    @property
+    def current_lr(self) -> float:
+        """``lr_t = lr * schedule.factor(t)``, the rate the next step uses."""
+        return self.lr * self.schedule.factor(self.t)
+
+    def _decayed(self, p: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """``g' = g + weight_decay * p`` (a new array when weight_decay > 0, else ``g``)."""
+        if self.weight_decay == 0.0:
+            return g
+        return g + self.weight_decay * p
+
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+        """Update every parameter that has a gradient, in place; then ``t += 1``."""
+        _check_step_args(params, grads)
+        lr = self.current_lr
+        for name, g in grads.items():
+            self._update(name, params[name], g, lr)
+        self.t += 1
+
+    def _update(self, name: str, p: np.ndarray, g: np.ndarray, lr: float) -> None:
+        raise NotImplementedError
+
+    def _buffer(self, kind: str, name: str, p: np.ndarray) -> np.ndarray | None:
+        """The stored buffer, checked against its parameter (a resumed state may not fit)."""
+        buf = self.buffers[kind].get(name)
+        if buf is not None and (buf.shape != p.shape or buf.dtype != p.dtype):
+            raise InputError(
+                f"{kind}.{name}: the optimizer state holds a {buf.dtype} array of shape "
+                f"{buf.shape}, but the parameter is {p.dtype} of shape {p.shape}."
+            )
+        return buf
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """``{"t": int64 scalar, "<buffer>.<param name>": array, ...}``, copies."""
+        state: dict[str, np.ndarray] = {"t": np.array(self.t, dtype=np.int64)}
+        for kind, bufs in self.buffers.items():
+            for name, buf in bufs.items():
+                state[f"{kind}.{name}"] = buf.copy()
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore ``t`` and the buffers from :meth:`state_dict` (arrays are copied)."""
+        if not isinstance(state, dict) or "t" not in state:
+            raise InputError("state: expected the dict of optimizer.state_dict(), with key 't'.")
+        t = np.asarray(state["t"])
+        if t.shape != () or t.dtype.kind not in "iu" or int(t) < 0:
+            raise InputError(
+                f"state['t']: expected an integer scalar >= 0, got {t.dtype} array of "
+                f"shape {t.shape} instead."
+            )
+        buffers: dict[str, dict[str, np.ndarray]] = {k: {} for k in self.buffer_names}
+        for key, value in state.items():
+            if key == "t":
+                continue
+            kind, _, name = key.partition(".")
+            if kind not in buffers or not name:
+                raise InputError(
+                    f"state: unexpected key {key!r}; {type(self).__name__} keys are 't' and "
+                    + ", ".join(f"'{k}.<param name>'" for k in self.buffer_names) + "."
+                )
+            arr = np.asarray(value)
+            if arr.dtype not in (np.float32, np.float64) or not np.isfinite(arr).all():
+                raise InputError(
+                    f"state[{key!r}]: expected a finite float32 or float64 array, got "
+                    f"dtype {arr.dtype} instead."
+                )
+            buffers[kind][name] = arr.copy()
+        self.t = int(t)
+        self.buffers = buffers
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with momentum, as ``torch.optim.SGD``.
+
+    ``g' = g + weight_decay * p``; ``v = g'`` at the first step, then
+    ``v = momentum * v + g'``; ``p -= lr_t * v``.
+
+    Parameters
+    ----------
+    lr : float
+        Learning rate, > 0.
+    momentum : float, default=0.0
+        In [0, 1).
+    weight_decay : float, default=0.0
+        L2 penalty coefficient, >= 0 (applied to every parameter, gamma and beta included).
+    schedule : None, "constant", "cosine", "step" or Schedule, default=None
+        ``lr_t = lr * schedule.factor(t)``; a name is :meth:`Schedule.from_name`.
+    total_steps : int, optional
+        Length of the run, needed by the names "cosine" and "step".
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bnprop.optim import SGD
+    >>> p = {"w": np.ones(2)}
+    >>> SGD(0.5).step(p, {"w": np.array([1.0, -1.0])}); p["w"]
+    array([0.5, 1.5])
+    """
+
+    buffer_names = ("momentum_buffer",)
+
+    def __init__(
+        self, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+        schedule: object = None, *, total_steps: int | None = None,
+    ) -> None:
+        super().__init__(lr, weight_decay, schedule, total_steps)
+        self.momentum = _check_nonnegative(momentum, "momentum", below_one=True)
+
+    def _update(self, name: str, p: np.ndarray, g: np.ndarray, lr: float) -> None:
+        d = self._decayed(p, g)
+        if self.momentum != 0.0:
+            v = self._buffer("momentum_buffer", name, p)
+            if v is None:
+                v = self.buffers["momentum_buffer"][name] = d.copy()
+            else:
+                v *= self.momentum
+                v += d
+            d = v
+        p -= lr * d
+
+    def __repr__(self) -> str:
+        return (f"SGD(lr={self.lr}, momentum={self.momentum}, "
+                f"weight_decay={self.weight_decay}, schedule={self.schedule})")
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015), as ``torch.optim.Adam`` (L2 decay, no AMSGrad).
+
+    ``g' = g + weight_decay * p``; ``m = beta1 m + (1 - beta1) g'``;
+    ``v = beta2 v + (1 - beta2) g'^2``;
+    ``p -= lr_t / (1 - beta1^(t+1)) * m / (sqrt(v) / sqrt(1 - beta2^(t+1)) + eps)``.
+
+    Parameters
+    ----------
+    lr : float, default=1e-3
+    betas : (float, float), default=(0.9, 0.999)
+        Each in [0, 1).
+    eps : float, default=1e-8
+    weight_decay : float, default=0.0
+    schedule : None, "constant", "cosine", "step" or Schedule, default=None
+        As :class:`SGD`.
+    total_steps : int, optional
+        Length of the run, needed by the names "cosine" and "step".
+    """
+
+    buffer_names = ("exp_avg", "exp_avg_sq")
+
+    def __init__(
+        self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+        weight_decay: float = 0.0, schedule: object = None, *, total_steps: int | None = None,
+    ) -> None:
+        super().__init__(lr, weight_decay, schedule, total_steps)
+        if not isinstance(betas, tuple | list) or len(betas) != 2:
+            raise InputError(f"betas: expected a pair (beta1, beta2), got {betas!r} instead.")
+        self.betas = (_check_nonnegative(betas[0], "betas[0]", below_one=True),
+                      _check_nonnegative(betas[1], "betas[1]", below_one=True))
+        self.eps = check_positive(eps, "eps")
+
+    def _update(self, name: str, p: np.ndarray, g: np.ndarray, lr: float) -> None:
+        beta1, beta2 = self.betas
+        d = self._decayed(p, g)
+        m = self._buffer("exp_avg", name, p)
+        v = self._buffer("exp_avg_sq", name, p)
+        if m is None or v is None:
+            m = self.buffers["exp_avg"][name] = np.zeros_like(p)
+            v = self.buffers["exp_avg_sq"][name] = np.zeros_like(p)
+        step = self.t + 1
+        m += (1.0 - beta1) * (d - m)  # = beta1 m + (1 - beta1) g', as torch's lerp
+        v *= beta2
+        v += (1.0 - beta2) * (d * d)
+        step_size = lr / (1.0 - beta1**step)
+        denom = np.sqrt(v)
+        denom /= math.sqrt(1.0 - beta2**step)
+        denom += self.eps
+        p -= step_size * (m / denom)
+
+    def __repr__(self) -> str:
+        return (f"Adam(lr={self.lr}, betas={self.betas}, eps={self.eps}, "
+                f"weight_decay={self.weight_decay}, schedule={self.schedule})")
