@@ -16,17 +16,34 @@ Backward, with ``dY = dF/dY`` (m, n_out)::
     dO     = dZ W                         (m, n_in)    passed on to layer l-1
 
 There is no bias: beta is the bias (handout, footnote 1).
+
+Distributed (``comm`` given; :mod:`bnprop.distributed`): this process holds rows ``O_p``
+(m_p, n_in) of a global batch of m = sum_p m_p rows. The statistics are the global batch's,
+and the two per-feature sums of the backward pass are reduced over the processes::
+
+    (m, mu_B, M2) = comm.combine_moments(batch_moments(Z_p)),   var_B = M2 / m
+    dbeta  = sum_p sum_rows(dA_p)                         global: reduced here, on every process
+    dgamma = sum_p sum_rows(dA_p * Obar_p)                global: reduced here, on every process
+    dZ_p, dO_p                                            this process's rows of the global ones
+    dW_p   = dZ_p^T O_p                                   local: dW = sum_p dW_p is the caller's
+
+so every array equals the single-process result on the global batch (its rows ``p``), to
+rounding, except ``dW``, which the model all-reduces with its other parameter gradients.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bnprop import batchnorm as bn
 from bnprop._validate import InputError, check_array, check_choice, check_positive
 from bnprop.activations import get_activation
+
+if TYPE_CHECKING:  # the math layer never imports the distributed one at run time
+    from bnprop.distributed import Communicator
 
 STATS_MODES = ("exact", "frozen")
 
@@ -55,6 +72,12 @@ class LayerCache:
         ``sigma(A)``, the handout's ``o^l``.
     activation : str
     eps : float
+    m_global : int or None
+        Rows of the global batch, the ``m`` of the exact ``dZ``: ``sum_p m_p`` over the
+        processes, ``m`` in one process. ``None`` (a cache built by hand) means ``m``.
+    comm : Communicator or None
+        The communicator the statistics were combined through; the backward pass reduces
+        its sums through it. ``None``: one process, nothing is reduced.
     """
 
     O: np.ndarray
@@ -70,10 +93,12 @@ class LayerCache:
     Y: np.ndarray
     activation: str
     eps: float
+    m_global: int | None = None
+    comm: Communicator | None = None
 
     @property
     def m(self) -> int:
-        """Batch size."""
+        """Batch size (rows held by this process)."""
         return self.O.shape[0]
 
 
@@ -99,9 +124,13 @@ class LayerGrads:
 
 
 def check_layer_inputs(
-    O: object, W: object, gamma: object, beta: object,
+    O: object, W: object, gamma: object, beta: object, *, distributed: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Validate and convert the layer's arrays to one float dtype (float32 if all are)."""
+    """Validate and convert the layer's arrays to one float dtype (float32 if all are).
+
+    ``distributed=True``: ``O`` is this process's share of a global batch, and one row is
+    enough here (the global m >= 2 is checked once the statistics are combined).
+    """
     O = check_array(O, "O", ndim=2, axes=("m", "n_in"))
     W = check_array(W, "W", ndim=2, axes=("n_out", "n_in"))
     n_out, n_in = W.shape
@@ -112,7 +141,12 @@ def check_layer_inputs(
         )
     gamma = check_array(gamma, "gamma", ndim=1, axes=("n_out",), shape=(n_out,))
     beta = check_array(beta, "beta", ndim=1, axes=("n_out",), shape=(n_out,))
-    if O.shape[0] < 2:
+    if distributed and O.shape[0] == 0:
+        raise InputError(
+            "O: got 0 rows on this process; every process must hold at least one row of "
+            "the global batch (split it with bnprop.distributed.shard, n_global >= size)."
+        )
+    if not distributed and O.shape[0] < 2:
         raise InputError(
             f"O: got a batch of {O.shape[0]} example{'' if O.shape[0] == 1 else 's'}; in "
             "training mode the batch variance of a single example is undefined (always 0), "
@@ -134,6 +168,7 @@ def layer_forward(
     *,
     activation: str = "sigmoid",
     eps: float = 1e-5,
+    comm: Communicator | None = None,
 ) -> LayerCache:
     """Forward pass of the layer in training mode (batch statistics).
 
@@ -150,12 +185,18 @@ def layer_forward(
     activation : {"sigmoid", "tanh", "relu", "identity"}, default="sigmoid"
     eps : float, default=1e-5
         Added to ``var_B`` under the square root; must be > 0.
+    comm : Communicator, optional
+        Set when ``O`` is this process's rows (m_p >= 1) of a global batch split over
+        ``comm.size`` processes (every process calls with its rows, the same W, gamma,
+        beta, in the same order): ``mu_B`` and ``var_B`` are then the global batch's
+        (m = sum_p m_p >= 2), by one ``comm.combine_moments``. Default: one process.
 
     Returns
     -------
     LayerCache
         ``Z, mu, var, inv_std, Obar, A, Y`` and the inputs, in the inputs' dtype
-        (float32 when all are float32, float64 otherwise).
+        (float32 when all are float32, float64 otherwise); ``m_global`` and ``comm``
+        for the backward pass.
 
     Examples
     --------
@@ -167,18 +208,37 @@ def layer_forward(
     """
     act = get_activation(activation)
     eps = check_positive(eps, "eps")
-    O, W, gamma, beta = check_layer_inputs(O, W, gamma, beta)
-    return _forward(O, W, gamma, beta, act.name, eps)
+    if comm is not None and not all(
+        callable(getattr(comm, op, None)) for op in ("combine_moments", "allreduce_sum")
+    ):
+        raise InputError(
+            "comm: expected a bnprop.distributed.Communicator (SingleProcess, MPIComm, "
+            f"ThreadComm), got {type(comm).__name__} instead."
+        )
+    O, W, gamma, beta = check_layer_inputs(O, W, gamma, beta, distributed=comm is not None)
+    return _forward(O, W, gamma, beta, act.name, eps, comm=comm)
 
 
 def _forward(
     O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
-    activation: str, eps: float,
+    activation: str, eps: float, *, comm: Communicator | None = None,
 ) -> LayerCache:
     """:func:`layer_forward` on validated arrays of one dtype."""
     dt = O.dtype
     Z = O @ W.T
-    mu, var = bn.batch_stats(Z)
+    if comm is None:
+        m_global = Z.shape[0]
+        mu, var = bn.batch_stats(Z)
+    else:
+        m_global, mu, M2 = comm.combine_moments(*bn.batch_moments(Z))
+        if m_global < 2:  # the same on every process: all raise, none waits
+            raise InputError(
+                f"O: the global batch has {m_global} example over {comm.size} "
+                f"process{'' if comm.size == 1 else 'es'}; in training mode the batch "
+                "variance of a single example is undefined (always 0), so batch "
+                "normalization needs m >= 2 rows."
+            )
+        var = M2 / m_global
     inv_std = bn.inverse_std(var, eps)
     Obar = bn.normalize(Z, mu, inv_std)
     A = gamma * Obar
@@ -187,7 +247,7 @@ def _forward(
     return LayerCache(
         O=O, W=W, gamma=gamma, beta=beta, Z=Z,
         mu=mu.astype(dt), var=var.astype(dt), inv_std=inv_std.astype(dt),
-        Obar=Obar, A=A, Y=Y, activation=activation, eps=eps,
+        Obar=Obar, A=A, Y=Y, activation=activation, eps=eps, m_global=m_global, comm=comm,
     )
 
 
@@ -212,7 +272,16 @@ def layer_backward(dY: object, cache: LayerCache, *, stats: str = "exact") -> La
     Returns
     -------
     LayerGrads
-        ``dA, dgamma, dbeta, dZ, dW, dO`` in the cache's dtype.
+        ``dA, dgamma, dbeta, dZ, dW, dO`` in the cache's dtype. When the cache came from
+        ``layer_forward(..., comm=comm)``, ``sum_rows(dA)`` and ``sum_rows(dA * Obar)`` are
+        all-reduced in one packed ``comm.allreduce_sum`` (in both modes), ``m`` is the
+        global batch size, and::
+
+            dgamma = sum_p sum_rows(dA_p * Obar_p),  dbeta = sum_p sum_rows(dA_p)   global
+            dW_p   = dZ_p^T O_p                                                    local
+
+        ``dgamma`` and ``dbeta`` are already the global gradients (do not reduce them
+        again); ``dW`` is this process's term of ``dW = sum_p dW_p``.
     """
     if not isinstance(cache, LayerCache):
         raise InputError(
@@ -229,8 +298,13 @@ def _backward(dY: np.ndarray, cache: LayerCache, stats: str) -> LayerGrads:
     """:func:`layer_backward` on a validated ``dY`` of the cache's dtype."""
     dA = get_activation(cache.activation).backward(dY, cache.A, cache.Y)
     sum_G, sum_GObar = bn.backward_sums(dA, cache.Obar)
+    m = cache.m if cache.m_global is None else cache.m_global
+    if cache.comm is not None:
+        n_out = sum_G.shape[0]
+        sums = cache.comm.allreduce_sum(np.concatenate([sum_G, sum_GObar]))  # one collective
+        sum_G, sum_GObar = sums[:n_out], sums[n_out:]
     if stats == "exact":
-        dZ = bn.dZ_exact(dA, cache.Obar, cache.gamma, cache.inv_std, sum_G, sum_GObar, cache.m)
+        dZ = bn.dZ_exact(dA, cache.Obar, cache.gamma, cache.inv_std, sum_G, sum_GObar, m)
     else:
         dZ = bn.dZ_frozen(dA, cache.gamma, cache.inv_std)
     dt = dA.dtype
