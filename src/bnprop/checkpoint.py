@@ -1,0 +1,111 @@
+"""What a training run leaves in its folder, and how it is read back.
+
+A run folder ``DIR`` holds:
+
+    model.npz        the network: parameters, running statistics, its config (JSON)
+    checkpoint.npz   model.npz's arrays under ``model/``, the optimizer's under ``optim/``,
+                     and ``meta``: step, the run's config, the train-loss accumulator
+    metrics.jsonl    one JSON object per evaluation: step, train_loss, test_accuracy, elapsed
+    summary.json     written when the run ends: test_accuracy, steps, config, ...
+
+Every file is replaced atomically (temporary file, fsync, rename), so a ``kill -9`` at any
+moment leaves each one complete: the previous version or the new one. Nothing is
+pickled: configs are JSON strings stored as NumPy unicode scalars.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bnprop._validate import InputError
+from bnprop.files import load_npz, save_npz, write_text
+
+MODEL_FILE = "model.npz"
+CHECKPOINT_FILE = "checkpoint.npz"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+def json_array(obj: Any) -> np.ndarray:
+    """``obj`` as JSON in a 0-d NumPy unicode array (readable with allow_pickle=False)."""
+    return np.array(json.dumps(obj))
+
+
+def from_json_array(arr: np.ndarray, what: str) -> Any:
+    """Inverse of :func:`json_array`; ``what`` names the source in errors."""
+    try:
+        return json.loads(str(arr[()]))
+    except (json.JSONDecodeError, TypeError, IndexError) as exc:
+        raise InputError(f"{what}: not valid JSON ({exc}).") from None
+
+
+def save_model(path: str | os.PathLike[str], state: Mapping[str, np.ndarray]) -> Path:
+    """Write a model's state (from ``MLP.get_state()``) to ``path``, atomically."""
+    return save_npz(path, state)
+
+
+def load_model_state(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Read a model state written by :func:`save_model`; a missing file names the folder."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.exists():
+        raise InputError(f"{path}: no such file; is {path.parent} a bnprop training folder?")
+    return load_npz(path)
+
+
+def save_checkpoint(
+    folder: str | os.PathLike[str],
+    model_state: Mapping[str, np.ndarray],
+    optim_state: Mapping[str, np.ndarray],
+    meta: Mapping[str, Any],
+) -> Path:
+    """Write ``checkpoint.npz`` in ``folder``, atomically."""
+    arrays = {f"model/{k}": v for k, v in model_state.items()}
+    arrays.update({f"optim/{k}": v for k, v in optim_state.items()})
+    arrays["meta"] = json_array(dict(meta))
+    return save_npz(Path(folder) / CHECKPOINT_FILE, arrays)
+
+
+def load_checkpoint(
+    folder: str | os.PathLike[str],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+    """Read ``checkpoint.npz``: (model state, optimizer state, meta)."""
+    path = Path(folder) / CHECKPOINT_FILE
+    if not path.exists():
+        raise InputError(f"{path}: no checkpoint to resume from in {folder}.")
+    arrays = load_npz(path, required=("meta",))
+    meta = from_json_array(arrays.pop("meta"), f"{path}: meta")
+    if not isinstance(meta, dict) or "step" not in meta or "config" not in meta:
+        raise InputError(f"{path}: meta lacks 'step' or 'config'; the checkpoint is damaged.")
+    model = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
+    optim = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
+    return model, optim, meta
+
+
+def write_metrics(folder: str | os.PathLike[str], rows: list[dict[str, Any]]) -> Path:
+    """Rewrite ``metrics.jsonl`` with ``rows``, one JSON object a line, atomically."""
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    return write_text(Path(folder) / METRICS_FILE, text)
+
+
+def read_metrics(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read ``metrics.jsonl`` (an empty list when absent)."""
+    path = Path(folder) / METRICS_FILE
+    if not path.exists():
+        return []
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: line {n} is not JSON ({exc.msg}).") from None
+    return rows

@@ -1,0 +1,90 @@
+"""Progress of a long run: a redrawn bar on a terminal, plain periodic lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+class Progress:
+    """Report ``step`` of ``total`` with named fields and the rate in steps/s.
+
+    On a terminal the line is redrawn in place at most ``refresh`` times a second; on
+    anything else (a pipe, a log file, CI) a plain line is written every ``every`` steps
+    and at the end.
+
+    Parameters
+    ----------
+    total : int
+        Last step.
+    start : int, default=0
+        First step (a resumed run starts past 0).
+    stream : text stream, default=sys.stderr
+    every : int, optional
+        Steps between plain lines; default: about 20 lines per run.
+    label : str, default=""
+    enabled : bool, default=True
+    """
+
+    def __init__(
+        self, total: int, *, start: int = 0, stream: TextIO | None = None,
+        every: int | None = None, label: str = "", enabled: bool = True, refresh: float = 4.0,
+    ) -> None:
+        self.total, self.start = total, start
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.every = every or max(1, (total - start) // 20)
+        self.label = f"{label} " if label else ""
+        self.enabled = enabled
+        self.min_interval = 1.0 / refresh
+        self.t0 = time.perf_counter()
+        self._last_draw = 0.0
+        self._last_step = start
+        self._width = 0
+
+    def rate(self, step: int) -> float:
+        """Steps per second since the start."""
+        dt = time.perf_counter() - self.t0
+        return (step - self.start) / dt if dt > 0 else 0.0
+
+    def line(self, step: int, fields: dict[str, float | str | None]) -> str:
+        """The text of one report."""
+        parts = [f"{self.label}step {step}/{self.total}"]
+        for name, value in fields.items():
+            if value is None:
+                continue
+            parts.append(f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}")
+        rate = self.rate(step)
+        parts.append(f"{rate:.0f} steps/s" if rate >= 10 else f"{rate:.2f} steps/s")
+        if rate > 0 and step < self.total:
+            eta = (self.total - step) / rate
+            parts.append(f"eta {int(eta // 60)}:{int(eta % 60):02d}")
+        return ", ".join(parts)
+
+    def update(self, step: int, **fields: float | str | None) -> None:
+        """Report that ``step`` is done."""
+        if not self.enabled:
+            return
+        if self.tty:
+            now = time.perf_counter()
+            if now - self._last_draw < self.min_interval and step < self.total:
+                return
+            self._last_draw = now
+            frac = (step - self.start) / max(1, self.total - self.start)
+            bar = "#" * int(20 * frac) + "-" * (20 - int(20 * frac))
+            text = f"[{bar}] {self.line(step, fields)}"
+            pad = max(0, self._width - len(text))
+            self._width = len(text)
+            self.stream.write("\r" + text + " " * pad)
+            self.stream.flush()
+        elif step - self._last_step >= self.every or step == self.total:
+            self._last_step = step
+            self.stream.write(self.line(step, fields) + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        """End the bar's line on a terminal."""
+        if self.enabled and self.tty and self._width:
+            self.stream.write("\n")
+            self.stream.flush()
