@@ -402,3 +402,27 @@ def test_inference_validates_too() -> None:
         net.accuracy(np.zeros((2, 6)), [0])
     with pytest.raises(InputError, match=r"X: expected shape \(m, 6\)"):
         net.fold().predict_proba(np.zeros((2, 5)))
+
+
+def test_hidden_inputs_are_the_activation_inputs_in_inference_mode() -> None:
+    """hidden_inputs(X)[l] is A of layer l with the running statistics; sigma(A) feeds on."""
+    from bnprop.activations import get_activation
+
+    rng = np.random.default_rng(11)
+    for batchnorm in (True, False):
+        net = MLP((6, 5, 4, 3), batchnorm=batchnorm, dtype="float64", seed=2)
+        X, y = rng.standard_normal((20, 6)), rng.integers(0, 3, 20)
+        for _ in range(3):
+            net.loss_and_grads(X, y)  # move the running statistics off 0 and 1
+        A = net.hidden_inputs(X[:7])
+        assert [a.shape for a in A] == [(7, 5), (7, 4)]
+        O = X[:7]
+        for layer, A_l in zip(net.hidden, A, strict=True):
+            Z = O @ layer.W.T
+            if batchnorm:
+                expected = layer.gamma * (Z - layer.running_mean) / np.sqrt(
+                    layer.running_var + 1e-5) + layer.beta
+            else:
+                expected = Z + layer.b
+            np.testing.assert_allclose(A_l, expected, rtol=1e-12, atol=1e-14)
+            O = get_activation("sigmoid").forward(A_l)

@@ -394,8 +394,13 @@ class MLP:
         return loss
 
     # ------------------------------------------------------------------ inference
-    def _logits_inference(self, X: np.ndarray) -> np.ndarray:
-        """Inference-mode logits of a validated block: BN with the running statistics."""
+    def _logits_inference(
+        self, X: np.ndarray, collect: list[np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """Inference-mode logits of a validated block: BN with the running statistics.
+
+        When ``collect`` is a list, each hidden layer's activation input ``A`` is appended.
+        """
         cfg = self.config
         act = get_activation(cfg.activation)
         O = X
@@ -407,8 +412,22 @@ class MLP:
                 A += layer.beta
             else:
                 A = _affine(O, layer.W, layer.b)
+            if collect is not None:
+                collect.append(A)
             O = act.forward(A)
         return _affine(O, self.out.W, self.out.b)
+
+    def hidden_inputs(self, X: object) -> list[np.ndarray]:
+        """Inference-mode input ``A`` of every hidden layer's activation, ``[(m, n_l), ...]``.
+
+        With BN, ``A = gamma * (O W^T - running_mean) / sqrt(running_var + eps) + beta``
+        (after gamma and beta); without, ``A = O W^T + b``. These are the "inputs to a
+        sigmoid" of Ioffe & Szegedy's Figure 1 (b, c).
+        """
+        X = _check_X(X, self.sizes[0], self.dtype, training=False)
+        collected: list[np.ndarray] = []
+        self._logits_inference(X, collected)
+        return collected
 
     def predict_proba(self, X: object) -> np.ndarray:
         """Class probabilities in inference mode (running statistics), (m, n_classes).
