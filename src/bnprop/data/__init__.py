@@ -1,4 +1,5 @@
-"""The data layer: the IDX format (:mod:`.idx`) and the MNIST-family datasets (:mod:`.datasets`).
+"""The data layer: the IDX format (:mod:`.idx`), the MNIST-family datasets (:mod:`.datasets`)
+and their provisioning (:mod:`.provision`).
 
 NumPy only. Downloads happen only in :func:`fetch`; loading never touches the network.
 """
@@ -7,12 +8,12 @@ from bnprop.data.datasets import (
     DATASETS,
     SHA256,
     data_dir,
-    fetch,
     load_dataset,
     load_idx_pair,
     verify,
 )
 from bnprop.data.idx import read_idx, write_idx
+from bnprop.data.provision import fetch
 
 __all__ = [
     "DATASETS",
