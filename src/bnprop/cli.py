@@ -55,7 +55,9 @@ def _cmd_data(args: argparse.Namespace) -> int:
     from bnprop.data import datasets
 
     if args.data_command == "fetch":
-        folder = datasets.fetch(args.dataset, args.data_dir)
+        from bnprop.data.provision import fetch
+
+        folder = fetch(args.dataset, args.data_dir)
         print(f"{args.dataset}: ready in {folder}")
         return 0
     root = datasets.data_dir(args.data_dir)
