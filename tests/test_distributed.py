@@ -498,3 +498,53 @@ def test_mpi_bench_script_runs_and_counts_the_payload() -> None:
     report = json.loads(line)
     assert report["forward_collectives_sent_received"] == [1, 8 * 9, 2 * 8 * 9]
     assert report["backward_collectives_sent_received"] == [1, 8 * 8, 8 * 8]
+
+
+# -- the benchmark's message model (bnprop.distributed_bench) ----------------------------------
+
+
+@pytest.mark.parametrize("sync_bn", [True, False])
+def test_bench_message_model_matches_the_measured_traffic(sync_bn: bool) -> None:
+    from bnprop import distributed_bench as bench
+
+    sizes, m = (12, 8, 6, 3), 10
+
+    def rank_step(comm: ThreadComm) -> dict:
+        rows = shard(m, comm.rank, comm.size)
+        return bench.time_steps(sizes, rows.stop - rows.start, comm, steps=2, warmup=1,
+                                sync_bn=sync_bn, m_global=m)
+
+    messages = bench.step_messages(sizes, sync_bn=sync_bn)
+    for result in run_threaded(3, rank_step):
+        assert result["collectives_per_step"] == len(messages)
+        assert result["bytes_sent_per_step"] == sum(nbytes for _, nbytes in messages)
+        assert result["bytes_received_per_step"] == sum(
+            3 * nbytes if kind == "allgather" else nbytes for kind, nbytes in messages)
+
+
+def test_bench_alpha_beta_costs() -> None:
+    from bnprop.distributed_bench import Network, collective_seconds
+
+    net = Network("test", alpha=1.0, beta=0.01)
+    assert collective_seconds("allreduce", 100, 1, net) == 0.0
+    # 8 ranks, 3 rounds: recursive doubling 3 (1 + 1) = 6 < Rabenseifner 6 + 2 * 7/8 = 7.75
+    assert collective_seconds("allreduce", 100, 8, net) == pytest.approx(6.0)
+    # 10^4 bytes: recursive doubling 3 (1 + 100) = 303 > Rabenseifner 6 + 175 = 181
+    assert collective_seconds("allreduce", 10_000, 8, net) == pytest.approx(181.0)
+    assert collective_seconds("allgather", 100, 8, net) == pytest.approx(3 + 7 * 1.0)
+
+
+def test_null_comm_times_a_share_like_its_replicas() -> None:
+    """NullComm(P): the step of P ranks holding the same rows, with nothing sent."""
+    from bnprop.distributed_bench import NullComm
+    from bnprop.model import MLP
+
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((6, 5)), rng.integers(0, 3, 6)
+    ref = MLP((5, 4, 3), dtype="float64")
+    loss, grads = ref.loss_and_grads(np.vstack([X, X]), np.concatenate([y, y]))
+    got_loss, got = MLP((5, 4, 3), dtype="float64").loss_and_grads(
+        X, y, comm=NullComm(2), m_global=12)
+    assert got_loss == pytest.approx(loss, rel=1e-14)
+    for k in grads:
+        assert rel_err(got[k], grads[k]) < 1e-13, k

@@ -30,6 +30,25 @@ Initialization (the paper says "small random Gaussian values"; we choose, seeded
 
 so a net with and one without batch normalization, of the same sizes and seed, start from
 the same W matrices (the comparison of the paper's Figure 1).
+
+Data parallel (``loss_and_grads(X_p, y_p, comm=comm)``, :mod:`bnprop.distributed`): each of
+P processes holds rows ``X_p`` (m_p of them) of a global batch of ``m = sum_p m_p`` rows,
+and the same parameters. With ``sync_bn=True`` (SyncBN) the step equals one process on the
+global batch, to rounding::
+
+    mu_B, var_B     of the global batch (layer.py: one Allgather of (m_p, mean_p, M2_p))
+    running_*       updated with the global mu_B, var_B and m: the same on every process
+    loss            (1/m) sum_p sum_{i in p} l_i;   dlogits_p = (P_p - onehot(y_p)) / m
+    dgamma, dbeta   global from each layer's backward (one Allreduce of 2 n_out a layer)
+    dW, db, loss    sum_p of the local terms: one float64 Allreduce of them all a step
+
+With ``sync_bn=False`` (local statistics, as plain data parallelism and
+``torch.nn.parallel.DistributedDataParallel`` with ``BatchNorm1d`` do) each process
+normalizes with its own rows' ``mu_p, var_p``; the step is the exact gradient of the same
+``(1/m) sum_i l_i`` with example i normalized by its own process's statistics, so
+``dgamma, dbeta`` join the packed Allreduce (equal shares: DDP's average of the processes'
+mean-loss gradients). Each process's running statistics then follow its own batches
+(``m_p``): they differ between processes, the parameters do not.
 """
 
 from __future__ import annotations
@@ -37,7 +56,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,6 +65,9 @@ from bnprop import layer as bnlayer
 from bnprop._validate import InputError, check_array, check_choice, check_positive
 from bnprop.activations import get_activation
 from bnprop.loss import _softmax, _softmax_cross_entropy, check_labels
+
+if TYPE_CHECKING:
+    from bnprop.distributed import Communicator
 
 DTYPES = ("float32", "float64")
 RUNNING_MODES = ("ema", "average")
@@ -300,12 +322,14 @@ class MLP:
                 for k, v in layer.buffers().items()}
 
     # ------------------------------------------------------------------ training
-    def _forward_train(self, X: np.ndarray) -> tuple[np.ndarray, list[Any], np.ndarray]:
+    def _forward_train(
+        self, X: np.ndarray, comm: Communicator | None = None,
+    ) -> tuple[np.ndarray, list[Any], np.ndarray]:
         """Training-mode forward on a validated ``X``: ``(logits, caches, H)``.
 
         ``caches[l]`` is the :class:`~bnprop.layer.LayerCache` (BN) or :class:`DenseCache`
         of hidden layer l; ``H`` is the input of the output layer. Updates the running
-        statistics.
+        statistics. ``comm``: the BN layers use the statistics of the global batch (SyncBN).
         """
         cfg = self.config
         act = get_activation(cfg.activation)
@@ -314,8 +338,8 @@ class MLP:
         for layer in self.hidden:
             if isinstance(layer, BNLayer):
                 cache = bnlayer._forward(O, layer.W, layer.gamma, layer.beta,
-                                         cfg.activation, cfg.eps)
-                self._update_running(layer, cache.mu, cache.var, cache.m)
+                                         cfg.activation, cfg.eps, comm=comm)
+                self._update_running(layer, cache.mu, cache.var, cache.m_global)
                 O = cache.Y
             else:
                 A = _affine(O, layer.W, layer.b)
@@ -361,7 +385,10 @@ class MLP:
         X = _check_X(X, self.sizes[0], self.dtype, training=True)
         return X, check_labels(y, "y", X.shape[0], self.n_classes)
 
-    def loss_and_grads(self, X: object, y: object) -> tuple[float, dict[str, np.ndarray]]:
+    def loss_and_grads(
+        self, X: object, y: object, *, comm: Communicator | None = None,
+        m_global: int | None = None, sync_bn: bool = True,
+    ) -> tuple[float, dict[str, np.ndarray]]:
         """Training-mode forward and backward on one batch; the parameters are not changed.
 
         Uses the batch statistics and updates the running statistics.
@@ -369,27 +396,97 @@ class MLP:
         Parameters
         ----------
         X : array_like of shape (m, sizes[0]), m >= 2
+            With ``comm``: this process's rows of the global batch (m_p >= 1; >= 2 with
+            ``sync_bn=False``).
         y : array_like of int, shape (m,)
             Labels in ``0..sizes[-1]-1``.
+        comm : Communicator, optional
+            Data-parallel step over ``comm.size`` processes (module docstring); every
+            process calls with its rows and the same parameters. A communicator of one
+            process is the same as none.
+        m_global : int, optional
+            Rows of the global batch, ``sum_p m_p``; with ``comm`` and not given, found by
+            one more (small) collective.
+        sync_bn : bool, default=True
+            With ``comm``: statistics of the global batch (True) or of this process's rows.
 
         Returns
         -------
         loss : float
-            Mean cross-entropy of the batch.
+            Mean cross-entropy of the (global) batch, the same on every process.
         grads : dict of str to ndarray
-            Gradients of the loss, keyed and shaped as :meth:`parameters`.
+            Gradients of the loss, keyed and shaped as :meth:`parameters`; with ``comm``,
+            those of the global batch, the same on every process.
         """
+        if comm is not None and getattr(comm, "size", None) != 1:
+            return self._loss_and_grads_distributed(X, y, comm, m_global, sync_bn)
         X, y = self._check_batch(X, y)
+        if m_global is not None and m_global != X.shape[0]:
+            raise InputError(f"m_global: expected the {X.shape[0]} rows of X in one process, "
+                             f"got {m_global!r} instead.")
         logits, caches, H = self._forward_train(X)
         loss, dlogits = _softmax_cross_entropy(logits, y, X.shape[0])
         return loss, self._backward(dlogits, caches, H)
 
-    def train_step(self, X: object, y: object, optimizer: Any) -> float:
+    def _loss_and_grads_distributed(
+        self, X: object, y: object, comm: Communicator, m_global: int | None, sync_bn: bool,
+    ) -> tuple[float, dict[str, np.ndarray]]:
+        """:meth:`loss_and_grads` on this process's rows (module docstring, Data parallel)."""
+        from bnprop.distributed import Communicator, allreduce_packed
+
+        if not isinstance(comm, Communicator):
+            raise InputError(
+                "comm: expected a bnprop.distributed.Communicator (SingleProcess, MPIComm, "
+                f"ThreadComm), got {type(comm).__name__} instead."
+            )
+        if not isinstance(sync_bn, bool | np.bool_):
+            raise InputError(f"sync_bn: expected True or False, got {sync_bn!r} instead.")
+        X = _check_X(X, self.sizes[0], self.dtype, training=False)
+        y = check_labels(y, "y", X.shape[0], self.n_classes)
+        local_bn = self.config.batchnorm and not sync_bn
+        if X.shape[0] < (2 if local_bn else 1):
+            raise InputError(
+                f"X: got {X.shape[0]} rows on process {comm.rank} of {comm.size}; every "
+                "process needs " + ("2 rows with local batch statistics (sync_bn=False)"
+                                    if local_bn else "at least one row of the global batch")
+                + " (split it with bnprop.distributed.shard)."
+            )
+        if m_global is None:
+            m_global = int(comm.allreduce_sum(np.array([float(X.shape[0])]))[0])
+        if isinstance(m_global, bool) or not isinstance(m_global, int | np.integer) \
+                or m_global < 2:
+            raise InputError(f"m_global: expected the global batch size, an int >= 2, got "
+                             f"{m_global!r} instead.")
+        bn_comm = comm if sync_bn else None
+        logits, caches, H = self._forward_train(X, bn_comm)
+        for cache in caches:  # SyncBN counted the global rows: a wrong m_global would not be
+            if bn_comm is not None and isinstance(cache, bnlayer.LayerCache):
+                if cache.m_global != m_global:  # the same on every process: all raise
+                    raise InputError(f"m_global: the processes hold {cache.m_global} rows "
+                                     f"in all, got m_global={m_global}.")
+                break
+        loss, dlogits = _softmax_cross_entropy(logits, y, m_global)
+        grads = self._backward(dlogits, caches, H)
+        # SyncBN layers return dgamma, dbeta already summed over the processes.
+        reduced_by_layer = {f"hidden.{i}.{k}" for i, layer in enumerate(self.hidden)
+                            if isinstance(layer, BNLayer) and bn_comm is not None
+                            for k in ("gamma", "beta")}
+        local = [k for k in grads if k not in reduced_by_layer]
+        totals, (loss,) = allreduce_packed(comm, [grads[k] for k in local], [loss])
+        grads.update(zip(local, totals, strict=True))
+        return loss, grads
+
+    def train_step(
+        self, X: object, y: object, optimizer: Any, *, comm: Communicator | None = None,
+        m_global: int | None = None, sync_bn: bool = True,
+    ) -> float:
         """:meth:`loss_and_grads`, then ``optimizer.step(self.parameters(), grads)``.
 
-        Returns the batch loss (before the update).
+        Returns the batch loss (before the update). ``comm``, ``m_global``, ``sync_bn``: a
+        data-parallel step, as in :meth:`loss_and_grads`; every process then takes the same
+        optimizer step on the same global gradients, so the parameters stay identical.
         """
-        loss, grads = self.loss_and_grads(X, y)
+        loss, grads = self.loss_and_grads(X, y, comm=comm, m_global=m_global, sync_bn=sync_bn)
         optimizer.step(self.parameters(), grads)
         return loss
 

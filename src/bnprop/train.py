@@ -11,6 +11,23 @@ into the last batch, which is then larger than ``B``. No batch is ever a single 
 since its batch variance would be undefined. Because the order is a function of
 ``(seed, step)``, a checkpoint needs no RNG state, and a resumed run sees exactly the
 batches of a straight one.
+
+Several processes (``pip install 'bnprop[mpi]'``)::
+
+    bnprop train --out runs/a                              # one process
+    .venv/bin/mpiexec -n 4 bnprop train --out runs/a       # four, data parallel, SyncBN
+
+Under ``mpiexec -n P`` every process loads the data and computes the same batch indices;
+``--batch-size`` is the global batch, and process p trains on its share
+``indices(step)[shard(len, p, P)]`` (contiguous, shares within one of each other). With
+``--sync-bn`` (the default) the statistics are the global batch's and a run equals the
+one-process run to rounding (``MLP.loss_and_grads``, "Data parallel"); ``--local-bn``
+normalizes each share by itself, as plain data parallelism does. Rank 0 alone evaluates,
+reports progress and writes the run folder (its running statistics are the model's; under
+``--local-bn`` the other ranks' differ), after checking that every rank holds the same
+parameters. Resume: rank 0 reads the checkpoint and broadcasts it. A ``--sync-bn`` run may
+resume on any number of processes (the global batches do not depend on P); a ``--local-bn``
+run only on the P it was trained with (P sets the statistics of every batch).
 """
 
 from __future__ import annotations
@@ -22,13 +39,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
 from bnprop import checkpoint as ckpt
 from bnprop._validate import InputError, check_choice
 from bnprop.progress import Progress
+
+if TYPE_CHECKING:
+    from bnprop.distributed import Communicator
 
 
 @dataclass
@@ -57,6 +77,8 @@ class TrainConfig:
     eval_every: int = 1000
     checkpoint_every: int = 5000
     data_dir: str | None = None
+    sync_bn: bool = True    # several processes: statistics of the global batch, or each its own
+    processes: int = 1      # set by train() to the processes that ran (last) it; not an option
 
     def to_json(self) -> dict[str, Any]:
         """The config as plain JSON types."""
@@ -138,7 +160,37 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise InputError(f"momentum: expected a number in [0, 1), got {config.momentum!r}.")
     if not (config.weight_decay >= 0 and math.isfinite(config.weight_decay)):
         raise InputError(f"weight_decay: expected a number >= 0, got {config.weight_decay!r}.")
+    if not isinstance(config.sync_bn, bool):
+        raise InputError(f"sync_bn: expected True or False, got {config.sync_bn!r} instead.")
+    if isinstance(config.processes, bool) or not isinstance(config.processes, int) \
+            or config.processes < 1:
+        raise InputError(f"processes: expected an integer >= 1, got {config.processes!r}.")
     return config
+
+
+def check_processes(config: TrainConfig, size: int, saved: TrainConfig | None = None) -> None:
+    """Can ``size`` processes run (or resume, ``saved``) this config? One line if not.
+
+    Every process needs one example of each global batch, two under ``--local-bn`` (its
+    own batch variance). A ``--local-bn`` run resumes only on the P it was trained with.
+    """
+    local_bn = config.batchnorm and not config.sync_bn
+    per_process = 2 if local_bn and size > 1 else 1
+    if config.batch_size < per_process * size:
+        raise InputError(
+            f"batch_size: expected at least {per_process * size} for {size} processes "
+            f"({per_process} example{'s' if per_process > 1 else ''} of every global batch "
+            f"each{', for its own batch variance under --local-bn' if per_process > 1 else ''})"
+            f", got {config.batch_size} instead."
+        )
+    if saved is not None and local_bn and saved.processes != size:
+        raise InputError(
+            f"--resume: the checkpoint was trained on {saved.processes} process"
+            f"{'es' if saved.processes > 1 else ''} with --local-bn, each normalizing over "
+            f"its own share of every batch; {size} would change every batch's statistics. "
+            f"Resume it with mpiexec -n {saved.processes} (a --sync-bn run resumes on any "
+            "number of processes)."
+        )
 
 
 def build_optimizer(config: TrainConfig) -> Any:
@@ -199,6 +251,7 @@ def train(
     epochs: float | None = None,
     stream: TextIO | None = None,
     progress: bool = True,
+    comm: Communicator | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a training run into the folder ``out``.
 
@@ -218,54 +271,69 @@ def train(
     stream : text stream, optional
         Where progress goes (default stderr).
     progress : bool, default=True
+    comm : Communicator, optional
+        Train data parallel over ``comm.size`` processes, every one calling ``train`` with
+        the same arguments (module docstring); default one process. Only rank 0 reads
+        ``out`` and writes it. Errors of the set-up (options, files) are raised on every
+        rank together, as :class:`~bnprop.distributed.CollectiveError` when P > 1.
 
     Returns
     -------
     dict
-        The summary, also written to ``out/summary.json``.
+        The summary, also written to ``out/summary.json`` (on every rank).
     """
-    from bnprop.model import MLP
+    from bnprop.distributed import CollectiveError, SingleProcess, agree, check_replicas, shard
 
-    out = Path(out)
-    if resume:
-        model_state, optim_state, meta = ckpt.load_checkpoint(out)
-        config = merge_resume_config(TrainConfig.from_json(meta["config"]), given or {})
-        check_config(config)
-        start = int(meta["step"])
-        if config.steps < start:
-            raise InputError(
-                f"steps: the checkpoint in {out} is at step {start}; --steps {config.steps} "
-                "would go backwards."
-            )
-        net = MLP.from_state(model_state)
-        optimizer = build_optimizer(config)
-        optimizer.load_state_dict(optim_state)
-        metrics = [r for r in ckpt.read_metrics(out) if r["step"] <= start]
-        loss_sum, loss_count = float(meta["loss_sum"]), int(meta["loss_count"])
-        elapsed0 = float(meta["elapsed"])
-        X, y, Xt, yt = _load_data(config)
-    else:
-        check_config(config)
-        if (out / ckpt.CHECKPOINT_FILE).exists():
-            raise InputError(
-                f"{out}: already holds a run ({ckpt.CHECKPOINT_FILE}); pass --resume to "
-                "continue it, or choose another --out."
-            )
-        X, y, Xt, yt = _load_data(config)
-        out.mkdir(parents=True, exist_ok=True)
-        net = build_model(config, X.shape[1], int(max(y.max(), yt.max())) + 1)
-        optimizer = build_optimizer(config)
-        start, metrics, loss_sum, loss_count, elapsed0 = 0, [], 0.0, 0, 0.0
+    comm = SingleProcess() if comm is None else comm
+    rank0, out = comm.rank == 0, Path(out)
 
-    order = BatchOrder(X.shape[0], config.batch_size, config.seed)
-    if epochs is not None:
-        if not (epochs > 0 and math.isfinite(epochs)):
-            raise InputError(f"epochs: expected a number > 0, got {epochs!r} instead.")
-        config.steps = max(1, math.ceil(epochs * order.batches_per_epoch))
-        if config.steps < start:
-            raise InputError(f"epochs: the checkpoint in {out} is already at step {start}.")
+    # Set-up, in two phases; an error in either ends every rank together (agree).
+    # 1. Rank 0 alone: the run's config, and the checkpoint or a folder free for a new run.
+    run, error = None, None
+    if rank0:
+        try:
+            run = _open_run(config, out, resume, given or {}, comm.size)
+        except (InputError, OSError) as exc:
+            error = exc
+    agree(comm, error)
+    run = comm.bcast(run)
+    config = run["config"]
+    # 2. Every rank: the data (each indexes its own shares of it), the net and optimizer.
+    try:
+        X, y, Xt, yt = _load_data(config)
+        order = BatchOrder(X.shape[0], config.batch_size, config.seed)
+        if epochs is not None:
+            if not (epochs > 0 and math.isfinite(epochs)):
+                raise InputError(f"epochs: expected a number > 0, got {epochs!r} instead.")
+            config.steps = max(1, math.ceil(epochs * order.batches_per_epoch))
+            if config.steps < run["start"]:
+                raise InputError(
+                    f"epochs: the checkpoint in {out} is already at step {run['start']}.")
+        if run["net"] is None:
+            if rank0:
+                out.mkdir(parents=True, exist_ok=True)
+            net = build_model(config, X.shape[1], int(max(y.max(), yt.max())) + 1)
+            optimizer = build_optimizer(config)
+        else:
+            net, optimizer = run["net"], run["optimizer"]
+    except (InputError, OSError) as exc:
+        error = exc
+    agree(comm, error)
+    start, metrics = run["start"], run["metrics"]
+    loss_sum, loss_count, elapsed0 = run["loss_sum"], run["loss_count"], run["elapsed"]
+
+    def replicas(what: str) -> None:
+        """Every rank holds the same model and optimizer (a collective; P > 1 only)."""
+        if comm.size > 1:
+            same = {**net.parameters(), **{f"optim/{k}": v
+                                           for k, v in optimizer.state_dict().items()}}
+            if config.sync_bn:  # under --local-bn each rank's running statistics are its own
+                same.update(net.buffers())
+            check_replicas(comm, same, what)
+
+    replicas("the initial model")
     bar = Progress(config.steps, start=start, stream=stream, label="train",
-                   enabled=progress, every=config.eval_every)
+                   enabled=progress and rank0, every=config.eval_every)
     t0 = time.perf_counter()
     acc = metrics[-1]["test_accuracy"] if metrics else None
     diverged_at = None
@@ -274,6 +342,9 @@ def train(
         return elapsed0 + time.perf_counter() - t0
 
     def save(step: int) -> None:
+        replicas(f"step {step}")  # the last collective before rank 0 writes
+        if not rank0:
+            return
         model_state = net.get_state()
         ckpt.save_model(out / ckpt.MODEL_FILE,
                         {**model_state, TRAIN_CONFIG_KEY: ckpt.json_array(config.to_json())})
@@ -287,15 +358,20 @@ def train(
     try:
         while step < config.steps:
             idx = order.indices(step)
-            loss = net.train_step(X[idx], y[idx], optimizer)
+            if comm.size == 1:
+                loss = net.train_step(X[idx], y[idx], optimizer)
+            else:  # this rank's share; loss and gradients of the global batch
+                rows = idx[shard(len(idx), comm.rank, comm.size)]
+                loss = net.train_step(X[rows], y[rows], optimizer, comm=comm,
+                                      m_global=len(idx), sync_bn=config.sync_bn)
             step += 1
-            if not math.isfinite(loss):
+            if not math.isfinite(loss):  # the global loss: every rank stops here
                 diverged_at = step
                 break
             loss_sum += loss
             loss_count += 1
             if step % config.eval_every == 0 or step == config.steps:
-                acc = net.accuracy(Xt, yt)
+                acc = net.accuracy(Xt, yt) if rank0 else None
                 metrics.append({"step": step, "train_loss": loss_sum / loss_count,
                                 "test_accuracy": acc, "elapsed": round(elapsed(), 3)})
                 loss_sum, loss_count = 0.0, 0
@@ -316,13 +392,58 @@ def train(
         "metrics": ckpt.METRICS_FILE,
         "model": ckpt.MODEL_FILE,
     }
-    ckpt.write_text(out / ckpt.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    if rank0:
+        ckpt.write_text(out / ckpt.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    summary = comm.bcast(summary)
     if diverged_at is not None:
-        raise InputError(
-            f"training diverged at step {diverged_at} (the loss is not finite); the last "
-            f"checkpoint in {out} is kept. Try a smaller --lr (now {config.lr})."
-        )
+        message = (f"training diverged at step {diverged_at} (the loss is not finite); the "
+                   f"last checkpoint in {out} is kept. Try a smaller --lr (now {config.lr}).")
+        if comm.size > 1:  # every rank saw the same global loss: end together, no abort
+            raise CollectiveError(message, rank=0, origin="InputError")
+        raise InputError(message)
     return summary
+
+
+def _open_run(config: TrainConfig, out: Path, resume: bool, given: dict[str, Any],
+              size: int) -> dict[str, Any]:
+    """Rank 0's part of the set-up: the config to run, and where to start from.
+
+    Fresh: checks the config and that ``out`` holds no run (``net`` is None: every rank
+    builds it from the seed). Resume: reads the checkpoint, merges ``given`` into its
+    config, and returns the net and optimizer it holds, to be broadcast.
+    """
+    from bnprop.model import MLP
+
+    if not resume:
+        check_config(config)
+        check_processes(config, size)
+        if (out / ckpt.CHECKPOINT_FILE).exists():
+            raise InputError(
+                f"{out}: already holds a run ({ckpt.CHECKPOINT_FILE}); pass --resume to "
+                "continue it, or choose another --out."
+            )
+        config = dataclasses.replace(config, processes=size)
+        return {"config": config, "net": None, "optimizer": None, "start": 0, "metrics": [],
+                "loss_sum": 0.0, "loss_count": 0, "elapsed": 0.0}
+    model_state, optim_state, meta = ckpt.load_checkpoint(out)
+    saved = TrainConfig.from_json(meta["config"])
+    config = merge_resume_config(saved, given)
+    check_config(config)
+    check_processes(config, size, saved)
+    config.processes = size
+    start = int(meta["step"])
+    if config.steps < start:
+        raise InputError(
+            f"steps: the checkpoint in {out} is at step {start}; --steps {config.steps} "
+            "would go backwards."
+        )
+    net = MLP.from_state(model_state)
+    optimizer = build_optimizer(config)
+    optimizer.load_state_dict(optim_state)
+    return {"config": config, "net": net, "optimizer": optimizer, "start": start,
+            "metrics": [r for r in ckpt.read_metrics(out) if r["step"] <= start],
+            "loss_sum": float(meta["loss_sum"]), "loss_count": int(meta["loss_count"]),
+            "elapsed": float(meta["elapsed"])}
 
 
 def evaluate(folder: str | Path, *, dataset: str | None = None,
