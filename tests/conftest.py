@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 
 def random_layer(
@@ -30,3 +31,13 @@ def rel_err(a: np.ndarray, b: np.ndarray, scale: float | None = None) -> float:
     ref = max(float(np.max(np.abs(b), initial=0.0)), scale or 0.0)
     err = float(np.max(np.abs(a - b), initial=0.0))
     return err / ref if ref > 0 else err
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked ``slow`` (full reproduction runs) unless ``-m`` names the marker."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: full-length run, select it with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

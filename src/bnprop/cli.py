@@ -75,27 +75,41 @@ def _cmd_data(args: argparse.Namespace) -> int:
 #: Options of ``bnprop train`` that map one to one onto TrainConfig fields.
 _TRAIN_FIELDS = ("dataset", "data_dir", "hidden", "activation", "stats", "optimizer", "lr",
                  "momentum", "weight_decay", "schedule", "batch_size", "steps", "dtype", "seed",
-                 "running", "eval_every", "checkpoint_every")
+                 "running", "eval_every", "checkpoint_every", "sync_bn")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    """One process, or P under ``mpiexec -n P``: every rank runs this with the same argv."""
     import time
 
+    from bnprop.distributed import abort_on_error, default_comm
     from bnprop.train import TrainConfig, parse_hidden, train
 
-    given = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
-    if args.no_batchnorm:
-        given["batchnorm"] = False
-    if "hidden" in given:
-        given["hidden"] = parse_hidden(given["hidden"])
-    if args.resume and args.out is None:
-        raise InputError("--resume: needs --out DIR, the folder of the run to continue.")
-    out = args.out or f"runs/{given.get('dataset', 'mnist')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    config = TrainConfig(**{k: v for k, v in given.items()})
-    summary = train(config, out, resume=args.resume, given=given, epochs=args.epochs,
-                    progress=not args.quiet)
-    print(f"test accuracy {summary['test_accuracy']:.4f} after {summary['steps']} steps "
-          f"({summary['elapsed']:.1f} s); model, metrics and summary in {out}")
+    try:
+        comm = default_comm()  # MPIComm under mpiexec -n P > 1
+    except (ImportError, RuntimeError) as exc:  # no mpi4py (names the extra), a foreign MPI
+        raise InputError(str(exc)) from None
+    try:  # an InputError here is every rank's (same argv; agree() in train): rank 0 says it
+        given = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
+        if args.no_batchnorm:
+            given["batchnorm"] = False
+        if "hidden" in given:
+            given["hidden"] = parse_hidden(given["hidden"])
+        if args.resume and args.out is None:
+            raise InputError("--resume: needs --out DIR, the folder of the run to continue.")
+        out = comm.bcast(args.out or f"runs/{given.get('dataset', 'mnist')}-"
+                         f"{time.strftime('%Y%m%d-%H%M%S')}")  # rank 0's clock names it
+        config = TrainConfig(**{k: v for k, v in given.items()})
+        with abort_on_error(comm):  # any other error on any rank ends the whole job
+            summary = train(config, out, resume=args.resume, given=given, epochs=args.epochs,
+                            progress=not args.quiet, comm=comm)
+    except InputError:
+        if comm.rank == 0:
+            raise
+        return 2
+    if comm.rank == 0:
+        print(f"test accuracy {summary['test_accuracy']:.4f} after {summary['steps']} steps "
+              f"({summary['elapsed']:.1f} s); model, metrics and summary in {out}")
     return 0
 
 
@@ -106,6 +120,69 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"test accuracy {result['test_accuracy']:.4f} ({result['examples']} "
           f"{result['dataset']} test examples)")
     return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from bnprop.reproduce import fig1, frozen_stats
+    from bnprop.reproduce.options import ReproduceOptions, default_out
+
+    options = ReproduceOptions(**{k: getattr(args, k) for k in (
+        "steps", "seeds", "seed", "optimizer", "lr", "dataset", "data_dir", "record_every",
+        "dtype")})
+    out = args.out or default_out(args.action)
+    if args.action == "fig1":
+        summary = fig1.run_fig1(options, out, unit=args.unit, progress=not args.quiet)
+        print(fig1.report_line(summary, out))
+    else:
+        summary = frozen_stats.run_frozen_stats(options, out, progress=not args.quiet)
+        print(frozen_stats.report_line(summary, out))
+    return 0
+
+
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    """``bnprop reproduce fig1 | frozen-stats`` (Ioffe & Szegedy 2015)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", metavar="DIR",
+                        help="output folder (default runs/ACTION-YYYYmmdd-HHMMSS)")
+    common.add_argument("--steps", type=int, default=50_000,
+                        help="training steps of 60 examples (default 50000, the paper's)")
+    common.add_argument("--seeds", type=int, default=1, metavar="K",
+                        help="run K seeds (init and data order) and draw the mean with a "
+                        "min-max band (default 1)")
+    common.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    common.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
+                        help="default sgd, as the paper")
+    common.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="mnist",
+                        help="default mnist")
+    common.add_argument("--data-dir", metavar="DIR",
+                        help="data folder (default ~/.cache/bnprop)")
+    common.add_argument("--record-every", type=int, metavar="N",
+                        help="record every N steps (default steps // 100)")
+    common.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="default float32")
+    common.add_argument("--quiet", action="store_true", help="no progress output")
+    p = sub.add_parser("reproduce", help="reproduce Ioffe & Szegedy (2015): fig1, frozen-stats",
+                       description="Reproduce the evidence of Ioffe & Szegedy (2015) on the "
+                       "paper's MNIST set-up (3 hidden layers of 100 sigmoid units, batch 60).")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = actions.add_parser(
+        "fig1", parents=[common], help="Figure 1: BN vs no BN, accuracy and sigmoid inputs",
+        description="Train the network with and without BN from the same weights on the same "
+        "batches; write fig1.png (test accuracy; 15th, 50th, 85th percentiles of one last-layer "
+        "sigmoid's input), fig1.csv and summary.json into --out.")
+    q.add_argument("--lr", type=_positive_float,
+                   help="learning rate (default 0.05 for sgd, 0.001 for adam)")
+    q.add_argument("--unit", type=int, help="unit 0..99 of the last hidden layer for panels "
+                   "(b) and (c) (default drawn with --seed)")
+    q = actions.add_parser(
+        "frozen-stats", parents=[common],
+        help="the exact BN gradient vs the handout's frozen statistics, in training",
+        description="Train the BN network twice from the same start on the same batches, with "
+        "the exact gradient and with mu_B, var_B held fixed (the handout's part 4); write "
+        "frozen_stats.png, frozen_stats.csv and summary.json into --out.")
+    q.add_argument("--lr", type=_positive_float,
+                   help="learning rate (default 0.5 for sgd, as bnprop train; 0.001 for adam)")
+    p.set_defaults(func=_cmd_reproduce, unit=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a batch-normalized MLP (default: Ioffe & Szegedy's MNIST set-up)",
         description="Train an MLP with BN. With no options: MNIST, 3 hidden layers of 100 "
         "sigmoid units with BN, batch 60, 50,000 steps (Ioffe & Szegedy 2015, sec. 4.1). "
-        "Writes model.npz, metrics.jsonl, summary.json and checkpoint.npz into --out.",
+        "Writes model.npz, metrics.jsonl, summary.json and checkpoint.npz into --out. "
+        "Under mpiexec -n P (pip install 'bnprop[mpi]'), trains data parallel: --batch-size "
+        "is the global batch, and with --sync-bn the run equals the one-process run.",
     )
     p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), help="default mnist")
     p.add_argument("--data-dir", metavar="DIR", help="data folder (default ~/.cache/bnprop)")
@@ -200,6 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--running", choices=("ema", "average"),
                    help="running statistics: ema (PyTorch, momentum 0.1) or average "
                    "(the paper's Algorithm 2); default ema")
+    sync = p.add_mutually_exclusive_group()
+    sync.add_argument("--sync-bn", dest="sync_bn", action="store_const", const=True,
+                      help="under mpiexec -n P: batch statistics of the global batch, so the "
+                      "run equals one process's (SyncBN; the default)")
+    sync.add_argument("--local-bn", dest="sync_bn", action="store_const", const=False,
+                      help="under mpiexec -n P: each process normalizes its own share, as "
+                      "plain data parallelism does")
     p.add_argument("--out", metavar="DIR",
                    help="run folder (default runs/DATASET-YYYYmmdd-HHMMSS)")
     p.add_argument("--eval-every", type=int, metavar="N",
@@ -218,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: the dataset the model was trained on")
     p.add_argument("--data-dir", metavar="DIR", help="data folder (default ~/.cache/bnprop)")
     p.set_defaults(func=_cmd_evaluate)
+    _add_reproduce(sub)
     return parser
 
 
