@@ -156,6 +156,35 @@ def test_resume_refuses_changed_settings(data_root: tuple, tmp_path: Path) -> No
         train(_config(), tmp_path / "empty", resume=True, progress=False)
 
 
+def test_resume_keeps_the_length_of_a_schedule_that_depends_on_it(
+        data_root: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cosine schedule spans --steps: a resume may not change them, and with the same
+    --steps a run interrupted after its step-10 checkpoint resumes to the straight result."""
+    from bnprop.model import MLP
+
+    cosine = {"steps": 20, "schedule": "cosine", "checkpoint_every": 10}
+    train(_config(**cosine), tmp_path / "straight", progress=False)
+    real, calls = MLP.train_step, {"n": 0}
+
+    def crash_at_15(self: MLP, *args: object, **kwargs: object) -> float:
+        calls["n"] += 1
+        if calls["n"] == 15:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MLP, "train_step", crash_at_15)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(**cosine), tmp_path / "split", progress=False)
+    monkeypatch.setattr(MLP, "train_step", real)
+    assert ckpt.load_checkpoint(tmp_path / "split")[2]["step"] == 10
+    with pytest.raises(InputError, match="the cosine schedule of this run spans its 20 steps"):
+        train(_config(), tmp_path / "split", resume=True, given={"steps": 30}, progress=False)
+    train(_config(), tmp_path / "split", resume=True, progress=False)
+    straight = _model_arrays(tmp_path / "straight")
+    for k, v in _model_arrays(tmp_path / "split").items():
+        np.testing.assert_array_equal(v, straight[k], err_msg=k)
+
+
 def test_fresh_run_refuses_a_folder_holding_a_run(data_root: tuple, tmp_path: Path) -> None:
     train(_config(steps=10), tmp_path / "run", progress=False)
     before = (tmp_path / "run" / "model.npz").read_bytes()

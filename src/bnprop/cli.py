@@ -269,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 0)")
     p.add_argument("--weight-decay", type=float, help="L2 weight decay (default 0)")
     p.add_argument("--schedule", choices=("constant", "cosine", "step"),
-                   help="learning-rate schedule (default constant)")
+                   help="learning-rate schedule (default constant; cosine and step span "
+                   "--steps)")
     p.add_argument("--batch-size", type=int, help="examples per step (default 60)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="training steps (default 50000)")

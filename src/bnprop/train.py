@@ -230,6 +230,12 @@ def merge_resume_config(saved: TrainConfig, given: dict[str, Any]) -> TrainConfi
                 f"{getattr(saved, name)!r}, got {value!r}; a resumed run keeps its settings "
                 "(only --steps, --eval-every, --checkpoint-every and --data-dir may change)."
             )
+    if merged.schedule != "constant" and merged.steps != saved.steps:
+        raise InputError(
+            f"--steps: the {saved.schedule} schedule of this run spans its {saved.steps} "
+            f"steps; resuming to {merged.steps} would change the learning rates already "
+            "used. Resume with the same --steps (a constant schedule may be extended)."
+        )
     return merged
 
 
@@ -303,6 +309,10 @@ def train(
         X, y, Xt, yt = _load_data(config)
         order = BatchOrder(X.shape[0], config.batch_size, config.seed)
         if epochs is not None:
+            if resume and config.schedule != "constant":
+                raise InputError(
+                    f"--epochs: the {config.schedule} schedule spans the run's --steps; "
+                    "resume it with --steps.")
             if not (epochs > 0 and math.isfinite(epochs)):
                 raise InputError(f"epochs: expected a number > 0, got {epochs!r} instead.")
             config.steps = max(1, math.ceil(epochs * order.batches_per_epoch))
