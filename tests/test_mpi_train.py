@@ -54,9 +54,9 @@ SCRIPT = Path(__file__).parent / "mpi_scripts" / "train_cli.py"
 #: Hard limit on one mpiexec launch (a 30-step run takes about 1 s).
 LAUNCH_TIMEOUT = 60.0
 #: 64 = 22 + 21 + 21 over 3 ranks; 600 examples = 9 batches an epoch, the last one of 88.
-RUN = {"hidden": (32, 32), "batch_size": 64, "lr": 0.1, "momentum": 0.9, "eval_every": 10,
+RUN = {"hidden": (32, 32), "batch_size": 64, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "eval_every": 10,
        "checkpoint_every": 10}
-RUN_ARGS = ["--hidden", "32,32", "--batch-size", "64", "--lr", "0.1", "--momentum", "0.9",
+RUN_ARGS = ["--hidden", "32,32", "--batch-size", "64", "--optimizer", "sgd", "--lr", "0.1", "--momentum", "0.9",
             "--eval-every", "10", "--checkpoint-every", "10"]
 F64, F32 = 1e-10, 1e-5
 F32_NOISE_FACTOR = 4.0

@@ -29,7 +29,7 @@ def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, di
     return root, digests
 
 
-SMALL = {"hidden": (32, 32), "batch_size": 20, "lr": 0.5, "eval_every": 10,
+SMALL = {"hidden": (32, 32), "batch_size": 20, "optimizer": "sgd", "lr": 0.5, "eval_every": 10,
          "checkpoint_every": 10}
 
 
@@ -238,7 +238,8 @@ def test_cli_train_and_evaluate(data_root: tuple, tmp_path: Path,
      (["--hidden", "10,0"], "hidden: expected widths >= 1"),
      (["--batch-size", "1"], "batch_size: expected at least 2"),
      (["--steps", "0"], "steps: expected an integer >= 1"),
-     (["--momentum", "1.5"], "momentum: expected a number in [0, 1)"),
+     (["--optimizer", "sgd", "--momentum", "1.5"], "momentum: expected a number in [0, 1)"),
+     (["--momentum", "0.9"], "momentum: applies to --optimizer sgd only"),
      (["--resume"], "--resume: needs --out DIR")],
 )
 def test_cli_bad_options(data_root: tuple, tmp_path: Path, capsys: pytest.CaptureFixture,

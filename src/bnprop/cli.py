@@ -263,8 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hidden layers are Linear with bias + activation, no BN")
     p.add_argument("--stats", choices=STATS_MODES,
                    help="BN gradient: exact or frozen (the handout's part 4); default exact")
-    p.add_argument("--optimizer", choices=("sgd", "adam"), help="default sgd")
-    p.add_argument("--lr", type=_positive_float, help="learning rate (default 0.5)")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), help="default adam")
+    p.add_argument("--lr", type=_positive_float,
+                   help="learning rate (default 0.003 for adam, 0.5 for sgd)")
     p.add_argument("--momentum", type=float, help="SGD momentum, PyTorch's convention "
                    "(default 0)")
     p.add_argument("--weight-decay", type=float, help="L2 weight decay (default 0)")
