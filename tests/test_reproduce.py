@@ -389,6 +389,14 @@ def test_cli_frozen_stats(data_root: tuple, tmp_path: Path,
     summary = json.loads((out / "summary.json").read_text())
     assert summary["options"]["lr"] == 1e-3 and summary["options"]["record_every"] == 1
     assert len(summary["per_seed"]) == 2
+    # A second run into the same folder is refused; the first run's files are kept.
+    before = (out / "summary.json").read_bytes()
+    assert main(["reproduce", "frozen-stats", "--steps", "12", "--out", str(out),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "already holds frozen_stats.png, frozen_stats.csv, summary.json" in err
+    assert (out / "summary.json").read_bytes() == before
 
 
 @pytest.mark.parametrize(

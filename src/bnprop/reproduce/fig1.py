@@ -50,7 +50,7 @@ from bnprop.reproduce.options import (
     HIDDEN,
     ReproduceOptions,
     check_options,
-    default_out,
+    claim_out,
     load_data,
     record_steps,
 )
@@ -129,8 +129,7 @@ def run_fig1(
     unit_source = f"drawn with seed {opts.seed}" if unit is None else "given"
     unit = draw_unit(opts.seed) if unit is None else check_unit(unit)
     data = load_data(opts)
-    out = Path(out if out is not None else default_out("fig1"))
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_out(out, "fig1", FILES)
     t0 = time.perf_counter()
     bar = Progress(opts.steps * opts.seeds, stream=stream, label="fig1", enabled=progress)
     try:

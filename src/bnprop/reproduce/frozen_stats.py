@@ -55,7 +55,7 @@ from bnprop.reproduce.options import (
     HIDDEN,
     ReproduceOptions,
     check_options,
-    default_out,
+    claim_out,
     load_data,
     record_steps,
 )
@@ -142,8 +142,7 @@ def run_frozen_stats(
     plotting.require_matplotlib()
     opts = check_options(options or ReproduceOptions(), DEFAULT_LR)
     data = load_data(opts)
-    out = Path(out if out is not None else default_out("frozen-stats"))
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_out(out, "frozen-stats", FILES)
     t0 = time.perf_counter()
     bar = Progress(opts.steps * opts.seeds, stream=stream, label="frozen-stats",
                    enabled=progress)

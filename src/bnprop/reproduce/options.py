@@ -20,6 +20,7 @@ import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -146,3 +147,17 @@ def load_data(options: ReproduceOptions) -> Data:
 def default_out(command: str) -> str:
     """``runs/COMMAND-YYYYmmdd-HHMMSS``."""
     return f"runs/{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def claim_out(out: str | Path | None, command: str, files: tuple[str, ...]) -> Path:
+    """The output folder, created; a folder holding a previous run's files is refused
+    (never overwrite results: choose another --out)."""
+    folder = Path(out if out is not None else default_out(command))
+    taken = [f for f in files if (folder / f).exists()]
+    if taken:
+        raise InputError(
+            f"{folder}: already holds {', '.join(taken)} from an earlier run; choose another "
+            "--out (bnprop never overwrites results)."
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
