@@ -1,0 +1,220 @@
+"""Thread ownership: bnprop's own threads split the rows; BLAS and the kernels run serial in each.
+
+A training step alternates GEMMs (NumPy's OpenBLAS) and batch-norm kernels (Numba).
+Measured on this project's 2-core machine (float32, medians of interleaved rounds; the
+machine is shared, so some runs had other processes on it):
+
+* **Multi-threaded OpenBLAS is fragile.** Its workers busy-wait after a call (up to 2^28
+  cycles, 0.1 s) and a call waits for every worker, so one worker that is not scheduled
+  (another process, a Numba or OpenMP pool, an MPI rank) stalls the call for a
+  scheduler tick: with other processes busy, a 2-thread GEMM 4096 x 16 -> 256 took
+  8-12 ms against 0.4 ms on 1 thread, 60 x 100 -> 100 16-24 ms against 0.02 ms, and a
+  BN layer step 65536 x 256 -> 256 1.5 s against 0.64 s. This is the 50-100x slowdown
+  of the prototype that ran prange kernels next to BLAS threads.
+* **A second thread helps GEMMs, not the BN kernels.** On the quiet machine 2 OpenBLAS
+  threads are 1.9x faster on 65536 x 256 x 256; the BN kernels are memory-bound (one
+  core already moves 24 GB/s, a 2-thread read 27), and on these vCPUs two threads of
+  vectorized Numba code doing twice the in-cache work took twice the time of one, so
+  ``parallel=True`` kernels would buy next to nothing.
+
+The rule, one owner:
+
+* **bnprop's threads own the cores.** :func:`set_threads` ``(n)`` gives :func:`map_rows`
+  ``n`` threads. A layer step splits its rows into ``n`` parts and each thread runs the
+  GEMMs and the kernels of its part; the per-part reductions are merged exactly as the
+  distributed path merges ranks (Chan's combination for the moments, sums for the
+  rest). Workers wait on a queue, never in a spin loop, so a busy machine costs a part's
+  time, not a scheduler tick per call.
+* **BLAS runs on 1 thread** in each of them, set through the library's own
+  ``openblas_set_num_threads`` (found with ctypes in the copy NumPy has loaded: the
+  environment variable is read only at load time).
+* **Kernels are serial.** :mod:`bnprop.kernels` compiles without ``parallel=True`` and
+  releases the GIL; Numba's pool is never started by bnprop.
+
+Layer forward + backward, 65536 x 16 -> 256, float32, quiet machine (median / best of
+5 interleaved rounds): 2 row-split threads 50 / 43 ms (49 / 33 ms when each thread also
+walks its rows in 1 MB chunks, so the skinny GEMMs read cache); serial kernels with
+2-thread BLAS 62 / 57 ms; everything on 1 thread 76 / 74 ms; PyTorch eager on 2
+threads 161 / 150 ms. On a busy machine the row split stays near the 1-thread time
+(128 against 117 ms) while 2-thread BLAS falls far behind (212 ms).
+
+With ``P`` processes on one machine (MPI ranks), give each ``cores // P`` threads:
+``set_threads(1)`` for 2 ranks on 2 cores.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import cache
+from typing import TypeVar
+
+from bnprop._validate import InputError
+
+T = TypeVar("T")
+
+_n_threads = 1
+_pool_lock = threading.Lock()
+_executor: ThreadPoolExecutor | None = None
+_executor_workers = 0
+
+# Symbol names across OpenBLAS builds: scipy-openblas (NumPy's wheels, 64-bit ints and a
+# "scipy_" prefix), plain OpenBLAS, and 64-bit-int OpenBLAS with the "64_" suffix.
+_SETTERS = (
+    "scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+    "openblas_set_num_threads64_", "openblas_set_num_threads",
+)
+_GETTERS = (
+    "scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+    "openblas_get_num_threads64_", "openblas_get_num_threads",
+)
+
+
+def _loaded_openblas_paths() -> list[str]:
+    """OpenBLAS libraries NumPy ships, then any other mapped into this process (Linux)."""
+    import numpy as np
+
+    numpy_dir = os.path.dirname(np.__file__)
+    paths: list[str] = []
+    for pattern in (os.path.join(numpy_dir + ".libs", "*openblas*"),
+                    os.path.join(numpy_dir, ".dylibs", "*openblas*")):
+        paths += sorted(glob.glob(pattern))
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.rsplit(None, 1)[-1]
+                if "openblas" in os.path.basename(path).lower() and path not in paths:
+                    paths.append(path)  # e.g. SciPy's own copy
+    except OSError:  # not Linux
+        pass
+    return paths
+
+
+@cache
+def _openblas() -> tuple[tuple[object, object], ...]:
+    """``(set_num_threads, get_num_threads)`` of every OpenBLAS found, NumPy's first."""
+    found = []
+    for path in _loaded_openblas_paths():
+        try:
+            lib = ctypes.CDLL(path)  # already loaded: the same handle, no second copy
+        except OSError:
+            continue
+        setter = next((getattr(lib, s) for s in _SETTERS if hasattr(lib, s)), None)
+        getter = next((getattr(lib, g) for g in _GETTERS if hasattr(lib, g)), None)
+        if setter is not None and getter is not None:
+            setter.argtypes, setter.restype = [ctypes.c_int], None
+            getter.argtypes, getter.restype = [], ctypes.c_int
+            found.append((setter, getter))
+    return tuple(found)
+
+
+def blas_threads() -> int | None:
+    """Threads NumPy's OpenBLAS uses now, or ``None`` when no OpenBLAS was found."""
+    libs = _openblas()
+    return int(libs[0][1]()) if libs else None
+
+
+def _check_n(n: object) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InputError(f"n: expected an integer >= 1, got {n!r} instead.")
+    return n
+
+
+def set_blas_threads(n: int) -> int | None:
+    """Set every OpenBLAS found to ``n`` threads; return NumPy's previous count (or ``None``)."""
+    n = _check_n(n)
+    previous = blas_threads()
+    for setter, _ in _openblas():
+        setter(n)
+    return previous
+
+
+def set_threads(n: int) -> int | None:
+    """Give the process ``n`` compute threads, owned by bnprop's row split (:func:`map_rows`).
+
+    OpenBLAS is set to 1 thread: each of the ``n`` threads calls it on its own rows.
+    bnprop's Numba kernels are serial; Numba's pool is left alone unless other code has
+    started it, in which case it is capped at 1 too (starting it only to cap it would
+    create the threads we avoid).
+
+    Parameters
+    ----------
+    n : int
+        Threads for bnprop's row-split work; the number of cores this process may use.
+
+    Returns
+    -------
+    int or None
+        The previous BLAS thread count (``None`` when no OpenBLAS was found: BLAS
+        threads are then left as the environment set them).
+    """
+    global _n_threads
+    n = _check_n(n)
+    previous = set_blas_threads(1)
+    numba_parallel = sys.modules.get("numba.np.ufunc.parallel")
+    if numba_parallel is not None and getattr(numba_parallel, "_is_initialized", False):
+        import numba
+
+        numba.set_num_threads(1)
+    with _pool_lock:
+        _n_threads = n
+    return previous
+
+
+def num_threads() -> int:
+    """Threads :func:`map_rows` uses (1 until :func:`set_threads` is called)."""
+    return _n_threads
+
+
+def row_parts(m: int, parts: int) -> list[tuple[int, int]]:
+    """Rows ``[0, m)`` in ``parts`` contiguous ``(start, stop)`` ranges, sizes differing by <= 1."""
+    return [(p * m // parts, (p + 1) * m // parts) for p in range(parts)]
+
+
+def map_rows(fn: Callable[[int, int], T], m: int, *, min_rows: int = 2048) -> list[T]:
+    """``[fn(start, stop) for each part of the rows [0, m)]``, the parts run concurrently.
+
+    The rows are split into :func:`num_threads` parts (fewer, so that each has at least
+    ``min_rows`` rows; one part, on the calling thread, when ``m < 2 * min_rows``). Part 0
+    runs on the calling thread, the others on bnprop's worker threads, which wait on a
+    queue, not in a spin loop. ``fn`` should release the GIL for its heavy work (NumPy's
+    BLAS and bnprop's kernels do). Results come back in row order, so a caller merging
+    them (Chan's combination, sums) gets the same numbers for the same thread count.
+    ``fn`` must not call :func:`map_rows` itself (the workers would wait on each other).
+    """
+    parts = max(1, min(_n_threads, m // max(1, min_rows)))
+    if parts == 1:
+        return [fn(0, m)]
+    ranges = row_parts(m, parts)
+    pool = _pool(parts - 1)
+    futures = [pool.submit(fn, start, stop) for start, stop in ranges[1:]]
+    first = fn(*ranges[0])
+    return [first] + [f.result() for f in futures]
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    global _executor, _executor_workers
+    with _pool_lock:
+        if _executor is None or _executor_workers < workers:
+            if _executor is not None:
+                _executor.shutdown(wait=True)
+            _executor = ThreadPoolExecutor(workers, thread_name_prefix="bnprop-rows")
+            _executor_workers = workers
+        return _executor
+
+
+@contextmanager
+def blas_threads_limited(n: int) -> Iterator[None]:
+    """Within the block OpenBLAS uses ``n`` threads; the previous count is restored after."""
+    previous = set_blas_threads(n)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            set_blas_threads(previous)
