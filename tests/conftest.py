@@ -41,3 +41,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def fresh_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing verified yet in this process (the SHA-256 cache of bnprop.data.datasets)."""
+    from bnprop.data import datasets
+
+    monkeypatch.setattr(datasets, "_verified", set())
+
+
+@pytest.fixture
+def fake_root(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """A data root holding unlearnable fake MNIST whose digests are the recorded ones."""
+    from bnprop.data import datasets
+    from tests.fake_mnist import make_fake
+
+    root = tmp_path / "data"
+    monkeypatch.setitem(datasets.SHA256, "mnist", make_fake(root))
+    return root
+
+
+@pytest.fixture
+def data_root(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """``(root, digests)``: a learnable fake MNIST under ``BNPROP_DATA``, digests recorded."""
+    from bnprop.data import datasets
+    from tests.fake_mnist import make_learnable
+
+    root = tmp_path / "data"
+    digests = make_learnable(root)
+    monkeypatch.setitem(datasets.SHA256, "mnist", digests)
+    monkeypatch.setattr(datasets, "_verified", set())
+    monkeypatch.setenv("BNPROP_DATA", str(root))
+    return root, digests

@@ -63,3 +63,34 @@ def cli_command(args: list[str], digests: dict[str, str]) -> list[str]:
 
 def fake_env(root: Path) -> dict[str, str]:
     return {**os.environ, "BNPROP_DATA": str(root)}
+
+
+# ---- unlearnable MNIST-shaped files, for the data layer's tests --------------------------
+
+N = {"train": 50, "test": 20}
+ALL_FILES = [file for split in ("train", "test") for file in FILES[split]]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def fake_arrays(seed: int = 0) -> dict[str, np.ndarray]:
+    """MNIST-shaped arrays: 50 train and 20 test images, every label 0..9 present."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, (images_file, labels_file) in FILES.items():
+        images = rng.integers(0, 256, size=(N[split], 28, 28), dtype=np.uint8)
+        images[0, 0, :2] = (0, 255)  # the ends of the range
+        arrays[images_file] = images
+        arrays[labels_file] = (np.arange(N[split]) % 10).astype(np.uint8)
+    return arrays
+
+
+def make_fake(root: Path, name: str = "mnist", seed: int = 0) -> dict[str, str]:
+    """Write the four fake files into ``root/name``; return their SHA-256 digests."""
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for file, array in fake_arrays(seed).items():
+        write_idx(folder / file, array)
+    return {file: sha256(folder / file) for file in ALL_FILES}

@@ -3,10 +3,8 @@ use the real data when it is provisioned. Fetching is in test_provision.py."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,48 +12,9 @@ import pytest
 from bnprop._validate import InputError
 from bnprop.data import datasets, load_dataset, load_idx_pair, verify, write_idx
 from bnprop.data.datasets import FILES, data_dir
+from tests.fake_mnist import ALL_FILES, N, fake_arrays, sha256
 
-N = {"train": 50, "test": 20}
-ALL_FILES = [file for split in ("train", "test") for file in FILES[split]]
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def fake_arrays(seed: int = 0) -> dict[str, np.ndarray]:
-    """MNIST-shaped arrays: 50 train and 20 test images, every label 0..9 present."""
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for split, (images_file, labels_file) in FILES.items():
-        images = rng.integers(0, 256, size=(N[split], 28, 28), dtype=np.uint8)
-        images[0, 0, :2] = (0, 255)  # the ends of the range
-        arrays[images_file] = images
-        arrays[labels_file] = (np.arange(N[split]) % 10).astype(np.uint8)
-    return arrays
-
-
-def make_fake(root: Path, name: str = "mnist", seed: int = 0) -> dict[str, str]:
-    """Write the four fake files into ``root/name``; return their SHA-256 digests."""
-    folder = root / name
-    folder.mkdir(parents=True, exist_ok=True)
-    for file, array in fake_arrays(seed).items():
-        write_idx(folder / file, array)
-    return {file: sha256(folder / file) for file in ALL_FILES}
-
-
-@pytest.fixture(autouse=True)
-def fresh_cache(monkeypatch):
-    """Each test starts with nothing verified in this process."""
-    monkeypatch.setattr(datasets, "_verified", set())
-
-
-@pytest.fixture
-def fake_root(tmp_path, monkeypatch):
-    """A data root holding fake MNIST whose digests are the recorded ones."""
-    root = tmp_path / "data"
-    monkeypatch.setitem(datasets.SHA256, "mnist", make_fake(root))
-    return root
+pytestmark = pytest.mark.usefixtures("fresh_cache")
 
 
 # -- folder ------------------------------------------------------------------------------

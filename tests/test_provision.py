@@ -19,21 +19,9 @@ import pytest
 from bnprop._validate import InputError
 from bnprop.data import datasets, provision, read_idx, verify, write_idx
 from bnprop.data.provision import fetch
-from tests.test_datasets import ALL_FILES, fake_arrays, make_fake
+from tests.fake_mnist import ALL_FILES, fake_arrays, make_fake
 
-
-@pytest.fixture(autouse=True)
-def fresh_cache(monkeypatch):
-    """Each test starts with nothing verified in this process."""
-    monkeypatch.setattr(datasets, "_verified", set())
-
-
-@pytest.fixture
-def fake_root(tmp_path, monkeypatch):
-    """A data root holding fake MNIST whose digests are the recorded ones."""
-    root = tmp_path / "data"
-    monkeypatch.setitem(datasets.SHA256, "mnist", make_fake(root))
-    return root
+pytestmark = pytest.mark.usefixtures("fresh_cache")
 
 
 # -- fetch with fake providers -----------------------------------------------------------

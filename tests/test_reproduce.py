@@ -21,19 +21,9 @@ from bnprop.reproduce.lockstep import Arm, run_lockstep, weights_sha256
 from bnprop.reproduce.options import check_options, record_steps
 from bnprop.reproduce.records import aggregate, first_step_reaching, write_csv
 from bnprop.train import BatchOrder
-from tests.fake_mnist import make_learnable, run_cli
+from tests.fake_mnist import run_cli
 
 pytest.importorskip("matplotlib")
-
-
-@pytest.fixture
-def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict[str, str]]:
-    root = tmp_path / "data"
-    digests = make_learnable(root)
-    monkeypatch.setitem(datasets.SHA256, "mnist", digests)
-    monkeypatch.setattr(datasets, "_verified", set())
-    monkeypatch.setenv("BNPROP_DATA", str(root))
-    return root, digests
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

@@ -16,18 +16,7 @@ from bnprop._validate import InputError
 from bnprop.cli import main
 from bnprop.data import datasets
 from bnprop.train import BatchOrder, TrainConfig, train
-from tests.fake_mnist import cli_command, fake_env, make_learnable, run_cli
-
-
-@pytest.fixture
-def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict[str, str]]:
-    root = tmp_path / "data"
-    digests = make_learnable(root)
-    monkeypatch.setitem(datasets.SHA256, "mnist", digests)
-    monkeypatch.setattr(datasets, "_verified", set())
-    monkeypatch.setenv("BNPROP_DATA", str(root))
-    return root, digests
-
+from tests.fake_mnist import cli_command, fake_env, run_cli
 
 SMALL = {"hidden": (32, 32), "batch_size": 20, "optimizer": "sgd", "lr": 0.5, "eval_every": 10,
          "checkpoint_every": 10}
