@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -83,6 +84,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import time
 
     from bnprop.distributed import abort_on_error, default_comm
+    from bnprop.threads import set_threads
     from bnprop.train import TrainConfig, parse_hidden, train
 
     try:
@@ -100,6 +102,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         out = comm.bcast(args.out or f"runs/{given.get('dataset', 'mnist')}-"
                          f"{time.strftime('%Y%m%d-%H%M%S')}")  # rank 0's clock names it
         config = TrainConfig(**{k: v for k, v in given.items()})
+        if args.threads is not None and args.threads < 1:
+            raise InputError(f"--threads: expected an integer >= 1, got {args.threads}.")
+        set_threads(args.threads if args.threads is not None
+                    else max(1, (os.cpu_count() or 1) // comm.size))  # summary["threads"]
         with abort_on_error(comm):  # any other error on any rank ends the whole job
             summary = train(config, out, resume=args.resume, given=given, epochs=args.epochs,
                             progress=not args.quiet, comm=comm)
@@ -110,6 +116,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if comm.rank == 0:
         print(f"test accuracy {summary['test_accuracy']:.4f} after {summary['steps']} steps "
               f"({summary['elapsed']:.1f} s); model, metrics and summary in {out}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from bnprop.bench import run, table, write_json
+
+    if args.threads < 1:
+        raise InputError(f"--threads: expected an integer >= 1, got {args.threads}.")
+    result = run(quick=args.quick, n_threads=args.threads)
+    print(table(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"results in {args.json}")
     return 0
 
 
@@ -296,8 +315,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint every N steps (default 5000)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="compute threads of each process (bnprop.threads.set_threads; "
+                   "BLAS runs on 1 thread inside each); default: the cores divided by the "
+                   "number of processes")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "bench", help="speed and memory against PyTorch (and JAX): ratio table and JSON",
+        description="BN layer forward + backward and train steps against PyTorch eager, "
+        "torch.compile and JAX jit (when installed), this machine's copy bandwidth and "
+        "GEMM peak, and the step's memory; interleaved rounds, medians, one process.",
+    )
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes, few rounds, no compiled peers (seconds, for tests)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, metavar="N",
+                   help="threads of both sides (default: the cores)")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("evaluate", help="test accuracy of a trained model",
                        description="Print the test accuracy of DIR/model.npz.")

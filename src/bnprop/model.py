@@ -282,6 +282,10 @@ class MLP:
             else:
                 self.hidden.append(DenseLayer(W=W, b=np.zeros(n_out, dt)))
         self.out = DenseLayer(W=weights[-1], b=np.zeros(weights[-1].shape[0], dt))
+        #: train_step's path when not given: bnprop.fast's preallocated step (True) or the
+        #: reference (False). Not part of the state: a run chooses it, the model does not.
+        self.fast_step = False
+        self._fast: Any = None  # the bnprop.fast.FastStep, made by the first fast step
 
     # ------------------------------------------------------------------ description
     @property
@@ -478,14 +482,29 @@ class MLP:
 
     def train_step(
         self, X: object, y: object, optimizer: Any, *, comm: Communicator | None = None,
-        m_global: int | None = None, sync_bn: bool = True,
+        m_global: int | None = None, sync_bn: bool = True, fast: bool | None = None,
     ) -> float:
         """:meth:`loss_and_grads`, then ``optimizer.step(self.parameters(), grads)``.
 
         Returns the batch loss (before the update). ``comm``, ``m_global``, ``sync_bn``: a
         data-parallel step, as in :meth:`loss_and_grads`; every process then takes the same
         optimizer step on the same global gradients, so the parameters stay identical.
+        ``fast=True``: with batch normalization and no communicator (or one of one
+        process), the preallocated step of :mod:`bnprop.fast` (fused kernels, buffers kept
+        per batch shape; the same step to rounding, not bit for bit); ``fast=False``, no
+        batch normalization or a data-parallel step: the reference path above.
+        ``fast=None``: the attribute ``self.fast_step`` (False unless set; ``bnprop
+        train`` sets it).
         """
+        if fast is None:
+            fast = self.fast_step
+        if (fast and self.config.batchnorm and m_global is None
+                and (comm is None or getattr(comm, "size", None) == 1)):
+            if self._fast is None:
+                from bnprop.fast import FastStep
+
+                self._fast = FastStep(self)
+            return self._fast.train_step(X, y, optimizer)
         loss, grads = self.loss_and_grads(X, y, comm=comm, m_global=m_global, sync_bn=sync_bn)
         optimizer.step(self.parameters(), grads)
         return loss

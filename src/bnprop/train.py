@@ -46,6 +46,7 @@ import numpy as np
 from bnprop import checkpoint as ckpt
 from bnprop._validate import InputError, check_choice
 from bnprop.progress import Progress
+from bnprop.threads import num_threads
 
 if TYPE_CHECKING:
     from bnprop.distributed import Communicator
@@ -342,6 +343,7 @@ def train(
     except (InputError, OSError) as exc:
         error = exc
     agree(comm, error)
+    net.fast_step = True  # one process, BN: bnprop.fast's step (MLP.train_step)
     start, metrics = run["start"], run["metrics"]
     loss_sum, loss_count, elapsed0 = run["loss_sum"], run["loss_count"], run["elapsed"]
 
@@ -411,6 +413,7 @@ def train(
         "config": config.to_json(),
         "elapsed": round(elapsed(), 3),
         "steps_per_second": round((step - start) / max(time.perf_counter() - t0, 1e-9), 1),
+        "threads": num_threads(),  # bnprop.threads: this process's compute threads
         "diverged_at": diverged_at,
         "metrics": ckpt.METRICS_FILE,
         "model": ckpt.MODEL_FILE,

@@ -1,0 +1,44 @@
+"""Interleaved timing: every case runs once per round, in turn; the result is a median.
+
+For each round r and case c: one untimed warm call, then ``inner`` timed calls;
+``t_rc = median`` of them. The reported time of c is ``median_r t_rc``. Interleaving
+means a slow period of the machine hits every case alike, so ratios measured in the same
+run stay fair. A short pause before each case lets the previous one's threads (PyTorch's
+OpenMP pool spins after work) go idle.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+#: Pause before each case of a round, seconds.
+PAUSE = 0.03
+
+
+def calibrate(fn: Callable[[], object], budget: float, max_inner: int = 50) -> int:
+    """Timed calls per round so that a round of ``fn`` takes about ``budget`` seconds."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - t0, 1e-7)
+    return max(1, min(max_inner, int(budget / once)))
+
+
+def interleaved(cases: dict[str, Callable[[], object]], rounds: int,
+                budget: float = 0.05) -> dict[str, float]:
+    """Median seconds per call of each case (module docstring)."""
+    inner = {name: calibrate(fn, budget) for name, fn in cases.items()}
+    per_round: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            time.sleep(PAUSE)
+            fn()
+            times = []
+            for _ in range(inner[name]):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            per_round[name].append(statistics.median(times))
+    return {name: statistics.median(ts) for name, ts in per_round.items()}

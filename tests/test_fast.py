@@ -1,0 +1,181 @@
+"""The preallocated step (bnprop.fast) against the reference step of MLP.loss_and_grads."""
+
+from __future__ import annotations
+
+import tracemalloc
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from conftest import rel_err
+
+from bnprop import fast as fast_module
+from bnprop import threads
+from bnprop.distributed import SingleProcess
+from bnprop.fast import FastStep
+from bnprop.model import MLP
+from bnprop.optim import SGD, Adam
+
+SIZES = (12, 16, 16, 4)
+
+
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    """bnprop's row split on 2 threads for the test; the previous setting restored after."""
+    n, blas = threads.num_threads(), threads.blas_threads()
+    threads.set_threads(2)
+    yield
+    threads.set_threads(n)
+    if blas is not None:
+        threads.set_blas_threads(blas)
+
+
+def _data(m: int, n_in: int = SIZES[0], k: int = SIZES[-1], dtype: str = "float64",
+          seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((m, n_in)) + 0.5).astype(dtype), rng.integers(0, k, m)
+
+
+def _pair(dtype: str, **kw: object) -> tuple[MLP, MLP]:
+    return MLP(SIZES, dtype=dtype, **kw), MLP(SIZES, dtype=dtype, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("stats", ["exact", "frozen"])
+@pytest.mark.parametrize("activation", ["sigmoid", "relu", "tanh"])
+@pytest.mark.parametrize("running", ["ema", "average"])
+def test_float64_step_equals_reference(stats: str, activation: str, running: str) -> None:
+    X, y = _data(50)
+    ref, fast = _pair("float64", stats=stats, activation=activation, running=running)
+    opt_ref, opt_fast = SGD(0.3, momentum=0.5), SGD(0.3, momentum=0.5)
+    for _ in range(5):
+        loss_ref = ref.train_step(X, y, opt_ref, fast=False)
+        loss_fast = fast.train_step(X, y, opt_fast, fast=True)
+        assert loss_fast == pytest.approx(loss_ref, rel=1e-12)
+    for name, p in ref.parameters().items():
+        assert rel_err(fast.parameters()[name], p) < 1e-12, name
+    for name, b in ref.buffers().items():
+        assert rel_err(fast.buffers()[name], b) < 1e-12, name
+
+
+def test_gradients_equal_reference_and_are_the_step_buffers() -> None:
+    X, y = _data(30)
+    ref, fast = _pair("float64")
+    loss_ref, g_ref = ref.loss_and_grads(X, y)
+    step = FastStep(fast)
+    loss, grads = step.loss_and_grads(X, y)
+    assert list(grads) == list(g_ref)
+    assert loss == pytest.approx(loss_ref, rel=1e-13)
+    for name in g_ref:
+        assert grads[name].dtype == g_ref[name].dtype
+        assert rel_err(grads[name], g_ref[name]) < 1e-12, name
+    _, again = step.loss_and_grads(X, y)
+    assert all(again[k] is grads[k] for k in grads)  # preallocated: the same arrays
+
+
+@pytest.mark.parametrize("stats", ["exact", "frozen"])
+def test_float32_step_equals_reference_to_rounding(stats: str) -> None:
+    X, y = _data(60, dtype="float32")
+    ref, fast = _pair("float32", stats=stats)
+    for _ in range(3):
+        loss_ref = ref.train_step(X, y, SGD(0.1), fast=False)
+        loss_fast = fast.train_step(X, y, SGD(0.1), fast=True)
+        assert loss_fast == pytest.approx(loss_ref, rel=1e-5)
+    for name, p in ref.parameters().items():
+        assert fast.parameters()[name].dtype == np.float32
+        assert rel_err(fast.parameters()[name], p) < 1e-5, name
+    for name, b in ref.buffers().items():
+        assert rel_err(fast.buffers()[name], b) < 1e-5, name
+
+
+@pytest.mark.parametrize("stats", ["exact", "frozen"])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_row_parts_and_chunks_equal_reference(two_threads: None, stats: str, n_threads: int,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    threads.set_threads(n_threads)
+    monkeypatch.setattr(fast_module, "CHUNK_BYTES", 32 * 8 * 300)  # 300-row chunks
+    X, y = _data(5000, n_in=8, k=3, seed=1)  # >= 2 * 2048 rows: parts, chunks of rows
+    ref = MLP((8, 32, 32, 3), dtype="float64", stats=stats)
+    fast = MLP((8, 32, 32, 3), dtype="float64", stats=stats)
+    opt_ref, opt_fast = SGD(0.5), SGD(0.5)
+    for _ in range(3):
+        assert fast.train_step(X, y, opt_fast, fast=True) == pytest.approx(
+            ref.train_step(X, y, opt_ref, fast=False), rel=1e-12)
+    layer = fast._fast.layers[0]
+    assert layer.chunked and layer.chunk_rows == 300 and len(layer._parts.mean) == n_threads
+    for name, p in ref.parameters().items():
+        assert rel_err(fast.parameters()[name], p) < 1e-10, name
+
+
+def test_ragged_batches_reallocate_once_per_shape() -> None:
+    ref, fast = _pair("float64")
+    step = FastStep(fast)
+    for m in (40, 40, 17, 17, 40):
+        X, y = _data(m, seed=m)
+        loss_ref = ref.train_step(X, y, SGD(0.2), fast=False)
+        loss, grads = step.loss_and_grads(X, y)
+        SGD(0.2).step(fast.parameters(), grads)
+        assert loss == pytest.approx(loss_ref, rel=1e-12)
+    assert step.allocations == 3  # 40, 17, 40
+    for name, p in ref.parameters().items():
+        assert rel_err(fast.parameters()[name], p) < 1e-12, name
+
+
+def test_dispatch_falls_back_to_the_reference_path() -> None:
+    X, y = _data(20)
+    no_bn = MLP(SIZES, batchnorm=False, dtype="float64")
+    no_bn.train_step(X, y, SGD(0.1), fast=True)
+    assert getattr(no_bn, "_fast", None) is None
+    net = MLP(SIZES, dtype="float64")
+    net.train_step(X, y, SGD(0.1), comm=SingleProcess(), m_global=20, fast=True)
+    assert getattr(net, "_fast", None) is None
+    assert net.fast_step is False
+    net.train_step(X, y, SGD(0.1))  # fast=None: net.fast_step, False
+    assert getattr(net, "_fast", None) is None
+    net.fast_step = True
+    net.train_step(X, y, SGD(0.1), comm=SingleProcess())
+    assert isinstance(net._fast, FastStep)
+
+
+def test_fast_trains_to_the_reference_accuracy() -> None:
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((4, 20)) * 2
+    labels = rng.integers(0, 4, 2000)
+    X = (centers[labels] + rng.standard_normal((2000, 20)) * 2.5).astype(np.float32)
+    train, test = slice(0, 1500), slice(1500, None)
+    accuracy = {}
+    for fast in (False, True):
+        net, opt = MLP((20, 32, 32, 4), seed=3), Adam(3e-3)
+        order = np.random.default_rng(1)
+        for _ in range(300):
+            idx = order.integers(0, 1500, 60)
+            net.train_step(X[train][idx], labels[train][idx], opt, fast=fast)
+        accuracy[fast] = net.accuracy(X[test], labels[test])
+    assert accuracy[False] > 0.7
+    assert abs(accuracy[True] - accuracy[False]) <= 0.02
+
+
+def test_no_allocation_growth_over_1000_steps() -> None:
+    X, y = _data(60, dtype="float32")
+    net, opt = MLP(SIZES), SGD(0.05)
+    for _ in range(20):
+        net.train_step(X, y, opt, fast=True)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(100):
+            net.train_step(X, y, opt, fast=True)
+        after_100 = tracemalloc.get_traced_memory()[0]
+        for _ in range(900):
+            net.train_step(X, y, opt, fast=True)
+        after_1000 = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    # A leaked array of the smallest parameter (16 float32) would add 80 KB over 900
+    # steps; what is left is Python's own bookkeeping (tens of bytes, not per step).
+    assert after_100 - before < 1024
+    assert after_1000 - after_100 < 512
+
+
+def test_fast_step_refuses_a_net_without_batchnorm() -> None:
+    with pytest.raises(ValueError, match="batchnorm=True"):
+        FastStep(MLP(SIZES, batchnorm=False))
