@@ -311,3 +311,23 @@ def test_default_run_reaches_098(tmp_path: Path) -> None:
     _real_mnist_or_skip()
     summary = train(TrainConfig(), tmp_path / "run", progress=False)
     assert summary["test_accuracy"] >= 0.98
+
+
+def test_cli_threads_option(data_root: tuple, tmp_path: Path,
+                            capsys: pytest.CaptureFixture) -> None:
+    """--threads N sets bnprop's compute threads and summary.json records them."""
+    from bnprop import threads
+
+    before = threads.num_threads()
+    try:
+        out = tmp_path / "run"
+        assert main(["train", "--hidden", "8", "--steps", "10", "--batch-size", "20",
+                     "--out", str(out), "--quiet", "--threads", "1"]) == 0
+        assert json.loads((out / "summary.json").read_text())["threads"] == 1
+        assert threads.num_threads() == 1
+        assert main(["train", "--steps", "10", "--out", str(tmp_path / "bad"), "--quiet",
+                     "--threads", "0"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--threads: expected an integer >= 1, got 0" in err
+    finally:
+        threads.set_threads(before)
