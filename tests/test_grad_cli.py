@@ -184,6 +184,19 @@ def test_failed_write_leaves_previous_output(tmp_path: Path, monkeypatch: pytest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npz", "out.npz"]
 
 
+def test_os_errors_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OSError the run does not translate still prints one line: file, colon, reason."""
+    import bnprop.grad
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise FileNotFoundError(2, "No such file or directory", "/proc/nope")
+
+    monkeypatch.setattr(bnprop.grad, "run_grad", failing)
+    err = _err(["grad", str(tmp_path / "in.npz")], capsys)
+    assert err == "bnprop grad: error: /proc/nope: No such file or directory\n"
+
+
 def test_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     _write_input(tmp_path / "in.npz")
     for argv in (["--stats", "approx"], ["--activation", "softplus"], ["--eps", "-1"],

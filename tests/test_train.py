@@ -248,6 +248,8 @@ def test_cli_missing_dataset_names_the_fetch_command(tmp_path: Path,
 
 
 def test_cli_evaluate_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["evaluate", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: no such folder or file." in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path)]) == 2
     assert "model.npz: no such file" in capsys.readouterr().err
     (tmp_path / "model.npz").write_bytes(b"PK\x03\x04 damaged")

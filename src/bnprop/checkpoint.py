@@ -53,6 +53,8 @@ def save_model(path: str | os.PathLike[str], state: Mapping[str, np.ndarray]) ->
 def load_model_state(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Read a model state written by :func:`save_model`; a missing file names the folder."""
     path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such folder or file.")
     if path.is_dir():
         path = path / MODEL_FILE
     if not path.exists():

@@ -357,8 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bnprop {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        name = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-        print(f"bnprop {args.command}: error:{name} {exc.strerror or exc}", file=sys.stderr)
+        name = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"bnprop {args.command}: error: {name}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"bnprop {args.command}: interrupted", file=sys.stderr)
