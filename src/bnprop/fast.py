@@ -271,7 +271,9 @@ class FastStep:
         self.total = np.empty(m)                      # sum_k exp(S_ik), float64
         self.rowmax = np.empty((m, 1), dt)
         self.rows = np.arange(m)
-        self.running_tmp = [np.empty(layer.W.shape[0], dt) for layer in net.hidden]
+        # mu_B and var_B rounded to the dtype, as the reference cache holds them.
+        self.running_tmp = [(np.empty(layer.W.shape[0], dt), np.empty(layer.W.shape[0], dt))
+                            for layer in net.hidden]
         self.m = m
         self.allocations += 1
 
@@ -341,22 +343,12 @@ class FastStep:
         logits /= dt.type(m)
         return loss
 
-    def _update_running(self, layer: Any, step: BNLayerStep, tmp: np.ndarray) -> None:
-        """The running statistics of :meth:`MLP._update_running`, in place::
-
-            running = (1 - momentum) * running + momentum * batch
-        """
-        cfg = self.net.config
-        layer.num_batches_tracked += 1
-        k = int(layer.num_batches_tracked)
-        momentum = cfg.momentum if cfg.running == "ema" else 1.0 / k
-        m = step.count
-        layer.running_mean *= 1.0 - momentum
-        tmp[...] = step.mean                          # mu_B in the dtype
-        tmp *= momentum
-        layer.running_mean += tmp
-        layer.running_var *= 1.0 - momentum
-        tmp[...] = step.var                           # var_B in the dtype
-        tmp *= m / (m - 1)                            # unbiased
-        tmp *= momentum
-        layer.running_var += tmp
+    def _update_running(
+        self, layer: Any, step: BNLayerStep, tmp: tuple[np.ndarray, np.ndarray],
+    ) -> None:
+        """:meth:`MLP._update_running` (the one home of the convention) on this step's
+        statistics, rounded to the dtype first as the reference's cache rounds them."""
+        mu_B, var_B = tmp
+        mu_B[...] = step.mean
+        var_B[...] = step.var
+        self.net._update_running(layer, mu_B, var_B, step.count)
