@@ -396,21 +396,21 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-def mpiexec(size: int, script: str, *args: str) -> tuple[int, str, str, float]:
-    """Run ``mpiexec -n size python script args``; (return code, stdout, stderr, seconds).
+def run_mpiexec(size: int, program: list[str], env: dict[str, str],
+                timeout: float = LAUNCH_TIMEOUT) -> tuple[int, str, str, float]:
+    """Run ``mpiexec -n size PROGRAM``; (return code, stdout, stderr, seconds).
 
     ``-launcher fork`` starts the ranks locally without ssh whatever the host name resolves
     to. Hydra runs its proxy and each rank in a session of their own, out of reach of a
     process-group kill; on a timeout mpiexec gets SIGTERM, on which it kills its ranks
     (measured: 0.02 s; it ignored a SIGINT sent this way), then SIGKILL if need be.
     """
-    cmd = [str(MPIEXEC), "-launcher", "fork", "-n", str(size), sys.executable,
-           str(SCRIPTS / script), *args]
+    cmd = [str(MPIEXEC), "-launcher", "fork", "-n", str(size), *program]
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=clean_env(), start_new_session=True)
+                            env=env, start_new_session=True)
     try:
-        out, err = proc.communicate(timeout=LAUNCH_TIMEOUT)
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.terminate()
         try:
@@ -418,8 +418,13 @@ def mpiexec(size: int, script: str, *args: str) -> tuple[int, str, str, float]:
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
-        pytest.fail(f"{' '.join(cmd)} did not end within {LAUNCH_TIMEOUT} s:\n{out}\n{err}")
+        pytest.fail(f"{' '.join(cmd)} did not end within {timeout} s:\n{out}\n{err}")
     return proc.returncode, out, err, time.monotonic() - start
+
+
+def mpiexec(size: int, script: str, *args: str) -> tuple[int, str, str, float]:
+    """``mpiexec -n size python tests/mpi_scripts/SCRIPT ARGS`` (see :func:`run_mpiexec`)."""
+    return run_mpiexec(size, [sys.executable, str(SCRIPTS / script), *args], clean_env())
 
 
 @needs_mpiexec

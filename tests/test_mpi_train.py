@@ -19,7 +19,6 @@ Tolerances, normwise relative per array (``rel_err``):
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -48,7 +47,7 @@ from bnprop.optim import SGD
 from bnprop.train import TrainConfig, train
 from tests.conftest import rel_err
 from tests.fake_mnist import make_learnable
-from tests.test_distributed import FAULT_BOUND, MPIEXEC, clean_env, needs_mpiexec
+from tests.test_distributed import FAULT_BOUND, MPIEXEC, clean_env, needs_mpiexec, run_mpiexec
 
 SCRIPT = Path(__file__).parent / "mpi_scripts" / "train_cli.py"
 #: Hard limit on one mpiexec launch (a 30-step run takes about 1 s).
@@ -111,22 +110,8 @@ def launch(size: int, args: list[str], fake_data: Any, *, fault: str | None = No
     env = {**clean_env(), "BNPROP_DATA": str(root), "BNPROP_TEST_DIGESTS": json.dumps(digests)}
     if fault:
         env["BNPROP_TEST_FAULT"] = fault
-    cmd = [str(MPIEXEC), "-launcher", "fork", "-n", str(size),
-           *(script or [sys.executable, str(SCRIPT)]), *args]
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=LAUNCH_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.terminate()
-        try:
-            out, err = proc.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-        pytest.fail(f"{' '.join(cmd)} did not end within {LAUNCH_TIMEOUT} s:\n{out}\n{err}")
-    return proc.returncode, out, err, time.monotonic() - start
+    return run_mpiexec(size, [*(script or [sys.executable, str(SCRIPT)]), *args], env,
+                       timeout=LAUNCH_TIMEOUT)
 
 
 # -- one step on P threads ---------------------------------------------------------------------
