@@ -47,3 +47,16 @@ def test_quick_bench_writes_json_with_positive_ratios(tmp_path: Path,
 def test_bench_refuses_zero_threads(capsys: pytest.CaptureFixture) -> None:
     assert main(["bench", "--threads", "0"]) == 2
     assert "--threads" in capsys.readouterr().err
+
+
+def test_json_folder_is_checked_before_the_benchmark_runs(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bnprop.bench
+
+    def must_not_run(**kwargs: object) -> None:
+        raise AssertionError("the benchmark ran although its output folder is missing")
+
+    monkeypatch.setattr(bnprop.bench, "run", must_not_run)
+    assert main(["bench", "--quick", "--json", str(tmp_path / "no" / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--json: the folder of" in err

@@ -130,6 +130,14 @@ def test_corrupt_file(tmp_path: Path, capsys: pytest.CaptureFixture, content: by
     assert match in _err(["grad", str(tmp_path / "bad.npz")], capsys)
 
 
+def test_unknown_format_gets_no_advice_to_unpickle(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "bad.npz").write_bytes(b"garbage")
+    err = _err(["grad", str(tmp_path / "bad.npz")], capsys)
+    assert "not a valid .npz file (not a NumPy archive; bnprop never unpickles)." in err
+    assert "allow_pickle" not in err
+
+
 def test_truncated_npz(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     _write_input(tmp_path / "in.npz")
     data = (tmp_path / "in.npz").read_bytes()

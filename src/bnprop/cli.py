@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from bnprop import __version__
 from bnprop._validate import InputError
@@ -124,6 +125,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     if args.threads < 1:
         raise InputError(f"--threads: expected an integer >= 1, got {args.threads}.")
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        raise InputError(f"--json: the folder of {args.json} does not exist (checked before "
+                         "the benchmark runs, so no measurement is lost).")
     result = run(quick=args.quick, n_threads=args.threads)
     print(table(result))
     if args.json:

@@ -78,6 +78,9 @@ def load_npz(
     except PermissionError:
         raise InputError(f"{path}: cannot be read (permission denied).") from None
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        if "pickle" in str(exc):  # NumPy's guess for an unknown format: never taken here
+            raise InputError(f"{path}: not a valid .npz file (not a NumPy archive; bnprop "
+                             "never unpickles).") from None
         raise InputError(f"{path}: not a valid .npz file ({exc}).") from None
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise InputError(f"{path}: is a single .npy array, expected an .npz archive.")
