@@ -369,9 +369,16 @@ def test_cli_end_to_end(data_root: tuple, tmp_path: Path) -> None:
 
 def test_cli_frozen_stats(data_root: tuple, tmp_path: Path,
                           capsys: pytest.CaptureFixture) -> None:
+    from bnprop import threads
+
     out = tmp_path / "cli-fz"
-    assert main(["reproduce", "frozen-stats", "--steps", "12", "--seeds", "2", "--out",
-                 str(out), "--quiet", "--optimizer", "adam"]) == 0
+    before = threads.num_threads()
+    try:
+        assert main(["reproduce", "frozen-stats", "--steps", "12", "--seeds", "2", "--out",
+                     str(out), "--quiet", "--optimizer", "adam", "--threads", "1"]) == 0
+        assert threads.num_threads() == 1
+    finally:
+        threads.set_threads(before)
     printed = capsys.readouterr()
     assert printed.err == ""
     assert printed.out.startswith("frozen-stats: exact test accuracy ")
@@ -379,6 +386,7 @@ def test_cli_frozen_stats(data_root: tuple, tmp_path: Path,
     summary = json.loads((out / "summary.json").read_text())
     assert summary["options"]["lr"] == 1e-3 and summary["options"]["record_every"] == 1
     assert len(summary["per_seed"]) == 2
+    assert summary["threads"] == 1
     # A second run into the same folder is refused; the first run's files are kept.
     before = (out / "summary.json").read_bytes()
     assert main(["reproduce", "frozen-stats", "--steps", "12", "--out", str(out),
@@ -396,7 +404,8 @@ def test_cli_frozen_stats(data_root: tuple, tmp_path: Path,
      (["frozen-stats", "--seeds", "0"], "seeds: expected an integer >= 1, got 0"),
      (["fig1", "--record-every", "0"], "record_every: expected an integer >= 1, got 0"),
      (["frozen-stats", "--seed", "-1"], "seed: expected an integer >= 0, got -1"),
-     (["fig1", "--data-dir", "/nonexistent/bnprop"], "bnprop data fetch --dataset mnist")],
+     (["fig1", "--data-dir", "/nonexistent/bnprop"], "bnprop data fetch --dataset mnist"),
+     (["frozen-stats", "--threads", "0"], "--threads: expected an integer >= 1, got 0")],
 )
 def test_cli_bad_options(data_root: tuple, tmp_path: Path, capsys: pytest.CaptureFixture,
                          argv: list[str], message: str) -> None:

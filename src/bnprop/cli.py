@@ -80,12 +80,21 @@ _TRAIN_FIELDS = ("dataset", "data_dir", "hidden", "activation", "stats", "optimi
                  "running", "eval_every", "checkpoint_every", "sync_bn")
 
 
+def _set_threads(threads: int | None, processes: int = 1) -> None:
+    """``--threads N``: bnprop's compute threads (:func:`bnprop.threads.set_threads`); by
+    default the cores shared out among the ``processes`` of this machine's job."""
+    from bnprop.threads import set_threads
+
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads: expected an integer >= 1, got {threads}.")
+    set_threads(threads if threads is not None else max(1, (os.cpu_count() or 1) // processes))
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     """One process, or P under ``mpiexec -n P``: every rank runs this with the same argv."""
     import time
 
     from bnprop.distributed import abort_on_error, default_comm
-    from bnprop.threads import set_threads
     from bnprop.train import TrainConfig, parse_hidden, train
 
     try:
@@ -103,10 +112,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         out = comm.bcast(args.out or f"runs/{given.get('dataset', 'mnist')}-"
                          f"{time.strftime('%Y%m%d-%H%M%S')}")  # rank 0's clock names it
         config = TrainConfig(**{k: v for k, v in given.items()})
-        if args.threads is not None and args.threads < 1:
-            raise InputError(f"--threads: expected an integer >= 1, got {args.threads}.")
-        set_threads(args.threads if args.threads is not None
-                    else max(1, (os.cpu_count() or 1) // comm.size))  # summary["threads"]
+        _set_threads(args.threads, comm.size)  # summary["threads"]
         with abort_on_error(comm):  # any other error on any rank ends the whole job
             summary = train(config, out, resume=args.resume, given=given, epochs=args.epochs,
                             progress=not args.quiet, comm=comm)
@@ -153,6 +159,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         "steps", "seeds", "seed", "optimizer", "lr", "dataset", "data_dir", "record_every",
         "dtype")})
     out = args.out or default_out(args.action)
+    _set_threads(args.threads)  # summary["threads"]
     if args.action == "fig1":
         summary = fig1.run_fig1(options, out, unit=args.unit, progress=not args.quiet)
         print(fig1.report_line(summary, out))
@@ -183,6 +190,9 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
                         help="record every N steps (default steps // 100)")
     common.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                         help="default float32")
+    common.add_argument("--threads", type=int, metavar="N",
+                        help="compute threads (bnprop.threads.set_threads; default: the "
+                        "cores; BLAS runs on one thread in each)")
     common.add_argument("--quiet", action="store_true", help="no progress output")
     p = sub.add_parser("reproduce", help="reproduce Ioffe & Szegedy (2015): fig1, frozen-stats",
                        description="Reproduce the evidence of Ioffe & Szegedy (2015) on the "

@@ -5,7 +5,8 @@
                                    the exact vs the handout's frozen-statistics gradient
 
 Shared parts: ``options`` (options, data, record steps), ``lockstep`` (networks trained on
-the same batches), ``records`` (seed aggregation, CSV), ``plotting`` (matplotlib, lazily).
+the same batches), ``experiment`` (every seed's lockstep run under one progress bar, and the
+summary), ``records`` (seed aggregation, CSV), ``plotting`` (matplotlib, lazily).
 """
 
 from bnprop.reproduce.fig1 import run_fig1

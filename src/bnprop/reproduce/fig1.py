@@ -42,17 +42,15 @@ import numpy as np
 
 from bnprop._validate import InputError
 from bnprop.files import write_json
-from bnprop.progress import Progress
 from bnprop.reproduce import plotting
-from bnprop.reproduce.lockstep import Arm, run_lockstep
+from bnprop.reproduce.experiment import run_seeds, summarize
+from bnprop.reproduce.lockstep import Arm
 from bnprop.reproduce.options import (
-    BATCH_SIZE,
     HIDDEN,
     ReproduceOptions,
     check_options,
     claim_out,
     load_data,
-    record_steps,
 )
 from bnprop.reproduce.records import (
     aggregate,
@@ -62,8 +60,11 @@ from bnprop.reproduce.records import (
     write_csv,
 )
 
-#: The two networks, as named in summary.json and fig1.csv.
-ARMS = ("batchnorm", "no_batchnorm")
+#: The two networks, as named in summary.json and fig1.csv, and the config that sets each
+#: apart; their names on the progress bar.
+ARM_CONFIG = {"batchnorm": {"batchnorm": True}, "no_batchnorm": {"batchnorm": False}}
+ARMS = tuple(ARM_CONFIG)
+PROGRESS_NAMES = {"batchnorm": "bn", "no_batchnorm": "no_bn"}
 PERCENTILES = (15, 50, 85)
 #: Accuracies whose first recorded step summary.json reports.
 THRESHOLDS = (0.95, 0.97)
@@ -130,69 +131,28 @@ def run_fig1(
     unit = draw_unit(opts.seed) if unit is None else check_unit(unit)
     data = load_data(opts)
     out = claim_out(out, "fig1", FILES)
-    t0 = time.perf_counter()
-    bar = Progress(opts.steps * opts.seeds, stream=stream, label="fig1", enabled=progress)
-    try:
-        per_seed = [_run_seed(opts, data, unit, seed, bar, k * opts.steps)
-                    for k, seed in enumerate(opts.seed_list)]
-    finally:
-        bar.close()
-    summary: dict[str, Any] = {
-        arm: _aggregate_arm([s[arm] for s in per_seed]) for arm in ARMS}
-    summary.update({
-        "aggregate": "mean over seeds" if opts.seeds > 1 else "the single seed",
-        "unit": unit,
-        "unit_source": unit_source,
-        "layer": LAYER,
-        "percentile_examples": int(data.Xt.shape[0]),
-        "seeds": opts.seed_list,
-        "options": opts.to_json(),
-        "elapsed": round(time.perf_counter() - t0, 3),
-        "per_seed": per_seed,
-    })
-    write_csv(out / "fig1.csv", *_csv_table(per_seed))
-    write_json(out / "summary.json", summary)
-    plotting.save_png(draw_fig1(summary), out / "fig1.png")
-    return summary
-
-
-def _run_seed(opts: ReproduceOptions, data: Any, unit: int, seed: int, bar: Progress,
-              offset: int) -> dict[str, Any]:
-    """Both networks of one seed, trained in lockstep; their per-seed results."""
-    from bnprop.train import BatchOrder, build_model, build_optimizer
-
-    arms = []
-    for name in ARMS:
-        config = opts.train_config(seed, batchnorm=name == "batchnorm")
-        arms.append(Arm(name, build_model(config, data.X.shape[1], data.n_classes),
-                        build_optimizer(config)))
 
     def measure(arm: Arm, step: int, X_next: np.ndarray, y_next: np.ndarray) -> dict:
         p15, p50, p85 = sigmoid_input_percentiles(arm.net, data.Xt, unit)
         return {"test_accuracy": arm.net.accuracy(data.Xt, data.yt),
                 "p15": p15, "p50": p50, "p85": p85}
 
-    def on_step(step: int) -> None:
-        bn, plain = arms
-        fields = {"seed": seed} if opts.seeds > 1 else {}
-        bar.update(offset + step, **fields, bn_loss=bn.last_loss,
-                   bn_acc=bn.last("test_accuracy"), no_bn_loss=plain.last_loss,
-                   no_bn_acc=plain.last("test_accuracy"))
-
-    t0 = time.perf_counter()
-    batches = run_lockstep(
-        arms, data.X, data.y, BatchOrder(data.X.shape[0], BATCH_SIZE, seed),
-        steps=opts.steps, record_steps=record_steps(opts.steps, opts.record_every),
-        measure=measure, on_step=on_step)
-    result: dict[str, Any] = {"seed": seed, "batches_sha256": batches,
-                              "elapsed": round(time.perf_counter() - t0, 3)}
-    for arm in arms:
-        result[arm.name] = _arm_result(
+    def arm_result(arm: Arm) -> dict[str, Any]:
+        return _arm_result(
             arm.steps, arm.curves.get("test_accuracy", []),
             {str(q): arm.curves.get(f"p{q}", []) for q in PERCENTILES}, arm.diverged_at,
             final=arm.last("test_accuracy") if arm.diverged_at is None else None)
-        result[arm.name]["initial_W_sha256"] = arm.initial_W_sha256
-    return result
+
+    t0 = time.perf_counter()
+    per_seed = run_seeds(opts, data, ARM_CONFIG, measure=measure, arm_result=arm_result,
+                         label="fig1", short=PROGRESS_NAMES, stream=stream, progress=progress)
+    summary = summarize(per_seed, ARMS, _aggregate_arm, opts, time.perf_counter() - t0,
+                        unit=unit, unit_source=unit_source, layer=LAYER,
+                        percentile_examples=int(data.Xt.shape[0]))
+    write_csv(out / "fig1.csv", *_csv_table(per_seed))
+    write_json(out / "summary.json", summary)
+    plotting.save_png(draw_fig1(summary), out / "fig1.png")
+    return summary
 
 
 def _arm_result(steps: list[int], accuracy: Any, percentiles: dict[str, Any],
@@ -213,8 +173,6 @@ def _arm_result(steps: list[int], accuracy: Any, percentiles: dict[str, Any],
 
 def _aggregate_arm(seeds: list[dict[str, Any]]) -> dict[str, Any]:
     """The mean over seeds of one network's entries (records every seed has)."""
-    if len(seeds) == 1:
-        return {k: v for k, v in seeds[0].items() if k != "initial_W_sha256"}
     acc, _, _ = aggregate([[a for _, a in s["accuracy_curve"]] for s in seeds])
     steps = seeds[0]["steps"][:len(acc)]
     percentiles = {q: aggregate([s["percentiles"][q] for s in seeds])[0]

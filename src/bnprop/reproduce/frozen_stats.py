@@ -47,17 +47,15 @@ from typing import Any, TextIO
 import numpy as np
 
 from bnprop.files import write_json
-from bnprop.progress import Progress
 from bnprop.reproduce import plotting
-from bnprop.reproduce.lockstep import Arm, run_lockstep
+from bnprop.reproduce.experiment import run_seeds, summarize
+from bnprop.reproduce.lockstep import Arm
 from bnprop.reproduce.options import (
-    BATCH_SIZE,
     HIDDEN,
     ReproduceOptions,
     check_options,
     claim_out,
     load_data,
-    record_steps,
 )
 from bnprop.reproduce.records import aggregate, json_list, write_csv
 
@@ -143,64 +141,27 @@ def run_frozen_stats(
     opts = check_options(options or ReproduceOptions(), DEFAULT_LR)
     data = load_data(opts)
     out = claim_out(out, "frozen-stats", FILES)
-    t0 = time.perf_counter()
-    bar = Progress(opts.steps * opts.seeds, stream=stream, label="frozen-stats",
-                   enabled=progress)
-    try:
-        per_seed = [_run_seed(opts, data, seed, bar, k * opts.steps)
-                    for k, seed in enumerate(opts.seed_list)]
-    finally:
-        bar.close()
-    summary: dict[str, Any] = {arm: _aggregate_arm([s[arm] for s in per_seed]) for arm in ARMS}
-    summary.update({
-        "aggregate": "mean over seeds" if opts.seeds > 1 else "the single seed",
-        "seeds": opts.seed_list,
-        "options": opts.to_json(),
-        "elapsed": round(time.perf_counter() - t0, 3),
-        "per_seed": per_seed,
-    })
-    write_csv(out / "frozen_stats.csv", *_csv_table(per_seed))
-    write_json(out / "summary.json", summary)
-    plotting.save_png(draw_frozen_stats(summary), out / "frozen_stats.png")
-    return summary
-
-
-def _run_seed(opts: ReproduceOptions, data: Any, seed: int, bar: Progress,
-              offset: int) -> dict[str, Any]:
-    """Both networks of one seed, trained in lockstep; their per-seed results."""
-    from bnprop.train import BatchOrder, build_model, build_optimizer
-
-    arms = []
-    for stats in ARMS:
-        config = opts.train_config(seed, stats=stats)
-        arms.append(Arm(stats, build_model(config, data.X.shape[1], data.n_classes),
-                        build_optimizer(config)))
 
     def measure(arm: Arm, step: int, X_next: np.ndarray, y_next: np.ndarray) -> dict:
         return {"test_accuracy": arm.net.accuracy(data.Xt, data.yt),
                 **measure_weights(arm.net),
                 **grad_rel_diff(both_gradients(arm.net, X_next, y_next))}
 
-    def on_step(step: int) -> None:
-        exact, frozen = arms
-        fields = {"seed": seed} if opts.seeds > 1 else {}
-        bar.update(offset + step, **fields, exact_loss=exact.last_loss,
-                   exact_acc=exact.last("test_accuracy"), frozen_loss=frozen.last_loss,
-                   frozen_acc=frozen.last("test_accuracy"))
-
-    t0 = time.perf_counter()
-    batches = run_lockstep(
-        arms, data.X, data.y, BatchOrder(data.X.shape[0], BATCH_SIZE, seed),
-        steps=opts.steps, record_steps=record_steps(opts.steps, opts.record_every),
-        measure=measure, on_step=on_step)
-    result: dict[str, Any] = {"seed": seed, "batches_sha256": batches,
-                              "elapsed": round(time.perf_counter() - t0, 3)}
-    for arm in arms:
+    def arm_result(arm: Arm) -> dict[str, Any]:
         flat = {name: arm.curves.get("train_loss" if name == "loss" else name, [])
                 for _, name in _csv_columns()}
-        result[arm.name] = _arm_result(arm.steps, flat, arm.diverged_at)
-        result[arm.name]["initial_W_sha256"] = arm.initial_W_sha256
-    return result
+        return _arm_result(arm.steps, flat, arm.diverged_at)
+
+    t0 = time.perf_counter()
+    per_seed = run_seeds(opts, data, {stats: {"stats": stats} for stats in ARMS},
+                         measure=measure, arm_result=arm_result, label="frozen-stats",
+                         short={stats: stats for stats in ARMS}, stream=stream,
+                         progress=progress)
+    summary = summarize(per_seed, ARMS, _aggregate_arm, opts, time.perf_counter() - t0)
+    write_csv(out / "frozen_stats.csv", *_csv_table(per_seed))
+    write_json(out / "summary.json", summary)
+    plotting.save_png(draw_frozen_stats(summary), out / "frozen_stats.png")
+    return summary
 
 
 def _arm_result(steps: list[int], flat: dict[str, Any], diverged_at: int | None,
@@ -237,8 +198,6 @@ def _flat(entry: dict[str, Any]) -> dict[str, list[float | None]]:
 
 def _aggregate_arm(seeds: list[dict[str, Any]]) -> dict[str, Any]:
     """The mean over seeds of one network's entries (records every seed has)."""
-    if len(seeds) == 1:
-        return {k: v for k, v in seeds[0].items() if k != "initial_W_sha256"}
     flats = [_flat(s) for s in seeds]
     mean = {name: aggregate([f[name] for f in flats])[0] for name in flats[0]}
     steps = seeds[0]["steps"][:len(mean["loss"])]
