@@ -111,3 +111,23 @@ def test_probabilities_sum_to_one() -> None:
 def test_bad_input(logits: np.ndarray, y: object, m: object, match: str) -> None:
     with pytest.raises(InputError, match=match):
         softmax_cross_entropy(logits, y, m=m)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_inplace_form_reuses_its_buffers_and_equals_the_checked_one(dtype: type) -> None:
+    """The preallocated step's loss: the same numbers, bit for bit, with reused buffers."""
+    from bnprop.loss import softmax_cross_entropy_inplace
+
+    rng = np.random.default_rng(3)
+    m, K = 7, 5
+    rowmax, total, rows = np.empty((m, 1), dtype), np.empty(m), np.arange(m)
+    for _ in range(3):  # the same buffers, several batches
+        logits = (rng.standard_normal((m, K)) * 30).astype(dtype)
+        y = rng.integers(0, K, m)
+        loss, dlogits = softmax_cross_entropy(logits, y)
+        work = logits.copy()
+        loss_i = softmax_cross_entropy_inplace(work, y, m, rowmax=rowmax, total=total,
+                                               rows=rows)
+        assert loss_i == loss and work.dtype == dtype
+        np.testing.assert_array_equal(work, dlogits)
+        assert softmax_cross_entropy_inplace(logits.copy(), y, m) == loss  # own buffers

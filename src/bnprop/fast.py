@@ -45,6 +45,7 @@ from bnprop import batchnorm as bn
 from bnprop import threads
 from bnprop.kernels import bn as bnk
 from bnprop.kernels.activations import ACTIVATION_CODES
+from bnprop.loss import softmax_cross_entropy_inplace
 
 #: Minimum floating-point operations of one part of a split GEMM (smaller GEMMs run whole:
 #: handing a part to a worker thread costs ~50 us, a 32 MFLOP part takes ~0.3 ms).
@@ -292,7 +293,8 @@ class FastStep:
         H = O
         logits = gemm(H, net.out.W.T, self.logits)
         logits += net.out.b
-        loss = self._softmax_cross_entropy(logits, y)   # logits now hold dlogits
+        loss = softmax_cross_entropy_inplace(              # logits now hold dlogits
+            logits, y, m, rowmax=self.rowmax, total=self.total, rows=self.rows)
         dlogits = logits
         gemm(dlogits.T, H, self.dW_out)
         self._column_sums(dlogits, self.db_out)
@@ -323,25 +325,6 @@ class FastStep:
             np.sum(a, axis=0, dtype=np.float64, out=out)
         else:
             out[...] = a.sum(axis=0, dtype=np.float64)  # (k,) temporary, k = n_classes
-
-    def _softmax_cross_entropy(self, logits: np.ndarray, y: np.ndarray) -> float:
-        """Mean cross-entropy; ``logits`` is overwritten by ``dlogits = (P - onehot(y)) / m``.
-
-        ``S = logits - max_k logits``, ``loss = (1/m) sum_i (log sum_k exp(S_ik) - S_iy_i)``
-        (float64 sums), as :func:`bnprop.loss._softmax_cross_entropy`.
-        """
-        m, dt = logits.shape[0], logits.dtype
-        np.max(logits, axis=1, keepdims=True, out=self.rowmax)
-        logits -= self.rowmax                         # S
-        S_y = logits[self.rows, y].astype(np.float64)
-        np.exp(logits, out=logits)                    # E
-        np.sum(logits, axis=1, dtype=np.float64, out=self.total)
-        loss = float(np.sum(np.log(self.total) - S_y) / m)
-        self.rowmax[:, 0] = self.total                # total, rounded to the dtype
-        logits /= self.rowmax
-        logits[self.rows, y] -= 1
-        logits /= dt.type(m)
-        return loss
 
     def _update_running(
         self, layer: Any, step: BNLayerStep, tmp: tuple[np.ndarray, np.ndarray],

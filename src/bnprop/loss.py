@@ -20,17 +20,10 @@ import numpy as np
 from bnprop._validate import InputError, check_array, check_positive
 
 
-def _exp_shifted(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``S = logits - max_k logits``, ``E = exp(S)`` (logits' dtype), ``sum_k E`` (float64)."""
-    S = logits - logits.max(axis=1, keepdims=True)
-    E = np.exp(S)
-    return S, E, E.sum(axis=1, dtype=np.float64)
-
-
 def _softmax(logits: np.ndarray) -> np.ndarray:
     """``P = exp(logits - lse)`` on a validated 2D float array, in its dtype."""
-    _, E, total = _exp_shifted(logits)
-    E /= total.astype(logits.dtype)[:, None]
+    E = np.exp(logits - logits.max(axis=1, keepdims=True))
+    E /= E.sum(axis=1, dtype=np.float64).astype(logits.dtype)[:, None]
     return E
 
 
@@ -38,14 +31,44 @@ def _softmax_cross_entropy(
     logits: np.ndarray, y: np.ndarray, m: float,
 ) -> tuple[float, np.ndarray]:
     """:func:`softmax_cross_entropy` on validated arrays: ``y`` integer, in range."""
-    S, P, total = _exp_shifted(logits)
-    rows = np.arange(logits.shape[0])
-    # lse_i - logits_{i,y_i} = log(sum_k exp(S_ik)) - S_{i,y_i}, accumulated in float64.
-    loss = float(np.sum(np.log(total) - S[rows, y].astype(np.float64)) / m)
-    P /= total.astype(logits.dtype)[:, None]
-    P[rows, y] -= 1
-    P /= logits.dtype.type(m)
-    return loss, P
+    dlogits = logits.copy()
+    return softmax_cross_entropy_inplace(dlogits, y, m), dlogits
+
+
+def softmax_cross_entropy_inplace(
+    logits: np.ndarray, y: np.ndarray, m: float, *,
+    rowmax: np.ndarray | None = None, total: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
+) -> float:
+    """The loss of :func:`softmax_cross_entropy`; ``logits`` is overwritten by ``dlogits``.
+
+    For trusted arrays only (no checks): ``logits`` (m_local, K) float, ``y`` integer labels
+    in range. Step by step, in place::
+
+        S        = logits - max_k logits                      (logits' dtype)
+        total_i  = sum_k exp(S_ik)                            float64
+        loss     = (1/m) sum_i (log total_i - S_{i,y_i})      float64
+        dlogits  = (exp(S) / total - onehot(y)) / m           total rounded to the dtype
+
+    ``rowmax`` ((m_local, 1), logits' dtype), ``total`` ((m_local,), float64) and ``rows``
+    (``arange(m_local)``) are work buffers a caller may reuse across calls (the
+    preallocated step, :mod:`bnprop.fast`); each is allocated when not given.
+    """
+    m_local, dt = logits.shape[0], logits.dtype
+    rowmax = np.empty((m_local, 1), dt) if rowmax is None else rowmax
+    total = np.empty(m_local) if total is None else total
+    rows = np.arange(m_local) if rows is None else rows
+    np.max(logits, axis=1, keepdims=True, out=rowmax)
+    logits -= rowmax                                          # S
+    S_y = logits[rows, y].astype(np.float64)
+    np.exp(logits, out=logits)                                # exp(S)
+    np.sum(logits, axis=1, dtype=np.float64, out=total)
+    loss = float(np.sum(np.log(total) - S_y) / m)
+    rowmax[:, 0] = total                                      # total, rounded to the dtype
+    logits /= rowmax
+    logits[rows, y] -= 1
+    logits /= dt.type(m)
+    return loss
 
 
 def check_labels(y: object, name: str, m: int, n_classes: int) -> np.ndarray:
