@@ -233,3 +233,24 @@ def test_bad_state_dict() -> None:
     opt.load_state_dict({"t": np.array(1), "momentum_buffer.a.W": np.zeros((3, 4))})
     with pytest.raises(InputError, match=r"momentum_buffer.a.W: the optimizer state holds a float64 array of shape \(3, 4\), but the parameter is float64 of shape \(4, 3\)"):
         opt.step(_params(), _grads(np.random.default_rng(0)))
+
+
+@pytest.mark.parametrize("make", [lambda: SGD(0.1), lambda: SGD(0.1, momentum=0.9),
+                                  lambda: Adam(1e-2), lambda: Adam(1e-2, weight_decay=0.1)])
+def test_one_work_buffer_serves_every_parameter(make) -> None:
+    """The updates share one work buffer per dtype: parameters of mixed sizes and dtypes,
+    stepped together, end bit for bit where each one stepped alone ends."""
+    rng = np.random.default_rng(5)
+    shapes = {"small": ((3,), np.float32), "big": ((6, 5), np.float64),
+              "mid": ((4, 4), np.float32), "tiny": ((2,), np.float64)}
+    params = {k: rng.standard_normal(s).astype(dt) for k, (s, dt) in shapes.items()}
+    alone = {k: {k: v.copy()} for k, v in params.items()}
+    together, opts = make(), {k: make() for k in params}
+    for _ in range(4):
+        grads = {k: rng.standard_normal(s).astype(dt) for k, (s, dt) in shapes.items()}
+        together.step(params, grads)
+        for k in params:
+            opts[k].step(alone[k], {k: grads[k]})
+    for k in params:
+        assert params[k].dtype == shapes[k][1]
+        np.testing.assert_array_equal(params[k], alone[k][k])

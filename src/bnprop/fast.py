@@ -29,8 +29,9 @@ cache by the kernel that follows it (and the reverse)::
 The compiled kernels are called directly (``bnprop.kernels.bn._moments`` ...): every
 array they get was made here, so the public wrappers' checks hold by construction.
 
-What is still allocated per step: Python objects (the gradient dict, futures), a few
-``(m,)`` vectors of the softmax and the optimizer's temporaries; all freed within the
+What is still allocated per step: Python objects (the gradient dict, futures) and a few
+``(m,)`` vectors of the softmax (the optimizers write into one kept work buffer, and
+allocate only ``g + weight_decay * p`` when weight decay is on); all freed within the
 step, so the allocated memory does not grow (``bnprop bench`` measures it).
 """
 

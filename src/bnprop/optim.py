@@ -177,6 +177,7 @@ class Optimizer:
         self.schedule = _check_schedule(schedule, total_steps)
         self.t = 0
         self.buffers: dict[str, dict[str, np.ndarray]] = {k: {} for k in self.buffer_names}
+        self._scratch: dict[np.dtype, np.ndarray] = {}
 
     @property
     def current_lr(self) -> float:
@@ -188,6 +189,16 @@ class Optimizer:
         if self.weight_decay == 0.0:
             return g
         return g + self.weight_decay * p
+
+    def _work(self, p: np.ndarray) -> np.ndarray:
+        """A work array shaped like ``p``: a view of one buffer per dtype, as large as the
+        largest parameter and kept between steps (not part of the state). The updates
+        write their temporaries into it instead of allocating them, and one buffer for
+        all parameters stays in cache from one parameter to the next."""
+        flat = self._scratch.get(p.dtype)
+        if flat is None or flat.size < p.size:
+            flat = self._scratch[p.dtype] = np.empty(p.size, p.dtype)
+        return flat[:p.size].reshape(p.shape)
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
         """Update every parameter that has a gradient, in place; then ``t += 1``."""
@@ -296,7 +307,7 @@ class SGD(Optimizer):
                 v *= self.momentum
                 v += d
             d = v
-        p -= lr * d
+        p -= np.multiply(d, lr, out=self._work(p))
 
     def __repr__(self) -> str:
         return (f"SGD(lr={self.lr}, momentum={self.momentum}, "
@@ -345,14 +356,15 @@ class Adam(Optimizer):
             m = self.buffers["exp_avg"][name] = np.zeros_like(p)
             v = self.buffers["exp_avg_sq"][name] = np.zeros_like(p)
         step = self.t + 1
-        m += (1.0 - beta1) * (d - m)  # = beta1 m + (1 - beta1) g', as torch's lerp
-        v *= beta2
-        v += (1.0 - beta2) * (d * d)
+        work = self._work(p)  # each line: the same operations, without a temporary
+        m += np.multiply(np.subtract(d, m, out=work), 1.0 - beta1, out=work)  # torch's lerp:
+        v *= beta2                                     # m = beta1 m + (1 - beta1) g'
+        v += np.multiply(np.multiply(d, d, out=work), 1.0 - beta2, out=work)
         step_size = lr / (1.0 - beta1**step)
-        denom = np.sqrt(v)
+        denom = np.sqrt(v, out=work)
         denom /= math.sqrt(1.0 - beta2**step)
         denom += self.eps
-        p -= step_size * (m / denom)
+        p -= np.multiply(np.divide(m, denom, out=work), step_size, out=work)
 
     def __repr__(self) -> str:
         return (f"Adam(lr={self.lr}, betas={self.betas}, eps={self.eps}, "
