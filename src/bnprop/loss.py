@@ -52,7 +52,7 @@ def softmax_cross_entropy_inplace(
 
     ``rowmax`` ((m_local, 1), logits' dtype), ``total`` ((m_local,), float64) and ``rows``
     (``arange(m_local)``) are work buffers a caller may reuse across calls (the
-    preallocated step, :mod:`bnprop.fast`); each is allocated when not given.
+    preallocated step of :class:`bnprop.nn.Sequential`); each is allocated when not given.
     """
     m_local, dt = logits.shape[0], logits.dtype
     rowmax = np.empty((m_local, 1), dt) if rowmax is None else rowmax

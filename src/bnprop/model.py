@@ -31,6 +31,13 @@ Initialization (the paper says "small random Gaussian values"; we choose, seeded
 so a net with and one without batch normalization, of the same sizes and seed, start from
 the same W matrices (the comparison of the paper's Figure 1).
 
+The MLP is a :class:`bnprop.nn.Sequential` of ``Linear(bias=False), BatchNorm1d,
+activation`` per hidden layer (``Linear, activation`` without batch normalization), then
+``Linear``: the same modules as its ``to_torch()``. Its parameter and buffer names are
+the layer-wise ones it has always had (``hidden.<l>.W``, ``hidden.<l>.gamma``,
+``hidden.<l>.beta``, ``hidden.<l>.b``, ``out.W``, ``out.b``; ``hidden.<l>.running_mean``
+...), in PyTorch's order, so checkpoints of every version load.
+
 Data parallel (``loss_and_grads(X_p, y_p, comm=comm)``, :mod:`bnprop.distributed`): each of
 P processes holds rows ``X_p`` (m_p of them) of a global batch of ``m = sum_p m_p`` rows,
 and the same parameters. With ``sync_bn=True`` (SyncBN) the step equals one process on the
@@ -55,24 +62,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 
-from bnprop import batchnorm as bn
-from bnprop import layer as bnlayer
 from bnprop._validate import InputError, check_array, check_choice, check_positive
 from bnprop.activations import get_activation
-from bnprop.loss import _softmax, _softmax_cross_entropy, check_labels
+from bnprop.loss import check_labels
+from bnprop.nn.batchnorm import RUNNING_MODES, STATS_MODES, BatchNorm1d
+from bnprop.nn.convert import folded_layers, load_arrays, read_config
+from bnprop.nn.module import ACTIVATION_MODULES, DTYPES, Linear, Module
+from bnprop.nn.plan import NormStep
+from bnprop.nn.sequential import PREDICT_BLOCK_ROWS, Sequential, blocked_proba
 
-if TYPE_CHECKING:
-    from bnprop.distributed import Communicator
+__all__ = ["MLP", "PREDICT_BLOCK_ROWS", "STATE_VERSION", "FoldedMLP", "MLPConfig"]
 
-DTYPES = ("float32", "float64")
-RUNNING_MODES = ("ema", "average")
-#: Rows per block in inference: bounds the activations held at once.
-PREDICT_BLOCK_ROWS = 4096
 #: Version of the layout written by :meth:`MLP.get_state`.
 STATE_VERSION = 1
 
@@ -126,7 +132,7 @@ def _check_config(
         sizes=tuple(int(s) for s in sizes_t),
         activation=get_activation(activation).name,  # type: ignore[arg-type]
         batchnorm=bool(batchnorm),
-        stats=check_choice(stats, "stats", bnlayer.STATS_MODES),
+        stats=check_choice(stats, "stats", STATS_MODES),
         dtype=check_choice(dtype, "dtype", DTYPES),
         seed=int(seed),
         eps=check_positive(eps, "eps"),
@@ -136,82 +142,65 @@ def _check_config(
     )
 
 
-@dataclass(eq=False)
-class BNLayer:
-    """Hidden layer with batch normalization (the handout's layer).
-
-    Parameters ``W`` (n_out, n_in), ``gamma``, ``beta`` (n_out,); buffers
-    ``running_mean``, ``running_var`` (n_out,) and ``num_batches_tracked`` (int64 scalar).
-    """
-
-    W: np.ndarray
-    gamma: np.ndarray
-    beta: np.ndarray
-    running_mean: np.ndarray
-    running_var: np.ndarray
-    num_batches_tracked: np.ndarray = field(default_factory=lambda: np.zeros((), np.int64))
-
-    def parameters(self) -> dict[str, np.ndarray]:
-        return {"W": self.W, "gamma": self.gamma, "beta": self.beta}
-
-    def buffers(self) -> dict[str, np.ndarray]:
-        return {"running_mean": self.running_mean, "running_var": self.running_var,
-                "num_batches_tracked": self.num_batches_tracked}
-
-
-@dataclass(eq=False)
-class DenseLayer:
-    """Affine layer ``O W^T + b``: parameters ``W`` (n_out, n_in), ``b`` (n_out,)."""
-
-    W: np.ndarray
-    b: np.ndarray
-
-    def parameters(self) -> dict[str, np.ndarray]:
-        return {"W": self.W, "b": self.b}
-
-    def buffers(self) -> dict[str, np.ndarray]:
-        return {}
-
-
-@dataclass(frozen=True, eq=False)
-class DenseCache:
-    """Forward quantities of a hidden layer without BN: input ``O``, ``A = O W^T + b``, ``Y``."""
-
-    O: np.ndarray
-    A: np.ndarray
-    Y: np.ndarray
-
-
-def _affine(O: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``O W^T + b``, (m, n_out), in O's dtype."""
-    A = O @ W.T
-    A += b
-    return A
-
-
-def _affine_backward(
-    dA: np.ndarray, O: np.ndarray, W: np.ndarray, *, need_dO: bool = True,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Gradients of ``A = O W^T + b`` given ``dA``: ``dW = dA^T O``, ``db = sum_rows(dA)``,
-    ``dO = dA W`` (skipped for the network's input)."""
-    db = dA.sum(axis=0, dtype=np.float64).astype(dA.dtype, copy=False)
-    return dA.T @ O, db, (dA @ W if need_dO else None)
-
-
-def _check_X(X: object, n_features: int, dtype: np.dtype, *, training: bool) -> np.ndarray:
-    X = check_array(X, "X", ndim=2, axes=("m", "n_features"), shape=(None, n_features),
-                    dtype=dtype)
-    if training and X.shape[0] < 2:
+def _check_config(
+    sizes: object, activation: object, batchnorm: object, stats: object, dtype: object,
+    seed: object, eps: object, momentum: object, running: object, init_std: object,
+) -> MLPConfig:
+    try:
+        sizes_t = tuple(sizes)  # type: ignore[arg-type]
+    except TypeError:
+        sizes_t = None
+    if (
+        sizes_t is None or len(sizes_t) < 2
+        or not all(isinstance(s, int | np.integer) and not isinstance(s, bool) and s >= 1
+                   for s in sizes_t)
+    ):
         raise InputError(
-            f"X: got a training batch of {X.shape[0]} example"
-            f"{'' if X.shape[0] == 1 else 's'}; training needs m >= 2 rows (the batch "
-            "variance of one example is always 0, and nets without batch normalization "
-            "refuse it too, so that every net accepts the same batches)."
+            "sizes: expected a sequence of >= 2 positive integers (n_features, hidden..., "
+            f"n_classes), e.g. (784, 100, 100, 100, 10), got {sizes!r} instead."
         )
-    return X
+    if sizes_t[-1] < 2:
+        raise InputError(f"sizes: expected >= 2 classes in sizes[-1], got {sizes_t[-1]} instead.")
+    if not isinstance(batchnorm, bool | np.bool_):
+        raise InputError(f"batchnorm: expected True or False, got {batchnorm!r} instead.")
+    if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
+        raise InputError(f"seed: expected an integer >= 0, got {seed!r} instead.")
+    momentum_f = check_positive(momentum, "momentum")
+    if momentum_f > 1:
+        raise InputError(f"momentum: expected a number in (0, 1], got {momentum!r} instead.")
+    return MLPConfig(
+        sizes=tuple(int(s) for s in sizes_t),
+        activation=get_activation(activation).name,  # type: ignore[arg-type]
+        batchnorm=bool(batchnorm),
+        stats=check_choice(stats, "stats", STATS_MODES),
+        dtype=check_choice(dtype, "dtype", DTYPES),
+        seed=int(seed),
+        eps=check_positive(eps, "eps"),
+        momentum=momentum_f,
+        running=check_choice(running, "running", RUNNING_MODES),
+        init_std=None if init_std is None else check_positive(init_std, "init_std"),
+    )
 
 
-class MLP:
+def _modules(cfg: MLPConfig) -> list[Module]:
+    """The MLP's modules; weights drawn from one generator, layer by layer in order."""
+    rng = np.random.default_rng(cfg.seed)
+    pairs = list(zip(cfg.sizes[:-1], cfg.sizes[1:], strict=True))
+    modules: list[Module] = []
+    for l, (n_in, n_out) in enumerate(pairs):
+        last = l == len(pairs) - 1
+        modules.append(Linear(n_in, n_out, bias=last or not cfg.batchnorm, dtype=cfg.dtype,
+                              rng=rng, init_std=cfg.init_std))
+        if last:
+            break
+        if cfg.batchnorm:
+            modules.append(BatchNorm1d(n_out, cfg.eps, cfg.momentum, running=cfg.running,
+                                       stats=cfg.stats, dtype=cfg.dtype))
+        modules.append(ACTIVATION_MODULES[cfg.activation](dtype=cfg.dtype))
+    return modules
+
+
+class MLP(Sequential):
     """Multilayer perceptron, batch-normalized hidden layers, softmax cross-entropy.
 
     See the module docstring for the equations, the running statistics and the
@@ -234,6 +223,8 @@ class MLP:
     running : {"ema", "average"}, default="ema"
     init_std : float, optional
         Standard deviation of the initial weights; default ``1/sqrt(n_in)`` per layer.
+    backend : {"numba", "numpy"}, default="numba"
+        The compiled kernels or the NumPy reference.
 
     Examples
     --------
@@ -261,323 +252,75 @@ class MLP:
         momentum: float = 0.1,
         running: str = "ema",
         init_std: float | None = None,
+        backend: str = "numba",
     ) -> None:
         cfg = _check_config(sizes, activation, batchnorm, stats, dtype, seed, eps, momentum,
                             running, init_std)
         self.config = cfg
-        dt = np.dtype(cfg.dtype)
-        rng = np.random.default_rng(cfg.seed)
-        weights = []
-        for n_in, n_out in zip(cfg.sizes[:-1], cfg.sizes[1:], strict=True):
-            std = cfg.init_std if cfg.init_std is not None else 1.0 / np.sqrt(n_in)
-            weights.append((rng.standard_normal((n_out, n_in)) * std).astype(dt))
-        self.hidden: list[BNLayer | DenseLayer] = []
-        for W in weights[:-1]:
-            n_out = W.shape[0]
-            if cfg.batchnorm:
-                self.hidden.append(BNLayer(
-                    W=W, gamma=np.ones(n_out, dt), beta=np.zeros(n_out, dt),
-                    running_mean=np.zeros(n_out, dt), running_var=np.ones(n_out, dt),
-                ))
-            else:
-                self.hidden.append(DenseLayer(W=W, b=np.zeros(n_out, dt)))
-        self.out = DenseLayer(W=weights[-1], b=np.zeros(weights[-1].shape[0], dt))
-        #: train_step's path when not given: bnprop.fast's preallocated step (True) or the
-        #: reference (False). Not part of the state: a run chooses it, the model does not.
-        self.fast_step = False
-        self._fast: Any = None  # the bnprop.fast.FastStep, made by the first fast step
+        self._per_layer = 3 if cfg.batchnorm else 2
+        super().__init__(*_modules(cfg), backend=backend)
 
     # ------------------------------------------------------------------ description
     @property
     def sizes(self) -> tuple[int, ...]:
         return self.config.sizes
 
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self.config.dtype)
-
-    @property
-    def n_classes(self) -> int:
-        return self.config.sizes[-1]
-
     def __repr__(self) -> str:
         c = self.config
         return (f"MLP({c.sizes}, activation={c.activation!r}, batchnorm={c.batchnorm}, "
                 f"stats={c.stats!r}, dtype={c.dtype!r})")
 
-    def _layers(self) -> list[tuple[str, BNLayer | DenseLayer]]:
-        return [(f"hidden.{i}", layer) for i, layer in enumerate(self.hidden)] + [
-            ("out", self.out)]
+    def _prefix(self, index: int) -> str:
+        """``hidden.<l>.`` for the modules of hidden layer l, ``out.`` for the last."""
+        l = index // self._per_layer
+        return "out." if l == len(self.config.sizes) - 2 else f"hidden.{l}."
 
-    def parameters(self) -> dict[str, np.ndarray]:
-        """The live parameter arrays (not copies), e.g. ``"hidden.0.W"``, ``"out.b"``.
+    @property
+    def hidden(self) -> list[SimpleNamespace]:
+        """Per hidden layer, its live arrays by name (``W``, ``gamma``, ``beta``,
+        ``running_mean``, ... or ``W``, ``b``)."""
+        arrays = {**self.parameters(), **self.buffers()}
+        return [SimpleNamespace(**{k.split(".", 2)[2]: v for k, v in arrays.items()
+                                   if k.startswith(f"hidden.{l}.")})
+                for l in range(len(self.config.sizes) - 2)]
 
-        Names: ``hidden.<l>.W``, ``hidden.<l>.gamma``, ``hidden.<l>.beta`` (batchnorm) or
-        ``hidden.<l>.b`` (no batchnorm), ``out.W``, ``out.b``. Updating them in place
-        updates the net.
-        """
-        return {f"{prefix}.{k}": v for prefix, layer in self._layers()
-                for k, v in layer.parameters().items()}
-
-    def buffers(self) -> dict[str, np.ndarray]:
-        """The live running statistics: ``hidden.<l>.running_mean``, ``.running_var``,
-        ``.num_batches_tracked`` (int64 scalar) per batch-normalized layer."""
-        return {f"{prefix}.{k}": v for prefix, layer in self._layers()
-                for k, v in layer.buffers().items()}
-
-    # ------------------------------------------------------------------ training
-    def _forward_train(
-        self, X: np.ndarray, comm: Communicator | None = None,
-    ) -> tuple[np.ndarray, list[Any], np.ndarray]:
-        """Training-mode forward on a validated ``X``: ``(logits, caches, H)``.
-
-        ``caches[l]`` is the :class:`~bnprop.layer.LayerCache` (BN) or :class:`DenseCache`
-        of hidden layer l; ``H`` is the input of the output layer. Updates the running
-        statistics. ``comm``: the BN layers use the statistics of the global batch (SyncBN).
-        """
-        cfg = self.config
-        act = get_activation(cfg.activation)
-        caches: list[Any] = []
-        O = X
-        for layer in self.hidden:
-            if isinstance(layer, BNLayer):
-                cache = bnlayer._forward(O, layer.W, layer.gamma, layer.beta,
-                                         cfg.activation, cfg.eps, comm=comm)
-                self._update_running(layer, cache.mu, cache.var, cache.m_global)
-                O = cache.Y
-            else:
-                A = _affine(O, layer.W, layer.b)
-                cache = DenseCache(O=O, A=A, Y=act.forward(A))
-                O = cache.Y
-            caches.append(cache)
-        return _affine(O, self.out.W, self.out.b), caches, O
-
-    def _update_running(self, layer: BNLayer, mu_B: np.ndarray, var_B: np.ndarray,
-                        m: int) -> None:
-        """One step of the running statistics (module docstring), in place."""
-        layer.num_batches_tracked += 1
-        k = int(layer.num_batches_tracked)
-        momentum = self.config.momentum if self.config.running == "ema" else 1.0 / k
-        layer.running_mean[...] = bn.running_update(layer.running_mean, mu_B, momentum)
-        layer.running_var[...] = bn.running_update(
-            layer.running_var, bn.unbiased_var(var_B, m), momentum)
-
-    def _backward(
-        self, dlogits: np.ndarray, caches: list[Any], H: np.ndarray,
-    ) -> dict[str, np.ndarray]:
-        """Every parameter gradient from ``dlogits = dF/dlogits``, keyed as :meth:`parameters`."""
-        grads: dict[str, np.ndarray] = {}
-        dW, db, dO = _affine_backward(dlogits, H, self.out.W, need_dO=bool(self.hidden))
-        grads["out.W"], grads["out.b"] = dW, db
-        act = get_activation(self.config.activation)
-        for i in range(len(self.hidden) - 1, -1, -1):
-            layer, cache = self.hidden[i], caches[i]
-            if isinstance(layer, BNLayer):
-                g = bnlayer._backward(dO, cache, self.config.stats)
-                grads[f"hidden.{i}.W"] = g.dW
-                grads[f"hidden.{i}.gamma"] = g.dgamma
-                grads[f"hidden.{i}.beta"] = g.dbeta
-                dO = g.dO
-            else:
-                dA = act.backward(dO, cache.A, cache.Y)
-                dW, db, dO = _affine_backward(dA, cache.O, layer.W, need_dO=i > 0)
-                grads[f"hidden.{i}.W"], grads[f"hidden.{i}.b"] = dW, db
-        params = self.parameters()
-        return {k: grads[k] for k in params}
-
-    def _check_batch(self, X: object, y: object) -> tuple[np.ndarray, np.ndarray]:
-        X = _check_X(X, self.sizes[0], self.dtype, training=True)
-        return X, check_labels(y, "y", X.shape[0], self.n_classes)
-
-    def loss_and_grads(
-        self, X: object, y: object, *, comm: Communicator | None = None,
-        m_global: int | None = None, sync_bn: bool = True,
-    ) -> tuple[float, dict[str, np.ndarray]]:
-        """Training-mode forward and backward on one batch; the parameters are not changed.
-
-        Uses the batch statistics and updates the running statistics.
-
-        Parameters
-        ----------
-        X : array_like of shape (m, sizes[0]), m >= 2
-            With ``comm``: this process's rows of the global batch (m_p >= 1; >= 2 with
-            ``sync_bn=False``).
-        y : array_like of int, shape (m,)
-            Labels in ``0..sizes[-1]-1``.
-        comm : Communicator, optional
-            Data-parallel step over ``comm.size`` processes (module docstring); every
-            process calls with its rows and the same parameters. A communicator of one
-            process is the same as none.
-        m_global : int, optional
-            Rows of the global batch, ``sum_p m_p``; with ``comm`` and not given, found by
-            one more (small) collective.
-        sync_bn : bool, default=True
-            With ``comm``: statistics of the global batch (True) or of this process's rows.
-
-        Returns
-        -------
-        loss : float
-            Mean cross-entropy of the (global) batch, the same on every process.
-        grads : dict of str to ndarray
-            Gradients of the loss, keyed and shaped as :meth:`parameters`; with ``comm``,
-            those of the global batch, the same on every process.
-        """
-        if comm is not None and getattr(comm, "size", None) != 1:
-            return self._loss_and_grads_distributed(X, y, comm, m_global, sync_bn)
-        X, y = self._check_batch(X, y)
-        if m_global is not None and m_global != X.shape[0]:
-            raise InputError(f"m_global: expected the {X.shape[0]} rows of X in one process, "
-                             f"got {m_global!r} instead.")
-        logits, caches, H = self._forward_train(X)
-        loss, dlogits = _softmax_cross_entropy(logits, y, X.shape[0])
-        return loss, self._backward(dlogits, caches, H)
-
-    def _loss_and_grads_distributed(
-        self, X: object, y: object, comm: Communicator, m_global: int | None, sync_bn: bool,
-    ) -> tuple[float, dict[str, np.ndarray]]:
-        """:meth:`loss_and_grads` on this process's rows (module docstring, Data parallel)."""
-        from bnprop.distributed import Communicator, allreduce_packed
-
-        if not isinstance(comm, Communicator):
-            raise InputError(
-                "comm: expected a bnprop.distributed.Communicator (SingleProcess, MPIComm, "
-                f"ThreadComm), got {type(comm).__name__} instead."
-            )
-        if not isinstance(sync_bn, bool | np.bool_):
-            raise InputError(f"sync_bn: expected True or False, got {sync_bn!r} instead.")
-        X = _check_X(X, self.sizes[0], self.dtype, training=False)
-        y = check_labels(y, "y", X.shape[0], self.n_classes)
-        local_bn = self.config.batchnorm and not sync_bn
-        if X.shape[0] < (2 if local_bn else 1):
-            raise InputError(
-                f"X: got {X.shape[0]} rows on process {comm.rank} of {comm.size}; every "
-                "process needs " + ("2 rows with local batch statistics (sync_bn=False)"
-                                    if local_bn else "at least one row of the global batch")
-                + " (split it with bnprop.distributed.shard)."
-            )
-        if m_global is None:
-            m_global = int(comm.allreduce_sum(np.array([float(X.shape[0])]))[0])
-        if isinstance(m_global, bool) or not isinstance(m_global, int | np.integer) \
-                or m_global < 2:
-            raise InputError(f"m_global: expected the global batch size, an int >= 2, got "
-                             f"{m_global!r} instead.")
-        bn_comm = comm if sync_bn else None
-        logits, caches, H = self._forward_train(X, bn_comm)
-        for cache in caches:  # SyncBN counted the global rows: a wrong m_global would not be
-            if bn_comm is not None and isinstance(cache, bnlayer.LayerCache):
-                if cache.m_global != m_global:  # the same on every process: all raise
-                    raise InputError(f"m_global: the processes hold {cache.m_global} rows "
-                                     f"in all, got m_global={m_global}.")
-                break
-        loss, dlogits = _softmax_cross_entropy(logits, y, m_global)
-        grads = self._backward(dlogits, caches, H)
-        # SyncBN layers return dgamma, dbeta already summed over the processes.
-        reduced_by_layer = {f"hidden.{i}.{k}" for i, layer in enumerate(self.hidden)
-                            if isinstance(layer, BNLayer) and bn_comm is not None
-                            for k in ("gamma", "beta")}
-        local = [k for k in grads if k not in reduced_by_layer]
-        totals, (loss,) = allreduce_packed(comm, [grads[k] for k in local], [loss])
-        grads.update(zip(local, totals, strict=True))
-        return loss, grads
-
-    def train_step(
-        self, X: object, y: object, optimizer: Any, *, comm: Communicator | None = None,
-        m_global: int | None = None, sync_bn: bool = True, fast: bool | None = None,
-    ) -> float:
-        """:meth:`loss_and_grads`, then ``optimizer.step(self.parameters(), grads)``.
-
-        Returns the batch loss (before the update). ``comm``, ``m_global``, ``sync_bn``: a
-        data-parallel step, as in :meth:`loss_and_grads`; every process then takes the same
-        optimizer step on the same global gradients, so the parameters stay identical.
-        ``fast=True``: with batch normalization and no communicator (or one of one
-        process), the preallocated step of :mod:`bnprop.fast` (fused kernels, buffers kept
-        per batch shape; the same step to rounding, not bit for bit); ``fast=False``, no
-        batch normalization or a data-parallel step: the reference path above.
-        ``fast=None``: the attribute ``self.fast_step`` (False unless set; ``bnprop
-        train`` sets it).
-        """
-        if fast is None:
-            fast = self.fast_step
-        if (fast and self.config.batchnorm and m_global is None
-                and (comm is None or getattr(comm, "size", None) == 1)):
-            if self._fast is None:
-                from bnprop.fast import FastStep
-
-                self._fast = FastStep(self)
-            return self._fast.train_step(X, y, optimizer)
-        loss, grads = self.loss_and_grads(X, y, comm=comm, m_global=m_global, sync_bn=sync_bn)
-        optimizer.step(self.parameters(), grads)
-        return loss
+    @property
+    def out(self) -> SimpleNamespace:
+        """The output layer's live ``W`` and ``b``."""
+        out = self.modules[-1]
+        return SimpleNamespace(W=out.W, b=out.b)
 
     # ------------------------------------------------------------------ inference
-    def _logits_inference(
-        self, X: np.ndarray, collect: list[np.ndarray] | None = None,
-    ) -> np.ndarray:
-        """Inference-mode logits of a validated block: BN with the running statistics.
-
-        When ``collect`` is a list, each hidden layer's activation input ``A`` is appended.
-        """
-        cfg = self.config
-        act = get_activation(cfg.activation)
-        O = X
-        for layer in self.hidden:
-            if isinstance(layer, BNLayer):
-                inv_std = bn.inverse_std(layer.running_var, cfg.eps)
-                A = bn.normalize(O @ layer.W.T, layer.running_mean, inv_std)
-                A *= layer.gamma
-                A += layer.beta
-            else:
-                A = _affine(O, layer.W, layer.b)
-            if collect is not None:
-                collect.append(A)
-            O = act.forward(A)
-        return _affine(O, self.out.W, self.out.b)
-
     def hidden_inputs(self, X: object) -> list[np.ndarray]:
-        """Inference-mode input ``A`` of every hidden layer's activation, ``[(m, n_l), ...]``.
+        """Inference-mode input ``A`` of every hidden activation, ``[(m, n_l), ...]``.
 
         With BN, ``A = gamma * (O W^T - running_mean) / sqrt(running_var + eps) + beta``
         (after gamma and beta); without, ``A = O W^T + b``. These are the "inputs to a
         sigmoid" of Ioffe & Szegedy's Figure 1 (b, c).
         """
-        X = _check_X(X, self.sizes[0], self.dtype, training=False)
+        X = self._check_X(X, training=False)
         collected: list[np.ndarray] = []
-        self._logits_inference(X, collected)
-        return collected
+        for start in range(0, max(1, X.shape[0]), PREDICT_BLOCK_ROWS):
+            H, block = X[start:start + PREDICT_BLOCK_ROWS], []
+            for step in self.steps[:-1]:
+                H = step.forward(H, False, None)
+                if isinstance(step, NormStep):
+                    norm = step.norm
+                    block.append(norm.gamma * step.stage.Z + norm.beta)  # gamma Obar + beta
+                elif isinstance(step.modules[0], Linear):
+                    block.append(H.copy())
+            collected.append(block)
+        return [np.concatenate([b[l] for b in collected]) for l in range(len(collected[0]))]
 
-    def predict_proba(self, X: object) -> np.ndarray:
-        """Class probabilities in inference mode (running statistics), (m, n_classes).
-
-        Computed in blocks of :data:`PREDICT_BLOCK_ROWS` rows, in the net's dtype.
-        """
-        X = _check_X(X, self.sizes[0], self.dtype, training=False)
-        return _blocked_proba(self._logits_inference, X, self.n_classes)
-
-    def predict(self, X: object) -> np.ndarray:
-        """Predicted labels ``argmax_k P_ik``, int64 (m,)."""
-        return self.predict_proba(X).argmax(axis=1)
-
-    def accuracy(self, X: object, y: object) -> float:
-        """Fraction of rows whose predicted label equals ``y``."""
-        pred = self.predict(X)
-        y = check_labels(y, "y", pred.shape[0], self.n_classes)
-        return float(np.mean(pred == y)) if pred.shape[0] else float("nan")
-
-    def fold(self) -> FoldedMLP:
+    def fold(self) -> FoldedMLP:  # type: ignore[override]
         """The inference network with each BN folded into its linear map.
 
         ``W_fold = diag(gamma / sqrt(running_var + eps)) W``,
         ``b_fold = beta - gamma * running_mean / sqrt(running_var + eps)``; hidden layers
         without BN and the output layer are copied.
         """
-        layers = []
-        for layer in self.hidden:
-            if isinstance(layer, BNLayer):
-                layers.append(bn.fold(layer.W, layer.gamma, layer.beta,
-                                      layer.running_mean, layer.running_var, self.config.eps))
-            else:
-                layers.append((layer.W.copy(), layer.b.copy()))
-        layers.append((self.out.W.copy(), self.out.b.copy()))
+        layers = [(mod.W.copy(), mod.b.copy()) for mod in folded_layers(self)
+                  if isinstance(mod, Linear)]
         return FoldedMLP(layers, activation=self.config.activation)
 
     # ------------------------------------------------------------------ state
@@ -592,71 +335,28 @@ class MLP:
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray]) -> MLP:
         """Rebuild the net of :meth:`get_state` exactly; every key and shape is checked."""
-        if not hasattr(state, "keys") or "config" not in state:
-            raise InputError("state: expected the dict of MLP.get_state(), with key 'config'.")
-        raw = np.asarray(state["config"])
-        if raw.dtype.kind != "U" or raw.shape != ():
-            raise InputError(
-                f"state['config']: expected a 0-d unicode array holding JSON, got dtype "
-                f"{raw.dtype} and shape {raw.shape} instead."
-            )
-        try:
-            cfg = json.loads(str(raw))
-            version = cfg.pop("version")
-        except (ValueError, KeyError, AttributeError) as exc:
-            raise InputError(f"state['config']: not a JSON MLP configuration ({exc}).") from None
-        if version != STATE_VERSION:
-            raise InputError(f"state['config']: expected version {STATE_VERSION}, got {version!r}.")
+        cfg = read_config(state, "MLP")
+        if cfg.pop("version", None) != STATE_VERSION:
+            raise InputError(f"state['config']: expected an MLP state of version "
+                             f"{STATE_VERSION}.")
         try:
             net = cls(cfg.pop("sizes"), **cfg)
-        except TypeError as exc:
+        except (TypeError, KeyError) as exc:
             raise InputError(f"state['config']: unexpected configuration ({exc}).") from None
-        net._load_arrays(state)
+        load_arrays(net, state)
         return net
 
     def _load_arrays(self, state: dict[str, np.ndarray]) -> None:
-        """Copy ``state``'s arrays into the live ones; each key and shape is checked."""
-        expected = {**self.parameters(), **self.buffers()}
-        extra = sorted(set(state.keys()) - set(expected) - {"config"})
-        if extra:
-            raise InputError(f"state: unexpected key {extra[0]!r} for {self!r}.")
-        for key, live in expected.items():
-            if key not in state:
-                raise InputError(f"state: missing key {key!r} for {self!r}.")
-            if key.endswith("num_batches_tracked"):
-                arr = np.asarray(state[key])
-                if arr.shape != () or arr.dtype.kind not in "iu" or int(arr) < 0:
-                    raise InputError(f"{key}: expected an integer scalar >= 0, got dtype "
-                                     f"{arr.dtype} and shape {arr.shape} instead.")
-                live[...] = int(arr)
-                continue
-            arr = check_array(state[key], key, ndim=live.ndim, shape=live.shape, dtype=live.dtype)
-            if key.endswith("running_var") and (arr < 0).any():
-                raise InputError(f"{key}: expected variances >= 0, got {arr.min()}.")
-            live[...] = arr
+        """Copy ``state``'s arrays into the live ones (kept for callers of the old name)."""
+        load_arrays(self, state)
 
     # ------------------------------------------------------------------ PyTorch
-    def to_torch(self) -> Any:
-        """The net as a ``torch.nn.Sequential``: :func:`~bnprop.interop.torch.mlp_to_torch`."""
-        from bnprop.interop.torch import mlp_to_torch
-
-        return mlp_to_torch(self)
-
     @classmethod
-    def from_torch(cls, module: Any, *, stats: str = "exact", seed: int = 0) -> MLP:
+    def from_torch(cls, module: Any, *, stats: str = "exact", seed: int = 0) -> MLP:  # type: ignore[override]
         """The MLP of a ``torch.nn.Sequential``: :func:`~bnprop.interop.torch.mlp_from_torch`."""
         from bnprop.interop.torch import mlp_from_torch
 
         return mlp_from_torch(module, stats=stats, seed=seed)
-
-
-def _blocked_proba(logits_fn: Any, X: np.ndarray, n_classes: int) -> np.ndarray:
-    """``softmax(logits_fn(X_block))`` for blocks of :data:`PREDICT_BLOCK_ROWS` rows."""
-    P = np.empty((X.shape[0], n_classes), dtype=X.dtype)
-    for start in range(0, X.shape[0], PREDICT_BLOCK_ROWS):
-        block = slice(start, start + PREDICT_BLOCK_ROWS)
-        P[block] = _softmax(logits_fn(X[block]))
-    return P
 
 
 class FoldedMLP:
@@ -686,13 +386,15 @@ class FoldedMLP:
         act = get_activation(self.activation)
         O = X
         for W, b in self.layers[:-1]:
-            O = act.forward(_affine(O, W, b))
-        return _affine(O, *self.layers[-1])
+            O = act.forward(O @ W.T + b)
+        W, b = self.layers[-1]
+        return O @ W.T + b
 
     def predict_proba(self, X: object) -> np.ndarray:
         """Class probabilities (m, n_classes), in blocks, in the net's dtype."""
-        X = _check_X(X, self.sizes[0], self.dtype, training=False)
-        return _blocked_proba(self._logits, X, self.sizes[-1])
+        X = check_array(X, "X", ndim=2, axes=("m", "n_features"),
+                        shape=(None, self.sizes[0]), dtype=self.dtype)
+        return blocked_proba(self._logits, X, self.sizes[-1])
 
     def predict(self, X: object) -> np.ndarray:
         """Predicted labels, int64 (m,)."""

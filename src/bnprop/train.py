@@ -45,6 +45,7 @@ import numpy as np
 
 from bnprop import checkpoint as ckpt
 from bnprop._validate import InputError, check_choice
+from bnprop.nn.sequential import NonFiniteError
 from bnprop.progress import Progress
 from bnprop.threads import num_threads
 
@@ -343,7 +344,6 @@ def train(
     except (InputError, OSError) as exc:
         error = exc
     agree(comm, error)
-    net.fast_step = True  # one process, BN: bnprop.fast's step (MLP.train_step)
     start, metrics = run["start"], run["metrics"]
     loss_sum, loss_count, elapsed0 = run["loss_sum"], run["loss_count"], run["elapsed"]
 
@@ -383,12 +383,15 @@ def train(
     try:
         while step < config.steps:
             idx = order.indices(step)
-            if comm.size == 1:
-                loss = net.train_step(X[idx], y[idx], optimizer)
-            else:  # this rank's share; loss and gradients of the global batch
-                rows = idx[shard(len(idx), comm.rank, comm.size)]
-                loss = net.train_step(X[rows], y[rows], optimizer, comm=comm,
-                                      m_global=len(idx), sync_bn=config.sync_bn)
+            try:  # a non-finite step raises before any update (the same on every rank)
+                if comm.size == 1:
+                    loss = net.train_step(X[idx], y[idx], optimizer)
+                else:  # this rank's share; loss and gradients of the global batch
+                    rows = idx[shard(len(idx), comm.rank, comm.size)]
+                    loss = net.train_step(X[rows], y[rows], optimizer, comm=comm,
+                                          m_global=len(idx), sync_bn=config.sync_bn)
+            except NonFiniteError:
+                loss = math.nan
             step += 1
             if not math.isfinite(loss):  # the global loss: every rank stops here
                 diverged_at = step

@@ -79,54 +79,95 @@ def torch_layer_grads(
 _TORCH_ACTIVATIONS = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "ReLU", "identity": "Identity"}
 
 
-def mlp_to_torch(net: Any) -> Any:
-    """The :class:`~bnprop.model.MLP` as a ``torch.nn.Sequential`` with the same numbers.
+def sequential_to_torch(net: Any) -> Any:
+    """A :class:`~bnprop.nn.Sequential` (an MLP included) as a ``torch.nn.Sequential``.
 
-    Per hidden layer ``Linear(n_in, n_out, bias=False), BatchNorm1d(n_out, eps, momentum),
-    activation`` (or ``Linear(n_in, n_out), activation`` without batchnorm), then
-    ``Linear(n_hidden, n_classes)``. ``momentum`` is ``None`` for ``running="average"``
-    (PyTorch's cumulative average). Parameters, ``running_mean``, ``running_var`` and
-    ``num_batches_tracked`` are copied, in the net's dtype. The module is in training mode.
+    Module for module: ``Linear`` (``W`` -> ``weight``, ``b`` -> ``bias``),
+    ``BatchNorm1d`` (``gamma`` -> ``weight``, ``beta`` -> ``bias``, the running statistics,
+    ``momentum=None`` for ``running="average"``, PyTorch's cumulative average), and the
+    activations; in the net's dtype, in training mode.
     """
     torch = import_torch()
+    from bnprop.nn import BatchNorm1d, Linear
+
     nn = torch.nn
-    cfg = net.config
-    tdtype = {"float32": torch.float32, "float64": torch.float64}[cfg.dtype]
-
-    def copy(a: np.ndarray) -> Any:
-        return torch.tensor(a, dtype=tdtype)
-
+    tdtype = {np.dtype("float32"): torch.float32, np.dtype("float64"): torch.float64}[net.dtype]
     modules: list[Any] = []
-    for layer in net.hidden:
-        n_out, n_in = layer.W.shape
-        if cfg.batchnorm:
-            linear = nn.Linear(n_in, n_out, bias=False, dtype=tdtype)
-            norm = nn.BatchNorm1d(
-                n_out, eps=cfg.eps, momentum=cfg.momentum if cfg.running == "ema" else None,
-                dtype=tdtype,
-            )
-            with torch.no_grad():
-                linear.weight.copy_(copy(layer.W))
-                norm.weight.copy_(copy(layer.gamma))
-                norm.bias.copy_(copy(layer.beta))
-                norm.running_mean.copy_(copy(layer.running_mean))
-                norm.running_var.copy_(copy(layer.running_var))
-                norm.num_batches_tracked.fill_(int(layer.num_batches_tracked))
-            modules += [linear, norm]
+    for mod in net.modules:
+        if isinstance(mod, Linear):
+            t = nn.Linear(mod.in_features, mod.out_features, bias=mod.has_bias, dtype=tdtype)
+        elif isinstance(mod, BatchNorm1d):
+            t = nn.BatchNorm1d(mod.num_features, eps=mod.eps,
+                               momentum=mod.momentum if mod.running == "ema" else None,
+                               dtype=tdtype)
         else:
-            linear = nn.Linear(n_in, n_out, dtype=tdtype)
-            with torch.no_grad():
-                linear.weight.copy_(copy(layer.W))
-                linear.bias.copy_(copy(layer.b))
-            modules.append(linear)
-        modules.append(getattr(nn, _TORCH_ACTIVATIONS[cfg.activation])())
-    n_out, n_in = net.out.W.shape
-    out = nn.Linear(n_in, n_out, dtype=tdtype)
-    with torch.no_grad():
-        out.weight.copy_(copy(net.out.W))
-        out.bias.copy_(copy(net.out.b))
-    modules.append(out)
+            t = getattr(nn, _TORCH_ACTIVATIONS[mod.activation])()
+        with torch.no_grad():
+            for name, arr in [*mod.named_parameters(), *mod.named_buffers()]:
+                target = getattr(t, mod.torch_names.get(name, name))
+                target.copy_(torch.tensor(arr))
+        modules.append(t)
     return nn.Sequential(*modules)
+
+
+mlp_to_torch = sequential_to_torch
+
+
+def _copy_from_torch(net: Any, module: Any) -> None:
+    """Copy every parameter and buffer of the torch modules into ``net``'s, in order."""
+    for mod, t in zip(net.modules, module, strict=True):
+        for name, arr in [*mod.named_parameters(), *mod.named_buffers()]:
+            arr[...] = getattr(t, mod.torch_names.get(name, name)).detach().cpu().numpy()
+
+
+def sequential_from_torch(module: Any, *, stats: str = "exact") -> Any:
+    """The :class:`~bnprop.nn.Sequential` of a ``torch.nn.Sequential`` of ``Linear``,
+    ``BatchNorm1d`` (affine, with running statistics) and activations (Sigmoid, Tanh,
+    ReLU, Identity); the dtype follows the module's parameters. ``stats`` (not
+    represented in torch) goes to every BatchNorm1d. Anything else raises
+    :class:`~bnprop.InputError` naming the module's index."""
+    torch = import_torch()
+    from bnprop import nn as bnn
+    from bnprop._validate import InputError
+
+    nn = torch.nn
+    if not isinstance(module, nn.Sequential):
+        raise InputError(
+            f"module: expected a torch.nn.Sequential, got {type(module).__name__} instead."
+        )
+    dtype = _torch_dtype(module)
+    act_names = {v: k for k, v in _TORCH_ACTIVATIONS.items()}
+    mods: list[Any] = []
+    for i, t in enumerate(module):
+        if isinstance(t, nn.Linear):
+            mods.append(bnn.Linear(t.in_features, t.out_features, t.bias is not None,
+                                   dtype=dtype, rng=0))
+        elif isinstance(t, nn.BatchNorm1d):
+            if not t.affine or not t.track_running_stats:
+                raise InputError(f"module[{i}]: expected BatchNorm1d(affine=True, "
+                                 "track_running_stats=True).")
+            mods.append(bnn.BatchNorm1d(
+                t.num_features, t.eps, 0.1 if t.momentum is None else t.momentum,
+                running="average" if t.momentum is None else "ema", stats=stats, dtype=dtype))
+        elif type(t).__name__ in act_names:
+            mods.append(bnn.module.ACTIVATION_MODULES[act_names[type(t).__name__]](dtype=dtype))
+        else:
+            raise InputError(f"module[{i}]: expected Linear, BatchNorm1d or an activation "
+                             f"(Sigmoid, Tanh, ReLU, Identity), got {type(t).__name__} instead.")
+    net = bnn.Sequential(*mods)
+    _copy_from_torch(net, module)
+    return net
+
+
+def _torch_dtype(module: Any) -> str:
+    """"float32" or "float64": the one dtype of the module's parameters."""
+    torch = import_torch()
+    from bnprop._validate import InputError
+
+    dtypes = {p.dtype for p in module.parameters()}
+    if len(dtypes) != 1 or next(iter(dtypes)) not in (torch.float32, torch.float64):
+        raise InputError(f"module: expected all parameters float32 or all float64, got {dtypes}.")
+    return "float32" if next(iter(dtypes)) == torch.float32 else "float64"
 
 
 def mlp_from_torch(module: Any, *, stats: str = "exact", seed: int = 0) -> Any:
@@ -196,10 +237,7 @@ def mlp_from_torch(module: Any, *, stats: str = "exact", seed: int = 0) -> Any:
                 f"before it gives {sizes[-1]}."
             )
         sizes.append(lin.out_features)
-    dtypes = {p.dtype for p in module.parameters()}
-    if len(dtypes) != 1 or next(iter(dtypes)) not in (torch.float32, torch.float64):
-        raise InputError(f"module: expected all parameters float32 or all float64, got {dtypes}.")
-    dtype = "float32" if next(iter(dtypes)) == torch.float32 else "float64"
+    dtype = _torch_dtype(module)
     norms = [norm for _, norm in hidden if norm is not None]
     kwargs: dict[str, Any] = {}
     if norms:
@@ -213,21 +251,5 @@ def mlp_from_torch(module: Any, *, stats: str = "exact", seed: int = 0) -> Any:
     net = MLP(sizes, activation=activation or "sigmoid", batchnorm=bool(norms), stats=stats,
               dtype=dtype, seed=seed, **kwargs)
 
-    def numpy(t: Any) -> np.ndarray:
-        return t.detach().cpu().numpy()
-
-    state: dict[str, np.ndarray] = {}
-    for j, (linear, norm) in enumerate(hidden):
-        state[f"hidden.{j}.W"] = numpy(linear.weight)
-        if norm is None:
-            state[f"hidden.{j}.b"] = numpy(linear.bias)
-        else:
-            state[f"hidden.{j}.gamma"] = numpy(norm.weight)
-            state[f"hidden.{j}.beta"] = numpy(norm.bias)
-            state[f"hidden.{j}.running_mean"] = numpy(norm.running_mean)
-            state[f"hidden.{j}.running_var"] = numpy(norm.running_var)
-            state[f"hidden.{j}.num_batches_tracked"] = numpy(norm.num_batches_tracked)
-    state["out.W"] = numpy(mods[-1].weight)
-    state["out.b"] = numpy(mods[-1].bias)
-    net._load_arrays(state)
+    _copy_from_torch(net, module)
     return net

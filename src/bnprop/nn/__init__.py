@@ -1,0 +1,24 @@
+"""Layers as modules, with PyTorch's names, conventions and shapes.
+
+``Linear``, ``BatchNorm1d``, ``Sigmoid``, ``Tanh``, ``ReLU``, ``Identity`` and
+``Sequential``, which chains them, owns the loss (mean softmax cross-entropy) and runs a
+training step on the compiled kernels (``backend="numba"``, default) or on the NumPy
+reference (``backend="numpy"``). The handout's layer is
+``Linear(n_in, n_out, bias=False), BatchNorm1d(n_out), Sigmoid()``.
+"""
+
+from bnprop.nn.batchnorm import BatchNorm1d
+from bnprop.nn.module import Identity, Linear, Module, ReLU, Sigmoid, Tanh
+from bnprop.nn.sequential import NonFiniteError, Sequential
+
+__all__ = [
+    "BatchNorm1d",
+    "Identity",
+    "Linear",
+    "Module",
+    "NonFiniteError",
+    "ReLU",
+    "Sequential",
+    "Sigmoid",
+    "Tanh",
+]

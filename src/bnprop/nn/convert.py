@@ -1,0 +1,162 @@
+"""A Sequential as data: its state (arrays + a JSON description) and its folded form.
+
+``get_state`` gives ``{name: array copy}`` for every parameter and buffer, plus
+``"config"``: a 0-d unicode array holding JSON (no object arrays, so the state loads with
+``allow_pickle=False``)::
+
+    {"version": 1, "kind": "Sequential", "dtype": "float32",
+     "modules": [{"type": "Linear", "in_features": 784, "out_features": 100, "bias": false},
+                 {"type": "BatchNorm1d", "num_features": 100, "eps": 1e-05, ...}, ...]}
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from bnprop._validate import InputError, check_array
+from bnprop.nn.batchnorm import BatchNorm1d
+from bnprop.nn.module import ACTIVATION_MODULES, Linear, Module, _Activation
+
+#: Version of the layout written by :func:`get_state`.
+STATE_VERSION = 1
+
+
+def module_config(mod: Module) -> dict[str, Any]:
+    """The constructor arguments of one module, as JSON-able values."""
+    if isinstance(mod, Linear):
+        return {"type": "Linear", "in_features": mod.in_features,
+                "out_features": mod.out_features, "bias": mod.has_bias}
+    if isinstance(mod, BatchNorm1d):
+        return {"type": "BatchNorm1d", "num_features": mod.num_features, "eps": mod.eps,
+                "momentum": mod.momentum, "running": mod.running, "stats": mod.stats}
+    if isinstance(mod, _Activation):
+        return {"type": type(mod).__name__}
+    raise InputError(f"module: {type(mod).__name__} cannot be saved.")  # pragma: no cover
+
+
+def build_module(cfg: dict[str, Any], dtype: str) -> Module:
+    """The module of :func:`module_config` (weights drawn, then to be overwritten)."""
+    args = dict(cfg)
+    kind = args.pop("type", None)
+    activations = {cls.__name__: cls for cls in ACTIVATION_MODULES.values()}
+    try:
+        if kind == "Linear":
+            return Linear(args.pop("in_features"), args.pop("out_features"),
+                          args.pop("bias"), dtype=dtype, **args)
+        if kind == "BatchNorm1d":
+            return BatchNorm1d(args.pop("num_features"), dtype=dtype, **args)
+        if kind in activations and not args:
+            return activations[kind](dtype=dtype)
+    except (TypeError, KeyError) as exc:
+        raise InputError(f"state['config']: bad {kind} module ({exc}).") from None
+    raise InputError(f"state['config']: unknown module {cfg!r}.")
+
+
+def get_state(net: Any) -> dict[str, np.ndarray]:
+    """Copies of every parameter and buffer, and ``"config"`` (module docstring)."""
+    state = {k: v.copy() for k, v in {**net.parameters(), **net.buffers()}.items()}
+    config = {"version": STATE_VERSION, "kind": "Sequential", "dtype": str(net.dtype),
+              "modules": [module_config(m) for m in net.modules]}
+    state["config"] = np.array(json.dumps(config, sort_keys=True))
+    return state
+
+
+def read_config(state: object, owner: str = "Sequential") -> dict[str, Any]:
+    """The JSON ``state["config"]`` as a dict (one clear line when it is not one)."""
+    if not hasattr(state, "keys") or "config" not in state:  # type: ignore[operator]
+        raise InputError(f"state: expected the dict of {owner}.get_state(), with key "
+                         "'config'.")
+    raw = np.asarray(state["config"])  # type: ignore[index]
+    if raw.dtype.kind != "U" or raw.shape != ():
+        raise InputError(
+            f"state['config']: expected a 0-d unicode array holding JSON, got dtype "
+            f"{raw.dtype} and shape {raw.shape} instead."
+        )
+    try:
+        cfg = json.loads(str(raw))
+    except ValueError as exc:
+        raise InputError(f"state['config']: not a JSON {owner} configuration ({exc}).") \
+            from None
+    if not isinstance(cfg, dict):
+        raise InputError(f"state['config']: not a JSON {owner} configuration (not an "
+                         "object).")
+    return cfg
+
+
+def from_state(state: dict[str, np.ndarray]) -> Any:
+    """The Sequential of :func:`get_state`, every key and shape checked."""
+    from bnprop.nn.sequential import Sequential
+
+    cfg = read_config(state)
+    if cfg.get("version") != STATE_VERSION or cfg.get("kind") != "Sequential":
+        raise InputError(f"state['config']: expected a Sequential state of version "
+                         f"{STATE_VERSION}, got {cfg.get('kind')!r} version "
+                         f"{cfg.get('version')!r}.")
+    modules = cfg.get("modules")
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise InputError("state['config']: expected a list of modules under 'modules'.")
+    net = Sequential(*(build_module(m, cfg.get("dtype", "float32")) for m in modules))
+    load_arrays(net, state)
+    return net
+
+
+def load_arrays(net: Any, state: dict[str, np.ndarray]) -> None:
+    """Copy ``state``'s arrays into the live ones; each key and shape is checked."""
+    expected = {**net.parameters(), **net.buffers()}
+    who = repr(net) if "\n" not in repr(net) else type(net).__name__
+    extra = sorted(set(state.keys()) - set(expected) - {"config"})
+    if extra:
+        raise InputError(f"state: unexpected key {extra[0]!r} for {who}.")
+    for key, live in expected.items():
+        if key not in state:
+            raise InputError(f"state: missing key {key!r} for {who}.")
+        if key.endswith("num_batches_tracked"):
+            arr = np.asarray(state[key])
+            if arr.shape != () or arr.dtype.kind not in "iu" or int(arr) < 0:
+                raise InputError(f"{key}: expected an integer scalar >= 0, got dtype "
+                                 f"{arr.dtype} and shape {arr.shape} instead.")
+            live[...] = int(arr)
+            continue
+        arr = check_array(state[key], key, ndim=live.ndim, shape=live.shape, dtype=live.dtype)
+        if key.endswith("running_var") and (arr < 0).any():
+            raise InputError(f"{key}: expected variances >= 0, got {arr.min()}.")
+        live[...] = arr
+
+
+def folded_layers(net: Any) -> list[Module]:
+    """The modules of the folded net: ``Linear(bias=False) -> BatchNorm1d`` becomes one
+    ``Linear`` with ``W_fold, b_fold`` (:func:`bnprop.batchnorm.fold`); a lone
+    ``BatchNorm1d`` becomes the diagonal ``Linear`` of its inference map; the rest is
+    copied."""
+    out: list[Module] = []
+    mods, i, dt = net.modules, 0, str(net.dtype)
+    while i < len(mods):
+        mod = mods[i]
+        nxt = mods[i + 1] if i + 1 < len(mods) else None
+        if isinstance(mod, Linear) and not mod.has_bias and isinstance(nxt, BatchNorm1d):
+            W, b = nxt.fold_into(mod.W)
+            i += 2
+        elif isinstance(mod, BatchNorm1d):
+            W, b = mod.fold_into(np.eye(mod.num_features, dtype=mod.dtype))
+            i += 1
+        elif isinstance(mod, Linear):
+            W, b = mod.W, (mod.b if mod.has_bias else np.zeros(mod.out_features, mod.dtype))
+            i += 1
+        else:
+            out.append(build_module(module_config(mod), dt))
+            i += 1
+            continue
+        lin = Linear(W.shape[1], W.shape[0], True, dtype=dt, rng=0)
+        lin.W[...], lin.b[...] = W, b
+        out.append(lin)
+    return out
+
+
+def fold(net: Any) -> Any:
+    """The inference network of ``net`` as a Sequential (see :func:`folded_layers`)."""
+    from bnprop.nn.sequential import Sequential
+
+    return Sequential(*folded_layers(net), backend=net.backend)

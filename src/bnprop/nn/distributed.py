@@ -1,0 +1,65 @@
+"""Checks of a data-parallel step's arguments (:class:`~bnprop.nn.Sequential`, ``comm``).
+
+Every process calls with its rows ``X_p`` of a global batch of ``m_global = sum_p m_p``
+rows. What is wrong is the same on every process (the global row count, the arguments)
+or is found before any collective, so every process raises and none waits.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bnprop._validate import InputError
+from bnprop.loss import check_labels
+
+if TYPE_CHECKING:
+    from bnprop.distributed import Communicator
+
+
+def check_distributed_batch(
+    net: Any, X: object, y: object, comm: Communicator, m_global: int | None, sync_bn: bool,
+) -> tuple[np.ndarray, np.ndarray, Communicator, int]:
+    """Validate this process's rows and find ``m_global`` (one small collective when not
+    given); returns ``(X, y, comm, m_global)``."""
+    from bnprop.distributed import Communicator as Protocol
+    from bnprop.nn.batchnorm import BatchNorm1d
+
+    if not isinstance(comm, Protocol):
+        raise InputError(
+            "comm: expected a bnprop.distributed.Communicator (SingleProcess, MPIComm, "
+            f"ThreadComm), got {type(comm).__name__} instead."
+        )
+    if not isinstance(sync_bn, bool | np.bool_):
+        raise InputError(f"sync_bn: expected True or False, got {sync_bn!r} instead.")
+    X = net._check_X(X, training=False)
+    y = check_labels(y, "y", X.shape[0], net.n_classes)
+    local_bn = not sync_bn and any(isinstance(mod, BatchNorm1d) for mod in net.modules)
+    if X.shape[0] < (2 if local_bn else 1):
+        raise InputError(
+            f"X: got {X.shape[0]} rows on process {comm.rank} of {comm.size}; every "
+            "process needs " + ("2 rows with local batch statistics (sync_bn=False)"
+                                if local_bn else "at least one row of the global batch")
+            + " (split it with bnprop.distributed.shard)."
+        )
+    if m_global is None:
+        m_global = int(comm.allreduce_sum(np.array([float(X.shape[0])]))[0])
+    if isinstance(m_global, bool) or not isinstance(m_global, int | np.integer) \
+            or m_global < 2:
+        raise InputError(f"m_global: expected the global batch size, an int >= 2, got "
+                         f"{m_global!r} instead.")
+    return X, y, comm, int(m_global)
+
+
+def check_global_rows(net: Any, m_global: int | None) -> None:
+    """SyncBN counted the global rows in its first statistics: a wrong ``m_global``
+    would scale the loss wrongly (the count is the same on every process: all raise)."""
+    from bnprop.nn.plan import NormStep
+
+    for step in net.steps:
+        if isinstance(step, NormStep):
+            if m_global is not None and step.stage.count != m_global:
+                raise InputError(f"m_global: the processes hold {step.stage.count} rows "
+                                 f"in all, got m_global={m_global}.")
+            return

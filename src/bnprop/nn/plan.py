@@ -1,0 +1,128 @@
+"""How a :class:`~bnprop.nn.Sequential` runs its modules: fused steps, flat buffers.
+
+The plan groups the modules into steps, each a forward/backward pair on preallocated
+buffers. ``Linear(bias=False) -> BatchNorm1d -> activation`` (the handout's layer) is one
+:class:`~bnprop.nn.stage.BNStage`; so is ``BatchNorm1d -> activation`` and a lone
+``BatchNorm1d``; every other module is a step of its own.
+
+Parameters of one dtype live in one flat array, of which each module's parameters are
+views, and so do their gradients (:class:`FlatBuffers`): the optimizer updates all of
+them in one pass (:meth:`bnprop.optim.Optimizer.step_flat`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bnprop.nn.batchnorm import BatchNorm1d
+from bnprop.nn.module import Linear, Module, _Activation
+from bnprop.nn.stage import BNStage
+
+if TYPE_CHECKING:
+    from bnprop.distributed import Communicator
+
+
+class ModuleStep:
+    """One module as a plan step (its trusted ``_forward`` / ``_backward``)."""
+
+    def __init__(self, module: Module) -> None:
+        self.module = module
+        self.modules = (module,)
+        self.norm: BatchNorm1d | None = None
+
+    def forward(self, X: np.ndarray, training: bool, comm: Communicator | None) -> np.ndarray:
+        return self.module._forward(X, training)
+
+    def backward(self, dY: np.ndarray, dX: np.ndarray | None,
+                 comm: Communicator | None) -> None:
+        self.module._backward(dY, dX)
+
+    def commit_running(self) -> None:
+        """Nothing to commit: no running statistics."""
+
+
+class NormStep:
+    """``[Linear(bias=False)] -> BatchNorm1d -> [activation]`` as one fused stage."""
+
+    def __init__(self, norm: BatchNorm1d, activation: _Activation | None,
+                 linear: Linear | None) -> None:
+        self.norm = norm
+        self.modules = tuple(m for m in (linear, norm, activation) if m is not None)
+        self.stage = BNStage(norm, "identity" if activation is None else activation.activation,
+                             linear)
+
+    def forward(self, X: np.ndarray, training: bool, comm: Communicator | None) -> np.ndarray:
+        return self.stage.forward(X, training, comm)
+
+    def backward(self, dY: np.ndarray, dX: np.ndarray | None,
+                 comm: Communicator | None) -> None:
+        self.stage.backward(dY, dX, comm)
+
+    def commit_running(self) -> None:
+        self.norm.commit_running(self.stage)
+
+
+def build_plan(modules: list[Module]) -> list[ModuleStep | NormStep]:
+    """Group ``modules`` into steps (module docstring)."""
+    steps: list[ModuleStep | NormStep] = []
+    i = 0
+    while i < len(modules):
+        mod = modules[i]
+        nxt = modules[i + 1] if i + 1 < len(modules) else None
+        if isinstance(mod, Linear) and not mod.has_bias and isinstance(nxt, BatchNorm1d):
+            linear, norm, i = mod, nxt, i + 2
+        elif isinstance(mod, BatchNorm1d):
+            linear, norm, i = None, mod, i + 1
+        else:
+            steps.append(ModuleStep(mod))
+            i += 1
+            continue
+        act = modules[i] if i < len(modules) and isinstance(modules[i], _Activation) else None
+        if act is not None:
+            i += 1
+        steps.append(NormStep(norm, act, linear))
+    return steps
+
+
+class FlatBuffers:
+    """One flat parameter array and one flat gradient array per dtype; each module's
+    parameters and gradients become views of them (values are copied in once).
+
+    ``layout[dtype]`` lists ``(name, start, stop, shape)`` in ``named_parameters`` order.
+    """
+
+    def __init__(self, named: list[tuple[str, Module, str]]) -> None:
+        sizes: dict[np.dtype, int] = {}
+        for _, module, pname in named:
+            p = getattr(module, pname)
+            sizes[p.dtype] = sizes.get(p.dtype, 0) + p.size
+        self.params = {dt: np.empty(n, dt) for dt, n in sizes.items()}
+        self.grads = {dt: np.zeros(n, dt) for dt, n in sizes.items()}
+        self.layout: dict[np.dtype, list[tuple[str, int, int, tuple[int, ...]]]] = {
+            dt: [] for dt in sizes}
+        offsets = dict.fromkeys(sizes, 0)
+        for name, module, pname in named:
+            p = getattr(module, pname)
+            dt, start = p.dtype, offsets[p.dtype]
+            stop = start + p.size
+            self.params[dt][start:stop] = p.reshape(-1)
+            setattr(module, pname, self.params[dt][start:stop].reshape(p.shape))
+            module.grads[pname] = self.grads[dt][start:stop].reshape(p.shape)
+            self.layout[dt].append((name, start, stop, p.shape))
+            offsets[dt] = stop
+
+    def all_finite(self) -> bool:
+        """Whether every gradient is finite: one pass, ``isfinite(sum)`` per flat array
+        (a NaN or inf anywhere makes the sum non-finite)."""
+        return all(np.isfinite(g.sum(dtype=np.float64)) for g in self.grads.values())
+
+
+def step_flat(optimizer: Any, flat: FlatBuffers, params: dict[str, np.ndarray],
+              grads: dict[str, np.ndarray]) -> None:
+    """The optimizer's fused update over the flat arrays when it has one, else per name."""
+    if hasattr(optimizer, "step_flat"):
+        optimizer.step_flat(flat.params, flat.grads, flat.layout)
+    else:
+        optimizer.step(params, grads)

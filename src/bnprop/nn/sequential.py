@@ -1,0 +1,356 @@
+"""``Sequential``: modules chained, the loss, and the training step.
+
+``Sequential(m_1, ..., m_L)`` computes ``logits = m_L(... m_1(X))`` and owns the loss, the
+mean softmax cross-entropy of :mod:`bnprop.loss`::
+
+    loss = (1/m) sum_i -log softmax(logits_i)[y_i]
+
+A training step runs each step of the plan (:mod:`bnprop.nn.plan`) forward, the loss,
+each step backward in reverse, then the optimizer's fused update of the flat parameter
+array. Names follow PyTorch: ``named_parameters()`` yields ``"<index>.<name>"`` (e.g.
+``"0.W"``, ``"1.gamma"``) in the order and shapes of ``to_torch().parameters()``.
+
+Data parallel (``comm`` given; :mod:`bnprop.distributed`): each of P processes holds rows
+``X_p`` of a global batch of ``m = sum_p m_p`` rows and the same parameters::
+
+    sync_bn=True     BatchNorm1d uses the global batch's mu_B, var_B (SyncBN), and its
+                     dgamma, dbeta come out global from its own all-reduce
+    sync_bn=False    each process normalizes with its own rows' statistics
+    loss             (1/m) sum_p sum_{i in p} l_i;   dlogits_p = (P_p - onehot(y_p)) / m
+    other gradients  sum_p of the local terms: one packed float64 Allreduce per step
+
+so with ``sync_bn=True`` the step equals one process on the global batch, to rounding.
+
+A step whose loss or gradients are not finite raises :class:`NonFiniteError` before any
+update: parameters, optimizer state and running statistics stay as they were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bnprop._validate import InputError, check_array
+from bnprop.loss import _softmax, check_labels, softmax_cross_entropy_inplace
+from bnprop.nn.distributed import check_global_rows
+from bnprop.nn.module import Module, check_backend
+from bnprop.nn.plan import FlatBuffers, NormStep, build_plan, step_flat
+
+if TYPE_CHECKING:
+    from bnprop.distributed import Communicator
+
+#: Rows per block in inference: bounds the activations held at once.
+PREDICT_BLOCK_ROWS = 4096
+
+
+class NonFiniteError(InputError, ArithmeticError):
+    """A training step produced a non-finite loss or gradient; nothing was updated."""
+
+
+class Sequential:
+    """Modules applied in order; the last one's output are the logits of the loss.
+
+    Parameters
+    ----------
+    *modules : Module
+        Layers of :mod:`bnprop.nn`, all of one dtype, widths that chain.
+    backend : {"numba", "numpy"}, default="numba"
+        The compiled kernels, or the NumPy reference (for teaching and for tests).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bnprop import nn, SGD
+    >>> net = nn.Sequential(nn.Linear(8, 16, bias=False, rng=0), nn.BatchNorm1d(16),
+    ...                     nn.Sigmoid(), nn.Linear(16, 3, rng=1))
+    >>> rng = np.random.default_rng(0)
+    >>> X, y = rng.random((60, 8), dtype=np.float32), rng.integers(0, 3, 60)
+    >>> losses = [net.train_step(X, y, SGD(0.5)) for _ in range(50)]
+    >>> bool(losses[-1] < losses[0])
+    True
+    """
+
+    def __init__(self, *modules: Module, backend: str = "numba") -> None:
+        if not modules:
+            raise InputError("modules: expected at least one module, got none.")
+        for i, mod in enumerate(modules):
+            if not isinstance(mod, Module):
+                raise InputError(f"modules[{i}]: expected a bnprop.nn module, got "
+                                 f"{type(mod).__name__} instead.")
+        dtypes = {mod.dtype for mod in modules}
+        if len(dtypes) > 1:
+            raise InputError(f"modules: expected one dtype for every module, got "
+                             f"{sorted(str(d) for d in dtypes)}.")
+        width = None
+        for i, mod in enumerate(modules):
+            if mod.in_features is not None and width is not None and mod.in_features != width:
+                raise InputError(f"modules[{i}]: {mod!r} expects {mod.in_features} input "
+                                 f"features, but the module before it gives {width}.")
+            width = mod.out_features if mod.out_features is not None else width
+        self.modules = list(modules)
+        self.dtype = modules[0].dtype
+        self.in_features = next((m.in_features for m in modules if m.in_features), None)
+        self.n_classes = width
+        self.backend = check_backend(backend)
+        for mod in self.modules:
+            mod.backend = self.backend
+        self.steps = build_plan(self.modules)
+        self.flat = FlatBuffers(self._named())
+        self._m: int | None = None
+
+    # ------------------------------------------------------------------ names
+    def _prefix(self, index: int) -> str:
+        """Name prefix of module ``index``: ``"<index>."`` (PyTorch's)."""
+        return f"{index}."
+
+    def _named(self) -> list[tuple[str, Module, str]]:
+        return [(self._prefix(i) + p, mod, p) for i, mod in enumerate(self.modules)
+                for p in mod.param_names]
+
+    def named_parameters(self) -> Iterator[tuple[str, np.ndarray]]:
+        """``(name, array)`` of every parameter (live views), in PyTorch's order."""
+        for i, mod in enumerate(self.modules):
+            yield from mod.named_parameters(self._prefix(i))
+
+    def named_buffers(self) -> Iterator[tuple[str, np.ndarray]]:
+        """``(name, array)`` of every running statistic (live arrays)."""
+        for i, mod in enumerate(self.modules):
+            yield from mod.named_buffers(self._prefix(i))
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """The live parameter arrays keyed as :meth:`named_parameters`; updating them in
+        place updates the net."""
+        return dict(self.named_parameters())
+
+    def buffers(self) -> dict[str, np.ndarray]:
+        """The live running statistics keyed as :meth:`named_buffers`."""
+        return dict(self.named_buffers())
+
+    def _grad_views(self) -> dict[str, np.ndarray]:
+        return {self._prefix(i) + p: mod.grads[p] for i, mod in enumerate(self.modules)
+                for p in mod.param_names}
+
+    def __repr__(self) -> str:
+        inner = ",\n".join(f"  ({i}): {m!r}" for i, m in enumerate(self.modules))
+        return f"{type(self).__name__}(\n{inner}\n)"
+
+    # ------------------------------------------------------------------ checks
+    def _check_X(self, X: object, *, training: bool) -> np.ndarray:
+        X = check_array(X, "X", ndim=2, axes=("m", "n_features"),
+                        shape=(None, self.in_features), dtype=self.dtype)
+        if training and X.shape[0] < 2:
+            raise InputError(
+                f"X: got a training batch of {X.shape[0]} example"
+                f"{'' if X.shape[0] == 1 else 's'}; training needs m >= 2 rows (the batch "
+                "variance of one example is always 0, and nets without batch normalization "
+                "refuse it too, so that every net accepts the same batches)."
+            )
+        return X
+
+    def _check_batch(self, X: object, y: object) -> tuple[np.ndarray, np.ndarray]:
+        X = self._check_X(X, training=True)
+        return X, check_labels(y, "y", X.shape[0], self.n_classes)
+
+    # ------------------------------------------------------------------ one step
+    def _allocate(self, X: np.ndarray) -> None:
+        """Buffers of the loss and between steps: ``dH[i]`` is dF/d(output of step i)."""
+        m, width, widths = X.shape[0], X.shape[1], []
+        for step in self.steps:
+            for mod in step.modules:
+                width = mod.out_width(width)
+            widths.append(width)
+        self.dH = [np.empty((m, w), self.dtype) for w in widths[:-1]]
+        self.logits = np.empty((m, widths[-1]), self.dtype)  # logits, then dlogits
+        self.total = np.empty(m)
+        self.rowmax = np.empty((m, 1), self.dtype)
+        self.rows = np.arange(m)
+        self._m = m
+
+    def _forward(self, X: np.ndarray, training: bool,
+                 comm: Communicator | None = None) -> np.ndarray:
+        """Every step forward (trusted ``X``); the result is the last step's buffer."""
+        H = X
+        for step in self.steps:
+            H = step.forward(H, training, comm if isinstance(step, NormStep) else None)
+        return H
+
+    def _step(self, X: np.ndarray, y: np.ndarray, comm: Communicator | None = None,
+              sync_bn: bool = True, m_global: int | None = None) -> float:
+        """Forward, loss, backward into the modules' gradient views; running statistics
+        and parameters untouched. Raises NonFiniteError on a non-finite loss or gradient."""
+        bn_comm = comm if sync_bn else None
+        if self._m != X.shape[0]:
+            self._allocate(X)
+        np.copyto(self.logits, self._forward(X, True, bn_comm))
+        if bn_comm is not None:
+            check_global_rows(self, m_global)
+        m_total = X.shape[0] if m_global is None else m_global
+        loss = softmax_cross_entropy_inplace(       # logits now hold dlogits
+            self.logits, y, m_total, rowmax=self.rowmax, total=self.total, rows=self.rows)
+        dY = self.logits
+        for i in range(len(self.steps) - 1, -1, -1):
+            step = self.steps[i]
+            dX = self.dH[i - 1] if i > 0 else None
+            step.backward(dY, dX, bn_comm if isinstance(step, NormStep) else None)
+            dY = dX  # type: ignore[assignment]
+        if comm is not None:
+            loss = self._reduce(comm, loss, sync_bn)
+        if not (np.isfinite(loss) and self.flat.all_finite()):
+            raise NonFiniteError(
+                f"the step's loss ({loss}) or a gradient is not finite (inf or NaN); "
+                "nothing was updated. Lower the learning rate or check the inputs' scale."
+            )
+        return loss
+
+    def _reduce(self, comm: Communicator, loss: float, sync_bn: bool) -> float:
+        """Sum the local gradient terms and the loss over the processes (one Allreduce);
+        SyncBN's dgamma, dbeta are global already."""
+        from bnprop.distributed import allreduce_packed
+
+        synced = {id(step.norm) for step in self.steps
+                  if isinstance(step, NormStep) and sync_bn}
+        local = [g for mod in self.modules for p, g in mod.grads.items()
+                 if id(mod) not in synced]
+        totals, (loss,) = allreduce_packed(comm, local, [loss])
+        for g, total in zip(local, totals, strict=True):
+            g[...] = total
+        return loss
+
+    def _commit_running(self) -> None:
+        for step in self.steps:
+            step.commit_running()
+
+    def _prepare(self, X: object, y: object, comm: Communicator | None,
+                 m_global: int | None, sync_bn: bool,
+                 ) -> tuple[np.ndarray, np.ndarray, Communicator | None, int | None]:
+        """Validate a batch (and the data-parallel arguments); ``comm`` of one process is
+        the same as none."""
+        if comm is None or getattr(comm, "size", None) == 1:
+            X, y = self._check_batch(X, y)
+            if m_global is not None and m_global != X.shape[0]:
+                raise InputError(f"m_global: expected the {X.shape[0]} rows of X in one "
+                                 f"process, got {m_global!r} instead.")
+            return X, y, None, None
+        from bnprop.nn.distributed import check_distributed_batch
+
+        return check_distributed_batch(self, X, y, comm, m_global, sync_bn)
+
+    def loss_and_grads(
+        self, X: object, y: object, *, comm: Communicator | None = None,
+        m_global: int | None = None, sync_bn: bool = True,
+    ) -> tuple[float, dict[str, np.ndarray]]:
+        """Training-mode forward and backward on one batch; the parameters are not changed.
+
+        Uses the batch statistics and updates the running statistics.
+
+        Parameters
+        ----------
+        X : array_like of shape (m, n_features), m >= 2
+            With ``comm``: this process's rows of the global batch.
+        y : array_like of int, shape (m,)
+        comm : Communicator, optional
+            Data-parallel step (module docstring).
+        m_global : int, optional
+            Rows of the global batch; with ``comm`` and not given, found by one more
+            (small) collective.
+        sync_bn : bool, default=True
+            With ``comm``: statistics of the global batch (True) or of this process's rows.
+
+        Returns
+        -------
+        loss : float
+        grads : dict of str to ndarray
+            Copies, keyed and ordered as :meth:`named_parameters`.
+        """
+        X, y, comm, m_global = self._prepare(X, y, comm, m_global, sync_bn)
+        loss = self._step(X, y, comm, sync_bn, m_global)
+        self._commit_running()
+        return loss, {k: g.copy() for k, g in self._grad_views().items()}
+
+    def train_step(
+        self, X: object, y: object, optimizer: Any, *, comm: Communicator | None = None,
+        m_global: int | None = None, sync_bn: bool = True,
+    ) -> float:
+        """One step: :meth:`loss_and_grads`, then the optimizer's fused update of the flat
+        parameter array (:meth:`bnprop.optim.Optimizer.step_flat`).
+
+        Returns the batch loss (before the update). ``comm``, ``m_global``, ``sync_bn``: a
+        data-parallel step; every process takes the same update, so replicas stay equal.
+        """
+        X, y, comm, m_global = self._prepare(X, y, comm, m_global, sync_bn)
+        loss = self._step(X, y, comm, sync_bn, m_global)
+        self._commit_running()
+        step_flat(optimizer, self.flat, self.parameters(), self._grad_views())
+        return loss
+
+    # ------------------------------------------------------------------ inference
+    def _logits_inference(self, X: np.ndarray) -> np.ndarray:
+        return self._forward(X, False)
+
+    def predict_proba(self, X: object) -> np.ndarray:
+        """Class probabilities in inference mode (running statistics), (m, n_classes),
+        in blocks of :data:`PREDICT_BLOCK_ROWS` rows."""
+        X = self._check_X(X, training=False)
+        return blocked_proba(self._logits_inference, X, self.n_classes)
+
+    def predict(self, X: object) -> np.ndarray:
+        """Predicted labels ``argmax_k P_ik``, int64 (m,)."""
+        return self.predict_proba(X).argmax(axis=1)
+
+    def accuracy(self, X: object, y: object) -> float:
+        """Fraction of rows whose predicted label equals ``y``."""
+        pred = self.predict(X)
+        y = check_labels(y, "y", pred.shape[0], self.n_classes)
+        return float(np.mean(pred == y)) if pred.shape[0] else float("nan")
+
+    def fold(self) -> Sequential:
+        """The inference network with every ``Linear(bias=False) -> BatchNorm1d`` folded
+        into one ``Linear``: ``W_fold = diag(gamma / sqrt(running_var + eps)) W``,
+        ``b_fold = beta - gamma * running_mean / sqrt(running_var + eps)``."""
+        from bnprop.nn.convert import fold
+
+        return fold(self)
+
+    # ------------------------------------------------------------------ state, torch
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Copies of every parameter and buffer, and ``"config"`` (JSON of the modules)."""
+        from bnprop.nn.convert import get_state
+
+        return get_state(self)
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray]) -> Sequential:
+        """Rebuild the net of :meth:`get_state` exactly; every key and shape is checked."""
+        from bnprop.nn.convert import from_state
+
+        return from_state(state)
+
+    def load_arrays(self, state: dict[str, np.ndarray]) -> None:
+        """Copy ``state``'s parameters and buffers into the live arrays (checked)."""
+        from bnprop.nn.convert import load_arrays
+
+        load_arrays(self, state)
+
+    def to_torch(self) -> Any:
+        """The equivalent ``torch.nn.Sequential`` (same numbers, training mode)."""
+        from bnprop.interop.torch import sequential_to_torch
+
+        return sequential_to_torch(self)
+
+    @classmethod
+    def from_torch(cls, module: Any, *, stats: str = "exact") -> Sequential:
+        """The Sequential of a ``torch.nn.Sequential`` (dtype follows the module's)."""
+        from bnprop.interop.torch import sequential_from_torch
+
+        return sequential_from_torch(module, stats=stats)
+
+
+def blocked_proba(logits_fn: Any, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """``softmax(logits_fn(X_block))`` for blocks of :data:`PREDICT_BLOCK_ROWS` rows."""
+    P = np.empty((X.shape[0], n_classes), dtype=X.dtype)
+    for start in range(0, X.shape[0], PREDICT_BLOCK_ROWS):
+        block = slice(start, start + PREDICT_BLOCK_ROWS)
+        P[block] = _softmax(logits_fn(X[block]))
+    return P

@@ -1,0 +1,356 @@
+"""The batch-norm stage: [Linear without bias] -> BatchNorm1d -> [activation], fused, into
+preallocated buffers. It is how a :class:`~bnprop.nn.BatchNorm1d` runs, alone or inside a
+:class:`~bnprop.nn.Sequential` (which hands it the ``Linear(bias=False)`` before it and the
+activation after it: the handout's layer as one stage).
+
+Per stage with ``m`` rows (shapes in brackets), buffers written in place every step::
+
+    Z     (m, n)        Z = O W^T (GEMM, out=), then overwritten by Obar (forward_apply)
+                        (without the Linear, Obar gets a buffer of its own: Z is the input)
+    Y     (m, n)        sigma(gamma * Obar + beta); A is never stored
+    dY    (m, n)        dF/dY as given, overwritten by dZ
+    dW    (n, n_in)     dZ^T O;  dgamma, dbeta (n,): float64 sums cast to the dtype
+    mean, M2, inv_std, sum_G, sum_GObar (n,) float64, one set per row part
+
+The equations are those of :mod:`bnprop.batchnorm` (the reference, ``backend="numpy"``)
+and :mod:`bnprop.kernels.bn` (the kernels, ``backend="numba"``). With a communicator
+(SyncBN) the moments are combined over the processes (``comm.combine_moments``) and the
+two backward sums all-reduced (``comm.allreduce_sum``), as in :mod:`bnprop.layer`.
+
+Threads (:mod:`bnprop.threads`): the kernels run on ``map_rows`` row parts of the batch
+(moments merged with Chan's combination, sums added, in row order); each GEMM is split
+over the rows of its output when a part has at least :data:`GEMM_PART_FLOPS` of work.
+Large batches (``m >= 2 * KERNEL_PART_ROWS``, with the Linear) walk each part in chunks
+of :data:`CHUNK_BYTES`, so the data a GEMM writes is read from cache by the kernel that
+follows it (and the reverse)::
+
+    forward    per chunk c:  Z_c = O_c W^T;  moments of Z_c, merged (Chan)
+    backward   per chunk c:  dZ_c (apply kernel);  dW_p += dZ_c^T O_c;  dO_c = dZ_c W
+               dW = sum_p dW_p
+
+In inference (``training=False``) the same apply kernel normalizes with the running
+statistics: ``Obar = (Z - running_mean) / sqrt(running_var + eps)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bnprop import batchnorm as bn
+from bnprop import threads
+from bnprop._validate import InputError
+from bnprop.activations import get_activation
+from bnprop.kernels import bn as bnk
+from bnprop.kernels.activations import ACTIVATION_CODES
+
+if TYPE_CHECKING:
+    from bnprop.distributed import Communicator
+    from bnprop.nn.batchnorm import BatchNorm1d
+    from bnprop.nn.module import Linear
+
+#: Minimum floating-point operations of one part of a split GEMM (smaller GEMMs run whole:
+#: handing a part to a worker thread costs ~50 us, a 32 MFLOP part takes ~0.3 ms).
+GEMM_PART_FLOPS = 32_000_000
+#: Minimum bytes of ``Z`` in one part of a split kernel pass (a part must outweigh the
+#: ~50 us of handing it to a worker thread).
+KERNEL_PART_BYTES = 1 << 19
+#: From ``2 * KERNEL_PART_ROWS`` rows on, each part walks its rows in chunks.
+KERNEL_PART_ROWS = 2048
+#: Bytes of a chunk of ``Z`` rows: a chunk stays in L2 between the GEMM writing it and the
+#: kernel reading it (forward), and between the kernel writing ``dZ`` and the GEMMs.
+CHUNK_BYTES = 1 << 20
+
+
+def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out = a @ b`` into ``out`` (m, n), its rows split over :func:`bnprop.threads.map_rows`.
+
+    ``a`` (m, k) may be a transposed view; each part computes ``out[r0:r1] = a[r0:r1] @ b``.
+    """
+    m, k = a.shape
+    n = b.shape[1]
+    min_rows = max(1, math.ceil(GEMM_PART_FLOPS / max(1, 2 * k * n)))
+    if m < 2 * min_rows or threads.num_threads() == 1:  # one part: no map_rows call
+        return np.matmul(a, b, out=out)
+
+    def part(start: int, stop: int) -> None:
+        np.matmul(a[start:stop], b, out=out[start:stop])
+
+    threads.map_rows(part, m, min_rows=min_rows)
+    return out
+
+
+def check_global_rows(m_global: int, comm: Any) -> None:
+    """SyncBN needs ``m = sum_p m_p >= 2`` (the same on every process: all raise)."""
+    if m_global < 2:
+        raise InputError(
+            f"O: the global batch has {m_global} example over {comm.size} "
+            f"process{'' if comm.size == 1 else 'es'}; in training mode the batch "
+            "variance of a single example is undefined (always 0), so batch "
+            "normalization needs m >= 2 rows."
+        )
+
+
+class _Parts:
+    """Per-part buffers: float64 ``mean, M2, sum_G, sum_GObar`` (parts, n); with
+    ``chunked``, the part's ``dW`` and one chunk's term of it (parts, n, n_in)."""
+
+    def __init__(self, parts: int, n: int, n_in: int, dtype: np.dtype, chunked: bool) -> None:
+        self.mean = np.empty((parts, n))
+        self.M2 = np.empty((parts, n))
+        self.sum_G = np.empty((parts, n))
+        self.sum_GObar = np.empty((parts, n))
+        shape = (parts, n, n_in) if chunked else (0, n, n_in)
+        self.dW, self.dW_chunk = np.empty(shape, dtype), np.empty(shape, dtype)
+
+
+class BNStage:
+    """Forward and backward of ``[Linear(bias=False)] -> BatchNorm1d -> [activation]``.
+
+    Parameters
+    ----------
+    norm : BatchNorm1d
+        Holds ``gamma``, ``beta``, the running statistics, ``eps`` and ``stats``.
+    activation : str
+        Fused after the normalization ("identity" when none follows).
+    linear : Linear, optional
+        A ``Linear(bias=False)`` before the normalization, fused in (its ``W``).
+    """
+
+    def __init__(self, norm: BatchNorm1d, activation: str = "identity",
+                 linear: Linear | None = None) -> None:
+        self.norm, self.linear, self.activation = norm, linear, activation
+        self.act = ACTIVATION_CODES[activation]
+        self.m: int | None = None
+        #: (count, mean_B, var_B) of the last training forward, for the running update.
+        self.batch_stats: tuple[int, np.ndarray, np.ndarray] | None = None
+
+    # ------------------------------------------------------------------ buffers
+    def _allocate(self, m: int, n_in: int) -> None:
+        n, dt = self.norm.num_features, self.norm.dtype
+        item = dt.itemsize
+        self.block_rows = max(1, bnk.BLOCK_BYTES // max(1, n * item))
+        self.chunked = self.linear is not None and m >= 2 * KERNEL_PART_ROWS
+        self.part_rows = max(1, KERNEL_PART_BYTES // max(1, n * item))
+        self.chunk_rows = max(1, CHUNK_BYTES // max(1, n * item))
+        self.Z = np.empty((m, n), dt)        # Z (or Obar alone), then Obar in place
+        self.Y = np.empty((m, n), dt)
+        self.n_in = n_in
+        self._parts = _Parts(1, n, n_in, dt, self.chunked)
+        self._starts = {0: 0}
+        self.inv_std = np.empty(n)
+        self.mean = np.empty(n)
+        self.var = np.empty(n)
+        self.sum_G = np.empty(n)
+        self.sum_GObar = np.empty(n)
+        self.count = m
+        self.m = m
+
+    def _kernel_parts(self, fn: Any) -> list[Any]:
+        """``map_rows`` over the batch, calling ``fn(part_index, start, stop)``."""
+        starts = self._starts
+        if len(starts) == 1:  # one part, on this thread
+            return [fn(0, 0, self.m)]
+
+        def indexed(start: int, stop: int) -> Any:
+            return fn(starts[start], start, stop)
+
+        return threads.map_rows(indexed, self.m, min_rows=self.part_rows)
+
+    def _size_parts(self) -> None:
+        """Per-part buffers for the part count ``map_rows`` will use now (it may change)."""
+        assert self.m is not None
+        parts = max(1, min(threads.num_threads(), self.m // self.part_rows))
+        if len(self._parts.mean) != parts:
+            self._parts = _Parts(parts, self.Z.shape[1], self.n_in, self.Z.dtype,
+                                 self.chunked)
+            self._starts = {start: p for p, (start, _) in
+                            enumerate(threads.row_parts(self.m, parts))}
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, O: np.ndarray, training: bool, comm: Communicator | None = None,
+                ) -> np.ndarray:
+        """``Y = sigma(gamma * (Z - mu) * inv_std + beta)``, ``Z = O W^T`` (or ``O``).
+
+        Training: batch statistics (global ones with ``comm``), kept in
+        :attr:`batch_stats` for the running update; inference: the running statistics.
+        """
+        if self.m != O.shape[0] or self.n_in != O.shape[1]:
+            self._allocate(O.shape[0], O.shape[1])
+        self.O = O
+        if self.norm.backend == "numpy":
+            return self._forward_reference(O, training, comm)
+        norm, Z, Y = self.norm, self.Z, self.Y
+        self._size_parts()
+        if not training:
+            self._linear_into_Z(O)
+            self.mean[...] = norm.running_mean
+            self.inv_std[...] = bn.inverse_std(norm.running_var, norm.eps)
+        else:
+            count, mean, M2 = self._moments(O)
+            if comm is not None:
+                count, mean, M2 = comm.combine_moments(count, mean, M2)
+                check_global_rows(count, comm)
+            self.count = count
+            self.mean[...] = mean
+            np.divide(M2, count, out=self.var)           # var_B = M2 / m (biased)
+            self.inv_std[...] = bn.inverse_std(self.var, norm.eps)
+            self.batch_stats = (count, self.mean, self.var)
+        source = Z if self.linear is not None else O
+
+        def apply(p: int, start: int, stop: int) -> None:
+            bnk._forward_apply(source[start:stop], self.mean, self.inv_std, norm.gamma,
+                               norm.beta, self.act, Z[start:stop], Y[start:stop], None)
+
+        self._kernel_parts(apply)
+        return Y
+
+    def _linear_into_Z(self, O: np.ndarray) -> None:
+        if self.linear is not None:
+            gemm(O, self.linear.W.T, self.Z)
+
+    def _moments(self, O: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+        """``(count, mean, M2)`` of this process's ``Z``, parts merged with Chan's rule."""
+        P, Z = self._parts, self.Z
+        if not self.chunked:
+            self._linear_into_Z(O)
+        source = Z if self.linear is not None else O
+
+        def reduce(p: int, start: int, stop: int) -> tuple[int, np.ndarray, np.ndarray]:
+            if not self.chunked:
+                count = bnk._moments(source[start:stop], self.block_rows, P.mean[p], P.M2[p])
+                return int(count), P.mean[p], P.M2[p]
+            assert self.linear is not None
+            total: tuple[int, np.ndarray, np.ndarray] | None = None
+            for c0 in range(start, stop, self.chunk_rows):  # Z = O W^T, then its moments
+                c1 = min(stop, c0 + self.chunk_rows)
+                np.matmul(O[c0:c1], self.linear.W.T, out=Z[c0:c1])
+                n = int(bnk._moments(Z[c0:c1], self.block_rows, P.mean[p], P.M2[p]))
+                total = ((n, P.mean[p].copy(), P.M2[p].copy()) if total is None
+                         else bn.chan_combine(*total, n, P.mean[p], P.M2[p]))
+            assert total is not None  # a part has rows
+            return total
+
+        results = self._kernel_parts(reduce)
+        count, mean, M2 = results[0]
+        for part in results[1:]:
+            count, mean, M2 = bn.chan_combine(count, mean, M2, *part)
+        return count, mean, M2
+
+    def _forward_reference(self, O: np.ndarray, training: bool,
+                           comm: Communicator | None) -> np.ndarray:
+        """The NumPy reference (:mod:`bnprop.batchnorm`), into the same buffers."""
+        norm = self.norm
+        Z = O @ self.linear.W.T if self.linear is not None else O
+        if not training:
+            mu = norm.running_mean.astype(np.float64)
+            inv_std = bn.inverse_std(norm.running_var, norm.eps)
+        else:
+            count, mu, M2 = bn.batch_moments(Z)
+            if comm is not None:
+                count, mu, M2 = comm.combine_moments(count, mu, M2)
+                check_global_rows(count, comm)
+            var = M2 / count
+            inv_std = bn.inverse_std(var, norm.eps)
+            self.count = count
+            self.var[...] = var
+            self.batch_stats = (count, mu, self.var)
+        self.mean[...] = mu
+        self.inv_std[...] = inv_std
+        self.Z[...] = bn.normalize(Z, mu, inv_std)            # Obar
+        self._A = norm.gamma * self.Z
+        self._A += norm.beta
+        self.Y[...] = get_activation(self.activation).forward(self._A)
+        return self.Y
+
+    # ------------------------------------------------------------------ backward
+    def backward(self, dY: np.ndarray, dO: np.ndarray | None,
+                 comm: Communicator | None = None) -> None:
+        """From ``dY`` (overwritten by dZ): dgamma, dbeta, dW into the modules' ``grads``,
+        and ``dO = dZ W`` (or ``dZ``, without the Linear) into ``dO`` unless None."""
+        norm = self.norm
+        if norm.backend == "numpy":
+            self._backward_reference(dY, dO, comm)
+        else:
+            self._backward_kernels(dY, dO, comm)
+        np.copyto(norm.grads["gamma"], self.sum_GObar, casting="same_kind")
+        np.copyto(norm.grads["beta"], self.sum_G, casting="same_kind")
+
+    def _reduce_sums(self, comm: Communicator | None) -> None:
+        if comm is not None:  # one collective for both sums
+            n = self.sum_G.shape[0]
+            sums = comm.allreduce_sum(np.concatenate([self.sum_G, self.sum_GObar]))
+            self.sum_G[...], self.sum_GObar[...] = sums[:n], sums[n:]
+
+    def _backward_reference(self, dY: np.ndarray, dO: np.ndarray | None,
+                            comm: Communicator | None) -> None:
+        norm, Obar = self.norm, self.Z
+        dA = get_activation(self.activation).backward(dY, self._A, self.Y)
+        sum_G, sum_GObar = bn.backward_sums(dA, Obar)
+        self.sum_G[...], self.sum_GObar[...] = sum_G, sum_GObar
+        self._reduce_sums(comm)
+        if norm.stats == "exact":
+            dZ = bn.dZ_exact(dA, Obar, norm.gamma, self.inv_std, self.sum_G,
+                             self.sum_GObar, self.count)
+        else:
+            dZ = bn.dZ_frozen(dA, norm.gamma, self.inv_std)
+        self._linear_backward(dZ, dO)
+
+    def _linear_backward(self, dZ: np.ndarray, dO: np.ndarray | None) -> None:
+        if self.linear is None:
+            if dO is not None:
+                dO[...] = dZ
+            return
+        gemm(dZ.T, self.O, self.linear.grads["W"])       # dW = dZ^T O
+        if dO is not None:
+            gemm(dZ, self.linear.W, dO)                    # dO = dZ W
+
+    def _backward_kernels(self, dY: np.ndarray, dO: np.ndarray | None,
+                          comm: Communicator | None) -> None:
+        norm, Y, Obar, act, P = self.norm, self.Y, self.Z, self.act, self._parts
+        gamma = norm.gamma
+        exact = norm.stats == "exact"
+        if not exact:
+            def frozen(p: int, start: int, stop: int) -> None:
+                bnk._backward_frozen(dY[start:stop], Y[start:stop], Obar[start:stop], gamma,
+                                     self.inv_std, act, P.sum_G[p], P.sum_GObar[p],
+                                     dY[start:stop])
+            self._kernel_parts(frozen)
+        else:
+            def sums(p: int, start: int, stop: int) -> None:
+                bnk._backward_sums(dY[start:stop], Y[start:stop], Obar[start:stop], act,
+                                   P.sum_G[p], P.sum_GObar[p])
+            self._kernel_parts(sums)
+        np.sum(P.sum_G, axis=0, out=self.sum_G)
+        np.sum(P.sum_GObar, axis=0, out=self.sum_GObar)
+        self._reduce_sums(comm)
+
+        def apply(p: int, start: int, stop: int) -> None:
+            bnk._backward_apply(dY[start:stop], Y[start:stop], Obar[start:stop], gamma,
+                                self.inv_std, self.sum_G, self.sum_GObar,
+                                float(self.count), act, dY[start:stop])
+        if not self.chunked:
+            if exact:
+                self._kernel_parts(apply)
+            self._linear_backward(dY, dO)
+            return
+        assert self.linear is not None
+        O, W = self.O, self.linear.W
+
+        def chunks(p: int, start: int, stop: int) -> None:
+            """dZ (exact: the apply kernel), then dW_p = sum_chunks dZ_c^T O_c, dO_c = dZ_c W."""
+            for c0 in range(start, stop, self.chunk_rows):
+                c1 = min(stop, c0 + self.chunk_rows)
+                if exact:
+                    apply(p, c0, c1)
+                target = P.dW[p] if c0 == start else P.dW_chunk[p]
+                np.matmul(dY[c0:c1].T, O[c0:c1], out=target)
+                if c0 != start:
+                    P.dW[p] += target
+                if dO is not None:
+                    np.matmul(dY[c0:c1], W, out=dO[c0:c1])
+
+        self._kernel_parts(chunks)
+        np.sum(P.dW, axis=0, out=self.linear.grads["W"])
