@@ -603,3 +603,21 @@ def test_null_comm_times_a_share_like_its_replicas() -> None:
     assert got_loss == pytest.approx(loss, rel=1e-14)
     for k in grads:
         assert rel_err(got[k], grads[k]) < 1e-13, k
+
+
+def test_bench_runs_as_a_module_of_the_package() -> None:
+    """``python -m bnprop.distributed.bench model``: the entry point docs/scaling.md gives."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnprop.distributed.bench", "model", "--net", "ioffe",
+         "--processes", "1", "2", "--steps", "2", "--rounds", "1", "--json"],
+        capture_output=True, text=True, timeout=120, env=clean_env())
+    assert proc.returncode == 0, proc.stderr
+    assert "RuntimeWarning" not in proc.stderr  # the package does not import bench itself
+    (line,) = proc.stdout.splitlines()
+    report = json.loads(line)
+    assert report["net"] == "ioffe"
+    assert [row["P"] for row in report["rows"]] == [1, 2]
+    for row in report["rows"]:
+        for net in ("1 Gb/s Ethernet", "100 Gb/s InfiniBand"):
+            # P = 1 sends nothing; P > 1 adds the collectives' cost to the compute
+            assert (row[net]["sync_ms"] > row["compute_ms"]) == (row["P"] > 1)
