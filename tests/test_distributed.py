@@ -357,6 +357,56 @@ def test_bnprop_imports_and_runs_without_mpi4py() -> None:
     assert "install it with: pip install 'bnprop[mpi]'" in proc.stdout
 
 
+def test_distributed_works_with_mpi4py_torch_and_jax_blocked() -> None:
+    """Blocked before the first import: the package imports, and its two MPI-free
+    communicators reduce correctly (SingleProcess: identity; 3 threads: the whole batch)."""
+    code = (
+        "import sys\n"
+        "for name in ('mpi4py', 'torch', 'jax'):\n"
+        "    sys.modules[name] = None  # as if it were not installed\n"
+        "import numpy as np\n"
+        "import bnprop.distributed as d\n"
+        "from bnprop.batchnorm import batch_moments\n"
+        "assert 'bnprop.distributed.bench' not in sys.modules\n"
+        "Z = np.random.default_rng(0).standard_normal((10, 4))\n"
+        "one = d.SingleProcess()\n"
+        "(total,), (loss,) = d.allreduce_packed(one, [Z], [1.5])\n"
+        "assert np.array_equal(total, Z) and loss == 1.5\n"
+        "def step(comm):\n"
+        "    rows = Z[d.shard(10, comm.rank, comm.size)]\n"
+        "    moments = comm.combine_moments(*batch_moments(rows))\n"
+        "    (total,), (loss,) = d.allreduce_packed(comm, [rows.sum(axis=0)], [comm.rank])\n"
+        "    return moments, total, loss\n"
+        "count, mean, M2 = batch_moments(Z)\n"
+        "results = d.run_threaded(3, step)\n"
+        "for (m, mu, m2), total, loss in results:\n"
+        "    assert m == count == 10 and loss == 3.0\n"
+        "    assert np.allclose(mu, mean, rtol=0, atol=1e-14)\n"
+        "    assert np.allclose(m2, M2, rtol=1e-13)\n"
+        "    assert np.allclose(total, Z.sum(axis=0), rtol=0, atol=1e-13)\n"
+        "    assert np.array_equal(mu, results[0][0][1]), 'ranks differ'\n"
+        "print(sorted(n for n in ('mpi4py', 'torch', 'jax') if sys.modules.get(n)))\n"
+    )
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_the_package_exports_every_name_of_the_old_module() -> None:
+    """``from bnprop.distributed import X`` for each public name distributed.py had."""
+    public = {
+        "ABORT_GRACE", "LAUNCHER_SIZE_VARS", "MPI_EXTRA_HINT", "RUN_THREADED_GRACE",
+        "AbortedError", "CollectiveError", "Communicator", "MPIComm", "Scratch",
+        "SingleProcess", "ThreadComm", "Traffic", "abort_on_error", "agree",
+        "allreduce_packed", "check_replicas", "default_comm", "error_message",
+        "fold_moments", "launched_size", "pack_moments", "run_threaded", "shard",
+    }
+    assert set(dist.__all__) == public
+    namespace: dict = {}
+    exec("from bnprop.distributed import *", namespace)
+    assert public <= set(namespace)
+
+
 def test_mpicomm_without_mpi4py_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "mpi4py", None)
     with pytest.raises(ImportError, match=r"pip install 'bnprop\[mpi\]'"):
@@ -505,12 +555,12 @@ def test_mpi_bench_script_runs_and_counts_the_payload() -> None:
     assert report["backward_collectives_sent_received"] == [1, 8 * 8, 8 * 8]
 
 
-# -- the benchmark's message model (bnprop.distributed_bench) ----------------------------------
+# -- the benchmark's message model (bnprop.distributed.bench) ----------------------------------
 
 
 @pytest.mark.parametrize("sync_bn", [True, False])
 def test_bench_message_model_matches_the_measured_traffic(sync_bn: bool) -> None:
-    from bnprop import distributed_bench as bench
+    from bnprop.distributed import bench
 
     sizes, m = (12, 8, 6, 3), 10
 
@@ -528,7 +578,7 @@ def test_bench_message_model_matches_the_measured_traffic(sync_bn: bool) -> None
 
 
 def test_bench_alpha_beta_costs() -> None:
-    from bnprop.distributed_bench import Network, collective_seconds
+    from bnprop.distributed.bench import Network, collective_seconds
 
     net = Network("test", alpha=1.0, beta=0.01)
     assert collective_seconds("allreduce", 100, 1, net) == 0.0
@@ -541,7 +591,7 @@ def test_bench_alpha_beta_costs() -> None:
 
 def test_null_comm_times_a_share_like_its_replicas() -> None:
     """NullComm(P): the step of P ranks holding the same rows, with nothing sent."""
-    from bnprop.distributed_bench import NullComm
+    from bnprop.distributed.bench import NullComm
     from bnprop.model import MLP
 
     rng = np.random.default_rng(0)
@@ -553,3 +603,21 @@ def test_null_comm_times_a_share_like_its_replicas() -> None:
     assert got_loss == pytest.approx(loss, rel=1e-14)
     for k in grads:
         assert rel_err(got[k], grads[k]) < 1e-13, k
+
+
+def test_bench_runs_as_a_module_of_the_package() -> None:
+    """``python -m bnprop.distributed.bench model``: the entry point docs/scaling.md gives."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnprop.distributed.bench", "model", "--net", "ioffe",
+         "--processes", "1", "2", "--steps", "2", "--rounds", "1", "--json"],
+        capture_output=True, text=True, timeout=120, env=clean_env())
+    assert proc.returncode == 0, proc.stderr
+    assert "RuntimeWarning" not in proc.stderr  # the package does not import bench itself
+    (line,) = proc.stdout.splitlines()
+    report = json.loads(line)
+    assert report["net"] == "ioffe"
+    assert [row["P"] for row in report["rows"]] == [1, 2]
+    for row in report["rows"]:
+        for net in ("1 Gb/s Ethernet", "100 Gb/s InfiniBand"):
+            # P = 1 sends nothing; P > 1 adds the collectives' cost to the compute
+            assert (row[net]["sync_ms"] > row["compute_ms"]) == (row["P"] > 1)

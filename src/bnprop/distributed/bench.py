@@ -2,9 +2,9 @@
 
 ::
 
-    OMP_NUM_THREADS=1 python -m bnprop.distributed_bench step --net ioffe        # P = 1
-    OMP_NUM_THREADS=1 mpiexec -n 2 python -m bnprop.distributed_bench step --net ioffe
-    OMP_NUM_THREADS=1 python -m bnprop.distributed_bench model                   # the table
+    OMP_NUM_THREADS=1 python -m bnprop.distributed.bench step --net ioffe        # P = 1
+    OMP_NUM_THREADS=1 mpiexec -n 2 python -m bnprop.distributed.bench step --net ioffe
+    OMP_NUM_THREADS=1 python -m bnprop.distributed.bench model                   # the table
 
 ``step`` times ``MLP.train_step`` on random data (rank 0 prints one JSON line): the median
 step (the least of ``--rounds`` medians: the machine may be shared), the part of it spent
@@ -40,7 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from bnprop.distributed import Communicator, Scratch, Traffic, default_comm, shard
+from bnprop.distributed.collectives import shard
+from bnprop.distributed.mpi import default_comm
+from bnprop.distributed.protocol import Communicator, Scratch, Traffic
 
 #: name -> (layer sizes, global batch): the paper's MNIST net and a wide one.
 NETS: dict[str, tuple[tuple[int, ...], int]] = {
@@ -289,7 +291,7 @@ def format_table(name: str, rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bnprop.distributed_bench",
+    parser = argparse.ArgumentParser(prog="python -m bnprop.distributed.bench",
                                      description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
     p = sub.add_parser("step", help="time data-parallel steps (under mpiexec -n P)")
