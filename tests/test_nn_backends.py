@@ -1,4 +1,5 @@
-"""The preallocated step (bnprop.fast) against the reference step of MLP.loss_and_grads."""
+"""The kernels (backend="numba", the default) against the NumPy reference (backend="numpy"),
+through the public Sequential/MLP step."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ import numpy as np
 import pytest
 from conftest import rel_err
 
-from bnprop import fast as fast_module
+from bnprop.nn import stage as stage_module
 from bnprop import threads
 from bnprop.distributed import SingleProcess
-from bnprop.fast import FastStep
 from bnprop.model import MLP
 from bnprop.optim import SGD, Adam
 
@@ -37,7 +37,9 @@ def _data(m: int, n_in: int = SIZES[0], k: int = SIZES[-1], dtype: str = "float6
 
 
 def _pair(dtype: str, **kw: object) -> tuple[MLP, MLP]:
-    return MLP(SIZES, dtype=dtype, **kw), MLP(SIZES, dtype=dtype, **kw)  # type: ignore[arg-type]
+    """(reference, kernels): the same net on the NumPy reference and on the kernels."""
+    return (MLP(SIZES, dtype=dtype, backend="numpy", **kw),  # type: ignore[arg-type]
+            MLP(SIZES, dtype=dtype, **kw))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("stats", ["exact", "frozen"])
@@ -48,8 +50,8 @@ def test_float64_step_equals_reference(stats: str, activation: str, running: str
     ref, fast = _pair("float64", stats=stats, activation=activation, running=running)
     opt_ref, opt_fast = SGD(0.3, momentum=0.5), SGD(0.3, momentum=0.5)
     for _ in range(5):
-        loss_ref = ref.train_step(X, y, opt_ref, fast=False)
-        loss_fast = fast.train_step(X, y, opt_fast, fast=True)
+        loss_ref = ref.train_step(X, y, opt_ref)
+        loss_fast = fast.train_step(X, y, opt_fast)
         assert loss_fast == pytest.approx(loss_ref, rel=1e-12)
     for name, p in ref.parameters().items():
         assert rel_err(fast.parameters()[name], p) < 1e-12, name
@@ -57,19 +59,20 @@ def test_float64_step_equals_reference(stats: str, activation: str, running: str
         assert rel_err(fast.buffers()[name], b) < 1e-12, name
 
 
-def test_gradients_equal_reference_and_are_the_step_buffers() -> None:
+def test_gradients_equal_reference_and_live_in_the_flat_buffer() -> None:
     X, y = _data(30)
     ref, fast = _pair("float64")
     loss_ref, g_ref = ref.loss_and_grads(X, y)
-    step = FastStep(fast)
-    loss, grads = step.loss_and_grads(X, y)
-    assert list(grads) == list(g_ref)
+    loss, grads = fast.loss_and_grads(X, y)
+    assert list(grads) == list(g_ref) == [name for name, _ in fast.named_parameters()]
     assert loss == pytest.approx(loss_ref, rel=1e-13)
     for name in g_ref:
         assert grads[name].dtype == g_ref[name].dtype
         assert rel_err(grads[name], g_ref[name]) < 1e-12, name
-    _, again = step.loss_and_grads(X, y)
-    assert all(again[k] is grads[k] for k in grads)  # preallocated: the same arrays
+    flat_p, flat_g = fast.flat.params[np.dtype("float64")], fast.flat.grads[np.dtype("float64")]
+    assert all(np.shares_memory(p, flat_p) for p in fast.parameters().values())
+    assert all(np.shares_memory(g, flat_g) for g in fast._grad_views().values())
+    assert not any(np.shares_memory(g, flat_g) for g in grads.values())  # returned: copies
 
 
 @pytest.mark.parametrize("stats", ["exact", "frozen"])
@@ -77,8 +80,8 @@ def test_float32_step_equals_reference_to_rounding(stats: str) -> None:
     X, y = _data(60, dtype="float32")
     ref, fast = _pair("float32", stats=stats)
     for _ in range(3):
-        loss_ref = ref.train_step(X, y, SGD(0.1), fast=False)
-        loss_fast = fast.train_step(X, y, SGD(0.1), fast=True)
+        loss_ref = ref.train_step(X, y, SGD(0.1))
+        loss_fast = fast.train_step(X, y, SGD(0.1))
         assert loss_fast == pytest.approx(loss_ref, rel=1e-5)
     for name, p in ref.parameters().items():
         assert fast.parameters()[name].dtype == np.float32
@@ -92,48 +95,43 @@ def test_float32_step_equals_reference_to_rounding(stats: str) -> None:
 def test_row_parts_and_chunks_equal_reference(two_threads: None, stats: str, n_threads: int,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     threads.set_threads(n_threads)
-    monkeypatch.setattr(fast_module, "CHUNK_BYTES", 32 * 8 * 300)  # 300-row chunks
+    monkeypatch.setattr(stage_module, "CHUNK_BYTES", 32 * 8 * 300)  # 300-row chunks
     X, y = _data(5000, n_in=8, k=3, seed=1)  # >= 2 * 2048 rows: parts, chunks of rows
-    ref = MLP((8, 32, 32, 3), dtype="float64", stats=stats)
+    ref = MLP((8, 32, 32, 3), dtype="float64", stats=stats, backend="numpy")
     fast = MLP((8, 32, 32, 3), dtype="float64", stats=stats)
     opt_ref, opt_fast = SGD(0.5), SGD(0.5)
     for _ in range(3):
-        assert fast.train_step(X, y, opt_fast, fast=True) == pytest.approx(
-            ref.train_step(X, y, opt_ref, fast=False), rel=1e-12)
-    layer = fast._fast.layers[0]
+        assert fast.train_step(X, y, opt_fast) == pytest.approx(
+            ref.train_step(X, y, opt_ref), rel=1e-12)
+    layer = fast.steps[0].stage
     assert layer.chunked and layer.chunk_rows == 300 and len(layer._parts.mean) == n_threads
     for name, p in ref.parameters().items():
         assert rel_err(fast.parameters()[name], p) < 1e-10, name
 
 
-def test_ragged_batches_reallocate_once_per_shape() -> None:
+def test_ragged_batches_reallocate_per_shape() -> None:
     ref, fast = _pair("float64")
-    step = FastStep(fast)
+    buffers = []
     for m in (40, 40, 17, 17, 40):
         X, y = _data(m, seed=m)
-        loss_ref = ref.train_step(X, y, SGD(0.2), fast=False)
-        loss, grads = step.loss_and_grads(X, y)
-        SGD(0.2).step(fast.parameters(), grads)
+        loss_ref = ref.train_step(X, y, SGD(0.2))
+        loss = fast.train_step(X, y, SGD(0.2))
         assert loss == pytest.approx(loss_ref, rel=1e-12)
-    assert step.allocations == 3  # 40, 17, 40
+        buffers.append(fast.steps[0].stage.Y)
+    assert buffers[0] is buffers[1] and buffers[2] is buffers[3]  # kept per batch shape
+    assert buffers[1] is not buffers[2]
     for name, p in ref.parameters().items():
         assert rel_err(fast.parameters()[name], p) < 1e-12, name
 
 
-def test_dispatch_falls_back_to_the_reference_path() -> None:
+def test_nets_without_batchnorm_and_single_process_comms_take_the_same_step() -> None:
     X, y = _data(20)
-    no_bn = MLP(SIZES, batchnorm=False, dtype="float64")
-    no_bn.train_step(X, y, SGD(0.1), fast=True)
-    assert getattr(no_bn, "_fast", None) is None
-    net = MLP(SIZES, dtype="float64")
-    net.train_step(X, y, SGD(0.1), comm=SingleProcess(), m_global=20, fast=True)
-    assert getattr(net, "_fast", None) is None
-    assert net.fast_step is False
-    net.train_step(X, y, SGD(0.1))  # fast=None: net.fast_step, False
-    assert getattr(net, "_fast", None) is None
-    net.fast_step = True
-    net.train_step(X, y, SGD(0.1), comm=SingleProcess())
-    assert isinstance(net._fast, FastStep)
+    for kw in ({"batchnorm": False}, {}):
+        ref, fast = _pair("float64", **kw)
+        assert ref.train_step(X, y, SGD(0.1)) == pytest.approx(
+            fast.train_step(X, y, SGD(0.1), comm=SingleProcess(), m_global=20), rel=1e-12)
+        for name, p in ref.parameters().items():
+            assert rel_err(fast.parameters()[name], p) < 1e-12, name
 
 
 def test_fast_trains_to_the_reference_accuracy() -> None:
@@ -144,11 +142,11 @@ def test_fast_trains_to_the_reference_accuracy() -> None:
     train, test = slice(0, 1500), slice(1500, None)
     accuracy = {}
     for fast in (False, True):
-        net, opt = MLP((20, 32, 32, 4), seed=3), Adam(3e-3)
+        net, opt = MLP((20, 32, 32, 4), seed=3, backend="numba" if fast else "numpy"), Adam(3e-3)
         order = np.random.default_rng(1)
         for _ in range(300):
             idx = order.integers(0, 1500, 60)
-            net.train_step(X[train][idx], labels[train][idx], opt, fast=fast)
+            net.train_step(X[train][idx], labels[train][idx], opt)
         accuracy[fast] = net.accuracy(X[test], labels[test])
     assert accuracy[False] > 0.7
     assert abs(accuracy[True] - accuracy[False]) <= 0.02
@@ -158,15 +156,15 @@ def test_no_allocation_growth_over_1000_steps() -> None:
     X, y = _data(60, dtype="float32")
     net, opt = MLP(SIZES), SGD(0.05)
     for _ in range(20):
-        net.train_step(X, y, opt, fast=True)
+        net.train_step(X, y, opt)
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
         for _ in range(100):
-            net.train_step(X, y, opt, fast=True)
+            net.train_step(X, y, opt)
         after_100 = tracemalloc.get_traced_memory()[0]
         for _ in range(900):
-            net.train_step(X, y, opt, fast=True)
+            net.train_step(X, y, opt)
         after_1000 = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
@@ -174,8 +172,3 @@ def test_no_allocation_growth_over_1000_steps() -> None:
     # steps; what is left is Python's own bookkeeping (tens of bytes, not per step).
     assert after_100 - before < 1024
     assert after_1000 - after_100 < 512
-
-
-def test_fast_step_refuses_a_net_without_batchnorm() -> None:
-    with pytest.raises(ValueError, match="batchnorm=True"):
-        FastStep(MLP(SIZES, batchnorm=False))
