@@ -42,6 +42,9 @@ class ModuleStep:
     def commit_running(self) -> None:
         """Nothing to commit: no running statistics."""
 
+    def running_finite(self) -> bool:
+        return True
+
 
 class NormStep:
     """``[Linear(bias=False)] -> BatchNorm1d -> [activation]`` as one fused stage."""
@@ -62,6 +65,17 @@ class NormStep:
 
     def commit_running(self) -> None:
         self.norm.commit_running(self.stage)
+
+    def running_finite(self) -> bool:
+        """Whether the pending batch statistics fit the dtype (a float32 variance of
+        inputs near its largest value does not)."""
+        if self.stage.batch_stats is None:
+            return True
+        m, mu_B, var_B = self.stage.batch_stats
+        dt = self.norm.dtype
+        with np.errstate(over="ignore"):
+            unbiased = (var_B * (m / max(m - 1, 1))).astype(dt)
+            return bool(np.isfinite(mu_B.astype(dt)).all() and np.isfinite(unbiased).all())
 
 
 def build_plan(modules: list[Module]) -> list[ModuleStep | NormStep]:

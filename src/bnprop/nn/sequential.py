@@ -197,9 +197,11 @@ class Sequential:
             dY = dX  # type: ignore[assignment]
         if comm is not None:
             loss = self._reduce(comm, loss, sync_bn)
-        if not (np.isfinite(loss) and self.flat.all_finite()):
+        if not (np.isfinite(loss) and self.flat.all_finite()
+                and all(step.running_finite() for step in self.steps)):
             raise NonFiniteError(
-                f"the step's loss ({loss}) or a gradient is not finite (inf or NaN); "
+                f"the step's loss ({loss}), a gradient or a batch statistic is not finite "
+                "(inf or NaN, or too large for the dtype); "
                 "nothing was updated. Lower the learning rate or check the inputs' scale."
             )
         return loss
