@@ -158,7 +158,7 @@ def test_non_finite_step_raises_and_changes_nothing(dtype: str) -> None:
     before = {k: v.copy() for k, v in {**net.parameters(), **net.buffers()}.items()}
     opt_before = {k: v.copy() for k, v in opt.state_dict().items()}
     huge = np.full((8, 5), np.finfo(dtype).max / 4, dtype) * rng.choice([-1, 1], (8, 5))
-    with pytest.raises(nn.NonFiniteError, match="not finite .* nothing was updated"):
+    with pytest.raises(nn.NonFiniteError, match=r"not finite .* nothing was updated"):
         net.train_step(huge, rng.integers(0, 3, 8), opt)
     for k, v in {**net.parameters(), **net.buffers()}.items():
         assert np.array_equal(v, before[k]), k

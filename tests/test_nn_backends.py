@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from conftest import rel_err
 
-from bnprop.nn import stage as stage_module
 from bnprop import threads
 from bnprop.distributed import SingleProcess
 from bnprop.model import MLP
+from bnprop.nn import stage as stage_module
 from bnprop.optim import SGD, Adam
 
 SIZES = (12, 16, 16, 4)
