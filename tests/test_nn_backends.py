@@ -172,3 +172,39 @@ def test_no_allocation_growth_over_1000_steps() -> None:
     # steps; what is left is Python's own bookkeeping (tens of bytes, not per step).
     assert after_100 - before < 1024
     assert after_1000 - after_100 < 512
+
+
+@pytest.mark.parametrize("stats", ["exact", "frozen"])
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh", "relu", "identity"])
+def test_public_layer_functions_run_the_kernels_equal_to_the_reference(
+        stats: str, activation: str) -> None:
+    import bnprop
+
+    rng = np.random.default_rng(7)
+    O, W = rng.standard_normal((9, 5)) * 3 + 1, rng.standard_normal((4, 5))
+    gamma, beta, dY = rng.standard_normal(4), rng.standard_normal(4), rng.standard_normal((9, 4))
+    caches, grads = {}, {}
+    for backend in ("numba", "numpy"):
+        caches[backend] = bnprop.layer_forward(O, W, gamma, beta, activation=activation,
+                                               backend=backend)
+        grads[backend] = bnprop.layer_backward(dY, caches[backend], stats=stats,
+                                               backend=backend)
+    for name in ("Z", "mu", "var", "inv_std", "Obar", "A", "Y"):
+        assert rel_err(getattr(caches["numba"], name), getattr(caches["numpy"], name)) < 1e-13
+    for name in ("dA", "dgamma", "dbeta", "dZ", "dW", "dO"):
+        assert rel_err(getattr(grads["numba"], name), getattr(grads["numpy"], name)) < 1e-12
+
+
+def test_layer_cache_holds_copies_of_its_inputs() -> None:
+    import bnprop
+
+    rng = np.random.default_rng(8)
+    O, W = rng.standard_normal((6, 3)), rng.standard_normal((2, 3))
+    cache = bnprop.layer_forward(O, W, np.ones(2), np.zeros(2))
+    before = bnprop.layer_backward(np.ones((6, 2)), cache).dW
+    O += 5.0
+    W *= 2.0
+    after = bnprop.layer_backward(np.ones((6, 2)), cache).dW
+    np.testing.assert_array_equal(before, after)
+    with pytest.raises(bnprop.InputError, match="backend: expected one of"):
+        bnprop.layer_forward(O, W, np.ones(2), np.zeros(2), backend="gpu")

@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # the math layer never imports the distributed one at run tim
     from bnprop.distributed import Communicator
 
 STATS_MODES = ("exact", "frozen")
+BACKENDS = ("numba", "numpy")
 
 
 @dataclass(frozen=True, eq=False)
@@ -160,6 +161,18 @@ def check_layer_inputs(
             gamma.astype(dt, copy=False), beta.astype(dt, copy=False))
 
 
+def check_global_rows(m_global: int, comm: Communicator) -> None:
+    """Training needs ``m = sum_p m_p >= 2`` rows in all (the same count on every
+    process: all raise, none waits)."""
+    if m_global < 2:
+        raise InputError(
+            f"O: the global batch has {m_global} example over {comm.size} "
+            f"process{'' if comm.size == 1 else 'es'}; in training mode the batch "
+            "variance of a single example is undefined (always 0), so batch "
+            "normalization needs m >= 2 rows."
+        )
+
+
 def layer_forward(
     O: object,
     W: object,
@@ -169,6 +182,7 @@ def layer_forward(
     activation: str = "sigmoid",
     eps: float = 1e-5,
     comm: Communicator | None = None,
+    backend: str = "numba",
 ) -> LayerCache:
     """Forward pass of the layer in training mode (batch statistics).
 
@@ -190,11 +204,15 @@ def layer_forward(
         ``comm.size`` processes (every process calls with its rows, the same W, gamma,
         beta, in the same order): ``mu_B`` and ``var_B`` are then the global batch's
         (m = sum_p m_p >= 2), by one ``comm.combine_moments``. Default: one process.
+    backend : {"numba", "numpy"}, default="numba"
+        The compiled kernels (:mod:`bnprop.kernels.bn`) or the NumPy reference
+        (:mod:`bnprop.batchnorm`); equal to rounding.
 
     Returns
     -------
     LayerCache
-        ``Z, mu, var, inv_std, Obar, A, Y`` and the inputs, in the inputs' dtype
+        ``Z, mu, var, inv_std, Obar, A, Y`` and copies of the inputs (changing ``O`` or
+        ``W`` afterwards does not change the backward pass), in the inputs' dtype
         (float32 when all are float32, float64 otherwise); ``m_global`` and ``comm``
         for the backward pass.
 
@@ -215,8 +233,13 @@ def layer_forward(
             "comm: expected a bnprop.distributed.Communicator (SingleProcess, MPIComm, "
             f"ThreadComm), got {type(comm).__name__} instead."
         )
-    O, W, gamma, beta = check_layer_inputs(O, W, gamma, beta, distributed=comm is not None)
-    return _forward(O, W, gamma, beta, act.name, eps, comm=comm)
+    given = (O, W, gamma, beta)
+    arrays = check_layer_inputs(O, W, gamma, beta, distributed=comm is not None)
+    O, W, gamma, beta = (a.copy() if isinstance(g, np.ndarray) and np.may_share_memory(a, g)
+                         else a for a, g in zip(arrays, given, strict=True))
+    if check_choice(backend, "backend", BACKENDS) == "numpy":
+        return _forward(O, W, gamma, beta, act.name, eps, comm=comm)
+    return _forward_kernels(O, W, gamma, beta, act.name, eps, comm=comm)
 
 
 def _forward(
@@ -231,13 +254,7 @@ def _forward(
         mu, var = bn.batch_stats(Z)
     else:
         m_global, mu, M2 = comm.combine_moments(*bn.batch_moments(Z))
-        if m_global < 2:  # the same on every process: all raise, none waits
-            raise InputError(
-                f"O: the global batch has {m_global} example over {comm.size} "
-                f"process{'' if comm.size == 1 else 'es'}; in training mode the batch "
-                "variance of a single example is undefined (always 0), so batch "
-                "normalization needs m >= 2 rows."
-            )
+        check_global_rows(m_global, comm)
         var = M2 / m_global
     inv_std = bn.inverse_std(var, eps)
     Obar = bn.normalize(Z, mu, inv_std)
@@ -251,7 +268,33 @@ def _forward(
     )
 
 
-def layer_backward(dY: object, cache: LayerCache, *, stats: str = "exact") -> LayerGrads:
+def _forward_kernels(
+    O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+    activation: str, eps: float, *, comm: Communicator | None = None,
+) -> LayerCache:
+    """:func:`_forward` on the kernels: the moments in one read of ``Z``, then
+    normalization, ``A`` and ``Y`` in one pass (:mod:`bnprop.kernels.bn`)."""
+    from bnprop.kernels import bn as bnk
+
+    dt = O.dtype
+    Z = O @ W.T
+    m_global, mu, M2 = bnk.moments(Z)
+    if comm is not None:
+        m_global, mu, M2 = comm.combine_moments(m_global, mu, M2)
+        check_global_rows(m_global, comm)
+    var = M2 / m_global
+    inv_std = bn.inverse_std(var, eps)
+    Obar, A, Y = np.empty_like(Z), np.empty_like(Z), np.empty_like(Z)
+    bnk.forward_apply(Z, mu, inv_std, gamma, beta, activation=activation, Obar=Obar, Y=Y, A=A)
+    return LayerCache(
+        O=O, W=W, gamma=gamma, beta=beta, Z=Z,
+        mu=mu.astype(dt), var=var.astype(dt), inv_std=inv_std.astype(dt),
+        Obar=Obar, A=A, Y=Y, activation=activation, eps=eps, m_global=m_global, comm=comm,
+    )
+
+
+def layer_backward(dY: object, cache: LayerCache, *, stats: str = "exact",
+                   backend: str = "numba") -> LayerGrads:
     """Backward pass of the layer: every gradient of F given ``dY = dF/dY``.
 
     Parameters
@@ -282,6 +325,8 @@ def layer_backward(dY: object, cache: LayerCache, *, stats: str = "exact") -> La
 
         ``dgamma`` and ``dbeta`` are already the global gradients (do not reduce them
         again); ``dW`` is this process's term of ``dW = sum_p dW_p``.
+    backend : {"numba", "numpy"}, default="numba"
+        The compiled kernels or the NumPy reference, equal to rounding.
     """
     if not isinstance(cache, LayerCache):
         raise InputError(
@@ -291,7 +336,9 @@ def layer_backward(dY: object, cache: LayerCache, *, stats: str = "exact") -> La
     check_choice(stats, "stats", STATS_MODES)
     m, n_out = cache.A.shape
     dY = check_array(dY, "dY", ndim=2, axes=("m", "n_out"), shape=(m, n_out), dtype=cache.A.dtype)
-    return _backward(dY, cache, stats)
+    if check_choice(backend, "backend", BACKENDS) == "numpy":
+        return _backward(dY, cache, stats)
+    return _backward_kernels(dY, cache, stats)
 
 
 def _backward(dY: np.ndarray, cache: LayerCache, stats: str) -> LayerGrads:
@@ -316,3 +363,28 @@ def _backward(dY: np.ndarray, cache: LayerCache, stats: str) -> LayerGrads:
         dW=dZ.T @ cache.O,
         dO=dZ @ cache.W,
     )
+
+
+def _backward_kernels(dY: np.ndarray, cache: LayerCache, stats: str) -> LayerGrads:
+    """:func:`_backward` on the kernels: ``dA`` (the activation's derivative), then the
+    two sums and ``dZ`` (:mod:`bnprop.kernels.bn`, on ``G = dA``), then the two GEMMs."""
+    from bnprop.kernels import bn as bnk
+
+    dA = get_activation(cache.activation).backward(dY, cache.A, cache.Y)
+    m = cache.m if cache.m_global is None else cache.m_global
+    dZ = np.empty_like(dA)
+    if stats == "exact":
+        sum_G, sum_GObar = bnk.backward_sums(dA, cache.Y, cache.Obar, activation="identity")
+    else:
+        sum_G, sum_GObar = bnk.backward_frozen(dA, cache.Y, cache.Obar, cache.gamma,
+                                               cache.inv_std, activation="identity", dZ=dZ)
+    if cache.comm is not None:
+        n_out = sum_G.shape[0]
+        sums = cache.comm.allreduce_sum(np.concatenate([sum_G, sum_GObar]))  # one collective
+        sum_G, sum_GObar = sums[:n_out], sums[n_out:]
+    if stats == "exact":
+        bnk.backward_apply(dA, cache.Y, cache.Obar, cache.gamma, cache.inv_std, sum_G,
+                           sum_GObar, m, activation="identity", dZ=dZ)
+    dt = dA.dtype
+    return LayerGrads(dA=dA, dgamma=sum_GObar.astype(dt), dbeta=sum_G.astype(dt), dZ=dZ,
+                      dW=dZ.T @ cache.O, dO=dZ @ cache.W)

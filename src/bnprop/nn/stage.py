@@ -41,10 +41,10 @@ import numpy as np
 
 from bnprop import batchnorm as bn
 from bnprop import threads
-from bnprop._validate import InputError
 from bnprop.activations import get_activation
 from bnprop.kernels import bn as bnk
 from bnprop.kernels.activations import ACTIVATION_CODES
+from bnprop.layer import check_global_rows
 
 if TYPE_CHECKING:
     from bnprop.distributed import Communicator
@@ -80,17 +80,6 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
 
     threads.map_rows(part, m, min_rows=min_rows)
     return out
-
-
-def check_global_rows(m_global: int, comm: Any) -> None:
-    """SyncBN needs ``m = sum_p m_p >= 2`` (the same on every process: all raise)."""
-    if m_global < 2:
-        raise InputError(
-            f"O: the global batch has {m_global} example over {comm.size} "
-            f"process{'' if comm.size == 1 else 'es'}; in training mode the batch "
-            "variance of a single example is undefined (always 0), so batch "
-            "normalization needs m >= 2 rows."
-        )
 
 
 class _Parts:
