@@ -25,111 +25,14 @@ holds ``t`` and the buffers; ``load_state_dict`` of it continues bit for bit.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
-from bnprop._validate import InputError, check_choice, check_positive
+from bnprop._validate import InputError, check_positive
+from bnprop.schedule import SCHEDULE_KINDS, Schedule, _check_schedule
 
-SCHEDULE_KINDS = ("constant", "cosine", "step")
+__all__ = ["SCHEDULE_KINDS", "SGD", "Adam", "Optimizer", "Schedule"]
 
-
-@dataclass(frozen=True)
-class Schedule:
-    """A learning-rate schedule: ``lr_t = lr * factor(t)``, t the number of steps taken.
-
-    ::
-
-        constant   factor(t) = 1
-        cosine     factor(t) = final + (1 - final) * (1 + cos(pi * min(t, T) / T)) / 2
-                   with T = total_steps
-        step       factor(t) = decay ** floor(t / every)
-
-    ``cosine`` equals ``torch.optim.lr_scheduler.CosineAnnealingLR(T_max=total_steps,
-    eta_min=final * lr)`` up to t = total_steps (then stays at ``final``); ``step`` equals
-    ``StepLR(step_size=every, gamma=decay)``. Build one with :meth:`constant`,
-    :meth:`cosine`, :meth:`step`, or by name for a run of ``total_steps`` steps with
-    :meth:`from_name`.
-    """
-
-    kind: str = "constant"
-    total_steps: int = 1
-    final: float = 0.0
-    every: int = 1
-    decay: float = 1.0
-
-    def __post_init__(self) -> None:
-        check_choice(self.kind, "kind", SCHEDULE_KINDS)
-        for name in ("total_steps", "every"):
-            value = getattr(self, name)
-            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-                raise InputError(f"{name}: expected an integer >= 1, got {value!r} instead.")
-        if not (isinstance(self.final, int | float) and 0.0 <= self.final <= 1.0):
-            raise InputError(f"final: expected a number in [0, 1], got {self.final!r} instead.")
-        check_positive(self.decay, "decay")
-
-    @classmethod
-    def constant(cls) -> Schedule:
-        """``factor(t) = 1``."""
-        return cls("constant")
-
-    @classmethod
-    def cosine(cls, total_steps: int, final: float = 0.0) -> Schedule:
-        """Cosine decay from 1 to ``final`` over ``total_steps`` steps."""
-        return cls("cosine", total_steps=total_steps, final=final)
-
-    @classmethod
-    def step(cls, every: int, decay: float = 0.1) -> Schedule:
-        """Multiply by ``decay`` every ``every`` steps."""
-        return cls("step", every=every, decay=decay)
-
-    @classmethod
-    def from_name(cls, name: str, total_steps: int | None) -> Schedule:
-        """The schedule a name means for a run of ``total_steps`` steps::
-
-            "constant"   factor(t) = 1
-            "cosine"     Schedule.cosine(total_steps): from 1 down to 0 at t = total_steps
-            "step"       Schedule.step(every=max(1, total_steps // 3), decay=0.1):
-                         x0.1 after each third of the run
-        """
-        check_choice(name, "schedule", SCHEDULE_KINDS)
-        if name == "constant":
-            return cls.constant()
-        if total_steps is None:
-            raise InputError(
-                f"schedule: {name!r} needs the run's length: pass total_steps=... to the "
-                "optimizer (or a Schedule object)."
-            )
-        if not isinstance(total_steps, int | np.integer) or total_steps < 1:
-            raise InputError(
-                f"total_steps: expected an integer >= 1, got {total_steps!r} instead."
-            )
-        if name == "cosine":
-            return cls.cosine(int(total_steps))
-        return cls.step(every=max(1, int(total_steps) // 3), decay=0.1)
-
-    def factor(self, t: int) -> float:
-        """The factor of the learning rate at step ``t`` (0-based)."""
-        if self.kind == "cosine":
-            frac = min(t, self.total_steps) / self.total_steps
-            return self.final + (1.0 - self.final) * (1.0 + math.cos(math.pi * frac)) / 2.0
-        if self.kind == "step":
-            return self.decay ** (t // self.every)
-        return 1.0
-
-
-def _check_schedule(schedule: object, total_steps: int | None) -> Schedule:
-    if schedule is None:
-        return Schedule.constant()
-    if isinstance(schedule, str) and schedule in SCHEDULE_KINDS:
-        return Schedule.from_name(schedule, total_steps)
-    if not isinstance(schedule, Schedule):
-        raise InputError(
-            "schedule: expected None, 'constant', 'cosine', 'step' or a Schedule "
-            f"(Schedule.cosine(total_steps), Schedule.step(every, decay)), got {schedule!r} "
-            "instead."
-        )
-    return schedule
 
 
 def _check_nonnegative(value: object, name: str, *, below_one: bool = False) -> float:
@@ -178,6 +81,7 @@ class Optimizer:
         self.t = 0
         self.buffers: dict[str, dict[str, np.ndarray]] = {k: {} for k in self.buffer_names}
         self._scratch: dict[np.dtype, np.ndarray] = {}
+        self._flats: dict[tuple[str, np.dtype], np.ndarray] = {}
 
     @property
     def current_lr(self) -> float:
@@ -209,6 +113,59 @@ class Optimizer:
         self.t += 1
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray, lr: float) -> None:
+        raise NotImplementedError
+
+    def step_flat(self, params: dict[np.dtype, np.ndarray], grads: dict[np.dtype, np.ndarray],
+                  layout: dict[np.dtype, list[tuple[str, int, int, tuple[int, ...]]]]) -> None:
+        """The same update as :meth:`step` on every parameter, in one fused pass per dtype
+        over flat arrays (a :class:`~bnprop.nn.Sequential`'s), bit for bit; then ``t += 1``.
+
+        ``layout[dtype]`` names the ``(name, start, stop, shape)`` slices. The buffers
+        become one flat array per kind, of which ``buffers[kind][name]`` are views, so
+        :meth:`state_dict` is unchanged.
+        """
+        lr = self.current_lr
+        self._layouts = layout
+        for dt, p in params.items():
+            flats = [self._flat_buffer(kind, dt, p, layout[dt]) for kind in self.buffer_names]
+            self._update_flat(p, grads[dt], flats, lr)
+        self.t += 1
+
+    def _flat_buffer(self, kind: str, dt: np.dtype, p: np.ndarray,
+                     layout: list[tuple[str, int, int, tuple[int, ...]]]) -> np.ndarray | None:
+        """The flat buffer of ``kind`` for ``p``: the kept one while every named buffer is
+        still its view, else assembled from the named buffers (None: none exist yet)."""
+        bufs, key = self.buffers[kind], (kind, dt)
+        flat = self._flats.get(key)
+        if flat is not None and all(bufs.get(name) is not None and bufs[name].base is flat
+                                    for name, *_ in layout):
+            return flat
+        have = [name for name, *_ in layout if name in bufs]
+        if not have:
+            return None
+        if len(have) != len(layout):
+            missing = next(name for name, *_ in layout if name not in bufs)
+            raise InputError(f"{kind}.{missing}: the optimizer state holds {kind} for some "
+                             "parameters but not for this one.")
+        flat = np.empty_like(p)
+        for name, start, stop, shape in layout:
+            ref = self._buffer(kind, name, flat[start:stop].reshape(shape))
+            flat[start:stop] = ref.reshape(-1)  # type: ignore[union-attr]
+        self._adopt(kind, dt, flat, layout)
+        return flat
+
+    def _adopt(self, kind: str, dt: np.dtype, flat: np.ndarray,
+               layout: list[tuple[str, int, int, tuple[int, ...]]]) -> None:
+        """Keep ``flat`` and point the named buffers at its slices."""
+        self._flats[(kind, dt)] = flat
+        for name, start, stop, shape in layout:
+            self.buffers[kind][name] = flat[start:stop].reshape(shape)
+
+    def _layout_of(self, p: np.ndarray) -> list[tuple[str, int, int, tuple[int, ...]]]:
+        return self._layouts[p.dtype]
+
+    def _update_flat(self, p: np.ndarray, g: np.ndarray, flats: list[np.ndarray | None],
+                     lr: float) -> None:
         raise NotImplementedError
 
     def _buffer(self, kind: str, name: str, p: np.ndarray) -> np.ndarray | None:
@@ -309,6 +266,19 @@ class SGD(Optimizer):
             d = v
         p -= np.multiply(d, lr, out=self._work(p))
 
+    def _update_flat(self, p: np.ndarray, g: np.ndarray, flats: list[np.ndarray | None],
+                     lr: float) -> None:
+        from bnprop.kernels.optim import sgd_flat
+
+        (v,) = flats
+        first = v is None
+        if first:
+            v = np.empty_like(p) if self.momentum != 0.0 else np.empty(0, p.dtype)
+        coef = np.array([self.weight_decay, self.momentum, lr], p.dtype)
+        sgd_flat(p, g, v, coef, first, self.momentum != 0.0)
+        if first and self.momentum != 0.0:
+            self._adopt("momentum_buffer", p.dtype, v, self._layout_of(p))
+
     def __repr__(self) -> str:
         return (f"SGD(lr={self.lr}, momentum={self.momentum}, "
                 f"weight_decay={self.weight_decay}, schedule={self.schedule})")
@@ -365,6 +335,22 @@ class Adam(Optimizer):
         denom /= math.sqrt(1.0 - beta2**step)
         denom += self.eps
         p -= np.multiply(np.divide(m, denom, out=work), step_size, out=work)
+
+    def _update_flat(self, p: np.ndarray, g: np.ndarray, flats: list[np.ndarray | None],
+                     lr: float) -> None:
+        from bnprop.kernels.optim import adam_flat
+
+        m, v = flats
+        if m is None or v is None:
+            m, v = np.zeros_like(p), np.zeros_like(p)
+            self._adopt("exp_avg", p.dtype, m, self._layout_of(p))
+            self._adopt("exp_avg_sq", p.dtype, v, self._layout_of(p))
+        beta1, beta2 = self.betas
+        step = self.t + 1
+        coef = np.array([self.weight_decay, 1.0 - beta1, beta2, 1.0 - beta2,
+                         lr / (1.0 - beta1**step), math.sqrt(1.0 - beta2**step), self.eps],
+                        p.dtype)
+        adam_flat(p, g, m, v, coef)
 
     def __repr__(self) -> str:
         return (f"Adam(lr={self.lr}, betas={self.betas}, eps={self.eps}, "

@@ -1,0 +1,54 @@
+"""Fused optimizer updates (Numba): one pass over a flat parameter array, each element's
+operations those of the NumPy reference in :mod:`bnprop.optim`, in the same order and
+dtype, so the two agree bit for bit.
+
+``coef`` holds the step's scalars rounded to the arrays' dtype, as NumPy rounds a Python
+float operand against a float32 array::
+
+    SGD   coef = [weight_decay, momentum, lr_t]
+          d = g + weight_decay * p;  v = d (first) or v = momentum * v + d;  p -= v * lr_t
+    Adam  coef = [weight_decay, 1 - beta1, beta2, 1 - beta2, step_size, sqrt(1 - beta2^t), eps]
+          d = g + weight_decay * p;  m += (d - m) * (1 - beta1)
+          v = v * beta2 + (d * d) * (1 - beta2)
+          p -= (m / (sqrt(v) / sqrt(1 - beta2^t) + eps)) * step_size
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from bnprop.kernels._jit import JIT_OPTIONS
+
+
+@njit(**JIT_OPTIONS)
+def sgd_flat(p, g, v, coef, first, use_momentum):  # pragma: no cover - compiled
+    wd, momentum, lr = coef[0], coef[1], coef[2]
+    for i in range(p.size):
+        d = g[i]
+        if wd != 0:
+            d = g[i] + wd * p[i]
+        if use_momentum:
+            if first:
+                v[i] = d
+            else:
+                v[i] = v[i] * momentum
+                v[i] += d
+            d = v[i]
+        p[i] -= d * lr
+
+
+@njit(**JIT_OPTIONS)
+def adam_flat(p, g, m, v, coef):  # pragma: no cover - compiled
+    wd, c1, beta2, c2, step_size, bias2, eps = (coef[0], coef[1], coef[2], coef[3], coef[4],
+                                                coef[5], coef[6])
+    for i in range(p.size):
+        d = g[i]
+        if wd != 0:
+            d = g[i] + wd * p[i]
+        m[i] += (d - m[i]) * c1
+        v[i] = v[i] * beta2
+        v[i] += (d * d) * c2
+        denom = np.sqrt(v[i]) / bias2
+        denom += eps
+        p[i] -= (m[i] / denom) * step_size

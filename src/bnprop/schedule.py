@@ -1,0 +1,110 @@
+"""Learning-rate schedules: ``lr_t = lr * factor(t)``, t the number of steps taken."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from bnprop._validate import InputError, check_choice, check_positive
+
+SCHEDULE_KINDS = ("constant", "cosine", "step")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A learning-rate schedule: ``lr_t = lr * factor(t)``, t the number of steps taken.
+
+    ::
+
+        constant   factor(t) = 1
+        cosine     factor(t) = final + (1 - final) * (1 + cos(pi * min(t, T) / T)) / 2
+                   with T = total_steps
+        step       factor(t) = decay ** floor(t / every)
+
+    ``cosine`` equals ``torch.optim.lr_scheduler.CosineAnnealingLR(T_max=total_steps,
+    eta_min=final * lr)`` up to t = total_steps (then stays at ``final``); ``step`` equals
+    ``StepLR(step_size=every, gamma=decay)``. Build one with :meth:`constant`,
+    :meth:`cosine`, :meth:`step`, or by name for a run of ``total_steps`` steps with
+    :meth:`from_name`.
+    """
+
+    kind: str = "constant"
+    total_steps: int = 1
+    final: float = 0.0
+    every: int = 1
+    decay: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_choice(self.kind, "kind", SCHEDULE_KINDS)
+        for name in ("total_steps", "every"):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+                raise InputError(f"{name}: expected an integer >= 1, got {value!r} instead.")
+        if not (isinstance(self.final, int | float) and 0.0 <= self.final <= 1.0):
+            raise InputError(f"final: expected a number in [0, 1], got {self.final!r} instead.")
+        check_positive(self.decay, "decay")
+
+    @classmethod
+    def constant(cls) -> Schedule:
+        """``factor(t) = 1``."""
+        return cls("constant")
+
+    @classmethod
+    def cosine(cls, total_steps: int, final: float = 0.0) -> Schedule:
+        """Cosine decay from 1 to ``final`` over ``total_steps`` steps."""
+        return cls("cosine", total_steps=total_steps, final=final)
+
+    @classmethod
+    def step(cls, every: int, decay: float = 0.1) -> Schedule:
+        """Multiply by ``decay`` every ``every`` steps."""
+        return cls("step", every=every, decay=decay)
+
+    @classmethod
+    def from_name(cls, name: str, total_steps: int | None) -> Schedule:
+        """The schedule a name means for a run of ``total_steps`` steps::
+
+            "constant"   factor(t) = 1
+            "cosine"     Schedule.cosine(total_steps): from 1 down to 0 at t = total_steps
+            "step"       Schedule.step(every=max(1, total_steps // 3), decay=0.1):
+                         x0.1 after each third of the run
+        """
+        check_choice(name, "schedule", SCHEDULE_KINDS)
+        if name == "constant":
+            return cls.constant()
+        if total_steps is None:
+            raise InputError(
+                f"schedule: {name!r} needs the run's length: pass total_steps=... to the "
+                "optimizer (or a Schedule object)."
+            )
+        if not isinstance(total_steps, int | np.integer) or total_steps < 1:
+            raise InputError(
+                f"total_steps: expected an integer >= 1, got {total_steps!r} instead."
+            )
+        if name == "cosine":
+            return cls.cosine(int(total_steps))
+        return cls.step(every=max(1, int(total_steps) // 3), decay=0.1)
+
+    def factor(self, t: int) -> float:
+        """The factor of the learning rate at step ``t`` (0-based)."""
+        if self.kind == "cosine":
+            frac = min(t, self.total_steps) / self.total_steps
+            return self.final + (1.0 - self.final) * (1.0 + math.cos(math.pi * frac)) / 2.0
+        if self.kind == "step":
+            return self.decay ** (t // self.every)
+        return 1.0
+
+
+def _check_schedule(schedule: object, total_steps: int | None) -> Schedule:
+    if schedule is None:
+        return Schedule.constant()
+    if isinstance(schedule, str) and schedule in SCHEDULE_KINDS:
+        return Schedule.from_name(schedule, total_steps)
+    if not isinstance(schedule, Schedule):
+        raise InputError(
+            "schedule: expected None, 'constant', 'cosine', 'step' or a Schedule "
+            f"(Schedule.cosine(total_steps), Schedule.step(every, decay)), got {schedule!r} "
+            "instead."
+        )
+    return schedule
