@@ -180,3 +180,18 @@ def test_bad_compositions_get_one_line() -> None:
         nn.Linear(3, 2).forward(np.ones((2, 4), np.float32))
     with pytest.raises(InputError, match="call forward"):
         nn.Linear(3, 2).backward(np.ones((2, 2), np.float32))
+
+
+def test_a_copied_net_trains_its_own_parameters() -> None:
+    import copy
+    import pickle
+
+    net = _net()
+    rng = np.random.default_rng(9)
+    X, y = rng.standard_normal((16, 5)), rng.integers(0, 3, 16)
+    for clone in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        before = {k: v.copy() for k, v in clone.parameters().items()}
+        clone.train_step(X, y, SGD(0.1))
+        assert all(not np.array_equal(v, before[k]) for k, v in clone.parameters().items())
+        flat = clone.flat.params[np.dtype("float64")]
+        assert all(np.shares_memory(v, flat) for v in clone.parameters().values())

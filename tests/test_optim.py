@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import typing
 
 import numpy as np
 import pytest
@@ -268,7 +269,7 @@ def test_fused_flat_step_equals_the_per_parameter_step_bit_for_bit(make, dtype: 
     shapes = {"a.W": (4, 3), "a.gamma": (4,), "out.b": (2,)}
 
     class Holder:  # a module-like owner of named arrays, as FlatBuffers expects
-        grads: dict = {}
+        grads: typing.ClassVar[dict] = {}
 
     holders, named = [], []
     for name, shape in shapes.items():

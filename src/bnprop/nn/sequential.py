@@ -100,6 +100,12 @@ class Sequential:
         self.flat = FlatBuffers(self._named())
         self._m: int | None = None
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """After a copy or an unpickle (a broadcast) the parameters are separate arrays
+        again: make them views of a new flat buffer."""
+        self.__dict__.update(state)
+        self.flat = FlatBuffers(self._named())
+
     # ------------------------------------------------------------------ names
     def _prefix(self, index: int) -> str:
         """Name prefix of module ``index``: ``"<index>."`` (PyTorch's)."""
