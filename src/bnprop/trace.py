@@ -157,6 +157,19 @@ def check_trace_sizes(sizes: object) -> tuple[int, int, int]:
     return m, n_in, n_out
 
 
+def check_seed(seed: object) -> int:
+    """An integer >= 0 (or its decimal text, as the command line gives it)."""
+    try:
+        if isinstance(seed, bool | float) or (isinstance(seed, str) and not seed.isdigit()):
+            raise ValueError
+        value = int(seed)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        value = -1
+    if value < 0:
+        raise InputError(f"seed: expected an integer >= 0, got {seed!r} instead.")
+    return value
+
+
 def run_trace(
     sizes: tuple[int, int, int] | str = (4, 3, 2),
     *,
@@ -171,8 +184,9 @@ def run_trace(
     ----------
     sizes : (m, n_in, n_out) or "m,n_in,n_out", default=(4, 3, 2)
         m >= 2; at most ``MAX_M``, ``MAX_N_IN``, ``MAX_N_OUT``.
-    seed : int, default=0
-        Seed of ``numpy.random.default_rng``; the draws are in the module docstring.
+    seed : int or str, default=0
+        An integer >= 0 (decimal text is read): the seed of ``numpy.random.default_rng``;
+        the draws are in the module docstring.
     activation : {"sigmoid", "tanh", "relu", "identity"}, default="sigmoid"
     eps : float, default=1e-5
     feature : int, default=0
@@ -184,8 +198,7 @@ def run_trace(
     """
     m, n_in, n_out = check_trace_sizes(sizes)
     act = get_activation(activation)
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise InputError(f"seed: expected an integer >= 0, got {seed!r} instead.")
+    seed = check_seed(seed)
     if isinstance(feature, bool) or not isinstance(feature, int | np.integer) \
             or not 0 <= feature < n_out:
         raise InputError(

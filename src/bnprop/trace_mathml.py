@@ -33,7 +33,7 @@ _SYMBOLS = {
     "mu_B": "<msub><mi>μ</mi><mi>B</mi></msub>",
     "var_B": "<msubsup><mi>σ</mi><mi>B</mi><mn>2</mn></msubsup>",
     "inv_std": "<mi>inv_std</mi>",
-    "Obar": '<mover accent="true"><mi>O</mi><mo>¯</mo></mover>',
+    "Obar": "<mi>Ō</mi>",
     "I": "<mi mathvariant=\"normal\">I</mi>",
 }
 
@@ -108,7 +108,7 @@ class _Parser:
             if tok == "^":
                 if not nodes or self.pos >= len(self.tokens):
                     raise self.fail("'^' without a base or exponent")
-                nodes.append(f"<msup>{nodes.pop()}{self.atom(self.tokens[self.pos])}</msup>")
+                nodes.append(_superscript(nodes.pop(), self.atom(self.tokens[self.pos])))
                 self.pos += 1
                 continue
             node = _operator(tok) if tok in _OPERATORS else self.atom(tok)
@@ -143,6 +143,13 @@ class _Parser:
                 return f"<mrow>{_MEAN}{_SUM_ROWS}{group}</mrow>"
             return f"<mrow>{identifier(tok)}{group}</mrow>"
         return identifier(tok)
+
+
+def _superscript(base: str, exponent: str) -> str:
+    """``base^exponent``; a subscripted base keeps both scripts on its name (``msubsup``)."""
+    if base.startswith("<msub>") and base.endswith("</msub>"):
+        return f"<msubsup>{base[len('<msub>'):-len('</msub>')]}{exponent}</msubsup>"
+    return f"<msup>{base}{exponent}</msup>"
 
 
 def _operator(tok: str) -> str:
