@@ -54,18 +54,9 @@ def _cmd_grad(args: argparse.Namespace) -> int:
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:
-    from bnprop.trace import run_trace
+    from bnprop.trace_html import trace_command
 
-    trace = run_trace(args.sizes, seed=args.seed, activation=args.activation)
-    if args.html is not None:
-        from bnprop.trace_html import check_page_path, write_trace_html
-
-        check_page_path(args.html)  # before any output: a bad path is the whole answer
-    print(trace.to_text())
-    if args.html is not None:
-        write_trace_html(trace, args.html)
-        print(f"\nwrote {args.html}: the graph, every value, the formulas, frozen vs exact, "
-              "the Jacobian; open it in a browser (nothing is fetched)")
+    print(trace_command(args.sizes, seed=args.seed, activation=args.activation, html=args.html))
     return 0
 
 
@@ -281,20 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="added to var_B under the square root (default 1e-5)")
     p.set_defaults(func=_cmd_grad)
 
-    p = sub.add_parser(
-        "trace", help="every quantity of one tiny layer's forward and backward pass",
-        description="Draw one layer from --seed (O, W, gamma, beta, then the upstream "
-        "gradient dY = dF/dY) and print every quantity of its forward pass (Z, mu_B, var_B, "
-        "inv_std, Obar, A, Y) and backward pass (dA, dgamma, dbeta, the frozen dZ, the exact "
-        "dZ with the two terms it subtracts, dW both ways, dO) with its formula.",
-    )
+    p = sub.add_parser("trace", help="every forward and backward quantity of one tiny layer",
+                       description="Draw a layer and dY = dF/dY from --seed; print it all.")
     p.add_argument("--sizes", default="4,3,2", metavar="m,n_in,n_out",
                    help="layer sizes, m >= 2, at most 16,8,8 (default 4,3,2)")
     p.add_argument("--seed", default="0", metavar="N", help="random seed (default 0)")
     p.add_argument("--activation", default="sigmoid", metavar="NAME",
-                   help=f"one of {', '.join(acts)} (default sigmoid)")
-    p.add_argument("--html", metavar="FILE", help="also write a self-contained page: the "
-                   "computation graph, values, formulas, frozen vs exact, a Jacobian heat map")
+                   help=f"{', '.join(acts)} (default sigmoid)")
+    p.add_argument("--html", metavar="FILE", help="also write a self-contained page")
     p.set_defaults(func=_cmd_trace)
 
     p = sub.add_parser("data", help="provision and locate datasets",

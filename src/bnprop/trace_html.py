@@ -28,6 +28,7 @@ from bnprop.trace import (
     fmt,
     header_lines,
     relative_difference,
+    run_trace,
 )
 from bnprop.trace_graph import graph_svg, heatmap_svg
 from bnprop.trace_mathml import mathml
@@ -214,6 +215,24 @@ def scoped_css(css: str, scope: str) -> str:
         selectors = [s.strip() for s in match.group(1).split(",")]
         return "\n" + ", ".join(scope if s == "body" else f"{scope} {s}" for s in selectors) + " {"
     return re.sub(r"([^{}]+)\{", scope_group, css)
+
+
+def trace_command(
+    sizes: object, *, seed: object, activation: str, html: str | None = None,
+) -> str:
+    """What ``bnprop trace`` prints: the text, and the page's name when ``html`` is given.
+
+    A bad ``html`` path is reported before anything is computed or written.
+    """
+    if html is not None:
+        check_page_path(html)
+    t = run_trace(sizes, seed=seed, activation=activation)  # type: ignore[arg-type]
+    text = t.to_text()
+    if html is None:
+        return text
+    write_trace_html(t, html)
+    return (f"{text}\n\nwrote {html}: the computation graph, every value, the formulas, "
+            "frozen vs exact, the Jacobian heat map (self-contained: nothing is fetched)")
 
 
 #: The cache's arrays in the order of the forward pass, with the name the math uses.
