@@ -138,8 +138,8 @@ def test_text_is_aligned() -> None:
     (["--sizes", "4,0,2"], r"sizes: need m >= 2 .* n_in >= 1"),
     (["--sizes", "4,3"], r"sizes: expected three positive integers m,n_in,n_out"),
     (["--sizes", "4,x,2"], r"sizes: expected three positive integers"),
-    (["--sizes", "17,3,2"], r"sizes: the trace prints every number, so it keeps m <= 16, n_in <= 8 and n_out <= 8"),
-    (["--sizes", "4,9,2"], r"keeps m <= 16, n_in <= 8 and n_out <= 8; got m=4, n_in=9"),
+    (["--sizes", "11,3,2"], r"sizes: the trace prints every number, so it keeps m <= 10, n_in <= 8 and n_out <= 8"),
+    (["--sizes", "4,9,2"], r"keeps m <= 10, n_in <= 8 and n_out <= 8; got m=4, n_in=9"),
     (["--seed", "-1"], r"seed: expected an integer >= 0, got '-1' instead"),
     (["--seed", "1.5"], r"seed: expected an integer >= 0"),
     (["--activation", "softplus"], r"activation: expected one of 'sigmoid', 'tanh', 'relu', 'identity'. Got 'softplus' instead"),
@@ -160,12 +160,17 @@ def test_bad_options_get_one_line(args: list[str], match: str, tmp_path,
 
 def test_library_validation() -> None:
     assert check_trace_sizes("2,1,1") == (2, 1, 1)
-    assert check_trace_sizes((16, 8, 8)) == (16, 8, 8)
+    assert check_trace_sizes((10, 8, 8)) == (10, 8, 8)
     with pytest.raises(bnprop.InputError, match=r"feature: expected an integer in \[0, 2\)"):
         run_trace(feature=2)
     with pytest.raises(bnprop.InputError, match=r"seed: expected an integer >= 0"):
         run_trace(seed=True)
     assert run_trace(seed="3").seed == 3
+    from bnprop.cli import build_parser
+    from bnprop.trace import MAX_M, MAX_N_IN, MAX_N_OUT
+
+    assert f"at most {MAX_M},{MAX_N_IN},{MAX_N_OUT}" in " ".join(
+        build_parser()._subparsers._group_actions[0].choices["trace"].format_help().split())
 
 
 def test_fmt_rounds_and_drops_the_sign_of_zero() -> None:

@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("trace", help="every forward and backward quantity of one tiny layer",
                        description="Draw a layer and dY = dF/dY from --seed; print it all.")
     p.add_argument("--sizes", default="4,3,2", metavar="m,n_in,n_out",
-                   help="layer sizes, m >= 2, at most 16,8,8 (default 4,3,2)")
+                   help="layer sizes, m >= 2, at most 10,8,8 (default 4,3,2)")
     p.add_argument("--seed", default="0", metavar="N", help="random seed (default 0)")
     p.add_argument("--activation", default="sigmoid", metavar="NAME",
                    help=f"{', '.join(acts)} (default sigmoid)")

@@ -35,7 +35,7 @@ from bnprop.jacobians import stated_dA_dZ_training
 from bnprop.layer import LayerCache, LayerGrads, layer_backward, layer_forward
 
 #: Largest sizes the trace accepts: every matrix must fit on a screen and on the page.
-MAX_M, MAX_N_IN, MAX_N_OUT = 16, 8, 8
+MAX_M, MAX_N_IN, MAX_N_OUT = 10, 8, 8
 
 #: Decimals of every number the terminal and the page display.
 DECIMALS = 6

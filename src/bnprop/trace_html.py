@@ -35,7 +35,7 @@ from bnprop.trace_mathml import mathml
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px 32px;
-       color: #1b1f24; background: #fff; max-width: 1150px; }
+       color: #1b1f24; background: #fff; max-width: 1100px; }
 h1 { font-size: 1.5em; margin-bottom: 0.2em; }
 h2 { border-bottom: 2px solid #d0d7de; padding-bottom: 4px; margin-top: 1.6em; }
 p.meta { color: #57606a; margin: 0.2em 0; }
@@ -51,7 +51,8 @@ table.mat { border-collapse: collapse; font-family: ui-monospace, monospace;
             font-size: 0.85em; background: #fff; }
 table.mat td { border: 1px solid #d8dee4; padding: 2px 6px; text-align: right; }
 table.mat th { color: #8c959f; font-weight: normal; padding: 0 4px; font-size: 0.8em; }
-.side { display: flex; gap: 18px; flex-wrap: wrap; align-items: flex-start; }
+.side { display: flex; gap: 18px; align-items: flex-start; overflow-x: auto; }
+.side .col { flex: none; }
 .side .col h4 { margin: 4px 0; font-family: ui-monospace, monospace; }
 td.diff { font-weight: 600; }
 .rel { font-size: 0.95em; }
