@@ -173,7 +173,7 @@ def check_seed(seed: object) -> int:
 def run_trace(
     sizes: tuple[int, int, int] | str = (4, 3, 2),
     *,
-    seed: int = 0,
+    seed: int | str = 0,
     activation: str = "sigmoid",
     eps: float = 1e-5,
     feature: int = 0,

@@ -219,7 +219,8 @@ def scoped_css(css: str, scope: str) -> str:
 
 
 def trace_command(
-    sizes: object, *, seed: object, activation: str, html: str | None = None,
+    sizes: tuple[int, int, int] | str, *, seed: int | str, activation: str,
+    html: str | None = None,
 ) -> str:
     """What ``bnprop trace`` prints: the text, and the page's name when ``html`` is given.
 
@@ -227,7 +228,7 @@ def trace_command(
     """
     if html is not None:
         check_page_path(html)
-    t = run_trace(sizes, seed=seed, activation=activation)  # type: ignore[arg-type]
+    t = run_trace(sizes, seed=seed, activation=activation)
     text = t.to_text()
     if html is None:
         return text
