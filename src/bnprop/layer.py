@@ -102,6 +102,12 @@ class LayerCache:
         """Batch size (rows held by this process)."""
         return self.O.shape[0]
 
+    def _repr_html_(self) -> str:
+        """Every array with its formula, as HTML (a notebook shows this)."""
+        from bnprop.trace_html import cache_html
+
+        return cache_html(self)
+
 
 @dataclass(frozen=True, eq=False)
 class LayerGrads:
