@@ -68,14 +68,14 @@ from typing import Any
 
 import numpy as np
 
-from bnprop._validate import InputError, check_array, check_choice, check_positive
+from bnprop._validate import InputError, check_choice, check_positive
 from bnprop.activations import get_activation
-from bnprop.loss import check_labels
+from bnprop.folded import FoldedMLP
 from bnprop.nn.batchnorm import RUNNING_MODES, STATS_MODES, BatchNorm1d
 from bnprop.nn.convert import folded_layers, load_arrays, read_config
 from bnprop.nn.module import ACTIVATION_MODULES, DTYPES, Linear, Module
 from bnprop.nn.plan import NormStep
-from bnprop.nn.sequential import PREDICT_BLOCK_ROWS, Sequential, blocked_proba
+from bnprop.nn.sequential import PREDICT_BLOCK_ROWS, Sequential
 
 __all__ = ["MLP", "PREDICT_BLOCK_ROWS", "STATE_VERSION", "FoldedMLP", "MLPConfig"]
 
@@ -357,51 +357,3 @@ class MLP(Sequential):
         from bnprop.interop.torch import mlp_from_torch
 
         return mlp_from_torch(module, stats=stats, seed=seed)
-
-
-class FoldedMLP:
-    """Inference network of :meth:`MLP.fold`: ``O <- sigma(O W_l^T + b_l)``, then softmax.
-
-    Parameters
-    ----------
-    layers : list of (W, b)
-        Hidden layers (BN folded in) then the output layer, ``W`` (n_out, n_in).
-    activation : str
-        Activation of the hidden layers.
-    """
-
-    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]], *, activation: str) -> None:
-        self.layers = layers
-        self.activation = get_activation(activation).name
-
-    @property
-    def sizes(self) -> tuple[int, ...]:
-        return (self.layers[0][0].shape[1], *(W.shape[0] for W, _ in self.layers))
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.layers[0][0].dtype
-
-    def _logits(self, X: np.ndarray) -> np.ndarray:
-        act = get_activation(self.activation)
-        O = X
-        for W, b in self.layers[:-1]:
-            O = act.forward(O @ W.T + b)
-        W, b = self.layers[-1]
-        return O @ W.T + b
-
-    def predict_proba(self, X: object) -> np.ndarray:
-        """Class probabilities (m, n_classes), in blocks, in the net's dtype."""
-        X = check_array(X, "X", ndim=2, axes=("m", "n_features"),
-                        shape=(None, self.sizes[0]), dtype=self.dtype)
-        return blocked_proba(self._logits, X, self.sizes[-1])
-
-    def predict(self, X: object) -> np.ndarray:
-        """Predicted labels, int64 (m,)."""
-        return self.predict_proba(X).argmax(axis=1)
-
-    def accuracy(self, X: object, y: object) -> float:
-        """Fraction of rows whose predicted label equals ``y``."""
-        pred = self.predict(X)
-        y = check_labels(y, "y", pred.shape[0], self.sizes[-1])
-        return float(np.mean(pred == y)) if pred.shape[0] else float("nan")

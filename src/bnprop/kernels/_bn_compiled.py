@@ -1,0 +1,167 @@
+"""The compiled batch-norm kernels (Numba); :mod:`bnprop.kernels.bn` documents their
+equations, memory traffic and rounding, and wraps each in a checked public function.
+
+Every kernel is serial, releases the GIL, and is compiled lazily once per dtype with the
+options of :mod:`bnprop.kernels._jit`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from bnprop.kernels._jit import JIT_OPTIONS
+from bnprop.kernels.activations import activation_row, derivative_row
+
+
+@njit(**JIT_OPTIONS)
+def _block_sums(Z, start, stop, center, S1, S2):  # pragma: no cover - compiled
+    """``S1 = sum_i (Z_i - center)``, ``S2 = sum_i (Z_i - center)^2`` over rows [start, stop)."""
+    n = Z.shape[1]
+    S1[:] = 0.0
+    S2[:] = 0.0
+    for i in range(start, stop):
+        z = Z[i]
+        for j in range(n):
+            d = z[j] - center[j]
+            S1[j] += d
+            S2[j] += d * d
+
+
+@njit(**JIT_OPTIONS)
+def _moments(Z, block_rows, mean, M2):  # pragma: no cover - compiled
+    m, n = Z.shape
+    mean[:] = 0.0  # relative to K until the end
+    M2[:] = 0.0
+    if m == 0:
+        return 0
+    K = np.zeros(n)  # the shift: the first block's mean
+    S1 = np.empty(n)
+    S2 = np.empty(n)
+    center = np.empty(n)
+    offset = np.zeros(n)  # center - K
+    count = 0
+    for start in range(0, m, block_rows):
+        stop = min(start + block_rows, m)
+        n_b = stop - start
+        _block_sums(Z, start, stop, K, S1, S2)  # the one pass over memory
+        # The block's M2 = S2 - S1^2 / n_b loses more than one bit when S1^2 / n_b > S2 / 2
+        # (the block's mean is far from K: the first block, or rows whose mean drifts);
+        # then sum again around the block's own mean, from cache (corrected two-pass).
+        cancels = count == 0
+        for j in range(n):
+            cancels |= S1[j] * S1[j] > 0.5 * n_b * S2[j]
+        if cancels:
+            for j in range(n):
+                center[j] = K[j] + S1[j] / n_b
+            if count == 0:
+                K[:] = center
+            for j in range(n):
+                offset[j] = center[j] - K[j]
+            _block_sums(Z, start, stop, center, S1, S2)
+        # Chan, Golub & LeVeque: merge (count, mean - K, M2) with the block's
+        # (n_b, offset + S1 / n_b, S2 - S1^2 / n_b).
+        total = count + n_b
+        w_b = n_b / total
+        w_ab = (count / total) * n_b
+        for j in range(n):
+            d_mean = S1[j] / n_b
+            delta = (offset[j] + d_mean) - mean[j]
+            mean[j] += delta * w_b
+            M2[j] += (S2[j] - S1[j] * d_mean) + delta * delta * w_ab
+        if cancels:
+            offset[:] = 0.0
+        count = total
+    for j in range(n):
+        mean[j] += K[j]
+    return count
+
+
+@njit(**JIT_OPTIONS)
+def _forward_apply(Z, mean, inv_std, gamma, beta, act, Obar, Y, A):  # pragma: no cover
+    m, n = Z.shape
+    one = np.ones(1, Z.dtype)[0]
+    obar_row = np.empty(n, Z.dtype)
+    a_scratch = np.empty(n, Z.dtype)
+    for i in range(m):
+        z = Z[i]
+        for j in range(n):
+            obar_row[j] = (z[j] - mean[j]) * inv_std[j]  # float64, rounded on the store
+        # Z[i] is not read below, so Obar may be Z.
+        o = Obar[i]
+        a = a_scratch if A is None else A[i]
+        for j in range(n):
+            ob = obar_row[j]
+            o[j] = ob
+            a[j] = gamma[j] * ob + beta[j]
+        activation_row(act, a, one, Y[i])
+
+
+@njit(**JIT_OPTIONS)
+def _backward_sums(dY, Y, Obar, act, sum_G, sum_GObar):  # pragma: no cover
+    m, n = dY.shape
+    one = np.ones(1, dY.dtype)[0]
+    G = np.empty(n, dY.dtype)
+    sum_G[:] = 0.0
+    sum_GObar[:] = 0.0
+    for i in range(m):
+        derivative_row(act, dY[i], Y[i], one, G)
+        o = Obar[i]
+        for j in range(n):
+            g = np.float64(G[j])
+            sum_G[j] += g
+            sum_GObar[j] += g * o[j]
+
+
+@njit(**JIT_OPTIONS)
+def _dZ_coefficients(gamma, inv_std, sum_G, sum_GObar, m_total, dt_like):  # pragma: no cover
+    n = gamma.shape[0]
+    mean_G = np.empty(n, dt_like.dtype)
+    mean_GObar = np.empty(n, dt_like.dtype)
+    scale = np.empty(n, dt_like.dtype)
+    for j in range(n):
+        mean_G[j] = sum_G[j] / m_total  # rounded to the arrays' dtype, as the reference
+        mean_GObar[j] = sum_GObar[j] / m_total
+        scale[j] = np.float64(gamma[j]) * inv_std[j]
+    return mean_G, mean_GObar, scale
+
+
+@njit(**JIT_OPTIONS)
+def _backward_apply(
+    dY, Y, Obar, gamma, inv_std, sum_G, sum_GObar, m_total, act, dZ,
+):  # pragma: no cover
+    m, n = dY.shape
+    one = np.ones(1, dY.dtype)[0]
+    mean_G, mean_GObar, scale = _dZ_coefficients(gamma, inv_std, sum_G, sum_GObar, m_total, Y)
+    G = np.empty(n, dY.dtype)
+    for i in range(m):
+        derivative_row(act, dY[i], Y[i], one, G)
+        # dY[i] is not read below, so dZ may be dY.
+        o = Obar[i]
+        dz = dZ[i]
+        for j in range(n):
+            dz[j] = ((G[j] - mean_G[j]) - o[j] * mean_GObar[j]) * scale[j]
+
+
+@njit(**JIT_OPTIONS)
+def _backward_frozen(dY, Y, Obar, gamma, inv_std, act, sum_G, sum_GObar, dZ):  # pragma: no cover
+    m, n = dY.shape
+    one = np.ones(1, dY.dtype)[0]
+    scale = np.empty(n, dY.dtype)
+    for j in range(n):
+        scale[j] = np.float64(gamma[j]) * inv_std[j]
+    G = np.empty(n, dY.dtype)
+    sum_G[:] = 0.0
+    sum_GObar[:] = 0.0
+    for i in range(m):
+        derivative_row(act, dY[i], Y[i], one, G)
+        o = Obar[i]
+        for j in range(n):
+            g = np.float64(G[j])
+            sum_G[j] += g
+            sum_GObar[j] += g * o[j]
+        # A separate loop: one with three stores would need too many runtime alias
+        # checks for LLVM to vectorize it. G is in L1.
+        dz = dZ[i]
+        for j in range(n):
+            dz[j] = G[j] * scale[j]
