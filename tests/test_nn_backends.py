@@ -208,3 +208,22 @@ def test_layer_cache_holds_copies_of_its_inputs() -> None:
     np.testing.assert_array_equal(before, after)
     with pytest.raises(bnprop.InputError, match="backend: expected one of"):
         bnprop.layer_forward(O, W, np.ones(2), np.zeros(2), backend="gpu")
+
+
+def test_thread_count_is_the_callers_not_the_process() -> None:
+    import threading
+
+    seen = {}
+    with threads.using(2):
+        worker = threading.Thread(target=lambda: seen.update(other=threads.num_threads()))
+        worker.start()
+        worker.join()
+        seen["inside"] = threads.num_threads()
+    assert seen == {"other": 1, "inside": 2}  # another thread keeps its own count
+    assert threads.num_threads() == 1
+    ref, fast = _pair("float64")
+    X, y = _data(10000, seed=3)  # two parts of >= 4096 rows of 16 float64
+    with threads.using(2):  # a split batch: the same step to rounding
+        loss = fast.train_step(X, y, SGD(0.1))
+        assert len(fast.steps[0].stage._parts.mean) == 2
+    assert loss == pytest.approx(ref.train_step(X, y, SGD(0.1)), rel=1e-12)

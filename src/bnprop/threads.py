@@ -19,8 +19,13 @@ machine is shared, so some runs had other processes on it):
 
 The rule, one owner:
 
-* **bnprop's threads own the cores.** :func:`set_threads` ``(n)`` gives :func:`map_rows`
-  ``n`` threads. A layer step splits its rows into ``n`` parts and each thread runs the
+* **bnprop's threads own the cores, when the caller says so.** The count is not a
+  process-wide setting: it lives in a context variable, 1 unless the caller sets it,
+  for the block of code that asks (``with bnprop.threads.using(2): net.train_step(...)``)
+  or for the calling thread (:func:`set_threads`, what ``--threads`` of the CLI calls).
+  Another thread, or code outside the block, keeps its own count, so nothing changes
+  its numbers behind its back (a batch split into parts sums in another order). With
+  ``n`` threads a layer step splits its rows into ``n`` parts and each thread runs the
   GEMMs and the kernels of its part; the per-part reductions are merged exactly as the
   distributed path merges ranks (Chan's combination for the moments, sums for the
   rest). Workers wait on a queue, never in a spin loop, so a busy machine costs a part's
@@ -52,6 +57,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache
 from typing import TypeVar
 
@@ -59,7 +65,8 @@ from bnprop._validate import InputError
 
 T = TypeVar("T")
 
-_n_threads = 1
+#: bnprop's compute threads in the current context (thread or ``using`` block).
+_n_threads: ContextVar[int] = ContextVar("bnprop_threads", default=1)
 _pool_lock = threading.Lock()
 _executor: ThreadPoolExecutor | None = None
 _executor_workers = 0
@@ -136,7 +143,8 @@ def set_blas_threads(n: int) -> int | None:
 
 
 def set_threads(n: int) -> int | None:
-    """Give the process ``n`` compute threads, owned by bnprop's row split (:func:`map_rows`).
+    """Give the calling thread ``n`` compute threads, owned by bnprop's row split
+    (:func:`map_rows`); :func:`using` does the same for a block only.
 
     OpenBLAS is set to 1 thread: each of the ``n`` threads calls it on its own rows.
     bnprop's Numba kernels are serial; Numba's pool is left alone unless other code has
@@ -154,7 +162,6 @@ def set_threads(n: int) -> int | None:
         The previous BLAS thread count (``None`` when no OpenBLAS was found: BLAS
         threads are then left as the environment set them).
     """
-    global _n_threads
     n = _check_n(n)
     previous = set_blas_threads(1)
     numba_parallel = sys.modules.get("numba.np.ufunc.parallel")
@@ -162,14 +169,37 @@ def set_threads(n: int) -> int | None:
         import numba
 
         numba.set_num_threads(1)
-    with _pool_lock:
-        _n_threads = n
+    _n_threads.set(n)
     return previous
 
 
+@contextmanager
+def using(n: int) -> Iterator[None]:
+    """Within the block, bnprop's work on this thread splits rows over ``n`` threads (BLAS
+    on 1 thread in each); the previous counts are restored after.
+
+    >>> from bnprop import threads
+    >>> with threads.using(2):
+    ...     threads.num_threads()
+    2
+    >>> threads.num_threads()
+    1
+    """
+    n = _check_n(n)
+    token = _n_threads.set(n)
+    previous = set_blas_threads(1)
+    try:
+        yield
+    finally:
+        _n_threads.reset(token)
+        if previous is not None:
+            set_blas_threads(previous)
+
+
 def num_threads() -> int:
-    """Threads :func:`map_rows` uses (1 until :func:`set_threads` is called)."""
-    return _n_threads
+    """Threads :func:`map_rows` uses here (1 unless :func:`set_threads` or :func:`using`
+    said otherwise in this context)."""
+    return _n_threads.get()
 
 
 def row_parts(m: int, parts: int) -> list[tuple[int, int]]:
@@ -188,7 +218,7 @@ def map_rows(fn: Callable[[int, int], T], m: int, *, min_rows: int = 2048) -> li
     them (Chan's combination, sums) gets the same numbers for the same thread count.
     ``fn`` must not call :func:`map_rows` itself (the workers would wait on each other).
     """
-    parts = max(1, min(_n_threads, m // max(1, min_rows)))
+    parts = max(1, min(_n_threads.get(), m // max(1, min_rows)))
     if parts == 1:
         return [fn(0, m)]
     ranges = row_parts(m, parts)
