@@ -9,8 +9,11 @@ A run folder ``DIR`` holds:
     summary.json     written when the run ends: test_accuracy, steps, config, ...
 
 Every file is replaced atomically (temporary file, fsync, rename), so a ``kill -9`` at any
-moment leaves each one complete: the previous version or the new one. Nothing is
-pickled: configs are JSON strings stored as NumPy unicode scalars.
+moment leaves each one complete: the previous version or the new one. A save writes its
+files as one group (:func:`save_run`): all are written and fsync'ed to temporary files
+before any is renamed, so a save that fails (a full disk) leaves the previous set, which
+agrees with itself. Nothing is pickled: configs are JSON strings stored as NumPy unicode
+scalars.
 """
 
 from __future__ import annotations
@@ -23,13 +26,17 @@ from typing import Any
 
 import numpy as np
 
+from bnprop._atomic import atomic_files
 from bnprop._validate import InputError
-from bnprop.files import load_npz, save_npz, write_text
+from bnprop.files import load_npz, npz_writer, save_npz, write_text
 
 MODEL_FILE = "model.npz"
 CHECKPOINT_FILE = "checkpoint.npz"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+
+#: The files of a run: a fresh run refuses a folder holding any of them.
+RUN_FILES = (MODEL_FILE, CHECKPOINT_FILE, METRICS_FILE, SUMMARY_FILE)
 
 
 def json_array(obj: Any) -> np.ndarray:
@@ -62,17 +69,51 @@ def load_model_state(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     return load_npz(path)
 
 
-def save_checkpoint(
+def save_run(
     folder: str | os.PathLike[str],
+    model: Mapping[str, np.ndarray],
+    checkpoint: Mapping[str, np.ndarray],
+    metrics: list[dict[str, Any]],
+    summary: Mapping[str, Any] | None = None,
+) -> None:
+    """One save of a run, all files or none: model.npz, metrics.jsonl, summary.json (when
+    given) and checkpoint.npz, renamed into place in that order once all are written.
+
+    ``model`` is :func:`save_model`'s state; ``checkpoint`` :func:`checkpoint_arrays`'.
+    """
+    folder = Path(folder)
+    with atomic_files() as stage:
+        with stage(folder / MODEL_FILE) as f:
+            npz_writer(model)(f)
+        with stage(folder / METRICS_FILE) as f:
+            f.write(metrics_text(metrics).encode("utf-8"))
+        if summary is not None:
+            with stage(folder / SUMMARY_FILE) as f:
+                f.write(summary_text(summary).encode("utf-8"))
+        with stage(folder / CHECKPOINT_FILE) as f:
+            npz_writer(checkpoint)(f)
+
+
+def summary_text(summary: Mapping[str, Any]) -> str:
+    """The content of ``summary.json``."""
+    return json.dumps(dict(summary), indent=2) + "\n"
+
+
+def write_summary(folder: str | os.PathLike[str], summary: Mapping[str, Any]) -> Path:
+    """Write ``summary.json`` alone (a run that diverged: its checkpoint is kept)."""
+    return write_text(Path(folder) / SUMMARY_FILE, summary_text(summary))
+
+
+def checkpoint_arrays(
     model_state: Mapping[str, np.ndarray],
     optim_state: Mapping[str, np.ndarray],
     meta: Mapping[str, Any],
-) -> Path:
-    """Write ``checkpoint.npz`` in ``folder``, atomically."""
+) -> dict[str, np.ndarray]:
+    """The arrays of ``checkpoint.npz``: ``model/...``, ``optim/...`` and ``meta``."""
     arrays = {f"model/{k}": v for k, v in model_state.items()}
     arrays.update({f"optim/{k}": v for k, v in optim_state.items()})
     arrays["meta"] = json_array(dict(meta))
-    return save_npz(Path(folder) / CHECKPOINT_FILE, arrays)
+    return arrays
 
 
 def load_checkpoint(
@@ -91,10 +132,9 @@ def load_checkpoint(
     return model, optim, meta
 
 
-def write_metrics(folder: str | os.PathLike[str], rows: list[dict[str, Any]]) -> Path:
-    """Rewrite ``metrics.jsonl`` with ``rows``, one JSON object a line, atomically."""
-    text = "".join(json.dumps(r) + "\n" for r in rows)
-    return write_text(Path(folder) / METRICS_FILE, text)
+def metrics_text(rows: list[dict[str, Any]]) -> str:
+    """The content of ``metrics.jsonl``: one JSON object a line."""
+    return "".join(json.dumps(r) + "\n" for r in rows)
 
 
 def read_metrics(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:

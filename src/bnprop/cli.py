@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 from bnprop import __version__
 from bnprop._validate import InputError
 from bnprop.activations import ACTIVATIONS
+from bnprop.interrupt import Interrupted
 from bnprop.layer import STATS_MODES
 
 
@@ -75,7 +77,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
             datasets.verify(name, args.data_dir)
             state = "verified"
         except InputError:
-            state = f"not provisioned (bnprop data fetch --dataset {name})"
+            where = "" if args.data_dir is None else f" --data-dir {shlex.quote(args.data_dir)}"
+            state = f"not provisioned (bnprop data fetch --dataset {name}{where})"
         print(f"{name}: {state}")
     print(root)
     return 0
@@ -122,7 +125,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         _set_threads(args.threads, comm.size)  # summary["threads"]
         with abort_on_error(comm):  # any other error on any rank ends the whole job
             summary = train(config, out, resume=args.resume, given=given, epochs=args.epochs,
-                            progress=not args.quiet, comm=comm)
+                            progress=not args.quiet, comm=comm, overwrite=args.overwrite)
     except InputError:
         if comm.rank == 0:
             raise
@@ -346,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint every N steps (default 5000)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out that holds a run's files, replacing them")
     p.add_argument("--threads", type=int, metavar="N",
                    help="compute threads of each process (bnprop.threads.set_threads; "
                    "BLAS runs on 1 thread inside each); default: the cores divided by the "
@@ -391,6 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         print(f"bnprop {args.command}: error: {name}{exc.strerror or exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:  # a run that saved its work on SIGINT or SIGTERM
+        print(f"bnprop {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"bnprop {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -27,13 +28,34 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     return Path(path)
 
 
-def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> Path:
-    """Write ``arrays`` to an uncompressed ``.npz`` at ``path``, atomically, nothing pickled."""
+def npz_writer(arrays: Mapping[str, np.ndarray]) -> Callable[[IO[bytes]], None]:
+    """A function writing ``arrays`` as an uncompressed ``.npz`` to a file, nothing pickled."""
     clean = {k: np.asarray(v) for k, v in arrays.items()}
     for k, v in clean.items():
         if v.dtype == object:
             raise InputError(f"{k}: object arrays cannot be saved without pickling.")
-    return atomic_write(path, lambda f: np.savez(f, **clean))
+    return lambda f: np.savez(f, **clean)
+
+
+def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> Path:
+    """Write ``arrays`` to an uncompressed ``.npz`` at ``path``, atomically, nothing pickled."""
+    return atomic_write(path, npz_writer(arrays))
+
+
+def check_regular_file(path: Path, expected: str) -> None:
+    """A missing path, a folder, or anything but a regular file (a FIFO, a device, which
+    reading could block on or never end) is refused in one line."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file.") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror}).") from None
+    if stat.S_ISDIR(mode):
+        raise InputError(f"{path}: is a folder, expected {expected}.")
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{path}: is not a regular file (a FIFO, socket or device), "
+                         f"expected {expected}.")
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -69,10 +91,7 @@ def load_npz(
         archive, corrupt, holding object arrays, missing or unexpected keys.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file.")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, expected an .npz file.")
+    check_regular_file(path, "an .npz file")
     try:
         data = np.load(path, allow_pickle=False)
     except PermissionError:
@@ -113,4 +132,7 @@ def load_npz(
                 raise InputError(f"{path}: key {k} is corrupt ({exc}).") from None
             except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
                 raise InputError(f"{path}: key {k} is corrupt ({exc}).") from None
+            if not isinstance(out[k], np.ndarray):  # a member that is no .npy (a pickle?)
+                raise InputError(f"{path}: key {k} is not a NumPy array (its member is not in "
+                                 ".npy format; bnprop never unpickles).")
         return out

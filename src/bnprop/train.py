@@ -28,103 +28,56 @@ reports progress and writes the run folder (its running statistics are the model
 parameters. Resume: rank 0 reads the checkpoint and broadcasts it. A ``--sync-bn`` run may
 resume on any number of processes (the global batches do not depend on P); a ``--local-bn``
 run only on the P it was trained with (P sets the statistics of every batch).
+
+The settings (:class:`TrainConfig`) and their checks live in :mod:`bnprop.runconfig`; the
+run folder (lock, writability, stale temporary files) in :mod:`bnprop.runfolder`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
 from bnprop import checkpoint as ckpt
-from bnprop._validate import InputError, check_choice
+from bnprop._validate import InputError
+from bnprop.footprint import check_memory
+from bnprop.interrupt import Interrupted, StopSignals
 from bnprop.nn.sequential import NonFiniteError
 from bnprop.progress import Progress
+from bnprop.runconfig import (
+    DEFAULT_LR,
+    RESUMABLE_OPTIONS,
+    TRAIN_CONFIG_KEY,
+    TrainConfig,
+    build_model,
+    build_optimizer,
+    check_batch_size,
+    check_config,
+    check_processes,
+    merge_resume_config,
+    parse_hidden,
+)
+from bnprop.runfolder import RunFolder
 from bnprop.threads import num_threads
 
 if TYPE_CHECKING:
     from bnprop.distributed import Communicator
 
-
-#: Learning rate when none is given: measured best for the default run (README).
-DEFAULT_LR = {"adam": 3e-3, "sgd": 0.5}
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (stored in checkpoints and summary.json).
-
-    The defaults are the paper's MNIST set-up with the optimizer we found best
-    (README: "Training on MNIST").
-    """
-
-    dataset: str = "mnist"
-    hidden: tuple[int, ...] = (100, 100, 100)
-    activation: str = "sigmoid"
-    batchnorm: bool = True
-    stats: str = "exact"
-    optimizer: str = "adam"
-    lr: float | None = None  # None: DEFAULT_LR[optimizer]
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    batch_size: int = 60
-    steps: int = 50_000
-    dtype: str = "float32"
-    seed: int = 0
-    running: str = "ema"
-    eval_every: int = 1000
-    checkpoint_every: int = 5000
-    data_dir: str | None = None
-    sync_bn: bool = True    # several processes: statistics of the global batch, or each its own
-    processes: int = 1      # set by train() to the processes that ran (last) it; not an option
-
-    def __post_init__(self) -> None:
-        if self.lr is None:
-            self.lr = DEFAULT_LR.get(self.optimizer, DEFAULT_LR["sgd"])
-
-    def to_json(self) -> dict[str, Any]:
-        """The config as plain JSON types."""
-        d = dataclasses.asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_json`; unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise InputError(f"config: unknown key(s) {', '.join(sorted(unknown))}.")
-        d = dict(d)
-        if "hidden" in d:
-            d["hidden"] = tuple(d["hidden"])
-        return cls(**d)
-
-
-#: model.npz also records the run's config under this key, so ``evaluate`` knows the data.
-TRAIN_CONFIG_KEY = "train_config"
-
-#: Options a resumed run may change; every other one must match the checkpoint's.
-RESUMABLE_OPTIONS = ("steps", "eval_every", "checkpoint_every", "data_dir")
+__all__ = ["DEFAULT_LR", "RESUMABLE_OPTIONS", "TRAIN_CONFIG_KEY", "BatchOrder", "TrainConfig",
+           "build_model", "build_optimizer", "check_config", "check_processes", "evaluate",
+           "merge_resume_config", "parse_hidden", "train"]
 
 
 class BatchOrder:
     """Indices of the training batch of each step (see the module docstring)."""
 
     def __init__(self, n: int, batch_size: int, seed: int) -> None:
-        if batch_size < 2:
-            raise InputError(
-                f"batch_size: expected at least 2, got {batch_size} instead; batch "
-                "normalization needs two examples for a batch variance."
-            )
+        check_batch_size(batch_size)
         if batch_size > n:
             raise InputError(
                 f"batch_size: expected at most the {n} training examples, got {batch_size}."
@@ -143,115 +96,6 @@ class BatchOrder:
         start = k * self.batch_size
         stop = self.n if k == self.batches_per_epoch - 1 else start + self.batch_size
         return self._perm[start:stop]
-
-
-def check_config(config: TrainConfig) -> TrainConfig:
-    """Validate a config; each problem is one line naming the option."""
-    from bnprop.activations import ACTIVATIONS
-    from bnprop.data.datasets import DATASETS
-
-    check_choice(config.dataset, "dataset", DATASETS)
-    check_choice(config.activation, "activation", tuple(ACTIVATIONS))
-    check_choice(config.stats, "stats", ("exact", "frozen"))
-    check_choice(config.optimizer, "optimizer", ("sgd", "adam"))
-    check_choice(config.dtype, "dtype", ("float32", "float64"))
-    check_choice(config.running, "running", ("ema", "average"))
-    if not config.hidden or any(int(h) < 1 for h in config.hidden):
-        raise InputError(
-            f"hidden: expected one or more layer widths >= 1, got {list(config.hidden)} instead."
-        )
-    for name in ("steps", "eval_every", "checkpoint_every"):
-        value = getattr(config, name)
-        if not isinstance(value, int) or value < 1:
-            raise InputError(f"{name}: expected an integer >= 1, got {value!r} instead.")
-    if not (config.lr > 0 and math.isfinite(config.lr)):
-        raise InputError(f"lr: expected a finite number > 0, got {config.lr!r} instead.")
-    if config.optimizer != "sgd" and config.momentum != 0:
-        raise InputError(
-            f"momentum: applies to --optimizer sgd only, got momentum {config.momentum} with "
-            f"{config.optimizer!r}."
-        )
-    if not 0 <= config.momentum < 1:
-        raise InputError(f"momentum: expected a number in [0, 1), got {config.momentum!r}.")
-    if not (config.weight_decay >= 0 and math.isfinite(config.weight_decay)):
-        raise InputError(f"weight_decay: expected a number >= 0, got {config.weight_decay!r}.")
-    if not isinstance(config.sync_bn, bool):
-        raise InputError(f"sync_bn: expected True or False, got {config.sync_bn!r} instead.")
-    if isinstance(config.processes, bool) or not isinstance(config.processes, int) \
-            or config.processes < 1:
-        raise InputError(f"processes: expected an integer >= 1, got {config.processes!r}.")
-    return config
-
-
-def check_processes(config: TrainConfig, size: int, saved: TrainConfig | None = None) -> None:
-    """Can ``size`` processes run (or resume, ``saved``) this config? One line if not.
-
-    Every process needs one example of each global batch, two under ``--local-bn`` (its
-    own batch variance). A ``--local-bn`` run resumes only on the P it was trained with.
-    """
-    local_bn = config.batchnorm and not config.sync_bn
-    per_process = 2 if local_bn and size > 1 else 1
-    if config.batch_size < per_process * size:
-        raise InputError(
-            f"batch_size: expected at least {per_process * size} for {size} processes "
-            f"({per_process} example{'s' if per_process > 1 else ''} of every global batch "
-            f"each{', for its own batch variance under --local-bn' if per_process > 1 else ''})"
-            f", got {config.batch_size} instead."
-        )
-    if saved is not None and local_bn and saved.processes != size:
-        raise InputError(
-            f"--resume: the checkpoint was trained on {saved.processes} process"
-            f"{'es' if saved.processes > 1 else ''} with --local-bn, each normalizing over "
-            f"its own share of every batch; {size} would change every batch's statistics. "
-            f"Resume it with mpiexec -n {saved.processes} (a --sync-bn run resumes on any "
-            "number of processes)."
-        )
-
-
-def build_optimizer(config: TrainConfig) -> Any:
-    """The optimizer the config names."""
-    from bnprop.optim import SGD, Adam
-
-    if config.optimizer == "sgd":
-        return SGD(config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                   schedule=config.schedule, total_steps=config.steps)
-    return Adam(config.lr, weight_decay=config.weight_decay, schedule=config.schedule,
-                total_steps=config.steps)
-
-
-def build_model(config: TrainConfig, n_in: int, n_classes: int) -> Any:
-    """A fresh network for the config."""
-    from bnprop.model import MLP
-
-    return MLP((n_in, *config.hidden, n_classes), activation=config.activation,
-               batchnorm=config.batchnorm, stats=config.stats, dtype=config.dtype,
-               seed=config.seed, running=config.running)
-
-
-def merge_resume_config(saved: TrainConfig, given: dict[str, Any]) -> TrainConfig:
-    """The checkpoint's config with the options a resume may change.
-
-    ``given`` holds only the options the user set explicitly; setting any other one to a
-    value that differs from the checkpoint's is an error (it would silently mean a
-    different run).
-    """
-    merged = dataclasses.replace(saved)
-    for name, value in given.items():
-        if name in RESUMABLE_OPTIONS:
-            setattr(merged, name, value)
-        elif getattr(saved, name) != value:
-            raise InputError(
-                f"--{name.replace('_', '-')}: the checkpoint was trained with "
-                f"{getattr(saved, name)!r}, got {value!r}; a resumed run keeps its settings "
-                "(only --steps, --eval-every, --checkpoint-every and --data-dir may change)."
-            )
-    if merged.schedule != "constant" and merged.steps != saved.steps:
-        raise InputError(
-            f"--steps: the {saved.schedule} schedule of this run spans its {saved.steps} "
-            f"steps; resuming to {merged.steps} would change the learning rates already "
-            "used. Resume with the same --steps (a constant schedule may be extended)."
-        )
-    return merged
 
 
 def _load_data(config: TrainConfig) -> tuple[np.ndarray, ...]:
@@ -273,6 +117,7 @@ def train(
     stream: TextIO | None = None,
     progress: bool = True,
     comm: Communicator | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) a training run into the folder ``out``.
 
@@ -282,8 +127,9 @@ def train(
         For a fresh run. On resume the checkpoint's config is used instead, updated with
         ``given`` (see :func:`merge_resume_config`).
     out : path
-        The run folder; created if missing. A fresh run refuses a folder that already
-        holds a checkpoint (pass ``resume=True`` to continue it).
+        The run folder; created if missing, and locked for the run (:mod:`bnprop.runfolder`:
+        a second run into it is refused). A fresh run refuses a folder that already holds
+        a run's files (pass ``resume=True`` to continue it, ``overwrite=True`` to replace it).
     resume : bool, default=False
     given : dict, optional
         Options the user set explicitly (for resume).
@@ -297,23 +143,42 @@ def train(
         the same arguments (module docstring); default one process. Only rank 0 reads
         ``out`` and writes it. Errors of the set-up (options, files) are raised on every
         rank together, as :class:`~bnprop.distributed.CollectiveError` when P > 1.
+        With one process, a first SIGINT or SIGTERM ends the run after the current step
+        with a checkpoint saved, raising :class:`~bnprop.interrupt.Interrupted`.
+    overwrite : bool, default=False
+        A fresh run may replace the run files ``out`` holds.
 
     Returns
     -------
     dict
         The summary, also written to ``out/summary.json`` (on every rank).
     """
-    from bnprop.distributed import CollectiveError, SingleProcess, agree, check_replicas, shard
+    from bnprop.distributed import SingleProcess
 
     comm = SingleProcess() if comm is None else comm
-    rank0, out = comm.rank == 0, Path(out)
+    folder = RunFolder(out) if comm.rank == 0 else None  # rank 0 alone touches the folder
+    try:
+        return _train(config, folder, Path(out), resume=resume, given=given or {},
+                      epochs=epochs, stream=stream, progress=progress, comm=comm,
+                      overwrite=overwrite)
+    finally:
+        if folder is not None:
+            folder.release()  # and removes a folder it created for a refused run
 
+
+def _train(config: TrainConfig, folder: RunFolder | None, out: Path, *, resume: bool,
+           given: dict[str, Any], epochs: float | None, stream: TextIO | None,
+           progress: bool, comm: Communicator, overwrite: bool) -> dict[str, Any]:
+    """:func:`train` with the folder claimed (rank 0) and released around it."""
+    from bnprop.distributed import CollectiveError, agree, check_replicas, shard
+
+    rank0 = comm.rank == 0
     # Set-up, in two phases; an error in either ends every rank together (agree).
     # 1. Rank 0 alone: the run's config, and the checkpoint or a folder free for a new run.
     run, error = None, None
-    if rank0:
+    if folder is not None:
         try:
-            run = _open_run(config, out, resume, given or {}, comm.size)
+            run = _open_run(config, folder, resume, given, comm.size, overwrite)
         except (InputError, OSError) as exc:
             error = exc
     agree(comm, error)
@@ -335,15 +200,18 @@ def train(
                 raise InputError(
                     f"epochs: the checkpoint in {out} is already at step {run['start']}.")
         if run["net"] is None:
-            if rank0:
-                out.mkdir(parents=True, exist_ok=True)
-            net = build_model(config, X.shape[1], int(max(y.max(), yt.max())) + 1)
+            sizes = (X.shape[1], *config.hidden, int(max(y.max(), yt.max())) + 1)
+            check_memory(sizes, config.batch_size, X.dtype.itemsize,
+                         {"adam": 2}.get(config.optimizer, int(config.momentum > 0)))
+            net = build_model(config, sizes[0], sizes[-1])
             optimizer = build_optimizer(config)
         else:
             net, optimizer = run["net"], run["optimizer"]
     except (InputError, OSError) as exc:
         error = exc
     agree(comm, error)
+    if folder is not None and overwrite:
+        folder.remove_run_files()  # every check passed: the old run goes now
     start, metrics = run["start"], run["metrics"]
     loss_sum, loss_count, elapsed0 = run["loss_sum"], run["loss_count"], run["elapsed"]
 
@@ -361,95 +229,118 @@ def train(
                    enabled=progress and rank0, every=config.eval_every)
     t0 = time.perf_counter()
     acc = metrics[-1]["test_accuracy"] if metrics else None
-    diverged_at = None
+    diverged_at, saved_at = None, (start if resume else None)
 
     def elapsed() -> float:
         return elapsed0 + time.perf_counter() - t0
 
-    def save(step: int) -> None:
+    def save(step: int, summary: dict[str, Any] | None = None) -> None:
+        """Model, metrics, checkpoint (and summary) of ``step``: all written, or none."""
+        nonlocal saved_at
         replicas(f"step {step}")  # the last collective before rank 0 writes
+        saved_at = step
         if not rank0:
             return
         model_state = net.get_state()
-        ckpt.save_model(out / ckpt.MODEL_FILE,
-                        {**model_state, TRAIN_CONFIG_KEY: ckpt.json_array(config.to_json())})
-        ckpt.write_metrics(out, metrics)
-        ckpt.save_checkpoint(out, model_state, optimizer.state_dict(), {
-            "step": step, "config": config.to_json(), "loss_sum": loss_sum,
-            "loss_count": loss_count, "elapsed": elapsed(),
-        })
+        ckpt.save_run(
+            out, {**model_state, TRAIN_CONFIG_KEY: ckpt.json_array(config.to_json())},
+            ckpt.checkpoint_arrays(model_state, optimizer.state_dict(), {
+                "step": step, "config": config.to_json(), "loss_sum": loss_sum,
+                "loss_count": loss_count, "elapsed": elapsed()}),
+            metrics, summary)
 
     step = start
-    try:
-        while step < config.steps:
-            idx = order.indices(step)
-            try:  # a non-finite step raises before any update (the same on every rank)
-                if comm.size == 1:
-                    loss = net.train_step(X[idx], y[idx], optimizer)
-                else:  # this rank's share; loss and gradients of the global batch
-                    rows = idx[shard(len(idx), comm.rank, comm.size)]
-                    loss = net.train_step(X[rows], y[rows], optimizer, comm=comm,
-                                          m_global=len(idx), sync_bn=config.sync_bn)
-            except NonFiniteError:
-                loss = math.nan
-            step += 1
-            if not math.isfinite(loss):  # the global loss: every rank stops here
-                diverged_at = step
-                break
-            loss_sum += loss
-            loss_count += 1
-            if step % config.eval_every == 0 or step == config.steps:
-                acc = net.accuracy(Xt, yt) if rank0 else None
-                metrics.append({"step": step, "train_loss": loss_sum / loss_count,
-                                "test_accuracy": acc, "elapsed": round(elapsed(), 3)})
-                loss_sum, loss_count = 0.0, 0
-            if step % config.checkpoint_every == 0 and step < config.steps:
-                save(step)
-            bar.update(step, loss=loss, test_acc=acc)
-    finally:
-        bar.close()
-    if diverged_at is None:
-        save(step)
-    summary = {
-        "test_accuracy": acc if diverged_at is None else None,
-        "steps": step,
-        "config": config.to_json(),
-        "elapsed": round(elapsed(), 3),
-        "steps_per_second": round((step - start) / max(time.perf_counter() - t0, 1e-9), 1),
-        "threads": num_threads(),  # bnprop.threads: this process's compute threads
-        "diverged_at": diverged_at,
-        "metrics": ckpt.METRICS_FILE,
-        "model": ckpt.MODEL_FILE,
-    }
-    if rank0:
-        ckpt.write_text(out / ckpt.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    # One process: a signal stops the loop after its step (bnprop.interrupt); overflow in a
+    # diverging run is reported once, by the loss check, not as NumPy warnings.
+    stop = StopSignals(enabled=comm.size == 1)
+    with stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        try:
+            while step < config.steps and stop.signum is None:
+                idx = order.indices(step)
+                try:  # a non-finite step raises before any update (the same on every rank)
+                    if comm.size == 1:
+                        loss = net.train_step(X[idx], y[idx], optimizer)
+                    else:  # this rank's share; loss and gradients of the global batch
+                        rows = idx[shard(len(idx), comm.rank, comm.size)]
+                        loss = net.train_step(X[rows], y[rows], optimizer, comm=comm,
+                                              m_global=len(idx), sync_bn=config.sync_bn)
+                except NonFiniteError:
+                    loss = math.nan
+                step += 1
+                if not math.isfinite(loss):  # the global loss: every rank stops here
+                    diverged_at = step
+                    break
+                loss_sum += loss
+                loss_count += 1
+                if step % config.eval_every == 0 or step == config.steps:
+                    acc = net.accuracy(Xt, yt) if rank0 else None
+                    metrics.append({"step": step, "train_loss": loss_sum / loss_count,
+                                    "test_accuracy": acc, "elapsed": round(elapsed(), 3)})
+                    loss_sum, loss_count = 0.0, 0
+                if step % config.checkpoint_every == 0 and step < config.steps:
+                    save(step)
+                bar.update(step, loss=loss, test_acc=acc)
+        finally:
+            bar.close()
+        interrupted = stop.signum is not None and step < config.steps and diverged_at is None
+        summary = {
+            "test_accuracy": acc if diverged_at is None else None,
+            "steps": step,
+            "config": config.to_json(),
+            "elapsed": round(elapsed(), 3),
+            "steps_per_second": round((step - start) / max(time.perf_counter() - t0, 1e-9), 1),
+            "threads": num_threads(),  # bnprop.threads: this process's compute threads
+            "diverged_at": diverged_at,
+            "interrupted_at": step if interrupted else None,
+            "metrics": ckpt.METRICS_FILE,
+            "model": ckpt.MODEL_FILE,
+        }
+        if diverged_at is None:
+            save(step, summary)  # a second signal during this save ends the process at once
+        elif rank0:
+            ckpt.write_summary(out, summary)  # the last checkpoint, if any, is kept
     summary = comm.bcast(summary)
+    if interrupted:
+        raise Interrupted(f"{stop.name} at step {step}: checkpoint saved in {out}; continue "
+                          f"with: bnprop train --out {out} --resume", stop.signum or 0)
     if diverged_at is not None:
-        message = (f"training diverged at step {diverged_at} (the loss is not finite); the "
-                   f"last checkpoint in {out} is kept. Try a smaller --lr (now {config.lr}).")
+        kept = (f"the checkpoint of step {saved_at} in {out} is kept" if saved_at else
+                f"no checkpoint was saved before it (the first is at step "
+                f"{config.checkpoint_every})")
+        message = (f"training diverged at step {diverged_at} (the loss is not finite); "
+                   f"{kept}. Try a smaller --lr (now {config.lr}).")
         if comm.size > 1:  # every rank saw the same global loss: end together, no abort
             raise CollectiveError(message, rank=0, origin="InputError")
         raise InputError(message)
     return summary
 
 
-def _open_run(config: TrainConfig, out: Path, resume: bool, given: dict[str, Any],
-              size: int) -> dict[str, Any]:
+def _open_run(config: TrainConfig, folder: RunFolder, resume: bool, given: dict[str, Any],
+              size: int, overwrite: bool) -> dict[str, Any]:
     """Rank 0's part of the set-up: the config to run, and where to start from.
 
-    Fresh: checks the config and that ``out`` holds no run (``net`` is None: every rank
-    builds it from the seed). Resume: reads the checkpoint, merges ``given`` into its
-    config, and returns the net and optimizer it holds, to be broadcast.
+    Claims the folder (lock, writable, stale temporary files removed). Fresh: checks the
+    config and that the folder holds no run (``net`` is None: every rank builds it from
+    the seed). Resume: reads the checkpoint, merges ``given`` into its config, and returns
+    the net and optimizer it holds, to be broadcast.
     """
     from bnprop.model import MLP
 
+    out = folder.path
+    if resume and overwrite:
+        raise InputError("--overwrite: a resumed run continues its files; give --resume or "
+                         "--overwrite, not both.")
     if not resume:
         check_config(config)
         check_processes(config, size)
-        if (out / ckpt.CHECKPOINT_FILE).exists():
+    folder.claim()
+    folder.remove_stale_temps()
+    if not resume:
+        taken = folder.run_files()
+        if taken and not overwrite:
             raise InputError(
-                f"{out}: already holds a run ({ckpt.CHECKPOINT_FILE}); pass --resume to "
-                "continue it, or choose another --out."
+                f"{out}: already holds a run ({', '.join(taken)}); pass --resume to "
+                "continue it, --overwrite to replace it, or choose another --out."
             )
         config = dataclasses.replace(config, processes=size)
         return {"config": config, "net": None, "optimizer": None, "start": 0, "metrics": [],
@@ -478,31 +369,26 @@ def _open_run(config: TrainConfig, out: Path, resume: bool, given: dict[str, Any
 def evaluate(folder: str | Path, *, dataset: str | None = None,
              data_dir: str | None = None) -> dict[str, Any]:
     """Test accuracy of ``folder/model.npz`` on its dataset's test split."""
-    from bnprop.data.datasets import load_dataset
+    from bnprop.data.datasets import DATASETS, load_dataset
     from bnprop.model import MLP
 
     folder = Path(folder)
     state = ckpt.load_model_state(folder)
+    path = folder / ckpt.MODEL_FILE if folder.is_dir() else folder
     saved = state.pop(TRAIN_CONFIG_KEY, None)
-    net = MLP.from_state(state)
-    if dataset is None:
-        dataset = "mnist" if saved is None else str(
-            ckpt.from_json_array(saved, f"{folder}: {TRAIN_CONFIG_KEY}").get("dataset", "mnist"))
+    try:
+        net = MLP.from_state(state)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    if dataset is None and saved is not None:
+        what = f"{path}: key {TRAIN_CONFIG_KEY}"
+        saved = ckpt.from_json_array(saved, what)
+        dataset = saved.get("dataset", "mnist") if isinstance(saved, dict) else None
+        if dataset not in DATASETS:
+            raise InputError(f"{what}: names the dataset {dataset!r}, expected one of "
+                             f"{', '.join(DATASETS)}; pass --dataset to choose one.")
+    dataset = dataset or "mnist"
     Xt, yt = load_dataset(dataset, "test", data_dir=data_dir)
     acc = net.accuracy(Xt.astype(net.dtype, copy=False), yt)
     return {"test_accuracy": acc, "dataset": dataset, "examples": int(yt.size)}
 
-
-def parse_hidden(text: str | Sequence[int]) -> tuple[int, ...]:
-    """``"100,100,100"`` -> ``(100, 100, 100)``."""
-    if not isinstance(text, str):
-        return tuple(int(h) for h in text)
-    try:
-        hidden = tuple(int(h) for h in text.split(",") if h.strip())
-    except ValueError:
-        raise InputError(
-            f"hidden: expected comma-separated widths like 100,100,100, got {text!r} instead."
-        ) from None
-    if not hidden or min(hidden) < 1:
-        raise InputError(f"hidden: expected widths >= 1 like 100,100,100, got {text!r} instead.")
-    return hidden
