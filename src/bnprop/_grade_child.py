@@ -9,8 +9,8 @@ with ``allow_pickle=False`` and writes two plain files into OUT_DIR:
 * ``arrays.npz``: each returned gradient as float64, named ``c<case>_<key>``.
 
 A per-case record is ``{"raised": str | None, "returned": type name, "mapping": bool,
-"keys": [...], "bad": {key: why}, "ignored": [...]}``. :func:`collect` is also what ``bnprop.grade(fn)``
-uses in-process on a callable.
+"keys": [...], "bad": {key: why}, "ignored": [...]}``. :func:`collect` is also what
+``bnprop.grade(fn)`` uses in-process on a callable.
 """
 
 from __future__ import annotations

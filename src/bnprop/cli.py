@@ -16,6 +16,7 @@ from pathlib import Path
 from bnprop import __version__
 from bnprop._validate import InputError
 from bnprop.activations import ACTIVATIONS
+from bnprop.cli_grade import add_grade
 from bnprop.layer import STATS_MODES
 
 
@@ -357,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="DIR", help="data folder (default ~/.cache/bnprop)")
     p.set_defaults(func=_cmd_evaluate)
     _add_reproduce(sub)
+    add_grade(sub, _positive_float)
     return parser
 
 

@@ -152,8 +152,8 @@ def _record_ok(rec: Any) -> bool:
     if not isinstance(rec, dict):
         return False
     keys, bad, ignored = rec.get("keys"), rec.get("bad"), rec.get("ignored")
-    return (isinstance(rec.get("raised"), str | None) and isinstance(rec.get("returned"), str | None)
-            and isinstance(rec.get("mapping"), bool)
+    return (isinstance(rec.get("raised"), str | None)
+            and isinstance(rec.get("returned"), str | None) and isinstance(rec.get("mapping"), bool)
             and isinstance(keys, list) and all(k in GRADIENT_KEYS for k in keys)
             and isinstance(bad, dict) and all(k in GRADIENT_KEYS and isinstance(v, str)
                                               for k, v in bad.items())

@@ -156,7 +156,7 @@ def _judge(key: str, expect: str, cases: tuple[Case, ...], records: list[dict[st
     worst = max(errors)
     if worst <= TOL:
         what = "the exact gradient" if expect == "exact" else \
-            "the handout's part (4), statistics held fixed"
+            "the handout's part (4) (statistics held fixed)"
         return GradientVerdict("correct", worst, f"equals {what} on all {len(cases)} cases.")
     for mistake_id, fix, per_case in mistakes:
         n_forms = min(len(forms) for forms in per_case)
@@ -194,14 +194,16 @@ def _report(source: str, expect: str, cases: tuple[Case, ...], records: list[dic
     for case, rec in zip(cases, records, strict=True):
         if rec["raised"] is None and not rec["mapping"]:
             return GradeReport(source, expect, {}, names,
-                               f"gradients returned a {rec['returned']} on case '{case.name}'; "
-                               "return a mapping such as {'dW': ..., 'dgamma': ...}.")
+                               f"{source}: gradients returned a {rec['returned']} on case "
+                               f"'{case.name}'; return a mapping such as "
+                               "{'dW': ..., 'dgamma': ...}.")
     returned = {k for rec in records for k in rec["keys"]}
     if not returned and all(rec["raised"] is None for rec in records):
         ignored = sorted({i for rec in records for i in rec["ignored"]})
         hint = f" (it returned only {', '.join(ignored)})" if ignored else ""
         return GradeReport(source, expect, {}, names,
-                           f"gradients returned none of {', '.join(GRADIENT_KEYS)}{hint}.")
+                           f"{source}: gradients returned none of "
+                           f"{', '.join(GRADIENT_KEYS)}{hint}.")
     keys = [k for k in GRADIENT_KEYS if k in returned] or list(GRADIENT_KEYS)
     refs = [expected(c, expect) for c in cases]
     mistakes = [(m.id, m.fix, [m.forms(c, expect) for c in cases])
