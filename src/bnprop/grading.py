@@ -203,7 +203,7 @@ def _report(source: str, expect: str, cases: tuple[Case, ...], records: list[dic
         hint = f" (it returned only {', '.join(ignored)})" if ignored else ""
         return GradeReport(source, expect, {}, names,
                            f"{source}: gradients returned none of "
-                           f"{', '.join(GRADIENT_KEYS)}{hint}.")
+                           f"{', '.join(GRADIENT_KEYS)}{hint}; return a dict with at least one.")
     keys = [k for k in GRADIENT_KEYS if k in returned] or list(GRADIENT_KEYS)
     refs = [expected(c, expect) for c in cases]
     mistakes = [(m.id, m.fix, [m.forms(c, expect) for c in cases])
@@ -288,6 +288,9 @@ The layer, one example a row (the sigmoid is the activation):
     Obar  = (Z - mu_B) / sqrt(var_B + eps)         (m, n_out)
     A     = gamma * Obar + beta                    (m, n_out)
     Y     = sigmoid(A)                             (m, n_out)
+
+The objective F is a sum over the examples, so dgamma, dbeta and dW sum over the rows.
+Compute in float64: answers are compared to a relative error of 1e-6.
 
 Check it with `bnprop grade {name}` (exact gradients, mu_B and var_B depend on W), or
 `bnprop grade {name} --expect frozen` (the handout's part (4): mu_B, var_B held fixed).
