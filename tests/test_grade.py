@@ -255,6 +255,7 @@ def test_a_raising_function_shows_its_message(tmp_path: Path) -> None:
     ("def gradients(O, W, gamma, beta, dY, eps):\n    while True:\n        pass\n",
      r"still running after 1 s \(an endless loop\?\), so it was stopped"),
     ("while True:\n    pass\n", r"still running after 1 s"),
+    ("while True:\n    print('x' * 10000)\n", r"raised OSError: \[Errno 27\] File too large \(line 4\)"),
 ])
 def test_a_file_that_cannot_be_graded_gets_one_line(
         tmp_path: Path, body: str, expected_line: str, capsys: pytest.CaptureFixture[str]

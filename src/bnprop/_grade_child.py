@@ -30,6 +30,8 @@ import numpy as np
 GRADIENT_KEYS = ("dA", "dgamma", "dbeta", "dW", "dO")
 ARGS = ("O", "W", "gamma", "beta", "dY", "eps")
 SIGNATURE = "gradients(O, W, gamma, beta, dY, eps)"
+#: The largest file the child may write: an endless print loop fills no disk.
+MAX_FILE_BYTES = 64 << 20
 
 
 class LearnerError(Exception):
@@ -158,6 +160,9 @@ def main(argv: list[str]) -> None:
     """``LEARNER.py CASES.npz OUT_DIR``: write ``result.json`` (and ``arrays.npz``)."""
     learner, cases_path, out_dir = argv
     out = Path(out_dir)
+    import resource  # POSIX: no file this process writes (its output included) exceeds this
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_FILE_BYTES, MAX_FILE_BYTES))
     result: dict[str, Any] = {"error": None, "cases": []}
     try:
         fn = load(learner)
