@@ -335,3 +335,16 @@ def test_text_table_has_one_row_per_gradient(tmp_path: Path,
     assert [r.split()[0] for r in rows] == list(GRADIENT_KEYS)
     assert "missing-mean-term" in rows[3] and "subtract mean_rows(dA)" in rows[3]
     assert "not passed: 2 of 5" in out
+
+
+def test_html_report_escapes_what_the_learner_wrote() -> None:
+    def gradients(O, W, gamma, beta, dY, eps):
+        raise ValueError("<script>alert(1)</script>")
+
+    report = grade(gradients)
+    assert set(report.gradients) == set(GRADIENT_KEYS)
+    assert {g.verdict for g in report.gradients.values()} == {"raised"}
+    assert "ValueError: <script>alert(1)</script>" in report.gradients["dA"].message
+    page = report._repr_html_()
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert report.to_json()["passed"] is False
