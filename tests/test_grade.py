@@ -165,7 +165,7 @@ def test_each_mistake_differs_from_every_other_answer_on_some_case(expect: str) 
             per_case = [m.forms(c, expect) for c in cases]
             for f in range(len(per_case[0])):
                 xs = [forms[f].get(key) for forms in per_case]
-                if all(x is not None for x in xs) and _gap(xs, answers[0][1]) > 0:
+                if all(x is not None for x in xs) and _gap(xs, answers[0][1]) > TOL:
                     answers.append((m.id, xs))
             changed = any(a == m.id for a, _ in answers)
             changes = AFFECTS[m.id] | ({"dA", "dO"} if m.id == "transposed" else set())
