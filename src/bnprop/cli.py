@@ -35,10 +35,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     report = run_check(seed=args.seed, sizes=args.sizes, activation=args.activation,
                        trials=args.trials, use_torch=not args.no_torch)
-    if args.json:
-        print(json.dumps(report.to_json()))
-    else:
-        print(report.to_text())
+    print(json.dumps(report.to_json()) if args.json else report.to_text())
     return 0
 
 
