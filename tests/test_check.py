@@ -41,7 +41,7 @@ def test_without_torch_only_finite_differences() -> None:
 
 
 def test_erratum_5_reproduces_math_md() -> None:
-    """MATH.md: on 8 x 5 -> 4 sigmoid layers the median relative error is 0.61."""
+    """docs/math.md, Errata: on 8 x 5 -> 4 sigmoid layers the median relative error is 0.61."""
     report = run_check(trials=1)
     assert len(report.errata) == 5
     text = report.errata[4]

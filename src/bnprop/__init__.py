@@ -1,6 +1,6 @@
 """bnprop: batch-normalized networks with hand-derived, verified backpropagation.
 
-The handout's layer (``../shared/MATH.md`` gives the notation)::
+The handout's layer (``docs/math.md`` in the repository derives it)::
 
     a = gamma * (W o - mu_B) / sqrt(var_B + eps) + beta,    o' = sigma(a)
 
@@ -11,6 +11,7 @@ The handout's layer (``../shared/MATH.md`` gives the notation)::
 from bnprop._validate import InputError
 from bnprop.activations import ACTIVATIONS
 from bnprop.data.datasets import load_dataset
+from bnprop.grading import GradeReport, GradientVerdict, grade
 from bnprop.layer import LayerCache, LayerGrads, layer_backward, layer_forward
 from bnprop.loss import softmax_cross_entropy
 from bnprop.model import MLP, FoldedMLP
@@ -24,11 +25,14 @@ __all__ = [
     "SGD",
     "Adam",
     "FoldedMLP",
+    "GradeReport",
+    "GradientVerdict",
     "InputError",
     "LayerCache",
     "LayerGrads",
     "Schedule",
     "__version__",
+    "grade",
     "layer_backward",
     "layer_forward",
     "load_dataset",

@@ -1,6 +1,6 @@
 """Batch normalization as pure functions: statistics, normalization, exact and frozen backward.
 
-Conventions (MATH.md), written once:
+Conventions (docs/math.md), written once:
 
 * rows are examples: ``Z`` is ``(m, n)``, one example a row, one feature a column;
 * the batch variance is the biased one, ``var_B = (1/m) sum_i (Z_i - mu_B)^2``;
@@ -180,7 +180,7 @@ def fold(
     W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     mu_pop: np.ndarray, var_pop: np.ndarray, eps: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fold inference-mode normalization into the linear map before it (MATH.md, Inference).
+    """Fold inference-mode normalization into the linear map before it (docs/math.md, Inference).
 
     ``gamma * (O W^T - mu_pop) / sqrt(var_pop + eps) + beta = O W_fold^T + b_fold`` with::
 

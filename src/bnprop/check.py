@@ -80,10 +80,10 @@ class CheckReport:
             lines.append(f"{s.id:<11} {fd:>9} {ag:>9}  {verdict:<8}  {s.claim}")
         lines += [
             "",
-            "bnprop's exact gradient (MATH.md), same layers: "
+            "bnprop's exact gradient (docs/math.md), same layers: "
             + ", ".join(f"{k} {_fmt(v)}" for k, v in self.exact.items()),
             "",
-            "Errata (MATH.md), measured here:",
+            "Errata (docs/math.md), measured here:",
         ]
         lines += [f"  {i}. {e}" for i, e in enumerate(self.errata, 1)]
         return "\n".join(lines)
@@ -292,7 +292,7 @@ def errata(
     rng: np.random.Generator, m: int, n_in: int, n_out: int, activation: str, eps: float,
     errs: dict[str, dict[str, list[float]]],
 ) -> list[str]:
-    """The errata of MATH.md, each with what was measured on layers of these sizes."""
+    """The errata of docs/math.md, each with what was measured on layers of these sizes."""
     O, W, gamma, beta, _ = _random_layer(rng, m, n_in, n_out)
     cache = _forward(O, W, gamma, beta, activation, eps)
     Z = O @ W.T

@@ -17,6 +17,7 @@ from pathlib import Path
 from bnprop import __version__
 from bnprop._validate import InputError
 from bnprop.activations import ACTIVATIONS
+from bnprop.cli_grade import add_grade
 from bnprop.interrupt import Interrupted
 from bnprop.layer import STATS_MODES
 
@@ -36,10 +37,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     report = run_check(seed=args.seed, sizes=args.sizes, activation=args.activation,
                        trials=args.trials, use_torch=not args.no_torch)
-    if args.json:
-        print(json.dumps(report.to_json()))
-    else:
-        print(report.to_text())
+    print(json.dumps(report.to_json()) if args.json else report.to_text())
     return 0
 
 
@@ -379,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="DIR", help="data folder (default ~/.cache/bnprop)")
     p.set_defaults(func=_cmd_evaluate)
     _add_reproduce(sub)
+    add_grade(sub, _positive_float)
     return parser
 
 

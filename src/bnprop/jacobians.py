@@ -1,6 +1,6 @@
 """The Jacobians the handout states, materialized for a small layer, and finite differences.
 
-For example ``i`` (row ``i`` of the batch), with the dimensions corrected (MATH.md)::
+For example ``i`` (row ``i`` of the batch), with the dimensions corrected (docs/math.md, Errata)::
 
     (1)  J_{o}(a)    = diag(sigma'(A_i))                        (n_out, n_out)
     (2)  J_{a}(gamma) = diag(Obar_i)                            (n_out, n_out)

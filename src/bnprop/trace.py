@@ -11,7 +11,7 @@ The layer is drawn from ``numpy.random.default_rng(seed)``, in this order (the d
 
 Every number comes from the public :func:`bnprop.layer_forward` and
 :func:`bnprop.layer_backward` (``stats="exact"`` and ``stats="frozen"``). The exact ``dZ``
-is the frozen one minus two terms (MATH.md), shown apart::
+is the frozen one minus two terms (docs/math.md), shown apart::
 
     dZ_exact = dZ_frozen - shift - proj
     shift    = gamma * inv_std * mean_rows(dA)                 (n_out,), every row

@@ -2,7 +2,7 @@
 
 A global batch of m rows is split row-wise over P processes (ranks); rank p holds the
 contiguous rows :func:`shard` gives it, m_p of them, m = sum_p m_p. A batch-normalized
-layer then needs two reductions (MATH.md, "Several processes"), one packed collective each:
+layer then needs two reductions (docs/math.md, "Several processes"), one packed collective each:
 
 forward, the statistics of the global batch (Chan, Golub & LeVeque 1979)::
 

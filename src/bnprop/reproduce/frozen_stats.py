@@ -6,7 +6,7 @@ step that ignores the normalization can leave the loss unchanged while parameter
 without bound. Two BN networks of the paper's set-up (:mod:`bnprop.reproduce.options`),
 built with the same seed (the same start), train in lockstep on the same batches
 (:mod:`bnprop.reproduce.lockstep`): ``"exact"`` and ``"frozen"``. For hidden layer l the
-two gradients differ by (MATH.md; G = dF/dA, row j of W)::
+two gradients differ by (docs/math.md; G = dF/dA, row j of W)::
 
     dW_frozen[j] - dW_exact[j] = gamma_j inv_std_j ( sum_rows(G_j) mean_rows(O)
                                                      + mean_rows(G_j Obar_j) Obar_j^T O )
