@@ -12,7 +12,7 @@ them in one pass (:meth:`bnprop.optim.Optimizer.step_flat`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -131,12 +131,3 @@ class FlatBuffers:
         """Whether every gradient is finite: one pass, ``isfinite(sum)`` per flat array
         (a NaN or inf anywhere makes the sum non-finite)."""
         return all(np.isfinite(g.sum(dtype=np.float64)) for g in self.grads.values())
-
-
-def step_flat(optimizer: Any, flat: FlatBuffers, params: dict[str, np.ndarray],
-              grads: dict[str, np.ndarray]) -> None:
-    """The optimizer's fused update over the flat arrays when it has one, else per name."""
-    if hasattr(optimizer, "step_flat"):
-        optimizer.step_flat(flat.params, flat.grads, flat.layout)
-    else:
-        optimizer.step(params, grads)

@@ -36,7 +36,7 @@ from bnprop._validate import InputError, check_array
 from bnprop.loss import _softmax, check_labels, softmax_cross_entropy_inplace
 from bnprop.nn.distributed import check_global_rows
 from bnprop.nn.module import Module, check_backend
-from bnprop.nn.plan import FlatBuffers, NormStep, build_plan, step_flat
+from bnprop.nn.plan import FlatBuffers, NormStep, build_plan
 
 if TYPE_CHECKING:
     from bnprop.distributed import Communicator
@@ -290,7 +290,10 @@ class Sequential:
         X, y, comm, m_global = self._prepare(X, y, comm, m_global, sync_bn)
         loss = self._step(X, y, comm, sync_bn, m_global)
         self._commit_running()
-        step_flat(optimizer, self.flat, self.parameters(), self._grad_views())
+        if hasattr(optimizer, "step_flat"):  # bnprop's optimizers: one fused pass
+            optimizer.step_flat(self.flat.params, self.flat.grads, self.flat.layout)
+        else:  # any object with step(params, grads), as bnprop.optim's per-name step
+            optimizer.step(self.parameters(), self._grad_views())
         return loss
 
     # ------------------------------------------------------------------ inference
