@@ -134,7 +134,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise InputError(f"--json: the folder of {args.json} does not exist (checked before "
                          "the benchmark runs, so no measurement is lost).")
-    result = run(quick=args.quick, n_threads=args.threads)
+    result = run(quick=args.quick, n_threads=args.threads, data_dir=args.data_dir)
     print(table(result))
     if args.json:
         write_json(result, args.json)
@@ -337,16 +337,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(
-        "bench", help="speed and memory against PyTorch (and JAX): ratio table and JSON",
-        description="BN layer forward + backward and train steps against PyTorch eager, "
-        "torch.compile and JAX jit (when installed), this machine's copy bandwidth and "
-        "GEMM peak, and the step's memory; interleaved rounds, medians, one process.",
+        "bench", help="speed of the public API against PyTorch and JAX: ratios, GEMM "
+        "floors, targets, JSON",
+        description="layer_forward + layer_backward, MLP.train_step and the default "
+        "bnprop train job against PyTorch eager and jax.jit (when installed), each also "
+        "as a multiple of its GEMM floor (its GEMM flops at this run's GEMM peak), then "
+        "every speed target as MET or MISSED; interleaved rounds, medians, one process.",
     )
     p.add_argument("--quick", action="store_true",
-                   help="small sizes, few rounds, no compiled peers (seconds, for tests)")
+                   help="small sizes, few rounds, a short train job (seconds, for tests)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, metavar="N",
-                   help="threads of both sides (default: the cores)")
+    p.add_argument("--threads", type=int, default=2, metavar="N",
+                   help="threads of every side (default 2: the setting of the speed targets)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="data folder of the train job (default ~/.cache/bnprop); without "
+                   "MNIST there the job runs on synthetic data of MNIST's shape")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("evaluate", help="test accuracy of a trained model",
