@@ -44,9 +44,9 @@ Data = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 def synthetic(dtype: Any, seed: int = 0) -> Data:
     """MNIST's shapes (60000 + 10000 rows of 784 in [0, 1), 10 classes) from a linear teacher."""
     rng = np.random.default_rng(seed)
-    teacher = rng.standard_normal((784, 10))
-    X = rng.random((70_000, 784)).astype(dtype)
-    y = np.argmax((X - 0.5) @ teacher, axis=1).astype(np.int64)
+    teacher = rng.standard_normal((784, 10)).astype(dtype)
+    X = rng.random((70_000, 784), dtype=np.float32).astype(dtype, copy=False)
+    y = np.argmax((X - np.asarray(0.5, dtype)) @ teacher, axis=1).astype(np.int64)
     return X[:60_000], y[:60_000], X[60_000:], y[60_000:]
 
 

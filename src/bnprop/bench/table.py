@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+#: A 1-minute load average above this before the run: the machine was not quiet.
+BUSY_LOAD = 0.5
+
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}" if seconds < 0.1 else f"{seconds * 1e3:.1f}"
@@ -67,7 +70,14 @@ def table(out: dict[str, Any]) -> str:
              f"torch.set_num_threads({out['threads']}); jax: {out['jax_threads']})",
              f"machine: {m['cpu']}, {m['cores']} cores; load average at start "
              f"{m['load_average_start']}, at end {m.get('load_average_end')}",
-             f"GEMM peak of this run (floors use it): {peaks}", ""]
+             f"GEMM peak of this run (floors use it): {peaks}"]
+    load = m.get("load_average_start")
+    if load and load[0] > BUSY_LOAD:
+        lines.append(f"WARNING: load average {load[0]} before the run: other processes use "
+                     "the cores. PyTorch's OpenMP threads lose most under contention (each "
+                     "parallel op waits for a descheduled thread), so the ratios of this run "
+                     "are not those of a quiet machine.")
+    lines.append("")
     lines += _comparisons(out)
     lines += _job(out)
     lines += _limits(out)
