@@ -56,6 +56,7 @@ def test_quick_bench_writes_json_with_positive_ratios(
     for key in ("machine", "comparisons", "unavailable", "limits", "memory", "targets",
                 "first_step_s", "train_job", "gemm_peak_flops_per_s", "jax_threads"):
         assert key in out, key
+    assert isinstance(out["machine"]["busy"], bool)
     assert set(out["gemm_peak_flops_per_s"]) == {"float32", "float64"}
     assert all(_positive(v) for v in out["gemm_peak_flops_per_s"].values())
     assert {c["section"] for c in out["comparisons"]} == {"layer", "step"}
@@ -221,3 +222,24 @@ def test_json_folder_is_checked_before_the_benchmark_runs(
     assert main(["bench", "--quick", "--json", str(tmp_path / "no" / "x.json")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--json: the folder of" in err
+
+
+def test_table_warns_when_the_machine_was_busy() -> None:
+    from bnprop.bench import table
+    from bnprop.bench.targets import targets
+
+    out = {"threads": 2, "jax_threads": "XLA CPU pool: its default, the 2 usable cores",
+           "machine": {"cpu": "cpu", "cores": 2, "load_average_start": [4.0, 3.0, 2.0],
+                       "load_average_end": [4.0, 3.0, 2.0], "busy": True},
+           "gemm_peak_flops_per_s": {"float32": 1e11}, "unavailable": [], "train_job": None,
+           "first_step_s": 0.01, "compile_s": {},
+           **_result([_cmp("step", "wide", "float32", "torch eager", 0.5)])}
+    out["comparisons"][0].update(gemm_floor_s=0.1, bnprop_floor_multiple=5.0,
+                                 peer_floor_multiple=10.0)
+    out["memory"] = {"steps": 10, "peak_rss_bytes": 2**20,
+                     "train_step": {"growth": 0, "per_step_peak": 100}}
+    out["targets"] = targets(out)
+    text = table(out)
+    assert "WARNING: load average 4.0" in text and "| MET (busy machine) |" in text
+    out["machine"]["busy"] = False
+    assert "WARNING" not in table(out) and "| MET |" in table(out)

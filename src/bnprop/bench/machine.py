@@ -94,6 +94,10 @@ def gemm_peak(k: int, blas_threads: int, dtype: Any, repeats: int) -> float:
     return 2 * k**3 / t
 
 
+#: A 1-minute load average above this before a run: the machine was not quiet.
+BUSY_LOAD = 0.5
+
+
 def load_average() -> list[float] | None:
     """The 1, 5 and 15 minute load averages (``None`` where the OS has none)."""
     try:

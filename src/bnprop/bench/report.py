@@ -255,6 +255,7 @@ def run(*, quick: bool = False, n_threads: int = 2, sizes: Sizes | None = None,
                            "comparisons": [], "unavailable": [], "compile_s": {},
                            "gemm_peak_flops_per_s": {}, "train_job": None}
     out["machine"]["load_average_start"] = load
+    out["machine"]["busy"] = bool(load and load[0] > machine.BUSY_LOAD)
     out["first_step_s"] = first_step_seconds()
     no_torch = _torch_available()
     if no_torch:

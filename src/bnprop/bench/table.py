@@ -5,9 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-#: A 1-minute load average above this before the run: the machine was not quiet.
-BUSY_LOAD = 0.5
-
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}" if seconds < 0.1 else f"{seconds * 1e3:.1f}"
@@ -71,9 +68,9 @@ def table(out: dict[str, Any]) -> str:
              f"machine: {m['cpu']}, {m['cores']} cores; load average at start "
              f"{m['load_average_start']}, at end {m.get('load_average_end')}",
              f"GEMM peak of this run (floors use it): {peaks}"]
-    load = m.get("load_average_start")
-    if load and load[0] > BUSY_LOAD:
-        lines.append(f"WARNING: load average {load[0]} before the run: other processes use "
+    if m.get("busy"):
+        lines.append(f"WARNING: load average {m['load_average_start'][0]} before the run: "
+                     "other processes use "
                      "the cores. PyTorch's OpenMP threads lose most under contention (each "
                      "parallel op waits for a descheduled thread), so the ratios of this run "
                      "are not those of a quiet machine.")
@@ -92,8 +89,10 @@ def table(out: dict[str, Any]) -> str:
     for k, v in out.get("compile_s", {}).items():
         lines.append(f"- first call of {k}: {v:.1f} s")
     lines += ["", "| target | measured | limit | result | detail |", "|---|---:|---|---|---|"]
+    busy = " (busy machine)" if m.get("busy") else ""
     for t in out.get("targets", []):
         value = "-" if t["value"] is None else f"{t['value']:.3g}"
-        lines.append(f"| {t['target']} | {value} | {t['limit']} | {t['status']} | "
+        status = t["status"] + (busy if t["value"] is not None else "")
+        lines.append(f"| {t['target']} | {value} | {t['limit']} | {status} | "
                      f"{t['detail']} |")
     return "\n".join(lines)
