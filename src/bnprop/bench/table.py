@@ -63,13 +63,13 @@ def table(out: dict[str, Any]) -> str:
     m = out["machine"]
     peaks = ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s"
                       for k, v in out.get("gemm_peak_flops_per_s", {}).items())
-    lines = [f"threads: {out['threads']} (bnprop.threads.set_threads: row parts, BLAS 1 each; "
+    lines = [f"- threads: {out['threads']} (bnprop.threads.set_threads: row parts, BLAS 1 each; "
              f"torch.set_num_threads({out['threads']}); jax: {out['jax_threads']})",
-             f"machine: {m['cpu']}, {m['cores']} cores; load average at start "
+             f"- machine: {m['cpu']}, {m['cores']} cores; load average at start "
              f"{m['load_average_start']}, at end {m.get('load_average_end')}",
-             f"GEMM peak of this run (floors use it): {peaks}"]
+             f"- GEMM peak of this run (floors use it): {peaks}"]
     if m.get("busy"):
-        lines.append(f"WARNING: load average {m['load_average_start'][0]} before the run: "
+        lines.append(f"- WARNING: load average {m['load_average_start'][0]} before the run: "
                      "other processes use "
                      "the cores. PyTorch's OpenMP threads lose most under contention (each "
                      "parallel op waits for a descheduled thread), so the ratios of this run "
