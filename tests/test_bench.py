@@ -243,3 +243,15 @@ def test_table_warns_when_the_machine_was_busy() -> None:
     assert "WARNING: load average 4.0" in text and "| MET (busy machine) |" in text
     out["machine"]["busy"] = False
     assert "WARNING" not in table(out) and "| MET |" in table(out)
+
+
+def test_cli_passes_threads_and_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture) -> None:
+    import bnprop.bench
+
+    seen: dict = {}
+    monkeypatch.setattr(bnprop.bench, "run", lambda **kw: seen.update(kw) or {"ok": 1})
+    monkeypatch.setattr(bnprop.bench, "table", lambda out: f"table of {sorted(out)}")
+    assert main(["bench", "--quick", "--data-dir", str(tmp_path)]) == 0
+    assert seen == {"quick": True, "n_threads": 2, "data_dir": str(tmp_path)}
+    assert "table of ['ok']" in capsys.readouterr().out

@@ -336,22 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser(
-        "bench", help="speed of the public API against PyTorch and JAX: ratios, GEMM "
-        "floors, targets, JSON",
-        description="layer_forward + layer_backward, MLP.train_step and the default "
-        "bnprop train job against PyTorch eager and jax.jit (when installed), each also "
-        "as a multiple of its GEMM floor (its GEMM flops at this run's GEMM peak), then "
-        "every speed target as MET or MISSED; interleaved rounds, medians, one process.",
-    )
-    p.add_argument("--quick", action="store_true",
-                   help="small sizes, few rounds, a short train job (seconds, for tests)")
+    p = sub.add_parser("bench", help="the public API's speed against PyTorch eager and jax.jit: "
+                       "ratios, GEMM floors, targets (MET / MISSED), JSON; docs/bench.md")
+    p.add_argument("--quick", action="store_true", help="small sizes, short job (for tests)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--threads", type=int, default=2, metavar="N",
-                   help="threads of every side (default 2: the setting of the speed targets)")
-    p.add_argument("--data-dir", metavar="DIR",
-                   help="data folder of the train job (default ~/.cache/bnprop); without "
-                   "MNIST there the job runs on synthetic data of MNIST's shape")
+                   help="threads of every side (default 2, as the targets are set)")
+    p.add_argument("--data-dir", metavar="DIR", help="the train job's MNIST (default "
+                   "~/.cache/bnprop); synthetic data of its shape when it is not there")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("evaluate", help="test accuracy of a trained model",
