@@ -142,7 +142,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise InputError(f"--json: the folder of {args.json} does not exist (checked before "
                          "the benchmark runs, so no measurement is lost).")
-    result = run(quick=args.quick, n_threads=args.threads)
+    result = run(quick=args.quick, n_threads=args.threads, data_dir=args.data_dir)
     print(table(result))
     if args.json:
         write_json(result, args.json)
@@ -356,17 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser(
-        "bench", help="speed and memory against PyTorch (and JAX): ratio table and JSON",
-        description="BN layer forward + backward and train steps against PyTorch eager, "
-        "torch.compile and JAX jit (when installed), this machine's copy bandwidth and "
-        "GEMM peak, and the step's memory; interleaved rounds, medians, one process.",
-    )
-    p.add_argument("--quick", action="store_true",
-                   help="small sizes, few rounds, no compiled peers (seconds, for tests)")
+    p = sub.add_parser("bench", help="the public API's speed against PyTorch eager and jax.jit: "
+                       "ratios, GEMM floors, targets (MET / MISSED), JSON; docs/bench.md")
+    p.add_argument("--quick", action="store_true", help="small sizes, short job (for tests)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, metavar="N",
-                   help="threads of both sides (default: the cores)")
+    p.add_argument("--threads", type=int, default=2, metavar="N",
+                   help="threads of every side (default 2, as the targets are set)")
+    p.add_argument("--data-dir", metavar="DIR", help="the train job's MNIST (default "
+                   "~/.cache/bnprop); synthetic data of its shape when it is not there")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("evaluate", help="test accuracy of a trained model",

@@ -1,13 +1,17 @@
-"""``bnprop bench``: bnprop's speed and memory against PyTorch (and JAX), in one process.
+"""``bnprop bench``: bnprop's public API against PyTorch eager and JAX jit, in one process.
 
 One idea per module: :mod:`~bnprop.bench.timing` (interleaved rounds, medians),
-:mod:`~bnprop.bench.layer` (the BN layer's forward + backward),
-:mod:`~bnprop.bench.step` (train steps), :mod:`~bnprop.bench.machine` (this machine and
-its limits), :mod:`~bnprop.bench.memory` (allocation and RSS),
-:mod:`~bnprop.bench.report` (the run, the table, the JSON). torch and jax are imported
-inside the functions that use them.
+:mod:`~bnprop.bench.layer` (``layer_forward`` + ``layer_backward``),
+:mod:`~bnprop.bench.step` (``MLP.train_step``), :mod:`~bnprop.bench.jax_peer` (the
+jitted JAX step, XLA's threads), :mod:`~bnprop.bench.job` (the default ``bnprop train``
+job in steps per second), :mod:`~bnprop.bench.floor` (GEMM flops and floors),
+:mod:`~bnprop.bench.machine` (this machine and its limits), :mod:`~bnprop.bench.memory`
+(allocation and RSS), :mod:`~bnprop.bench.targets` (MET / MISSED),
+:mod:`~bnprop.bench.report` (the run, the JSON), :mod:`~bnprop.bench.table` (Markdown).
+torch and jax are imported inside the functions that use them.
 """
 
-from bnprop.bench.report import run, table, write_json
+from bnprop.bench.report import run, write_json
+from bnprop.bench.table import table
 
 __all__ = ["run", "table", "write_json"]

@@ -1,13 +1,13 @@
-"""The BN layer's forward + backward: bnprop's preallocated layer step against PyTorch eager.
+"""The BN layer's forward + backward: bnprop's public layer functions against PyTorch eager.
 
 One call, both sides, rows are examples (m, n_in) -> (m, n_out)::
 
     Y  = sigmoid(BN(O W^T))          training mode: batch statistics, exact gradient
     dO, dW, dgamma, dbeta            from a fixed dY
 
-bnprop: :class:`bnprop.fast.BNLayerStep` (GEMMs in NumPy's BLAS, fused kernels, row parts on
-:func:`bnprop.threads.map_rows`); its backward overwrites ``dY`` with ``dZ``, so each call
-first copies the fixed ``dY`` back in (an extra m x n copy counted against bnprop).
+bnprop: the public API, ``cache = bnprop.layer_forward(O, W, gamma, beta,
+activation="sigmoid", eps=EPS)`` then ``bnprop.layer_backward(dY, cache, stats="exact")``
+(whatever path they take inside is what is measured).
 PyTorch: ``Sequential(Linear(n_in, n_out, bias=False), BatchNorm1d(n_out), Sigmoid())``,
 ``y.backward(dY)`` with the input requiring grad (so dO is computed as well).
 """
@@ -19,23 +19,19 @@ from typing import Any
 
 import numpy as np
 
-from bnprop.fast import BNLayerStep
+import bnprop
 
 EPS = 1e-5
 
 
 def bnprop_layer(O: np.ndarray, W: np.ndarray, dY: np.ndarray) -> Callable[[], None]:
-    """A call of bnprop's layer forward + backward on fixed inputs."""
-    m, n_in = O.shape
+    """A call of bnprop's public layer forward + backward on fixed inputs."""
     n_out = W.shape[0]
-    dt = O.dtype
-    gamma, beta = np.ones(n_out, dt), np.zeros(n_out, dt)
-    step = BNLayerStep(m, n_in, n_out, dt, "sigmoid", dO=np.empty((m, n_in), dt))
+    gamma, beta = np.ones(n_out, O.dtype), np.zeros(n_out, O.dtype)
 
     def call() -> None:
-        step.forward(O, W, gamma, beta, EPS)
-        np.copyto(step.dY, dY)
-        step.backward(W, gamma, O, "exact")
+        cache = bnprop.layer_forward(O, W, gamma, beta, activation="sigmoid", eps=EPS)
+        bnprop.layer_backward(dY, cache, stats="exact")
 
     return call
 

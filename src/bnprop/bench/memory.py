@@ -1,4 +1,4 @@
-"""Memory of the training step: allocation after warm-up (tracemalloc) and peak RSS.
+"""Memory of the public training step: allocation after warm-up (tracemalloc) and peak RSS.
 
 After ``warmup`` steps, tracemalloc (which sees NumPy's array allocations) records::
 
@@ -19,18 +19,18 @@ from typing import Any
 
 import numpy as np
 
-from bnprop.model import MLP
-from bnprop.optim import SGD
+import bnprop
 
 
-def step_allocations(sizes: tuple[int, ...], m: int, dtype: Any, *, fast: bool,
-                     warmup: int, steps: int) -> dict[str, int]:
-    """``{"growth": bytes, "per_step_peak": bytes}`` of ``steps`` train steps (docstring)."""
+def step_allocations(sizes: tuple[int, ...], m: int, dtype: Any, *, warmup: int,
+                     steps: int) -> dict[str, int]:
+    """``{"growth": bytes, "per_step_peak": bytes}`` of ``steps`` calls of
+    ``MLP.train_step`` with SGD (module docstring)."""
     rng = np.random.default_rng(0)
     X, y = rng.random((m, sizes[0])).astype(dtype), rng.integers(0, sizes[-1], m)
-    net, opt = MLP(sizes, dtype=np.dtype(dtype).name), SGD(0.01)
+    net, opt = bnprop.MLP(sizes, dtype=np.dtype(dtype).name), bnprop.SGD(0.01)
     for _ in range(warmup):
-        net.train_step(X, y, opt, fast=fast)
+        net.train_step(X, y, opt)
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
@@ -38,7 +38,7 @@ def step_allocations(sizes: tuple[int, ...], m: int, dtype: Any, *, fast: bool,
         for _ in range(steps):
             start = tracemalloc.get_traced_memory()[0]
             tracemalloc.reset_peak()
-            net.train_step(X, y, opt, fast=fast)
+            net.train_step(X, y, opt)
             per_step = max(per_step, tracemalloc.get_traced_memory()[1] - start)
         growth = tracemalloc.get_traced_memory()[0] - before
     finally:

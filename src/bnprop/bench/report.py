@@ -1,15 +1,20 @@
-"""``bnprop bench``: run every benchmark in one process, print the ratio table, write JSON.
+"""``bnprop bench``: run every benchmark in one process and collect the JSON-ready result.
 
-JSON layout (``schema`` = 1)::
+JSON layout (``schema`` = 2; docs/bench.md describes every key)::
 
-    {"schema": 1, "quick": bool, "threads": n, "machine": {...describe()},
-     "comparisons": [{"section": "layer" | "step", "case": str, "dtype": str,
-                      "peer": str, "bnprop_s": float, "peer_s": float, "ratio": float}],
-     "unavailable": [{"section", "case", "dtype", "peer", "reason"}],
-     "limits": {...}, "memory": {...}, "first_step_s": float, "targets": [...]}
+    {"schema": 2, "quick": bool, "threads": n, "jax_threads": str,
+     "machine": {...describe(), "load_average_start", "load_average_end"},
+     "gemm_peak_flops_per_s": {"float32": f, "float64": f},
+     "comparisons": [{"section": "layer" | "step", "case", "dtype", "peer",
+                      "bnprop_s", "peer_s", "ratio", "gemm_flops", "gemm_floor_s",
+                      "bnprop_floor_multiple", "peer_floor_multiple"}],
+     "train_job": {...} | null, "unavailable": [{"section", "case", "dtype", "peer",
+     "reason"}], "limits": {...}, "memory": {...}, "first_step_s": float,
+     "compile_s": {...}, "targets": [...]}
 
-``ratio = bnprop_s / peer_s`` (below 1: bnprop is faster); every listed ratio is a
-positive float; a peer that could not run is in ``unavailable`` with its reason.
+``ratio = bnprop_s / peer_s`` (below 1: bnprop is faster); ``*_floor_multiple = time /
+gemm_floor_s`` (:mod:`bnprop.bench.floor`). Every listed ratio is a positive float; a
+peer that could not run is in ``unavailable`` with its reason.
 """
 
 from __future__ import annotations
@@ -24,15 +29,18 @@ from typing import Any
 import numpy as np
 
 from bnprop import threads
-from bnprop.bench import layer, machine, memory, step
+from bnprop._atomic import atomic_writer
+from bnprop.bench import floor, jax_peer, job, layer, machine, memory, step
+from bnprop.bench.targets import targets
 from bnprop.bench.timing import interleaved
 
-SCHEMA = 1
+SCHEMA = 2
+JAX_MISSING = "jax not installed; pip install 'bnprop[bench]'"
 
 
 @dataclass(frozen=True)
 class Sizes:
-    """What a run measures; ``QUICK`` finishes in seconds, ``FULL`` in minutes."""
+    """What a run measures; ``QUICK`` finishes in seconds, ``FULL`` in a few minutes."""
 
     layers: tuple[tuple[int, int, int], ...]    # (m, n_in, n_out)
     steps: tuple[tuple[str, tuple[int, ...], int], ...]  # (name, sizes, m)
@@ -40,23 +48,27 @@ class Sizes:
     budget: float                               # seconds of timed calls per case a round
     copy_bytes: int
     gemm_k: int
-    bn_shape: tuple[int, int]
+    gemm_repeats: int
     memory_steps: int
-    compile_peers: bool                          # torch.compile and JAX jit
+    job_chunks: int
+    job_chunk_steps: int
+    job_eval_every: int | None                  # None: bnprop train's default
+    job_warmup: int
 
 
 FULL = Sizes(
     layers=((60, 16, 100), (60, 100, 100), (4096, 16, 256), (4096, 256, 256),
             (65536, 16, 256), (65536, 256, 256)),
     steps=(("ioffe", *step.IOFFE), ("wide", *step.WIDE)),
-    rounds=7, budget=0.1, copy_bytes=1 << 28, gemm_k=1024, bn_shape=(65536, 256),
-    memory_steps=1000, compile_peers=True,
+    rounds=7, budget=0.1, copy_bytes=1 << 28, gemm_k=1024, gemm_repeats=15,
+    memory_steps=1000, job_chunks=3, job_chunk_steps=1000, job_eval_every=None,
+    job_warmup=20,
 )
 QUICK = Sizes(
     layers=((60, 16, 100), (512, 64, 64)),
     steps=(("ioffe", *step.IOFFE),),
-    rounds=2, budget=0.01, copy_bytes=1 << 24, gemm_k=256, bn_shape=(4096, 64),
-    memory_steps=50, compile_peers=False,
+    rounds=2, budget=0.01, copy_bytes=1 << 24, gemm_k=256, gemm_repeats=3,
+    memory_steps=50, job_chunks=2, job_chunk_steps=20, job_eval_every=20, job_warmup=3,
 )
 
 
@@ -65,7 +77,7 @@ def _torch_available() -> str | None:
     try:
         import torch  # noqa: F401
     except ImportError as exc:
-        return f"torch not installed ({exc}); pip install 'bnprop[test]'"
+        return f"torch not installed ({exc}); pip install 'bnprop[bench]'"
     return None
 
 
@@ -79,15 +91,35 @@ def _set_threads(n: int) -> None:
         pass
 
 
-def _compare(section: str, case: str, dtype: str, bnprop_fn: Callable[[], None],
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]}"
+
+
+def _compare(section: str, case: str, dtype: str, flops: int, bnprop_fn: Callable[[], None],
              peers: dict[str, Callable[[], None]], sizes: Sizes, out: dict[str, Any]) -> None:
     times = interleaved({"bnprop": bnprop_fn, **peers}, sizes.rounds, sizes.budget)
     for peer in peers:
         out["comparisons"].append({
             "section": section, "case": case, "dtype": dtype, "peer": peer,
             "bnprop_s": times["bnprop"], "peer_s": times[peer],
-            "ratio": times["bnprop"] / times[peer],
+            "ratio": times["bnprop"] / times[peer], "gemm_flops": flops,
         })
+
+
+def apply_floors(out: dict[str, Any]) -> None:
+    """Each comparison's and the train job's GEMM floor, at the run's GEMM peak."""
+    peaks = out["gemm_peak_flops_per_s"]
+    for c in out["comparisons"]:
+        floor_s = floor.floor_seconds(c["gemm_flops"], peaks[c["dtype"]])
+        c.update(gemm_floor_s=floor_s, bnprop_floor_multiple=c["bnprop_s"] / floor_s,
+                 peer_floor_multiple=c["peer_s"] / floor_s)
+    job_result = out.get("train_job")
+    if job_result:
+        floor_s = floor.floor_seconds(job_result["gemm_flops_per_step"],
+                                      peaks[job_result["dtype"]])
+        job_result["gemm_floor_s"] = floor_s
+        for side in job_result["sides"].values():
+            side["gemm_floor_multiple"] = 1.0 / side["steps_per_s"] / floor_s
 
 
 def _unavailable(out: dict[str, Any], section: str, case: str, dtype: str, peer: str,
@@ -97,19 +129,35 @@ def _unavailable(out: dict[str, Any], section: str, case: str, dtype: str, peer:
 
 
 def run_layers(sizes: Sizes, out: dict[str, Any], no_torch: str | None) -> None:
+    """Public ``layer_forward`` + ``layer_backward`` against PyTorch eager, both dtypes."""
     for dtype in (np.float32, np.float64):
         for m, n_in, n_out in sizes.layers:
             case, name = f"{m} x {n_in} -> {n_out}", np.dtype(dtype).name
-            O, W, dY = layer.layer_inputs(m, n_in, n_out, dtype)
-            ours = layer.bnprop_layer(O, W, dY)
             if no_torch:
                 _unavailable(out, "layer", case, name, "torch eager", no_torch)
                 continue
-            _compare("layer", case, name, ours, {"torch eager": layer.torch_layer(O, W, dY)},
-                     sizes, out)
+            O, W, dY = layer.layer_inputs(m, n_in, n_out, dtype)
+            _compare("layer", case, name, floor.layer_flops(m, n_in, n_out),
+                     layer.bnprop_layer(O, W, dY),
+                     {"torch eager": layer.torch_layer(O, W, dY)}, sizes, out)
+
+
+def _jax_peer(net_sizes: tuple[int, ...], X: np.ndarray, y: np.ndarray, case: str,
+              out: dict[str, Any]) -> Callable[[], None] | None:
+    try:
+        call, first = jax_peer.jax_step(net_sizes, X, y)
+    except ImportError:
+        _unavailable(out, "step", case, "float32", "jax jit", JAX_MISSING)
+        return None
+    except Exception as exc:  # a peer that fails is reported, not raised
+        _unavailable(out, "step", case, "float32", "jax jit", _reason(exc))
+        return None
+    out["compile_s"][f"jax jit {case}"] = first
+    return call
 
 
 def run_steps(sizes: Sizes, out: dict[str, Any], no_torch: str | None) -> None:
+    """Public ``MLP.train_step`` (SGD) against PyTorch eager (both dtypes) and jax.jit."""
     for name, net_sizes, m in sizes.steps:
         for dtype in (np.float32, np.float64):
             dt = np.dtype(dtype).name
@@ -119,69 +167,74 @@ def run_steps(sizes: Sizes, out: dict[str, Any], no_torch: str | None) -> None:
             if no_torch:
                 _unavailable(out, "step", case, dt, "torch eager", no_torch)
             else:
-                peers["torch eager"] = step.torch_step(net_sizes, X, y)[0]
-            extra = dtype == np.float32 and sizes.compile_peers
-            if extra and not no_torch:
-                try:
-                    call, first = step.torch_step(net_sizes, X, y, compiled=True)
-                    peers["torch.compile"] = call
-                    out["compile_s"][f"torch.compile {case}"] = first
-                except Exception as exc:  # any compile failure is reported
-                    _unavailable(out, "step", case, dt, "torch.compile",
-                                 f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
-            if extra:
-                try:
-                    call, first = step.jax_step(net_sizes, X, y)
+                peers["torch eager"] = step.torch_step(net_sizes, X, y)
+            if dtype == np.float32:
+                call = _jax_peer(net_sizes, X, y, case, out)
+                if call is not None:
                     peers["jax jit"] = call
-                    out["compile_s"][f"jax jit {case}"] = first
-                except ImportError:
-                    _unavailable(out, "step", case, dt, "jax jit", "jax not installed")
-                except Exception as exc:  # reported, not raised
-                    _unavailable(out, "step", case, dt, "jax jit",
-                                 f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
-            elif not sizes.compile_peers and dtype == np.float32:
-                for peer in ("torch.compile", "jax jit"):
-                    _unavailable(out, "step", case, dt, peer, "not run with --quick")
             if peers:
-                _compare("step", case, dt, step.bnprop_step(net_sizes, X, y), peers, sizes,
-                         out)
+                _compare("step", case, dt, floor.step_flops(net_sizes, m),
+                         step.bnprop_step(net_sizes, X, y), peers, sizes, out)
+
+
+def run_job(sizes: Sizes, out: dict[str, Any], no_torch: str | None,
+            data_dir: str | None) -> None:
+    """The default ``bnprop train`` job against the same PyTorch eager script."""
+    config = job.TrainConfig()
+    if sizes.job_eval_every is not None:
+        config.eval_every = sizes.job_eval_every
+    data, source = job.job_data(config, data_dir)
+    reason = no_torch or job.torch_unsupported(config)
+    if reason:
+        _unavailable(out, "train_job", "default bnprop train job", config.dtype,
+                     "torch eager", reason)
+    result = job.run_job(config, data, chunks=sizes.job_chunks,
+                         chunk_steps=sizes.job_chunk_steps, warmup=sizes.job_warmup,
+                         with_torch=not reason)
+    result["data"] = source
+    out["train_job"] = result
 
 
 def run_limits(sizes: Sizes, out: dict[str, Any], n_threads: int) -> None:
+    """Copy bandwidth and GEMM rates on 1 and ``n_threads`` BLAS threads."""
     reps = max(3, sizes.rounds)
     lim: dict[str, Any] = {
         "copy_bytes_per_s_1_thread": machine.copy_bandwidth(sizes.copy_bytes, 1, reps),
         f"copy_bytes_per_s_{n_threads}_threads":
             machine.copy_bandwidth(sizes.copy_bytes, n_threads, reps),
     }
-    for dtype in (np.float32, np.float64):
-        for t in sorted({1, n_threads}):
-            lim[f"gemm_flops_per_s_{np.dtype(dtype).name}_{t}_blas_threads"] = \
-                machine.gemm_peak(sizes.gemm_k, t, dtype, reps)
-    m, n = sizes.bn_shape
-    for dtype in (np.float32, np.float64):
-        rate, seconds = machine.bn_kernel_bandwidth(m, n, dtype, reps)
-        name = np.dtype(dtype).name
-        lim[f"bn_kernels_{name}_{m}x{n}_s"] = seconds
-        lim[f"bn_kernels_{name}_{m}x{n}_bytes_per_s"] = rate
-        lim[f"bn_kernels_{name}_fraction_of_copy"] = rate / lim["copy_bytes_per_s_1_thread"]
     lim["gemm_k"], lim["copy_array_bytes"] = sizes.gemm_k, sizes.copy_bytes
     out["limits"] = lim
+    measure_gemm_peak(sizes, out, n_threads)
+
+
+def measure_gemm_peak(sizes: Sizes, out: dict[str, Any], n_threads: int) -> None:
+    """GEMM rates on 1 and ``n_threads`` BLAS threads; the peak of a dtype is the highest
+    rate measured in the run (called at its start and its end: a busy machine only ever
+    lowers a rate, and a low peak would flatter every floor multiple)."""
+    lim, peaks = out["limits"], out["gemm_peak_flops_per_s"]
+    for dtype in (np.float32, np.float64):
+        name = np.dtype(dtype).name
+        for t in sorted({1, n_threads}):
+            key = f"gemm_flops_per_s_{name}_{t}_blas_threads"
+            rate = machine.gemm_peak(sizes.gemm_k, t, dtype, sizes.gemm_repeats)
+            lim[key] = max(rate, lim.get(key, 0.0))
+            peaks[name] = max(rate, peaks.get(name, 0.0))
 
 
 def run_memory(sizes: Sizes, out: dict[str, Any]) -> None:
     net_sizes, m = step.IOFFE
-    result: dict[str, Any] = {"steps": sizes.memory_steps}
-    for fast in (True, False):
-        result["fast" if fast else "reference"] = memory.step_allocations(
-            net_sizes, m, np.float32, fast=fast, warmup=20, steps=sizes.memory_steps)
-    result["peak_rss_bytes"] = memory.peak_rss()
-    out["memory"] = result
+    out["memory"] = {
+        "steps": sizes.memory_steps,
+        "train_step": memory.step_allocations(net_sizes, m, np.float32, warmup=20,
+                                              steps=sizes.memory_steps),
+        "peak_rss_bytes": memory.peak_rss(),
+    }
 
 
 def first_step_seconds() -> float:
-    """Seconds of the very first fast step in this process: kernels loaded from the cache
-    (or compiled, on a fresh install) plus buffer allocation."""
+    """Seconds of the very first public train step in this process (kernels loaded from
+    the cache, or compiled on a fresh install, plus any buffers allocated)."""
     net_sizes, m = step.IOFFE
     X, y = step.step_inputs(net_sizes, m, np.float32)
     fn = step.bnprop_step(net_sizes, X, y)
@@ -190,112 +243,44 @@ def first_step_seconds() -> float:
     return time.perf_counter() - t0
 
 
-def _find(out: dict[str, Any], section: str, case_start: str, dtype: str,
-          peer: str) -> float | None:
-    for c in out["comparisons"]:
-        if (c["section"], c["dtype"], c["peer"]) == (section, dtype, peer) \
-                and c["case"].startswith(case_start):
-            return c["ratio"]
-    return None
-
-
-def targets(out: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, each ``{"target", "value", "limit", "met"}`` (value None: not run)."""
-    rows: list[tuple[str, float | None, float, str]] = [
-        ("Ioffe step / torch eager (float32)",
-         _find(out, "step", "ioffe", "float32", "torch eager"), 0.35, "<="),
-        ("Ioffe step / jax jit (float32)", _find(out, "step", "ioffe", "float32", "jax jit"),
-         0.6, "<="),
-        ("wide step / torch eager (float32)",
-         _find(out, "step", "wide", "float32", "torch eager"), 0.65, "<="),
-        ("BN layer 65536 x 16 -> 256 / torch eager (float32)",
-         _find(out, "layer", "65536 x 16 -> 256", "float32", "torch eager"), 0.30, "<="),
-        ("BN kernels / copy bandwidth (float32)",
-         out.get("limits", {}).get("bn_kernels_float32_fraction_of_copy"), 0.60, ">="),
-        ("allocated-memory growth after warm-up, bytes (< 1 KiB: none per step)",
-         out.get("memory", {}).get("fast", {}).get("growth"), 1023, "<="),
-    ]
-    f64 = [c["ratio"] for c in out["comparisons"]
-           if c["dtype"] == "float64" and c["peer"] == "torch eager"]
-    rows.append(("worst float64 ratio / torch eager", max(f64) if f64 else None, 1.0, "<="))
-    result = []
-    for name, value, limit, op in rows:
-        met = None if value is None else (value <= limit if op == "<=" else value >= limit)
-        result.append({"target": name, "value": value, "limit": f"{op} {limit}", "met": met})
-    return result
-
-
 def run(*, quick: bool = False, n_threads: int = 2, sizes: Sizes | None = None,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
+        data_dir: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every benchmark of the module docstring; returns the JSON-ready result."""
     sizes = sizes or (QUICK if quick else FULL)
-    out: dict[str, Any] = {"schema": SCHEMA, "quick": quick, "threads": n_threads,
-                           "machine": machine.describe(), "comparisons": [],
-                           "unavailable": [], "compile_s": {}}
+    load = machine.load_average()
     _set_threads(n_threads)
+    jax_threads = jax_peer.configure_threads(n_threads)  # before anything imports jax
+    out: dict[str, Any] = {"schema": SCHEMA, "quick": quick, "threads": n_threads,
+                           "jax_threads": jax_threads, "machine": machine.describe(),
+                           "comparisons": [], "unavailable": [], "compile_s": {},
+                           "gemm_peak_flops_per_s": {}, "train_job": None}
+    out["machine"]["load_average_start"] = load
+    out["machine"]["busy"] = bool(load and load[0] > machine.BUSY_LOAD)
     out["first_step_s"] = first_step_seconds()
     no_torch = _torch_available()
     if no_torch:
         log(f"bench: {no_torch}: bnprop only, no ratios against PyTorch.")
-    log("bench: BN layer forward + backward ...")
+    if out["machine"]["jax"] is None:
+        log(f"bench: jax jit peer skipped: {JAX_MISSING}.")
+    log("bench: machine limits (copy bandwidth, GEMM peak) ...")
+    run_limits(sizes, out, n_threads)
+    log("bench: layer_forward + layer_backward ...")
     run_layers(sizes, out, no_torch)
     log("bench: train steps ...")
     run_steps(sizes, out, no_torch)
-    log("bench: machine limits ...")
-    run_limits(sizes, out, n_threads)
+    log("bench: the default train job ...")
+    run_job(sizes, out, no_torch, data_dir)
     log("bench: memory ...")
     run_memory(sizes, out)
+    log("bench: GEMM peak again ...")
+    measure_gemm_peak(sizes, out, n_threads)
+    apply_floors(out)
+    out["machine"]["load_average_end"] = machine.load_average()
     out["targets"] = targets(out)
     return out
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.3f}" if seconds < 0.1 else f"{seconds * 1e3:.1f}"
-
-
-def table(out: dict[str, Any]) -> str:
-    """The result as Markdown tables: ratios, unavailable peers, limits, memory, targets."""
-    lines = [f"threads: {out['threads']} (bnprop row parts, BLAS 1 each; torch "
-             f"set_num_threads({out['threads']}))", "",
-             "| section | case | dtype | peer | bnprop ms | peer ms | bnprop / peer |",
-             "|---|---|---|---|---:|---:|---:|"]
-    for c in out["comparisons"]:
-        lines.append(f"| {c['section']} | {c['case']} | {c['dtype']} | {c['peer']} | "
-                     f"{_ms(c['bnprop_s'])} | {_ms(c['peer_s'])} | {c['ratio']:.2f} |")
-    for u in out["unavailable"]:
-        lines.append(f"| {u['section']} | {u['case']} | {u['dtype']} | {u['peer']} | | | "
-                     f"n/a ({u['reason']}) |")
-    lim = out.get("limits", {})
-    lines += ["", "| limit | value |", "|---|---:|"]
-    for k, v in lim.items():
-        if "bytes_per_s" in k:
-            text = f"{v / 1e9:.2f} GB/s"
-        elif "flops" in k:
-            text = f"{v / 1e9:.1f} GFLOP/s"
-        elif "fraction" in k:
-            text = f"{v:.0%}"
-        elif k.endswith("_s"):
-            text = f"{v * 1e3:.2f} ms"
-        else:
-            text = str(v)
-        lines.append(f"| {k} | {text} |")
-    mem = out.get("memory", {})
-    if mem:
-        lines += ["", f"memory (Ioffe step, float32, {mem['steps']} steps after warm-up):", "",
-                  "| path | growth bytes | per-step peak bytes |", "|---|---:|---:|"]
-        for path in ("fast", "reference"):
-            lines.append(f"| {path} | {mem[path]['growth']} | {mem[path]['per_step_peak']} |")
-        lines += ["", f"- peak RSS: {mem['peak_rss_bytes'] / 2**20:.0f} MiB"]
-    lines.append(f"- first fast step in this process: {out['first_step_s'] * 1e3:.1f} ms")
-    for k, v in out.get("compile_s", {}).items():
-        lines.append(f"- first call of {k}: {v:.1f} s")
-    lines += ["", "| target | value | limit | met |", "|---|---:|---|---|"]
-    for t in out.get("targets", []):
-        value = "not run" if t["value"] is None else f"{t['value']:.3g}"
-        met = "-" if t["met"] is None else ("yes" if t["met"] else "no")
-        lines.append(f"| {t['target']} | {value} | {t['limit']} | {met} |")
-    return "\n".join(lines)
-
-
 def write_json(out: dict[str, Any], path: str | Path) -> None:
-    Path(path).write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
+    """The result as JSON (sorted keys), written atomically."""
+    with atomic_writer(Path(path)) as f:
+        f.write((json.dumps(out, indent=2, sort_keys=True) + "\n").encode())

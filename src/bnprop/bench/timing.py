@@ -1,6 +1,7 @@
 """Interleaved timing: every case runs once per round, in turn; the result is a median.
 
-For each round r and case c: one untimed warm call, then ``inner`` timed calls;
+For each round r and case c: one untimed warm call (skipped for calls longer than the
+round's budget, which a warm call would double), then ``inner`` timed calls;
 ``t_rc = median`` of them. The reported time of c is ``median_r t_rc``. Interleaving
 means a slow period of the machine hits every case alike, so ratios measured in the same
 run stay fair. A short pause before each case lets the previous one's threads (PyTorch's
@@ -34,7 +35,8 @@ def interleaved(cases: dict[str, Callable[[], object]], rounds: int,
     for _ in range(rounds):
         for name, fn in cases.items():
             time.sleep(PAUSE)
-            fn()
+            if inner[name] > 1:
+                fn()
             times = []
             for _ in range(inner[name]):
                 t0 = time.perf_counter()

@@ -1,0 +1,98 @@
+"""The result of :func:`bnprop.bench.run` as Markdown: comparisons with their GEMM floors,
+the default train job, unavailable peers, machine limits, memory, and the targets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f}" if seconds < 0.1 else f"{seconds * 1e3:.1f}"
+
+
+def _comparisons(out: dict[str, Any]) -> list[str]:
+    lines = ["| section | case | dtype | peer | bnprop ms | peer ms | bnprop / peer "
+             "| GEMM floor ms | bnprop / floor | peer / floor |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for c in out["comparisons"]:
+        lines.append(f"| {c['section']} | {c['case']} | {c['dtype']} | {c['peer']} | "
+                     f"{_ms(c['bnprop_s'])} | {_ms(c['peer_s'])} | {c['ratio']:.2f} | "
+                     f"{_ms(c['gemm_floor_s'])} | {c['bnprop_floor_multiple']:.1f} | "
+                     f"{c['peer_floor_multiple']:.1f} |")
+    for u in out["unavailable"]:
+        lines.append(f"| {u['section']} | {u['case']} | {u['dtype']} | {u['peer']} | | | "
+                     f"n/a ({u['reason']}) | | | |")
+    return lines
+
+
+def _job(out: dict[str, Any]) -> list[str]:
+    j = out.get("train_job")
+    if not j:
+        return []
+    sizes = "-".join(map(str, j["sizes"]))
+    lines = ["", f"default train job ({sizes}, {j['optimizer']} lr {j['lr']}, batch "
+             f"{j['batch_size']}, {j['dtype']}, test accuracy every {j['eval_every']} steps; "
+             f"{j['data']} data; {j['steps']} steps a side in chunks of {j['chunk_steps']}, "
+             f"interleaved; GEMM floor {j['gemm_floor_s'] * 1e3:.3f} ms a step):", "",
+             "| side | steps/s | test accuracy | final loss | step / GEMM floor |",
+             "|---|---:|---:|---:|---:|"]
+    for name, s in j["sides"].items():
+        acc = "-" if s["test_accuracy"] is None else f"{s['test_accuracy']:.4f}"
+        lines.append(f"| {name} | {s['steps_per_s']:.0f} | {acc} | {s['final_loss']:.4f} | "
+                     f"{s['gemm_floor_multiple']:.1f} |")
+    if j.get("ratio") is not None:
+        lines += ["", f"- bnprop / PyTorch steps per second: {j['ratio']:.2f}"]
+    return lines
+
+
+def _limits(out: dict[str, Any]) -> list[str]:
+    lines = ["", "| limit | value |", "|---|---:|"]
+    for k, v in out.get("limits", {}).items():
+        if "bytes_per_s" in k:
+            text = f"{v / 1e9:.2f} GB/s"
+        elif "flops" in k:
+            text = f"{v / 1e9:.1f} GFLOP/s"
+        else:
+            text = str(v)
+        lines.append(f"| {k} | {text} |")
+    return lines
+
+
+def table(out: dict[str, Any]) -> str:
+    """The whole result as Markdown (what ``bnprop bench`` prints)."""
+    m = out["machine"]
+    peaks = ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s"
+                      for k, v in out.get("gemm_peak_flops_per_s", {}).items())
+    lines = [f"- threads: {out['threads']} (bnprop.threads.set_threads: row parts, BLAS 1 each; "
+             f"torch.set_num_threads({out['threads']}); jax: {out['jax_threads']})",
+             f"- machine: {m['cpu']}, {m['cores']} cores; load average at start "
+             f"{m['load_average_start']}, at end {m.get('load_average_end')}",
+             f"- GEMM peak of this run (floors use it): {peaks}"]
+    if m.get("busy"):
+        lines.append(f"- WARNING: load average {m['load_average_start'][0]} before the run: "
+                     "other processes use "
+                     "the cores. PyTorch's OpenMP threads lose most under contention (each "
+                     "parallel op waits for a descheduled thread), so the ratios of this run "
+                     "are not those of a quiet machine.")
+    lines.append("")
+    lines += _comparisons(out)
+    lines += _job(out)
+    lines += _limits(out)
+    mem = out.get("memory", {})
+    if mem:
+        step = mem["train_step"]
+        lines += ["", f"- memory, MLP.train_step (Ioffe, SGD, float32), {mem['steps']} steps "
+                  f"after warm-up: growth {step['growth']} bytes, per-step peak "
+                  f"{step['per_step_peak']} bytes; peak RSS "
+                  f"{mem['peak_rss_bytes'] / 2**20:.0f} MiB"]
+    lines.append(f"- first train step in this process: {out['first_step_s'] * 1e3:.1f} ms")
+    for k, v in out.get("compile_s", {}).items():
+        lines.append(f"- first call of {k}: {v:.1f} s")
+    lines += ["", "| target | measured | limit | result | detail |", "|---|---:|---|---|---|"]
+    busy = " (busy machine)" if m.get("busy") else ""
+    for t in out.get("targets", []):
+        value = "-" if t["value"] is None else f"{t['value']:.3g}"
+        status = t["status"] + (busy if t["value"] is not None else "")
+        lines.append(f"| {t['target']} | {value} | {t['limit']} | {status} | "
+                     f"{t['detail']} |")
+    return "\n".join(lines)
