@@ -84,7 +84,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
 #: Options of ``bnprop train`` that map one to one onto TrainConfig fields.
 _TRAIN_FIELDS = ("dataset", "data_dir", "hidden", "activation", "stats", "optimizer", "lr",
                  "momentum", "weight_decay", "schedule", "batch_size", "steps", "dtype", "seed",
-                 "running", "eval_every", "checkpoint_every", "sync_bn")
+                 "running", "eval_every", "checkpoint_every", "sync_bn", "arch", "channels",
+                 "nesterov")
 
 
 def _set_threads(threads: int | None, processes: int = 1) -> None:
@@ -102,7 +103,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import time
 
     from bnprop.distributed import abort_on_error, default_comm
-    from bnprop.train import TrainConfig, parse_hidden, train
+    from bnprop.train import TrainConfig, arch_defaults, parse_hidden, train
 
     try:
         comm = default_comm()  # MPIComm under mpiexec -n P > 1
@@ -112,8 +113,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         given = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
         if args.no_batchnorm:
             given["batchnorm"] = False
-        if "hidden" in given:
-            given["hidden"] = parse_hidden(given["hidden"])
+        for key in ("hidden", "channels"):
+            if key in given:
+                given[key] = parse_hidden(given[key], key)
+        given = arch_defaults(given) if not args.resume else given
         if args.resume and args.out is None:
             raise InputError("--resume: needs --out DIR, the folder of the run to continue.")
         out = comm.bcast(args.out or f"runs/{given.get('dataset', 'mnist')}-"
@@ -307,7 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), help="default mnist")
     p.add_argument("--data-dir", metavar="DIR", help="data folder (default ~/.cache/bnprop)")
-    p.add_argument("--hidden", metavar="W1,W2,...", help="hidden widths (default 100,100,100)")
+    p.add_argument("--arch", choices=("mlp", "cnn"), help="mlp (default) or cnn: conv 3x3 -> "
+                   "BN2d -> ReLU -> max-pool 2 per --channels entry, then --hidden (docs/cnn.md)")
+    p.add_argument("--channels", metavar="C1,C2,...", help="cnn channels (default 16,32)")
+    p.add_argument("--hidden", metavar="W1,W2,...",
+                   help="hidden widths (default 100,100,100; 128 with --arch cnn)")
     p.add_argument("--activation", choices=acts, help="default sigmoid")
     p.add_argument("--no-batchnorm", action="store_true",
                    help="hidden layers are Linear with bias + activation, no BN")
@@ -318,8 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning rate (default 0.003 for adam, 0.5 for sgd)")
     p.add_argument("--momentum", type=float, help="SGD momentum, PyTorch's convention "
                    "(default 0)")
+    p.add_argument("--nesterov", action="store_const", const=True, help="Nesterov momentum")
     p.add_argument("--weight-decay", type=float, help="L2 weight decay (default 0)")
-    p.add_argument("--schedule", choices=("constant", "cosine", "step"),
+    p.add_argument("--schedule", choices=("constant", "cosine", "step", "onecycle"),
                    help="learning-rate schedule (default constant; cosine and step span "
                    "--steps)")
     p.add_argument("--batch-size", type=int, help="examples per step (default 60)")

@@ -56,6 +56,22 @@ if TYPE_CHECKING:
 #: Learning rate when none is given: measured best for the default run (README).
 DEFAULT_LR = {"adam": 3e-3, "sgd": 0.5}
 
+#: ``--arch cnn``'s defaults, for the options not given (docs/cnn.md: how they were chosen).
+CNN_DEFAULTS: dict[str, Any] = {
+    "hidden": (128,), "activation": "relu", "optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
+    "nesterov": True, "weight_decay": 5e-4, "schedule": "onecycle", "batch_size": 128,
+    "steps": 4 * (60_000 // 128), "eval_every": 60_000 // 128,
+    "checkpoint_every": 60_000 // 128,
+}
+
+
+def arch_defaults(given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` with :data:`CNN_DEFAULTS` under every option it lacks when it says
+    ``arch="cnn"`` (unchanged otherwise)."""
+    if given.get("arch") != "cnn":
+        return given
+    return {**CNN_DEFAULTS, **given}
+
 
 @dataclass
 class TrainConfig:
@@ -66,6 +82,8 @@ class TrainConfig:
     """
 
     dataset: str = "mnist"
+    arch: str = "mlp"       # "mlp" or "cnn" (model_cnn.cnn; see arch_defaults)
+    channels: tuple[int, ...] = (16, 32)  # --arch cnn: one conv stage each
     hidden: tuple[int, ...] = (100, 100, 100)
     activation: str = "sigmoid"
     batchnorm: bool = True
@@ -73,6 +91,7 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float | None = None  # None: DEFAULT_LR[optimizer]
     momentum: float = 0.0
+    nesterov: bool = False
     weight_decay: float = 0.0
     schedule: str = "constant"
     batch_size: int = 60
@@ -94,6 +113,7 @@ class TrainConfig:
         """The config as plain JSON types."""
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
+        d["channels"] = list(self.channels)
         return d
 
     @classmethod
@@ -104,8 +124,9 @@ class TrainConfig:
         if unknown:
             raise InputError(f"config: unknown key(s) {', '.join(sorted(unknown))}.")
         d = dict(d)
-        if "hidden" in d:
-            d["hidden"] = tuple(d["hidden"])
+        for key in ("hidden", "channels"):
+            if key in d:
+                d[key] = tuple(d[key])
         return cls(**d)
 
 
@@ -151,6 +172,15 @@ def check_config(config: TrainConfig) -> TrainConfig:
     from bnprop.data.datasets import DATASETS
 
     check_choice(config.dataset, "dataset", DATASETS)
+    check_choice(config.arch, "arch", ("mlp", "cnn"))
+    if not config.channels or any(int(c) < 1 for c in config.channels):
+        raise InputError(f"channels: expected one or more channel counts >= 1, got "
+                         f"{list(config.channels)} instead.")
+    if config.nesterov and (config.optimizer != "sgd" or config.momentum == 0):
+        raise InputError("nesterov: needs --optimizer sgd with --momentum > 0.")
+    if config.arch == "cnn" and (config.activation != "relu" or not config.batchnorm):
+        raise InputError("arch: the cnn has ReLU and batch normalization in every stage; "
+                         "drop --activation and --no-batchnorm.")
     check_choice(config.activation, "activation", tuple(ACTIVATIONS))
     check_choice(config.stats, "stats", ("exact", "frozen"))
     check_choice(config.optimizer, "optimizer", ("sgd", "adam"))
@@ -214,14 +244,23 @@ def build_optimizer(config: TrainConfig) -> Any:
 
     if config.optimizer == "sgd":
         return SGD(config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                   schedule=config.schedule, total_steps=config.steps)
+                   schedule=config.schedule, total_steps=config.steps,
+                   nesterov=config.nesterov)
     return Adam(config.lr, weight_decay=config.weight_decay, schedule=config.schedule,
                 total_steps=config.steps)
 
 
 def build_model(config: TrainConfig, n_in: int, n_classes: int) -> Any:
-    """A fresh network for the config."""
+    """A fresh network for the config (``n_in`` pixels of square one-channel images
+    for ``arch="cnn"``)."""
     from bnprop.model import MLP
+
+    if config.arch == "cnn":
+        from bnprop.model_cnn import cnn
+
+        return cnn(config.channels, config.hidden, n_classes=n_classes,
+                   image_size=math.isqrt(n_in), dtype=config.dtype, seed=config.seed,
+                   stats=config.stats, running=config.running)
 
     return MLP((n_in, *config.hidden, n_classes), activation=config.activation,
                batchnorm=config.batchnorm, stats=config.stats, dtype=config.dtype,
@@ -260,7 +299,12 @@ def _load_data(config: TrainConfig) -> tuple[np.ndarray, ...]:
     X, y = load_dataset(config.dataset, "train", data_dir=config.data_dir)
     Xt, yt = load_dataset(config.dataset, "test", data_dir=config.data_dir)
     dt = np.dtype(config.dtype)
-    return X.astype(dt, copy=False), y, Xt.astype(dt, copy=False), yt
+    X, Xt = X.astype(dt, copy=False), Xt.astype(dt, copy=False)
+    if config.arch == "cnn":
+        from bnprop.model_cnn import as_images
+
+        X, Xt = as_images(X), as_images(Xt)
+    return X, y, Xt, yt
 
 
 def train(
@@ -337,7 +381,8 @@ def train(
         if run["net"] is None:
             if rank0:
                 out.mkdir(parents=True, exist_ok=True)
-            net = build_model(config, X.shape[1], int(max(y.max(), yt.max())) + 1)
+            net = build_model(config, int(np.prod(X.shape[1:])),
+                              int(max(y.max(), yt.max())) + 1)
             optimizer = build_optimizer(config)
         else:
             net, optimizer = run["net"], run["optimizer"]
@@ -441,7 +486,7 @@ def _open_run(config: TrainConfig, out: Path, resume: bool, given: dict[str, Any
     builds it from the seed). Resume: reads the checkpoint, merges ``given`` into its
     config, and returns the net and optimizer it holds, to be broadcast.
     """
-    from bnprop.model import MLP
+    from bnprop.model_cnn import load_net
 
     if not resume:
         check_config(config)
@@ -466,7 +511,7 @@ def _open_run(config: TrainConfig, out: Path, resume: bool, given: dict[str, Any
             f"steps: the checkpoint in {out} is at step {start}; --steps {config.steps} "
             "would go backwards."
         )
-    net = MLP.from_state(model_state)
+    net = load_net(model_state)
     optimizer = build_optimizer(config)
     optimizer.load_state_dict(optim_state)
     return {"config": config, "net": net, "optimizer": optimizer, "start": start,
@@ -479,30 +524,30 @@ def evaluate(folder: str | Path, *, dataset: str | None = None,
              data_dir: str | None = None) -> dict[str, Any]:
     """Test accuracy of ``folder/model.npz`` on its dataset's test split."""
     from bnprop.data.datasets import load_dataset
-    from bnprop.model import MLP
+    from bnprop.model_cnn import load_net, net_inputs
 
     folder = Path(folder)
     state = ckpt.load_model_state(folder)
     saved = state.pop(TRAIN_CONFIG_KEY, None)
-    net = MLP.from_state(state)
+    net = load_net(state)
     if dataset is None:
         dataset = "mnist" if saved is None else str(
             ckpt.from_json_array(saved, f"{folder}: {TRAIN_CONFIG_KEY}").get("dataset", "mnist"))
     Xt, yt = load_dataset(dataset, "test", data_dir=data_dir)
-    acc = net.accuracy(Xt.astype(net.dtype, copy=False), yt)
+    acc = net.accuracy(net_inputs(net, Xt.astype(net.dtype, copy=False)), yt)
     return {"test_accuracy": acc, "dataset": dataset, "examples": int(yt.size)}
 
 
-def parse_hidden(text: str | Sequence[int]) -> tuple[int, ...]:
-    """``"100,100,100"`` -> ``(100, 100, 100)``."""
+def parse_hidden(text: str | Sequence[int], name: str = "hidden") -> tuple[int, ...]:
+    """``"100,100,100"`` -> ``(100, 100, 100)`` (``name``: the option, for messages)."""
     if not isinstance(text, str):
         return tuple(int(h) for h in text)
     try:
         hidden = tuple(int(h) for h in text.split(",") if h.strip())
     except ValueError:
         raise InputError(
-            f"hidden: expected comma-separated widths like 100,100,100, got {text!r} instead."
+            f"{name}: expected comma-separated widths like 100,100,100, got {text!r} instead."
         ) from None
     if not hidden or min(hidden) < 1:
-        raise InputError(f"hidden: expected widths >= 1 like 100,100,100, got {text!r} instead.")
+        raise InputError(f"{name}: expected widths >= 1 like 100,100,100, got {text!r} instead.")
     return hidden
