@@ -34,14 +34,15 @@ class Schedule:
                    with T = total_steps
         step       factor(t) = decay ** floor(t / every)
         onecycle   with T1 = 0.3 T - 1, T2 = T - 1, f0 = 1/25, f_end = f0 / 1e4:
-                   factor(t) = f0 + (1 - f0) (1 - cos(pi t / T1)) / 2             t <= T1
+                   factor(t) = f0 + (1 - f0) (1 - cos(pi t / T1)) / 2      t <= T1
                    factor(t) = f_end + (1 - f_end) (1 + cos(pi (t - T1) / (T2 - T1))) / 2
+                                                                           t > T1
 
     ``cosine`` equals ``torch.optim.lr_scheduler.CosineAnnealingLR(T_max=total_steps,
     eta_min=final * lr)`` up to t = total_steps (then stays at ``final``); ``step`` equals
     ``StepLR(step_size=every, gamma=decay)``; ``onecycle`` equals ``OneCycleLR(max_lr=lr,
-    total_steps=T)``'s learning rates (its momentum cycling is not done here). Build one with :meth:`constant`,
-    :meth:`cosine`, :meth:`step`, or by name for a run of ``total_steps`` steps with
+    total_steps=T)``'s learning rates (its momentum cycling is not done here). Build one
+    with :meth:`constant`, :meth:`cosine`, :meth:`step`, :meth:`onecycle`, or by name for a run of ``total_steps`` steps with
     :meth:`from_name`.
     """
 

@@ -149,7 +149,8 @@ def folded_conv(conv: Conv2d, norm: BatchNorm2d | None) -> Conv2d:
     copy). :func:`bnprop.batchnorm.fold` on ``W2 = W.reshape(C_out, C_in k k)``; a bias
     ``b`` of ``conv`` enters as ``mu_pop - b``::
 
-        W_fold = diag(gamma / sqrt(var + eps)) W2,   b_fold = beta - gamma (mu - b) / sqrt(var + eps)
+        W_fold = diag(gamma / sqrt(var + eps)) W2
+        b_fold = beta - gamma (mu - b) / sqrt(var + eps)
     """
     b = conv.b if conv.has_bias else np.zeros(conv.out_channels, conv.dtype)
     W, b_fold = conv.W, b
