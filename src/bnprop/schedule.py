@@ -42,8 +42,8 @@ class Schedule:
     eta_min=final * lr)`` up to t = total_steps (then stays at ``final``); ``step`` equals
     ``StepLR(step_size=every, gamma=decay)``; ``onecycle`` equals ``OneCycleLR(max_lr=lr,
     total_steps=T)``'s learning rates (its momentum cycling is not done here). Build one
-    with :meth:`constant`, :meth:`cosine`, :meth:`step`, :meth:`onecycle`, or by name for a run of ``total_steps`` steps with
-    :meth:`from_name`.
+    with :meth:`constant`, :meth:`cosine`, :meth:`step`, :meth:`onecycle`, or by name for
+    a run of ``total_steps`` steps with :meth:`from_name`.
     """
 
     kind: str = "constant"
