@@ -95,13 +95,25 @@ def _maxpool_backward(dY, arg, k, s, dX, n0, n1):  # pragma: no cover - compiled
     _, Ho, Wo, C = dY.shape
     for n in range(n0, n1):
         dX[n] = 0
-        for a in range(Ho):
-            for b in range(Wo):
-                d = dY[n, a, b]
-                g = arg[n, a, b]
-                for c in range(C):
-                    off = g[c]
-                    dX[n, a * s + off // k, b * s + off % k, c] += d[c]
+        if s >= k:  # windows do not overlap: one addition per entry of dX at most
+            for a in range(Ho):
+                for b in range(Wo):
+                    d = dY[n, a, b]
+                    g = arg[n, a, b]
+                    for c in range(C):
+                        off = g[c]
+                        dX[n, a * s + off // k, b * s + off % k, c] += d[c]
+            continue
+        for off in range(k * k):  # overlapping: the reference's order of the additions
+            i, j = off // k, off % k
+            for a in range(Ho):
+                for b in range(Wo):
+                    d = dY[n, a, b]
+                    g = arg[n, a, b]
+                    x = dX[n, a * s + i, b * s + j]
+                    for c in range(C):
+                        if g[c] == off:
+                            x[c] += d[c]
 
 
 def _over_images(fn, N: int) -> None:  # type: ignore[no-untyped-def]
