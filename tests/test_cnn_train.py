@@ -31,6 +31,20 @@ SMALL_ARGS = ["--arch", "cnn", "--channels", "4,8", "--hidden", "16", "--batch-s
               "--dtype", "float64"]
 
 
+@pytest.fixture(scope="module")
+def cnn_data(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The learnable fake MNIST (28 x 28), digests recorded, for the whole module."""
+    from bnprop.data import datasets
+
+    root = tmp_path_factory.mktemp("data")
+    digests = make_learnable(root)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(datasets.SHA256, "mnist", digests)
+        mp.setattr(datasets, "_verified", set())
+        mp.setenv("BNPROP_DATA", str(root))
+        yield root, digests
+
+
 def config(**kw: Any) -> TrainConfig:
     return TrainConfig(**arch_defaults({**SMALL, **kw}))
 
@@ -43,7 +57,7 @@ def test_arch_defaults_fill_only_what_is_not_given() -> None:
     assert TrainConfig(**arch_defaults({"arch": "cnn"})).batch_size == CNN_DEFAULTS["batch_size"]
 
 
-def test_short_cnn_run_learns_resumes_and_evaluates(fake_data: Any, tmp_path: Path,
+def test_short_cnn_run_learns_resumes_and_evaluates(cnn_data: Any, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture) -> None:
     straight = train(config(steps=40, schedule="constant"), tmp_path / "a", progress=False)
     assert straight["test_accuracy"] > 0.6  # 10 classes of bright patches, 40 steps
@@ -59,7 +73,7 @@ def test_short_cnn_run_learns_resumes_and_evaluates(fake_data: Any, tmp_path: Pa
     assert f"test accuracy {straight['test_accuracy']:.4f}" in capsys.readouterr().out
 
 
-def test_cli_train_cnn(fake_data: Any, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_train_cnn(cnn_data: Any, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
     assert main(["train", *SMALL_ARGS, "--steps", "10", "--out", str(out), "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -101,7 +115,7 @@ def test_threaded_sync_bn_cnn_step_equals_one_process(size: int, m: int, stats: 
         assert max_rel_err(buffers, ref.buffers()) < 1e-10
 
 
-def test_threaded_cnn_train_equals_one_process(fake_data: Any, tmp_path: Path) -> None:
+def test_threaded_cnn_train_equals_one_process(cnn_data: Any, tmp_path: Path) -> None:
     train(config(steps=12), tmp_path / "one", progress=False)
     run_threaded(3, lambda comm: train(config(steps=12), tmp_path / "three", comm=comm,
                                        progress=False), timeout=120)
@@ -109,10 +123,10 @@ def test_threaded_cnn_train_equals_one_process(fake_data: Any, tmp_path: Path) -
 
 
 @needs_mpiexec
-def test_mpiexec_cnn_train_equals_one_process(fake_data: Any, tmp_path: Path) -> None:
+def test_mpiexec_cnn_train_equals_one_process(cnn_data: Any, tmp_path: Path) -> None:
     train(config(steps=12), tmp_path / "one", progress=False)
     code, _, stderr, _ = launch(3, [*SMALL_ARGS, "--steps", "12", "--out",
-                                    str(tmp_path / "mpi")], fake_data)
+                                    str(tmp_path / "mpi")], cnn_data)
     assert code == 0, stderr
     got, want = model_arrays(tmp_path / "mpi"), model_arrays(tmp_path / "one")
     assert max(rel_err(got[k], want[k]) for k in want) < 1e-10
