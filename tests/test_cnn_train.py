@@ -20,8 +20,9 @@ from bnprop.distributed import ThreadComm, run_threaded, shard
 from bnprop.model_cnn import cnn
 from bnprop.train import CNN_DEFAULTS, TrainConfig, arch_defaults, train
 from tests.conftest import rel_err
+from tests.fake_mnist import make_learnable
 from tests.test_distributed import needs_mpiexec
-from tests.test_mpi_train import fake_data, launch, max_rel_err, model_arrays  # noqa: F401
+from tests.test_mpi_train import launch, max_rel_err, model_arrays
 
 #: A small CNN on the fake 28 x 28 data; 64 = 22 + 21 + 21 over 3 ranks.
 SMALL = {"arch": "cnn", "channels": (4, 8), "hidden": (16,), "batch_size": 64, "lr": 0.05,
