@@ -8,6 +8,16 @@ its limits), :mod:`~bnprop.bench.memory` (allocation and RSS),
 inside the functions that use them.
 """
 
-from bnprop.bench.report import run, table, write_json
+from typing import Any
 
 __all__ = ["run", "table", "write_json"]
+
+
+def __getattr__(name: str) -> Any:
+    """``run``, ``table``, ``write_json`` of :mod:`~bnprop.bench.report`, imported on first
+    use, so that each benchmark module imports on its own."""
+    if name in __all__:
+        from bnprop.bench import report
+
+        return getattr(report, name)
+    raise AttributeError(f"module 'bnprop.bench' has no attribute {name!r}")

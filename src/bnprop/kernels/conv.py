@@ -6,7 +6,7 @@ images ``[n0, n1)`` only, so :func:`bnprop.threads.map_rows` splits a batch over
 threads by images (every image's rows of ``cols`` and pixels of ``dX`` belong to one
 part, so parts never write the same memory). They move data and add; the sums of
 :func:`_col2im` are over the ``k x k`` offsets in the order of the reference, so the two
-agree bit for bit.
+agree bit for bit. Indexing is scalar: a view per pixel would cost more than its copy.
 """
 
 from __future__ import annotations
@@ -22,26 +22,74 @@ PART_IMAGES = 16
 
 
 @njit(**JIT_OPTIONS)
+def _valid_b(j, s, p, W, Wo):  # pragma: no cover - compiled
+    """Output columns ``b`` whose input column ``b s + j - p`` lies in ``[0, W)``."""
+    b_lo = max(0, (p - j + s - 1) // s)
+    b_hi = min(Wo, (W - 1 + p - j) // s + 1)
+    return b_lo, max(b_lo, b_hi)
+
+
+@njit(**JIT_OPTIONS)
 def _im2col(X, k, s, p, Ho, Wo, cols, n0, n1):  # pragma: no cover - compiled
+    if X.shape[3] > 1:
+        _im2col_rows(X, k, s, p, Ho, Wo, cols, n0, n1)
+    else:
+        _im2col_columns(X, k, s, p, Ho, Wo, cols, n0, n1)
+
+
+@njit(**JIT_OPTIONS)
+def _im2col_rows(X, k, s, p, Ho, Wo, cols, n0, n1):  # pragma: no cover - compiled
+    """Row by row of ``cols``, each written in order (many channels)."""
     _, H, W, C = X.shape
     kk = k * k
     zero = np.zeros(1, X.dtype)[0]
     for n in range(n0, n1):
         for a in range(Ho):
+            h0 = a * s - p
             for b in range(Wo):
-                row = cols[(n * Ho + a) * Wo + b]
-                for i in range(k):
-                    h = a * s + i - p
-                    for j in range(k):
-                        w = b * s + j - p
-                        col = i * k + j
-                        if 0 <= h < H and 0 <= w < W:
-                            x = X[n, h, w]
-                            for c in range(C):
-                                row[c * kk + col] = x[c]
-                        else:
-                            for c in range(C):
-                                row[c * kk + col] = zero
+                w0 = b * s - p
+                r = (n * Ho + a) * Wo + b
+                if h0 >= 0 and h0 + k <= H and w0 >= 0 and w0 + k <= W:  # no padding
+                    for c in range(C):
+                        for i in range(k):
+                            for j in range(k):
+                                cols[r, c * kk + i * k + j] = X[n, h0 + i, w0 + j, c]
+                    continue
+                for c in range(C):
+                    for i in range(k):
+                        h = h0 + i
+                        for j in range(k):
+                            w = w0 + j
+                            if 0 <= h < H and 0 <= w < W:
+                                cols[r, c * kk + i * k + j] = X[n, h, w, c]
+                            else:
+                                cols[r, c * kk + i * k + j] = zero
+
+
+@njit(**JIT_OPTIONS)
+def _im2col_columns(X, k, s, p, Ho, Wo, cols, n0, n1):  # pragma: no cover - compiled
+    """Column by column within each output row (one channel: short rows of ``cols``)."""
+    _, H, W, C = X.shape
+    kk = k * k
+    zero = np.zeros(1, X.dtype)[0]
+    for n in range(n0, n1):  # branch-free inner loops over b
+        for a in range(Ho):
+            r0 = (n * Ho + a) * Wo
+            for i in range(k):
+                h = a * s + i - p
+                inside = 0 <= h < H
+                for j in range(k):
+                    b_lo, b_hi = _valid_b(j, s, p, W, Wo)
+                    if not inside:
+                        b_lo = b_hi = Wo
+                    for c in range(C):
+                        col = c * kk + i * k + j
+                        for b in range(b_lo):
+                            cols[r0 + b, col] = zero
+                        for b in range(b_lo, b_hi):
+                            cols[r0 + b, col] = X[n, h, b * s + j - p, c]
+                        for b in range(b_hi, Wo):
+                            cols[r0 + b, col] = zero
 
 
 @njit(**JIT_OPTIONS)
@@ -53,18 +101,16 @@ def _col2im(dcols, k, s, p, Ho, Wo, dX, n0, n1):  # pragma: no cover - compiled
         for i in range(k):  # the reference's order of the k x k additions
             for j in range(k):
                 col = i * k + j
+                b_lo, b_hi = _valid_b(j, s, p, W, Wo)
                 for a in range(Ho):
                     h = a * s + i - p
                     if h < 0 or h >= H:
                         continue
-                    for b in range(Wo):
+                    r0 = (n * Ho + a) * Wo
+                    for b in range(b_lo, b_hi):
                         w = b * s + j - p
-                        if w < 0 or w >= W:
-                            continue
-                        row = dcols[(n * Ho + a) * Wo + b]
-                        d = dX[n, h, w]
                         for c in range(C):
-                            d[c] += row[c * kk + col]
+                            dX[n, h, w, c] += dcols[r0 + b, c * kk + col]
 
 
 @njit(**JIT_OPTIONS)
@@ -73,21 +119,18 @@ def _maxpool_forward(X, k, s, Y, arg, n0, n1):  # pragma: no cover - compiled
     for n in range(n0, n1):
         for a in range(Ho):
             for b in range(Wo):
-                y = Y[n, a, b]
-                g = arg[n, a, b]
-                x0 = X[n, a * s, b * s]
                 for c in range(C):
-                    y[c] = x0[c]
-                    g[c] = 0
+                    Y[n, a, b, c] = X[n, a * s, b * s, c]
+                    arg[n, a, b, c] = 0
                 for i in range(k):
                     for j in range(k):
                         if i == 0 and j == 0:
                             continue
-                        x = X[n, a * s + i, b * s + j]
                         for c in range(C):
-                            if x[c] > y[c]:  # strict: the first maximum wins
-                                y[c] = x[c]
-                                g[c] = i * k + j
+                            x = X[n, a * s + i, b * s + j, c]
+                            if x > Y[n, a, b, c]:  # strict: the first maximum wins
+                                Y[n, a, b, c] = x
+                                arg[n, a, b, c] = i * k + j
 
 
 @njit(**JIT_OPTIONS)
@@ -98,22 +141,17 @@ def _maxpool_backward(dY, arg, k, s, dX, n0, n1):  # pragma: no cover - compiled
         if s >= k:  # windows do not overlap: one addition per entry of dX at most
             for a in range(Ho):
                 for b in range(Wo):
-                    d = dY[n, a, b]
-                    g = arg[n, a, b]
                     for c in range(C):
-                        off = g[c]
-                        dX[n, a * s + off // k, b * s + off % k, c] += d[c]
+                        off = arg[n, a, b, c]
+                        dX[n, a * s + off // k, b * s + off % k, c] += dY[n, a, b, c]
             continue
         for off in range(k * k):  # overlapping: the reference's order of the additions
             i, j = off // k, off % k
             for a in range(Ho):
                 for b in range(Wo):
-                    d = dY[n, a, b]
-                    g = arg[n, a, b]
-                    x = dX[n, a * s + i, b * s + j]
                     for c in range(C):
-                        if g[c] == off:
-                            x[c] += d[c]
+                        if arg[n, a, b, c] == off:
+                            dX[n, a * s + i, b * s + j, c] += dY[n, a, b, c]
 
 
 def _over_images(fn, N: int) -> None:  # type: ignore[no-untyped-def]
