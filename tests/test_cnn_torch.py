@@ -158,3 +158,29 @@ def test_onecycle_schedule_equals_torch() -> None:
         assert abs(t_opt.param_groups[0]["lr"] - 0.3 * ours.factor(step)) < 1e-15
         t_opt.step()
         sched.step()
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_chunked_and_threaded_conv_stage_equals_autograd(n_threads: int) -> None:
+    """m = N H W = 5200 rows: the stage's row parts and chunks, on widened rows with tails."""
+    from bnprop import threads
+
+    rng = np.random.default_rng(3)
+    net = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1, bias=False, dtype="float64", rng=rng),
+                        nn.BatchNorm2d(5, dtype="float64"), nn.ReLU(dtype="float64"),
+                        nn.Flatten(dtype="float64"),
+                        nn.Linear(5 * 100, 4, dtype="float64", rng=rng))
+    t = net.to_torch()
+    X, y = rng.standard_normal((52, 3, 10, 10)), rng.integers(0, 4, 52)
+    previous = threads.num_threads()
+    threads.set_threads(n_threads)
+    try:
+        loss, grads = net.loss_and_grads(X, y)
+    finally:
+        threads.set_threads(previous)
+    assert net.steps[0].stage.chunked
+    t_loss = F.cross_entropy(t(torch.tensor(X)), torch.tensor(y))
+    t_loss.backward()
+    assert abs(loss - t_loss.item()) <= 1e-10 * abs(t_loss.item())
+    for (name, g), p in zip(grads.items(), t.parameters(), strict=True):
+        assert rel_err(g, p.grad.numpy()) < 1e-10, name

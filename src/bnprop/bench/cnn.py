@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from bnprop.bench.timing import interleaved
-from bnprop.kernels import bn as bnk
 from bnprop.kernels import conv as convk
 from bnprop.model_cnn import cnn
 from bnprop.nn.plan import ConvNormStep, NormStep
@@ -76,18 +75,18 @@ def _phase_calls(net: Any, X_nhwc: np.ndarray) -> dict[str, list[Callable[[], ob
         if isinstance(step, NormStep):
             st = step.stage
             O, Z, Y, n = st.O, st.Z, st.Y, st.Z.shape[1]
-            mean, M2, inv_std = np.empty(n), np.empty(n), np.ones(n)
+            mean, M2 = np.empty(n), np.empty(n)
             sG, sGO = np.empty(n), np.empty(n)
             g, b = step.norm.gamma, step.norm.beta
             dZ = np.empty_like(Y)
             calls["BN"] += [
-                lambda Z=Z, mean=mean, M2=M2, st=st: bnk._moments(Z, st.block_rows, mean, M2),
-                lambda Z=Z, Y=Y, st=st, g=g, b=b: bnk._forward_apply(
+                lambda Z=Z, mean=mean, M2=M2, st=st: st.kernels._moments(Z, st.block_rows, mean, M2),
+                lambda Z=Z, Y=Y, st=st, g=g, b=b: st.kernels._forward_apply(
                     Z, st.mean, st.inv_std, g, b, st.act, Z, Y, None),
-                lambda Y=Y, Z=Z, st=st, sG=sG, sGO=sGO: bnk._backward_sums(
+                lambda Y=Y, Z=Z, st=st, sG=sG, sGO=sGO: st.kernels._backward_sums(
                     Y, Y, Z, st.act, sG, sGO),
-                lambda Y=Y, Z=Z, st=st, g=g, dZ=dZ, sG=sG, sGO=sGO: bnk._backward_apply(
-                    Y, Y, Z, g, inv_std, sG, sGO, float(Z.shape[0]), st.act, dZ)]
+                lambda Y=Y, Z=Z, st=st, g=g, dZ=dZ, sG=sG, sGO=sGO: st.kernels._backward_apply(
+                    Y, Y, Z, g, st.inv_std, sG, sGO, float(Z.shape[0]), st.act, dZ)]
             if st.linear is not None:
                 W = st.linear.W
                 calls["GEMM"] += [lambda O=O, W=W, Z=Z: np.matmul(O, W.T, out=Z),
