@@ -80,7 +80,8 @@ def _phase_calls(net: Any, X_nhwc: np.ndarray) -> dict[str, list[Callable[[], ob
             g, b = step.norm.gamma, step.norm.beta
             dZ = np.empty_like(Y)
             calls["BN"] += [
-                lambda Z=Z, mean=mean, M2=M2, st=st: st.kernels._moments(Z, st.block_rows, mean, M2),
+                lambda Z=Z, mean=mean, M2=M2, st=st: st.kernels._moments(
+                    Z, st.block_rows, mean, M2),
                 lambda Z=Z, Y=Y, st=st, g=g, b=b: st.kernels._forward_apply(
                     Z, st.mean, st.inv_std, g, b, st.act, Z, Y, None),
                 lambda Y=Y, Z=Z, st=st, sG=sG, sGO=sGO: st.kernels._backward_sums(

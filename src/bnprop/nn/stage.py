@@ -213,7 +213,8 @@ class BNStage:
 
         def reduce(p: int, start: int, stop: int) -> tuple[int, np.ndarray, np.ndarray]:
             if not self.chunked:
-                count = self.kernels._moments(source[start:stop], self.block_rows, P.mean[p], P.M2[p])
+                count = self.kernels._moments(source[start:stop], self.block_rows, P.mean[p],
+                                              P.M2[p])
                 return int(count), P.mean[p], P.M2[p]
             assert self.linear is not None
             total: tuple[int, np.ndarray, np.ndarray] | None = None
@@ -307,9 +308,9 @@ class BNStage:
         exact = norm.stats == "exact"
         if not exact:
             def frozen(p: int, start: int, stop: int) -> None:
-                self.kernels._backward_frozen(dY[start:stop], Y[start:stop], Obar[start:stop], gamma,
-                                     self.inv_std, act, P.sum_G[p], P.sum_GObar[p],
-                                     dY[start:stop])
+                self.kernels._backward_frozen(dY[start:stop], Y[start:stop], Obar[start:stop],
+                                              gamma, self.inv_std, act, P.sum_G[p],
+                                              P.sum_GObar[p], dY[start:stop])
             self._kernel_parts(frozen)
         else:
             def sums(p: int, start: int, stop: int) -> None:
