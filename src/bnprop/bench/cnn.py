@@ -131,3 +131,45 @@ def phases(net: Any, X: np.ndarray, step_fn: Callable[[], None], rounds: int,
     times = interleaved(cases, rounds, budget)
     times["other"] = times["step"] - sum(times[k] for k in groups)
     return times
+
+
+#: The phases :func:`phases` times, in the order the table lists them.
+PHASES = ("im2col", "GEMM", "BN", "pooling", "other")
+
+
+def run_cnn(out: dict[str, Any], *, quick: bool, rounds: int, budget: float,
+            no_torch: str | None) -> None:
+    """The CNN step (float32, batch 128; 16 with ``quick``) against PyTorch eager into
+    ``out["comparisons"]`` (section "step", case "cnn ..."), and its phases into
+    ``out["cnn_phases"]``: seconds and shares of the step."""
+    m = 16 if quick else BATCH
+    X, y = cnn_inputs(m)
+    ours, net = bnprop_cnn_step(X, y)
+    case = f"cnn {'-'.join(map(str, (*CHANNELS, *HIDDEN)))}, batch {m}"
+    if no_torch:
+        out["unavailable"].append({"section": "step", "case": case, "dtype": "float32",
+                                   "peer": "torch eager", "reason": no_torch})
+    else:
+        times = interleaved({"bnprop": ours, "torch eager": torch_cnn_step(net, X, y)},
+                            rounds, budget)
+        out["comparisons"].append({
+            "section": "step", "case": case, "dtype": "float32", "peer": "torch eager",
+            "bnprop_s": times["bnprop"], "peer_s": times["torch eager"],
+            "ratio": times["bnprop"] / times["torch eager"]})
+    t = phases(net, X, ours, rounds, budget)
+    out["cnn_phases"] = {"case": case, "step_s": t["step"],
+                         "seconds": {k: t[k] for k in PHASES},
+                         "shares": {k: t[k] / t["step"] for k in PHASES}}
+
+
+def phase_lines(out: dict[str, Any]) -> list[str]:
+    """The phases as table lines (none when not run)."""
+    ph = out.get("cnn_phases")
+    if not ph:
+        return []
+    lines = ["", f"CNN step phases ({ph['case']}, float32, each timed alone; step "
+             f"{ph['step_s'] * 1e3:.1f} ms):", "", "| phase | ms | share of step |",
+             "|---|---:|---:|"]
+    for k in PHASES:
+        lines.append(f"| {k} | {ph['seconds'][k] * 1e3:.2f} | {ph['shares'][k]:.0%} |")
+    return lines

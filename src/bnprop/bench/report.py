@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from bnprop import threads
-from bnprop.bench import layer, machine, memory, step
+from bnprop.bench import cnn, layer, machine, memory, step
 from bnprop.bench.timing import interleaved
 
 SCHEMA = 1
@@ -206,6 +206,8 @@ def targets(out: dict[str, Any]) -> list[dict[str, Any]]:
          _find(out, "step", "ioffe", "float32", "torch eager"), 0.35, "<="),
         ("Ioffe step / jax jit (float32)", _find(out, "step", "ioffe", "float32", "jax jit"),
          0.6, "<="),
+        ("CNN step / torch eager (float32)",
+         _find(out, "step", "cnn", "float32", "torch eager"), 0.8, "<="),
         ("wide step / torch eager (float32)",
          _find(out, "step", "wide", "float32", "torch eager"), 0.65, "<="),
         ("BN layer 65536 x 16 -> 256 / torch eager (float32)",
@@ -241,6 +243,8 @@ def run(*, quick: bool = False, n_threads: int = 2, sizes: Sizes | None = None,
     run_layers(sizes, out, no_torch)
     log("bench: train steps ...")
     run_steps(sizes, out, no_torch)
+    log("bench: CNN step and its phases ...")
+    cnn.run_cnn(out, quick=quick, rounds=sizes.rounds, budget=sizes.budget, no_torch=no_torch)
     log("bench: machine limits ...")
     run_limits(sizes, out, n_threads)
     log("bench: memory ...")
@@ -289,6 +293,7 @@ def table(out: dict[str, Any]) -> str:
     lines.append(f"- first fast step in this process: {out['first_step_s'] * 1e3:.1f} ms")
     for k, v in out.get("compile_s", {}).items():
         lines.append(f"- first call of {k}: {v:.1f} s")
+    lines += cnn.phase_lines(out)
     lines += ["", "| target | value | limit | met |", "|---|---:|---|---|"]
     for t in out.get("targets", []):
         value = "not run" if t["value"] is None else f"{t['value']:.3g}"
