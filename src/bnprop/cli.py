@@ -32,12 +32,18 @@ def _positive_float(text: str) -> float:
 def _cmd_check(args: argparse.Namespace) -> int:
     from bnprop.check import run_check
 
-    report = run_check(seed=args.seed, sizes=args.sizes, activation=args.activation,
-                       trials=args.trials, use_torch=not args.no_torch)
+    if args.layer == "bn2d":
+        from bnprop.check_bn2d import run_check_bn2d, to_text
+
+        report = run_check_bn2d(seed=args.seed, activation=args.activation,
+                                trials=args.trials, use_torch=not args.no_torch)
+    else:
+        report = run_check(seed=args.seed, sizes=args.sizes, activation=args.activation,
+                           trials=args.trials, use_torch=not args.no_torch)
     if args.json:
         print(json.dumps(report.to_json()))
     else:
-        print(report.to_text())
+        print(to_text(report) if args.layer == "bn2d" else report.to_text())
     return 0
 
 
@@ -254,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="activation (default sigmoid, the handout's)")
     p.add_argument("--trials", type=int, default=5, help="random layers (default 5)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    p.add_argument("--layer", choices=("bn1d", "bn2d"), default="bn1d",
+                   help="bn1d: Linear -> BN -> act (the handout's, default); bn2d: Conv2d -> "
+                   "BatchNorm2d -> act, statistics per channel over N H W (--sizes unused)")
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser(
