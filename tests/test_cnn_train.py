@@ -15,10 +15,11 @@ import pytest
 
 from bnprop import checkpoint as ckpt
 from bnprop._validate import InputError
+from bnprop.arch import CNN_DEFAULTS, arch_defaults
 from bnprop.cli import main
 from bnprop.distributed import ThreadComm, run_threaded, shard
 from bnprop.model_cnn import cnn
-from bnprop.train import CNN_DEFAULTS, TrainConfig, arch_defaults, train
+from bnprop.train import TrainConfig, train
 from tests.conftest import rel_err
 from tests.fake_mnist import make_learnable
 from tests.test_distributed import needs_mpiexec

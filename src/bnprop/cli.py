@@ -11,11 +11,13 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 from bnprop import __version__
 from bnprop._validate import InputError
 from bnprop.activations import ACTIVATIONS
+from bnprop.arch import add_arch_options
 from bnprop.layer import STATS_MODES
 
 
@@ -31,15 +33,11 @@ def _positive_float(text: str) -> float:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from bnprop.check import run_check
+    from bnprop.check_bn2d import run_check_bn2d, to_text
 
-    if args.layer == "bn2d":
-        from bnprop.check_bn2d import run_check_bn2d, to_text
-
-        report = run_check_bn2d(seed=args.seed, activation=args.activation,
-                                trials=args.trials, use_torch=not args.no_torch)
-    else:
-        report = run_check(seed=args.seed, sizes=args.sizes, activation=args.activation,
-                           trials=args.trials, use_torch=not args.no_torch)
+    run = run_check_bn2d if args.layer == "bn2d" else partial(run_check, sizes=args.sizes)
+    report = run(seed=args.seed, activation=args.activation, trials=args.trials,
+                 use_torch=not args.no_torch)
     if args.json:
         print(json.dumps(report.to_json()))
     else:
@@ -108,8 +106,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     """One process, or P under ``mpiexec -n P``: every rank runs this with the same argv."""
     import time
 
+    from bnprop.arch import arch_defaults
     from bnprop.distributed import abort_on_error, default_comm
-    from bnprop.train import TrainConfig, arch_defaults, parse_hidden, train
+    from bnprop.train import TrainConfig, parse_hidden, train
 
     try:
         comm = default_comm()  # MPIComm under mpiexec -n P > 1
@@ -319,9 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), help="default mnist")
     p.add_argument("--data-dir", metavar="DIR", help="data folder (default ~/.cache/bnprop)")
-    p.add_argument("--arch", choices=("mlp", "cnn"), help="mlp (default) or cnn: conv 3x3 -> "
-                   "BN2d -> ReLU -> max-pool 2 per --channels entry, then --hidden (docs/cnn.md)")
-    p.add_argument("--channels", metavar="C1,C2,...", help="cnn channels (default 16,32)")
+    add_arch_options(p)
     p.add_argument("--hidden", metavar="W1,W2,...",
                    help="hidden widths (default 100,100,100; 128 with --arch cnn)")
     p.add_argument("--activation", choices=acts, help="default sigmoid")
@@ -334,7 +331,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning rate (default 0.003 for adam, 0.5 for sgd)")
     p.add_argument("--momentum", type=float, help="SGD momentum, PyTorch's convention "
                    "(default 0)")
-    p.add_argument("--nesterov", action="store_const", const=True, help="Nesterov momentum")
     p.add_argument("--weight-decay", type=float, help="L2 weight decay (default 0)")
     p.add_argument("--schedule", choices=("constant", "cosine", "step", "onecycle"),
                    help="learning-rate schedule (default constant; cosine and step span "

@@ -56,22 +56,6 @@ if TYPE_CHECKING:
 #: Learning rate when none is given: measured best for the default run (README).
 DEFAULT_LR = {"adam": 3e-3, "sgd": 0.5}
 
-#: ``--arch cnn``'s defaults, for the options not given (docs/cnn.md: how they were chosen).
-CNN_DEFAULTS: dict[str, Any] = {
-    "hidden": (128,), "activation": "relu", "optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
-    "nesterov": True, "weight_decay": 5e-4, "schedule": "onecycle", "batch_size": 128,
-    "steps": 4 * (60_000 // 128), "eval_every": 60_000 // 128,
-    "checkpoint_every": 60_000 // 128,
-}
-
-
-def arch_defaults(given: dict[str, Any]) -> dict[str, Any]:
-    """``given`` with :data:`CNN_DEFAULTS` under every option it lacks when it says
-    ``arch="cnn"`` (unchanged otherwise)."""
-    if given.get("arch") != "cnn":
-        return given
-    return {**CNN_DEFAULTS, **given}
-
 
 @dataclass
 class TrainConfig:
@@ -82,7 +66,7 @@ class TrainConfig:
     """
 
     dataset: str = "mnist"
-    arch: str = "mlp"       # "mlp" or "cnn" (model_cnn.cnn; see arch_defaults)
+    arch: str = "mlp"       # "mlp" or "cnn" (bnprop.arch: arch_defaults, model_cnn.cnn)
     channels: tuple[int, ...] = (16, 32)  # --arch cnn: one conv stage each
     hidden: tuple[int, ...] = (100, 100, 100)
     activation: str = "sigmoid"
@@ -169,18 +153,11 @@ class BatchOrder:
 def check_config(config: TrainConfig) -> TrainConfig:
     """Validate a config; each problem is one line naming the option."""
     from bnprop.activations import ACTIVATIONS
+    from bnprop.arch import check_arch
     from bnprop.data.datasets import DATASETS
 
     check_choice(config.dataset, "dataset", DATASETS)
-    check_choice(config.arch, "arch", ("mlp", "cnn"))
-    if not config.channels or any(int(c) < 1 for c in config.channels):
-        raise InputError(f"channels: expected one or more channel counts >= 1, got "
-                         f"{list(config.channels)} instead.")
-    if config.nesterov and (config.optimizer != "sgd" or config.momentum == 0):
-        raise InputError("nesterov: needs --optimizer sgd with --momentum > 0.")
-    if config.arch == "cnn" and (config.activation != "relu" or not config.batchnorm):
-        raise InputError("arch: the cnn has ReLU and batch normalization in every stage; "
-                         "drop --activation and --no-batchnorm.")
+    check_arch(config)
     check_choice(config.activation, "activation", tuple(ACTIVATIONS))
     check_choice(config.stats, "stats", ("exact", "frozen"))
     check_choice(config.optimizer, "optimizer", ("sgd", "adam"))
@@ -253,15 +230,11 @@ def build_optimizer(config: TrainConfig) -> Any:
 def build_model(config: TrainConfig, n_in: int, n_classes: int) -> Any:
     """A fresh network for the config (``n_in`` pixels of square one-channel images
     for ``arch="cnn"``)."""
+    from bnprop.arch import build_cnn
     from bnprop.model import MLP
 
     if config.arch == "cnn":
-        from bnprop.model_cnn import cnn
-
-        return cnn(config.channels, config.hidden, n_classes=n_classes,
-                   image_size=math.isqrt(n_in), dtype=config.dtype, seed=config.seed,
-                   stats=config.stats, running=config.running)
-
+        return build_cnn(config, n_in, n_classes)
     return MLP((n_in, *config.hidden, n_classes), activation=config.activation,
                batchnorm=config.batchnorm, stats=config.stats, dtype=config.dtype,
                seed=config.seed, running=config.running)
