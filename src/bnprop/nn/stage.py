@@ -45,7 +45,7 @@ from bnprop.activations import get_activation
 from bnprop.kernels import bn as bnk
 from bnprop.kernels.activations import ACTIVATION_CODES
 from bnprop.layer import check_global_rows
-from bnprop.nn.widen import Widened, widening
+from bnprop.nn.widen import Plain, Widened, widening
 
 if TYPE_CHECKING:
     from bnprop.distributed import Communicator
@@ -116,7 +116,7 @@ class BNStage:
         self.m: int | None = None
         #: The BN kernels, or (image BN: few channels, many rows) the same on widened rows.
         r = widening(norm.num_features, norm.dtype.itemsize)
-        self.kernels: Any = Widened(r) if getattr(norm, "in_ndim", 2) == 4 and r > 1 else bnk
+        self.kernels: Any = Widened(r) if getattr(norm, "in_ndim", 2) == 4 and r > 1 else Plain()
         #: (count, mean_B, var_B) of the last training forward, for the running update.
         self.batch_stats: tuple[int, np.ndarray, np.ndarray] | None = None
 

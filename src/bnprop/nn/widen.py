@@ -35,6 +35,17 @@ def widening(n: int, itemsize: int) -> int:
     return max(1, WIDE_ROW_BYTES // max(1, n * itemsize))
 
 
+class Plain:
+    """The kernels of :mod:`bnprop.kernels.bn` as they are (an object, so that a stage
+    that holds it pickles: a module does not)."""
+
+    _moments = staticmethod(bnk._moments)
+    _forward_apply = staticmethod(bnk._forward_apply)
+    _backward_sums = staticmethod(bnk._backward_sums)
+    _backward_apply = staticmethod(bnk._backward_apply)
+    _backward_frozen = staticmethod(bnk._backward_frozen)
+
+
 class Widened:
     """The kernels of :mod:`bnprop.kernels.bn` on ``(rows / r, r n)`` views (module
     docstring); same signatures, same results (reductions to rounding)."""
