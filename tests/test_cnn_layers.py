@@ -14,6 +14,7 @@ import pytest
 from bnprop import conv as ref
 from bnprop import nn
 from bnprop._validate import InputError
+from bnprop.jacobians import central_difference
 from bnprop.kernels import conv as convk
 from tests.conftest import rel_err
 
@@ -72,16 +73,16 @@ def _fd_check(module: nn.Module, X: np.ndarray, names: tuple[str, ...], tol: flo
         return float(np.sum(dY * module.forward(X)))
 
     def numeric(arr: np.ndarray) -> np.ndarray:
-        out = np.empty_like(arr)
-        for idx in np.ndindex(arr.shape):
-            old = arr[idx]
-            arr[idx] = old + h
-            f_plus = F()
-            arr[idx] = old - h
-            f_minus = F()
-            arr[idx] = old
-            out[idx] = (f_plus - f_minus) / (2 * h)
-        return out
+        """dF/darr, ``arr`` (the input or a live parameter) set to each probe in turn."""
+        kept = arr.copy()
+
+        def f(value: np.ndarray) -> float:
+            arr[...] = value
+            return F()
+
+        J = central_difference(f, kept, h)
+        arr[...] = kept
+        return J
 
     assert rel_err(dX, numeric(X)) < tol
     for name in names:

@@ -20,8 +20,8 @@ from bnprop.cli import main
 from bnprop.distributed import ThreadComm, run_threaded, shard
 from bnprop.model_cnn import cnn
 from bnprop.train import TrainConfig, train
+from tests import test_mpi_train as mpi_tests
 from tests.conftest import rel_err
-from tests.fake_mnist import make_learnable
 from tests.test_distributed import needs_mpiexec
 from tests.test_mpi_train import launch, max_rel_err, model_arrays
 
@@ -33,18 +33,7 @@ SMALL_ARGS = ["--arch", "cnn", "--channels", "4,8", "--hidden", "16", "--batch-s
               "--dtype", "float64"]
 
 
-@pytest.fixture(scope="module")
-def cnn_data(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """The learnable fake MNIST (28 x 28), digests recorded, for the whole module."""
-    from bnprop.data import datasets
-
-    root = tmp_path_factory.mktemp("data")
-    digests = make_learnable(root)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(datasets.SHA256, "mnist", digests)
-        mp.setattr(datasets, "_verified", set())
-        mp.setenv("BNPROP_DATA", str(root))
-        yield root, digests
+cnn_data = mpi_tests.fake_data  # the learnable fake MNIST (28 x 28), for the whole module
 
 
 def config(**kw: Any) -> TrainConfig:
