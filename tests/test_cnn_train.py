@@ -45,6 +45,8 @@ def test_arch_defaults_fill_only_what_is_not_given() -> None:
     assert cfg.optimizer == "sgd" and cfg.nesterov and cfg.schedule == "onecycle"
     assert cfg.hidden == (16,) and cfg.steps == 20 and cfg.lr == 0.05
     assert arch_defaults({"arch": "mlp"}) == {"arch": "mlp"}
+    adam = TrainConfig(**arch_defaults({"arch": "cnn", "optimizer": "adam"}))
+    assert adam.lr == 3e-3 and adam.momentum == 0 and not adam.nesterov
     assert TrainConfig(**arch_defaults({"arch": "cnn"})).batch_size == CNN_DEFAULTS["batch_size"]
 
 

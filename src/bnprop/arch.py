@@ -27,10 +27,15 @@ CNN_DEFAULTS: dict[str, Any] = {
 
 def arch_defaults(given: dict[str, Any]) -> dict[str, Any]:
     """``given`` with :data:`CNN_DEFAULTS` under every option it lacks when it says
-    ``arch="cnn"`` (unchanged otherwise)."""
+    ``arch="cnn"`` (unchanged otherwise); with another optimizer than SGD, without SGD's
+    lr, momentum and nesterov."""
     if given.get("arch") != "cnn":
         return given
-    return {**CNN_DEFAULTS, **given}
+    defaults = dict(CNN_DEFAULTS)
+    if given.get("optimizer", "sgd") != "sgd":  # SGD's settings do not apply
+        for key in ("lr", "momentum", "nesterov"):
+            del defaults[key]
+    return {**defaults, **given}
 
 
 def check_arch(config: Any) -> None:
