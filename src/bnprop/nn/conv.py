@@ -77,7 +77,9 @@ class Conv2d(SpatialModule):
         self.param_names = ("W", "b") if self.has_bias else ("W",)
         if self.has_bias:
             self.b = np.zeros(self.out_channels, self.dtype)
-        self._in_shape: tuple[int, ...] | None = None
+        self._in_shape: tuple[int, ...] | None = None  # of the im2col buffer
+        self._Z: np.ndarray | None = None
+        self._dcols: np.ndarray | None = None
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -126,10 +128,9 @@ class Conv2d(SpatialModule):
     def _forward(self, X: np.ndarray, training: bool) -> np.ndarray:
         shape = self.out_shape(X.shape)
         self._remember(X, training)
-        self._X_shape = X.shape
         self._C = cols = self._cols(X)
         m = cols.shape[0]
-        if getattr(self, "_Z", None) is None or self._Z.shape != (m, self.out_channels) \
+        if self._Z is None or self._Z.shape != (m, self.out_channels) \
                 or self._Z.dtype != X.dtype:
             self._Z = np.empty((m, self.out_channels), X.dtype)
         gemm(cols, self.W2.T, self._Z)
@@ -143,7 +144,7 @@ class Conv2d(SpatialModule):
         if self.has_bias:
             column_sums(dZ, self.grads["b"])
         if dX is not None:
-            if getattr(self, "_dcols", None) is None or self._dcols.shape != self._C.shape \
+            if self._dcols is None or self._dcols.shape != self._C.shape \
                     or self._dcols.dtype != dZ.dtype:
                 self._dcols = np.empty(self._C.shape, dZ.dtype)
             gemm(dZ, self.W2, self._dcols)

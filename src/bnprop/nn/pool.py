@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from bnprop import conv as ref
-from bnprop._validate import InputError
+from bnprop._validate import InputError, check_array
 from bnprop.kernels import conv as convk
 from bnprop.nn.conv import _check_int
 from bnprop.nn.spatial import SpatialModule
@@ -92,8 +92,6 @@ class Flatten(SpatialModule):
 
     def backward(self, dY: object) -> np.ndarray:
         """``dY`` (N, C H W) reshaped to the input's (N, C, H, W)."""
-        from bnprop._validate import check_array
-
         if self._m is None or not getattr(self, "_trained", False):
             raise InputError("Flatten.backward: call forward(X, training=True) first.")
         dY = check_array(dY, "dY", ndim=2, axes=("N", "CHW"), shape=self._shape_out,

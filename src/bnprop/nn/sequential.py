@@ -283,7 +283,9 @@ class Sequential:
         Parameters
         ----------
         X : array_like of shape (m, n_features), m >= 2
-            With ``comm``: this process's rows of the global batch.
+            Or images (N, C, H, W) for a net that starts with image layers (``Conv2d``,
+            ``BatchNorm2d``, ``MaxPool2d``). With ``comm``: this process's rows of the
+            global batch.
         y : array_like of int, shape (m,)
         comm : Communicator, optional
             Data-parallel step (module docstring).
