@@ -2,7 +2,7 @@
 
 The layer is ``Conv2d(C_in, C_out, k, padding=k//2, bias=False) -> BatchNorm2d -> sigma``
 on ``(N, C_in, H, W)`` images. With ``O = im2col(X)`` (``m = N H W`` rows of
-``C_in k k``) and ``W2 = W.reshape(C_out, C_in k k)`` it *is* the handout's layer
+``k k C_in``) and ``W2 = weight_matrix(W)`` (C_out, k k C_in) it *is* the handout's layer
 ``sigma(BN(O W2^T))`` with one feature per channel, its statistics over the ``N H W``
 values of each channel (:mod:`bnprop.conv`). So each statement of :mod:`bnprop.check` is
 measured on it the same way -- the Jacobians (1)-(4) of every example row against
@@ -90,7 +90,7 @@ def run_check_bn2d(*, seed: int = 0, shape: tuple[int, int, int, int] = SHAPE,
         def rows(a: np.ndarray) -> np.ndarray:
             return ref.to_nhwc(a).reshape(-1, a.shape[1])
 
-        cache = _forward(ref.im2col(ref.to_nhwc(X), k, 1, p), Wc.reshape(c_out, -1), gamma,
+        cache = _forward(ref.im2col(ref.to_nhwc(X), k, 1, p), ref.weight_matrix(Wc), gamma,
                          beta, act.name, eps)
         _measure(cache, rows(dY), errs, exact, with_torch=False)
         true = _backward(rows(dY), cache, "exact")
@@ -98,7 +98,7 @@ def run_check_bn2d(*, seed: int = 0, shape: tuple[int, int, int, int] = SHAPE,
 
         def F_of_X(x: np.ndarray, Wc: np.ndarray = Wc, gamma: np.ndarray = gamma,
                    beta: np.ndarray = beta, dY: np.ndarray = dY) -> float:
-            c = _forward(ref.im2col(ref.to_nhwc(x), k, 1, p), Wc.reshape(c_out, -1), gamma,
+            c = _forward(ref.im2col(ref.to_nhwc(x), k, 1, p), ref.weight_matrix(Wc), gamma,
                          beta, act.name, eps)
             return float(np.sum(rows(dY) * c.Y))
 
@@ -110,8 +110,8 @@ def run_check_bn2d(*, seed: int = 0, shape: tuple[int, int, int, int] = SHAPE,
             tf = _torch_bn2d(X, Wc, gamma, beta, dY, act.name, eps, frozen=True)
             ag = {"1": (true.dA, rows(tt["dA"])), "2": (true.dgamma, tt["dgamma"]),
                   "3": (true.dbeta, tt["dbeta"]),
-                  "4-frozen": (frozen.dW, tf["dW"].reshape(c_out, -1)),
-                  "4-training": (frozen.dW, tt["dW"].reshape(c_out, -1)), "dX": (dX, tt["dX"])}
+                  "4-frozen": (frozen.dW, ref.weight_matrix(tf["dW"])),
+                  "4-training": (frozen.dW, ref.weight_matrix(tt["dW"])), "dX": (dX, tt["dX"])}
             for key, (ours, theirs) in ag.items():
                 errs[key]["autograd"].append(jac.max_rel_error(ours, theirs))
     claims = {**CLAIMS, "dX": "dX = col2im(dO): the exact gradient reaches the images"}

@@ -5,18 +5,23 @@ NCHW, converted at the boundary (:func:`to_nhwc`, :func:`to_nchw`). A convolutio
 ``k x k`` kernels, stride ``s`` and zero padding ``p`` is a GEMM on the im2col matrix::
 
     Ho = (H + 2p - k) // s + 1,   Wo = (W + 2p - k) // s + 1,   m = N Ho Wo
-    cols[(n, a, b), (c, i, j)] = Xpad[n, a s + i, b s + j, c]          (m, C k k)
-    Z = cols W2^T (+ b)            W2 = W.reshape(C_out, C k k)         (m, C_out)
+    cols[(n, a, b), (i, j, c)] = Xpad[n, a s + i, b s + j, c]          (m, k k C)
+    Z = cols W2^T (+ b)            W2 = weight_matrix(W)                (m, C_out)
 
-The columns are ordered ``(c, i, j)`` so that ``W2`` is a view of PyTorch's weight
-``W`` (C_out, C, k, k); the rows of ``Z`` are the ``(n, a, b)`` pixels in NHWC order,
-so ``Z`` is the (m, n) row-major layout of the batch-norm kernels with ``m = N Ho Wo``.
-Backward, with ``dZ`` (m, C_out)::
+The columns are ordered ``(i, j, c)``: each ``(i, j)`` block is a contiguous run of the
+NHWC input, so im2col and col2im copy runs of ``C`` values. ``W2`` is PyTorch's weight
+``W`` (C_out, C, k, k) with its axes in that order (a copy of ``C_out k k C`` values).
+The rows of ``Z`` are the ``(n, a, b)`` pixels in NHWC order, so ``Z`` is the (m, n)
+row-major layout of the batch-norm kernels with ``m = N Ho Wo``. Backward, with ``dZ``
+(m, C_out)::
 
-    dW2   = dZ^T cols                                                  (C_out, C k k)
+    dW2   = dZ^T cols,  dW = weight_from_matrix(dW2)                   (C_out, k k C)
     db    = sum_rows(dZ)
-    dcols = dZ W2                                                      (m, C k k)
-    dX    = col2im(dcols): dX[n, a s + i - p, b s + j - p, c] += dcols[(n, a, b), (c, i, j)]
+    dcols = dZ W2                                                      (m, k k C)
+    dX    = col2im(dcols): dX[n, a s + i - p, b s + j - p, c] += dcols[(n, a, b), (i, j, c)]
+
+``col2im`` adds the terms of each entry of ``dX`` in the order of the output pixels
+``(n, a, b)``, row-major: the offsets ``(i, j)`` in decreasing order.
 
 Max pooling (window ``k``, stride ``s``, no padding) keeps, per window and channel, the
 first largest value in row-major window order (PyTorch's choice on ties), and sends the
@@ -53,6 +58,18 @@ def to_nchw(X: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(X.transpose(0, 3, 1, 2))
 
 
+def weight_matrix(W: np.ndarray) -> np.ndarray:
+    """PyTorch's weight (C_out, C, k, k) as the GEMM's ``W2`` (C_out, k k C), a copy."""
+    return np.ascontiguousarray(W.transpose(0, 2, 3, 1)).reshape(W.shape[0], -1)
+
+
+def weight_from_matrix(W2: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The inverse of :func:`weight_matrix`: ``W2`` (C_out, k k C) as ``shape``
+    (C_out, C, k, k), a view."""
+    C_out, C, k, _ = shape
+    return W2.reshape(C_out, k, k, C).transpose(0, 3, 1, 2)
+
+
 def _windows(Xpad: np.ndarray, k: int, s: int, Ho: int, Wo: int) -> np.ndarray:
     """View (N, Ho, Wo, C, k, k) of the ``k x k`` windows of ``Xpad`` (N, Hp, Wp, C)."""
     N, _, _, C = Xpad.shape
@@ -62,23 +79,24 @@ def _windows(Xpad: np.ndarray, k: int, s: int, Ho: int, Wo: int) -> np.ndarray:
 
 
 def im2col(X: np.ndarray, k: int, stride: int = 1, padding: int = 0) -> np.ndarray:
-    """``cols`` (N Ho Wo, C k k) of ``X`` (N, H, W, C) (module docstring)."""
+    """``cols`` (N Ho Wo, k k C) of ``X`` (N, H, W, C) (module docstring)."""
     N, H, W, C = X.shape
     Ho, Wo = out_size(H, k, stride, padding), out_size(W, k, stride, padding)
     Xpad = np.pad(X, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    return _windows(Xpad, k, stride, Ho, Wo).reshape(N * Ho * Wo, C * k * k).copy()
+    win = _windows(Xpad, k, stride, Ho, Wo).transpose(0, 1, 2, 4, 5, 3)  # (.., i, j, c)
+    return np.ascontiguousarray(win).reshape(N * Ho * Wo, k * k * C)
 
 
 def col2im(dcols: np.ndarray, shape: tuple[int, int, int, int], k: int, stride: int = 1,
            padding: int = 0) -> np.ndarray:
-    """The adjoint of :func:`im2col`: ``dX`` (N, H, W, C) from ``dcols`` (N Ho Wo, C k k)."""
+    """The adjoint of :func:`im2col`: ``dX`` (N, H, W, C) from ``dcols`` (N Ho Wo, k k C)."""
     N, H, W, C = shape
     Ho, Wo = out_size(H, k, stride, padding), out_size(W, k, stride, padding)
-    d = dcols.reshape(N, Ho, Wo, C, k, k)
+    d = dcols.reshape(N, Ho, Wo, k, k, C)
     dpad = np.zeros((N, H + 2 * padding, W + 2 * padding, C), dcols.dtype)
-    for i in range(k):
-        for j in range(k):
-            dpad[:, i:i + stride * Ho:stride, j:j + stride * Wo:stride, :] += d[..., i, j]
+    for i in reversed(range(k)):  # the order of the output pixels (module docstring)
+        for j in reversed(range(k)):
+            dpad[:, i:i + stride * Ho:stride, j:j + stride * Wo:stride, :] += d[:, :, :, i, j]
     return np.ascontiguousarray(dpad[:, padding:padding + H, padding:padding + W, :])
 
 

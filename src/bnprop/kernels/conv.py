@@ -1,12 +1,13 @@
 """im2col, col2im and max pooling (Numba), each equal to its reference in :mod:`bnprop.conv`.
 
 Same layout and equations as :mod:`bnprop.conv`: images NHWC (N, H, W, C), the im2col
-matrix ``cols`` (N Ho Wo, C k k) with columns ordered ``(c, i, j)``. Each kernel walks the
+matrix ``cols`` (N Ho Wo, k k C) with columns ordered ``(i, j, c)``. Each kernel walks the
 images ``[n0, n1)`` only, so :func:`bnprop.threads.map_rows` splits a batch over
 threads by images (every image's rows of ``cols`` and pixels of ``dX`` belong to one
-part, so parts never write the same memory). They move data and add; the sums of
-:func:`_col2im` are over the ``k x k`` offsets in the order of the reference, so the two
-agree bit for bit. Indexing is scalar: a view per pixel would cost more than its copy.
+part, so parts never write the same memory). They move data and add; :func:`_col2im`
+adds the terms of each entry of ``dX`` in the reference's order (output pixels
+row-major), so the two agree bit for bit. Indexing is scalar: a view per pixel would
+cost more than the copy of its values.
 """
 
 from __future__ import annotations
@@ -39,38 +40,30 @@ def _im2col(X, k, s, p, Ho, Wo, cols, n0, n1):  # pragma: no cover - compiled
 
 @njit(**JIT_OPTIONS)
 def _im2col_rows(X, k, s, p, Ho, Wo, cols, n0, n1):  # pragma: no cover - compiled
-    """Row by row of ``cols``, each written in order (many channels)."""
+    """Row by row of ``cols``, each ``(i, j)`` a run of ``C`` values (many channels)."""
     _, H, W, C = X.shape
-    kk = k * k
     zero = np.zeros(1, X.dtype)[0]
     for n in range(n0, n1):
         for a in range(Ho):
-            h0 = a * s - p
             for b in range(Wo):
-                w0 = b * s - p
                 r = (n * Ho + a) * Wo + b
-                if h0 >= 0 and h0 + k <= H and w0 >= 0 and w0 + k <= W:  # no padding
-                    for c in range(C):
-                        for i in range(k):
-                            for j in range(k):
-                                cols[r, c * kk + i * k + j] = X[n, h0 + i, w0 + j, c]
-                    continue
-                for c in range(C):
-                    for i in range(k):
-                        h = h0 + i
-                        for j in range(k):
-                            w = w0 + j
-                            if 0 <= h < H and 0 <= w < W:
-                                cols[r, c * kk + i * k + j] = X[n, h, w, c]
-                            else:
-                                cols[r, c * kk + i * k + j] = zero
+                for i in range(k):
+                    h = a * s + i - p
+                    for j in range(k):
+                        w = b * s + j - p
+                        base = (i * k + j) * C
+                        if 0 <= h < H and 0 <= w < W:
+                            for c in range(C):
+                                cols[r, base + c] = X[n, h, w, c]
+                        else:
+                            for c in range(C):
+                                cols[r, base + c] = zero
 
 
 @njit(**JIT_OPTIONS)
 def _im2col_columns(X, k, s, p, Ho, Wo, cols, n0, n1):  # pragma: no cover - compiled
     """Column by column within each output row (one channel: short rows of ``cols``)."""
     _, H, W, C = X.shape
-    kk = k * k
     zero = np.zeros(1, X.dtype)[0]
     for n in range(n0, n1):  # branch-free inner loops over b
         for a in range(Ho):
@@ -83,7 +76,7 @@ def _im2col_columns(X, k, s, p, Ho, Wo, cols, n0, n1):  # pragma: no cover - com
                     if not inside:
                         b_lo = b_hi = Wo
                     for c in range(C):
-                        col = c * kk + i * k + j
+                        col = (i * k + j) * C + c
                         for b in range(b_lo):
                             cols[r0 + b, col] = zero
                         for b in range(b_lo, b_hi):
@@ -95,22 +88,22 @@ def _im2col_columns(X, k, s, p, Ho, Wo, cols, n0, n1):  # pragma: no cover - com
 @njit(**JIT_OPTIONS)
 def _col2im(dcols, k, s, p, Ho, Wo, dX, n0, n1):  # pragma: no cover - compiled
     _, H, W, C = dX.shape
-    kk = k * k
     for n in range(n0, n1):
         dX[n] = 0
-        for i in range(k):  # the reference's order of the k x k additions
-            for j in range(k):
-                col = i * k + j
-                b_lo, b_hi = _valid_b(j, s, p, W, Wo)
-                for a in range(Ho):
+        for a in range(Ho):  # output pixels in row-major order: the reference's order
+            for b in range(Wo):
+                r = (n * Ho + a) * Wo + b
+                for i in range(k):
                     h = a * s + i - p
                     if h < 0 or h >= H:
                         continue
-                    r0 = (n * Ho + a) * Wo
-                    for b in range(b_lo, b_hi):
+                    for j in range(k):
                         w = b * s + j - p
+                        if w < 0 or w >= W:
+                            continue
+                        base = (i * k + j) * C
                         for c in range(C):
-                            dX[n, h, w, c] += dcols[r0 + b, c * kk + col]
+                            dX[n, h, w, c] += dcols[r, base + c]
 
 
 @njit(**JIT_OPTIONS)
@@ -160,7 +153,7 @@ def _over_images(fn, N: int) -> None:  # type: ignore[no-untyped-def]
 
 
 def im2col_into(X: np.ndarray, k: int, s: int, p: int, cols: np.ndarray) -> None:
-    """``cols`` (N Ho Wo, C k k) of ``X`` (N, H, W, C): :func:`bnprop.conv.im2col`."""
+    """``cols`` (N Ho Wo, k k C) of ``X`` (N, H, W, C): :func:`bnprop.conv.im2col`."""
     N, H, W, _ = X.shape
     Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
     _over_images(lambda n0, n1: _im2col(X, k, s, p, Ho, Wo, cols, n0, n1), N)

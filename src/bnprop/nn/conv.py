@@ -1,10 +1,11 @@
 """``Conv2d``: a 2-D convolution as an im2col GEMM, as ``torch.nn.Conv2d`` (NCHW outside).
 
-With ``cols`` the im2col matrix of the NHWC input and ``W2 = W.reshape(C_out, C_in k k)``
-(a view of PyTorch's weight, :mod:`bnprop.conv`)::
+With ``cols`` the im2col matrix of the NHWC input and ``W2 = weight_matrix(W)``
+(PyTorch's weight as (C_out, k k C_in), :mod:`bnprop.conv`)::
 
     forward    Z = cols W2^T + b                    (N Ho Wo, C_out) = NHWC output
     backward   dW2 = dZ^T cols,  db = sum_rows(dZ),  dcols = dZ W2,  dX = col2im(dcols)
+               dW = weight_from_matrix(dW2)
 
 In front of a ``BatchNorm2d`` (``bias=False``) a :class:`~bnprop.nn.Sequential` runs the
 convolution inside the fused batch-norm stage, as the ``Linear`` of the handout's layer
@@ -87,8 +88,13 @@ class Conv2d(SpatialModule):
 
     @property
     def W2(self) -> np.ndarray:
-        """``W`` as the (C_out, C_in k k) matrix of the GEMM (a view)."""
-        return self.W.reshape(self.out_channels, -1)
+        """``W`` as the (C_out, k k C_in) matrix of the GEMM (a copy: the parameter is
+        PyTorch's (C_out, C_in, k, k))."""
+        return ref.weight_matrix(self.W)
+
+    def set_dW2(self, dW2: np.ndarray) -> None:
+        """``grads["W"]`` from the GEMM's ``dW2`` (C_out, k k C_in)."""
+        self.grads["W"][...] = ref.weight_from_matrix(dW2, self.W.shape)
 
     def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
         N, H, W, C = in_shape
@@ -140,7 +146,7 @@ class Conv2d(SpatialModule):
 
     def _backward(self, dY: np.ndarray, dX: np.ndarray | None) -> None:
         dZ = dY.reshape(-1, self.out_channels)
-        np.matmul(dZ.T, self._C, out=self.grads["W"].reshape(self.out_channels, -1))
+        self.set_dW2(dZ.T @ self._C)
         if self.has_bias:
             column_sums(dZ, self.grads["b"])
         if dX is not None:
@@ -153,16 +159,21 @@ class Conv2d(SpatialModule):
 
 class ConvAsLinear:
     """A ``Conv2d(bias=False)`` seen by :class:`~bnprop.nn.stage.BNStage` as the
-    ``Linear`` of its layer: ``W`` is ``W2`` and ``grads["W"]`` the matching view of the
-    convolution's gradient, the stage's input ``O`` the im2col matrix."""
+    ``Linear`` of its layer: ``W`` is ``W2`` (taken at :meth:`take_weight`, once a step),
+    ``grads["W"]`` a ``dW2`` buffer that :meth:`give_grad` turns into the convolution's
+    gradient; the stage's input ``O`` is the im2col matrix."""
 
     def __init__(self, conv: Conv2d) -> None:
         self.conv = conv
+        self.W = conv.W2
+        self.grads = {"W": np.empty_like(self.W)}
 
-    @property
-    def W(self) -> np.ndarray:
-        return self.conv.W2
+    def take_weight(self) -> None:
+        """``W = W2`` of the convolution's current weight."""
+        self.W = self.conv.W2
+        if self.grads["W"].shape != self.W.shape or self.grads["W"].dtype != self.W.dtype:
+            self.grads["W"] = np.empty_like(self.W)
 
-    @property
-    def grads(self) -> dict[str, np.ndarray]:
-        return {"W": self.conv.grads["W"].reshape(self.conv.out_channels, -1)}
+    def give_grad(self) -> None:
+        """The convolution's ``grads["W"]`` from the stage's ``dW2``."""
+        self.conv.set_dW2(self.grads["W"])

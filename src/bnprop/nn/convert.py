@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from bnprop import batchnorm as bn
+from bnprop import conv as ref
 from bnprop._validate import InputError, check_array
 from bnprop.nn.batchnorm import BatchNorm1d
 from bnprop.nn.batchnorm2d import BatchNorm2d
@@ -146,7 +147,8 @@ def load_arrays(net: Any, state: dict[str, np.ndarray]) -> None:
 
 def folded_conv(conv: Conv2d, norm: BatchNorm2d | None) -> Conv2d:
     """One ``Conv2d`` with bias equal to ``conv -> norm`` in inference (``norm`` None: a
-    copy). :func:`bnprop.batchnorm.fold` on ``W2 = W.reshape(C_out, C_in k k)``; a bias
+    copy). :func:`bnprop.batchnorm.fold` on the GEMM's matrix ``W2`` (rows per output
+    channel, :func:`bnprop.conv.weight_matrix`); a bias
     ``b`` of ``conv`` enters as ``mu_pop - b``::
 
         W_fold = diag(gamma / sqrt(var + eps)) W2
@@ -158,7 +160,7 @@ def folded_conv(conv: Conv2d, norm: BatchNorm2d | None) -> Conv2d:
         W2, b_fold = bn.fold(conv.W2, norm.gamma, norm.beta,
                              norm.running_mean.astype(np.float64) - b, norm.running_var,
                              norm.eps)
-        W = W2.reshape(conv.W.shape)
+        W = ref.weight_from_matrix(W2, conv.W.shape)
     out = Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                  conv.padding, True, dtype=str(conv.dtype), rng=0)
     out.W[...], out.b[...] = W, b_fold

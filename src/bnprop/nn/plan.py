@@ -104,6 +104,7 @@ class ConvNormStep(NormStep):
 
     def forward(self, X: np.ndarray, training: bool, comm: Communicator | None) -> np.ndarray:
         shape = self.conv.out_shape(X.shape)
+        self.stage.linear.take_weight()
         return self.stage.forward(self.conv._cols(X), training, comm).reshape(shape)
 
     def backward(self, dY: np.ndarray, dX: np.ndarray | None,
@@ -111,12 +112,14 @@ class ConvNormStep(NormStep):
         dY2 = dY.reshape(-1, dY.shape[-1])
         if dX is None:  # the first layer: no dcols GEMM, no col2im
             self.stage.backward(dY2, None, comm)
+            self.stage.linear.give_grad()
             return
         cols = self.stage.O
         if self._dcols is None or self._dcols.shape != cols.shape \
                 or self._dcols.dtype != cols.dtype:
             self._dcols = np.empty(cols.shape, cols.dtype)
         self.stage.backward(dY2, self._dcols, comm)
+        self.stage.linear.give_grad()
         self.conv._col2im(self._dcols, dX)
 
 
