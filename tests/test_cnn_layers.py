@@ -42,7 +42,7 @@ def test_im2col_col2im_kernels_equal_the_reference(case: tuple, dtype: type) -> 
                       rtol=1e-4 if dtype == np.float32 else 1e-12)
 
 
-@pytest.mark.parametrize("k,s", [(2, 2), (3, 2), (2, 1), (3, 3)])
+@pytest.mark.parametrize("k,s", [(2, 2), (3, 2), (2, 1), (3, 3), (2, 3)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_maxpool_kernels_equal_the_reference(k: int, s: int, dtype: type) -> None:
     rng = np.random.default_rng(1)

@@ -129,9 +129,23 @@ def _maxpool_forward(X, k, s, Y, arg, n0, n1):  # pragma: no cover - compiled
 @njit(**JIT_OPTIONS)
 def _maxpool_backward(dY, arg, k, s, dX, n0, n1):  # pragma: no cover - compiled
     _, Ho, Wo, C = dY.shape
+    _, H, W, _ = dX.shape
+    zero = np.zeros(1, dX.dtype)[0]
     for n in range(n0, n1):
+        if s == k:  # windows tile dX: each entry written once, dY or 0
+            if Ho * k != H or Wo * k != W:
+                dX[n] = 0  # the rows and columns no window covers
+            for a in range(Ho):
+                for b in range(Wo):
+                    for i in range(k):
+                        for j in range(k):
+                            off = i * k + j
+                            for c in range(C):
+                                dX[n, a * k + i, b * k + j, c] = (
+                                    dY[n, a, b, c] if arg[n, a, b, c] == off else zero)
+            continue
         dX[n] = 0
-        if s >= k:  # windows do not overlap: one addition per entry of dX at most
+        if s > k:  # windows do not overlap: one addition per entry of dX at most
             for a in range(Ho):
                 for b in range(Wo):
                     for c in range(C):
