@@ -68,54 +68,63 @@ def torch_cnn_step(net: Any, X: np.ndarray, y: np.ndarray) -> Callable[[], None]
 
 
 def _phase_calls(net: Any, X_nhwc: np.ndarray) -> dict[str, list[Callable[[], object]]]:
-    """Each phase of one step as calls on the buffers the last step left (module docstring)."""
+    """Each phase of one step as calls on copies of the step's buffers (module
+    docstring); every call writes into scratch arrays, so repeating it changes no input."""
     calls: dict[str, list[Callable[[], object]]] = {
         "im2col": [], "GEMM": [], "BN": [], "pooling": []}
+    rng = np.random.default_rng(0)
+
+    def like(a: np.ndarray) -> np.ndarray:  # finite stand-in data of a buffer's shape
+        return rng.standard_normal(a.shape).astype(a.dtype)
+
     for i, step in enumerate(net.steps):
+        X_in = like(net.dH[i - 1]) if i > 0 else X_nhwc
         if isinstance(step, NormStep):
-            st = step.stage
-            O, Z, Y, n = st.O, st.Z, st.Y, st.Z.shape[1]
-            mean, M2 = np.empty(n), np.empty(n)
-            sG, sGO = np.empty(n), np.empty(n)
-            g, b = step.norm.gamma, step.norm.beta
-            dZ = np.empty_like(Y)
+            st, n = step.stage, step.stage.Z.shape[1]
+            O, Obar, Y, dY = st.O.copy(), st.Z.copy(), st.Y.copy(), like(st.Y)
+            out, out2 = np.empty_like(Y), np.empty_like(Y)
+            mean, M2, sG, sGO = (np.empty(n) for _ in range(4))
+            g, b, kern = step.norm.gamma, step.norm.beta, st.kernels
             calls["BN"] += [
-                lambda Z=Z, mean=mean, M2=M2, st=st: st.kernels._moments(
-                    Z, st.block_rows, mean, M2),
-                lambda Z=Z, Y=Y, st=st, g=g, b=b: st.kernels._forward_apply(
-                    Z, st.mean, st.inv_std, g, b, st.act, Z, Y, None),
-                lambda Y=Y, Z=Z, st=st, sG=sG, sGO=sGO: st.kernels._backward_sums(
-                    Y, Y, Z, st.act, sG, sGO),
-                lambda Y=Y, Z=Z, st=st, g=g, dZ=dZ, sG=sG, sGO=sGO: st.kernels._backward_apply(
-                    Y, Y, Z, g, st.inv_std, sG, sGO, float(Z.shape[0]), st.act, dZ)]
+                lambda kern=kern, Obar=Obar, st=st, mean=mean, M2=M2: kern._moments(
+                    Obar, st.block_rows, mean, M2),
+                lambda kern=kern, Obar=Obar, st=st, g=g, b=b, out=out, out2=out2:
+                    kern._forward_apply(Obar, st.mean, st.inv_std, g, b, st.act, out, out2,
+                                        None),
+                lambda kern=kern, dY=dY, Y=Y, Obar=Obar, st=st, sG=sG, sGO=sGO:
+                    kern._backward_sums(dY, Y, Obar, st.act, sG, sGO),
+                lambda kern=kern, dY=dY, Y=Y, Obar=Obar, st=st, g=g, sG=sG, sGO=sGO, out=out:
+                    kern._backward_apply(dY, Y, Obar, g, st.inv_std, sG, sGO,
+                                         float(Y.shape[0]), st.act, out)]
             if st.linear is not None:
                 W = st.linear.W
-                calls["GEMM"] += [lambda O=O, W=W, Z=Z: np.matmul(O, W.T, out=Z),
-                                  lambda O=O, Y=Y: Y.T @ O]
+                calls["GEMM"] += [lambda O=O, W=W, out=out: np.matmul(O, W.T, out=out),
+                                  lambda O=O, dY=dY: dY.T @ O]
                 if i > 0:
-                    calls["GEMM"].append(lambda Y=Y, W=W: Y @ W)
-            if isinstance(step, ConvNormStep):  # input: the previous step's buffer shape
-                conv = step.conv
+                    calls["GEMM"].append(lambda dY=dY, W=W: dY @ W)
+            if isinstance(step, ConvNormStep):
+                conv, cols = step.conv, np.empty_like(O)
                 k, s, p = conv.kernel_size, conv.stride, conv.padding
-                X_in = net.dH[i - 1] if i > 0 else X_nhwc
-                calls["im2col"].append(lambda X_in=X_in, O=O, k=k, s=s, p=p:
-                                       convk.im2col_into(X_in, k, s, p, O))
+                calls["im2col"].append(lambda X_in=X_in, cols=cols, k=k, s=s, p=p:
+                                       convk.im2col_into(X_in, k, s, p, cols))
                 if i > 0:
-                    calls["im2col"].append(lambda X_in=X_in, O=O, k=k, s=s, p=p:
-                                           convk.col2im_into(O, k, s, p, X_in))
+                    dX = np.empty_like(X_in)
+                    calls["im2col"].append(lambda O=O, dX=dX, k=k, s=s, p=p:
+                                           convk.col2im_into(O, k, s, p, dX))
         elif isinstance(step.modules[0], MaxPool2d):
             pool = step.modules[0]
-            Xp, k, s = net.dH[i - 1], pool.kernel_size, pool.stride
+            k, s, dX = pool.kernel_size, pool.stride, np.empty_like(X_in)
+            Yp, arg = np.empty_like(pool._Y), np.empty_like(pool._arg)
             calls["pooling"] += [
-                lambda pool=pool, Xp=Xp, k=k, s=s: convk.maxpool_forward_into(
-                    Xp, k, s, pool._Y, pool._arg),
-                lambda pool=pool, Xp=Xp, k=k, s=s: convk.maxpool_backward_into(
-                    pool._Y, pool._arg, k, s, Xp)]
+                lambda X_in=X_in, k=k, s=s, Yp=Yp, arg=arg: convk.maxpool_forward_into(
+                    X_in, k, s, Yp, arg),
+                lambda Yp=Yp, arg=arg, k=k, s=s, dX=dX: convk.maxpool_backward_into(
+                    Yp, arg, k, s, dX)]
         elif hasattr(step.modules[0], "W"):  # the output Linear
-            lin, H = step.modules[0], net.dH[i - 1]
-            calls["GEMM"] += [lambda lin=lin, H=H: H @ lin.W.T,
-                              lambda lin=lin, H=H: net.logits.T @ H,
-                              lambda lin=lin: net.logits @ lin.W]
+            W, dL = step.modules[0].W, like(net.logits)
+            calls["GEMM"] += [lambda X_in=X_in, W=W: X_in @ W.T,
+                              lambda X_in=X_in, dL=dL: dL.T @ X_in,
+                              lambda dL=dL, W=W: dL @ W]
     return calls
 
 
