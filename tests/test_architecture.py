@@ -14,13 +14,14 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "bnprop"
 #: Layer of each module, by dotted name prefix (longest match wins); the order is the rank.
 LAYERS = {
     "base": ["_validate", "_atomic", "files", "progress", "interrupt", "footprint"],
-    "math": ["activations", "batchnorm", "layer", "loss", "jacobians"],
+    "math": ["activations", "batchnorm", "layer", "loss", "jacobians", "conv"],
     "data": ["data"],
     "kernels": ["kernels", "threads"],
     "nn": ["nn"],
-    "model": ["model", "folded", "optim", "schedule"],
+    "model": ["model", "model_cnn", "folded", "optim", "schedule"],
     "distributed": ["distributed"],
-    "runs": ["train", "runconfig", "runfolder", "checkpoint", "check", "grad", "grade_cases",
+    "runs": ["train", "runconfig", "runfolder", "checkpoint", "check", "check_bn2d", "arch",
+             "grad", "grade_cases",
              "grading", "grade_report", "grade_process", "_grade_child", "trace", "trace_html",
              "trace_graph", "trace_mathml", "reproduce", "bench"],
     "faces": ["cli", "cli_grade", "interop", "__init__", "__main__"],

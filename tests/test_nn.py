@@ -124,8 +124,8 @@ def test_from_torch_round_trip_and_dtype_follows_module() -> None:
     assert back.dtype == np.float32
     for (n1, a), (n2, b) in zip(net.named_parameters(), back.named_parameters(), strict=True):
         assert n1 == n2 and np.array_equal(a, b)
-    with pytest.raises(InputError, match=r"module\[1\]: expected Linear, BatchNorm1d or an "
-                                         r"activation .* got Dropout"):
+    with pytest.raises(InputError, match=r"module\[1\]: expected Linear, BatchNorm1d, "
+                                         r"BatchNorm2d, .* or an activation .* got Dropout"):
         nn.Sequential.from_torch(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout()))
 
 

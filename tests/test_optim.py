@@ -193,7 +193,7 @@ def test_parameters_without_gradient_are_left_alone() -> None:
         (lambda: SGD(-1), "lr: expected a finite number > 0, got -1"),
         (lambda: SGD(0.1, momentum=1.0), r"momentum: expected a finite number in \[0, 1\), got 1.0"),
         (lambda: SGD(0.1, weight_decay=-1e-4), "weight_decay: expected a finite number >= 0"),
-        (lambda: SGD(0.1, schedule="linear"), "schedule: expected None, 'constant', 'cosine', 'step' or a Schedule"),
+        (lambda: SGD(0.1, schedule="linear"), "schedule: expected None, 'constant', 'cosine', 'step', 'onecycle' or a Schedule"),
         (lambda: SGD(0.1, schedule="cosine"), r"schedule: 'cosine' needs the run's length: pass total_steps=\.\.\. to the optimizer"),
         (lambda: Adam(schedule="step", total_steps=0), "total_steps: expected an integer >= 1, got 0"),
         (lambda: Adam(betas=(0.9,)), r"betas: expected a pair \(beta1, beta2\)"),
@@ -202,7 +202,7 @@ def test_parameters_without_gradient_are_left_alone() -> None:
         (lambda: Schedule.cosine(0), "total_steps: expected an integer >= 1, got 0"),
         (lambda: Schedule.cosine(10, final=2.0), r"final: expected a number in \[0, 1\], got 2.0"),
         (lambda: Schedule.step(5, decay=0), "decay: expected a finite number > 0"),
-        (lambda: Schedule("linear"), "kind: expected one of 'constant', 'cosine', 'step'. Got 'linear'"),
+        (lambda: Schedule("linear"), "kind: expected one of 'constant', 'cosine', 'step', 'onecycle'. Got 'linear'"),
     ],
 )
 def test_bad_hyperparameters(make, match: str) -> None:

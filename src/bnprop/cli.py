@@ -12,11 +12,13 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 from bnprop import __version__
 from bnprop._validate import InputError
 from bnprop.activations import ACTIVATIONS
+from bnprop.arch import add_arch_options
 from bnprop.cli_grade import add_grade
 from bnprop.interrupt import Interrupted
 from bnprop.layer import STATS_MODES
@@ -34,10 +36,15 @@ def _positive_float(text: str) -> float:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from bnprop.check import run_check
+    from bnprop.check_bn2d import run_check_bn2d, to_text
 
-    report = run_check(seed=args.seed, sizes=args.sizes, activation=args.activation,
-                       trials=args.trials, use_torch=not args.no_torch)
-    print(json.dumps(report.to_json()) if args.json else report.to_text())
+    run = run_check_bn2d if args.layer == "bn2d" else partial(run_check, sizes=args.sizes)
+    report = run(seed=args.seed, activation=args.activation, trials=args.trials,
+                 use_torch=not args.no_torch)
+    if args.json:
+        print(json.dumps(report.to_json()))
+    else:
+        print(to_text(report) if args.layer == "bn2d" else report.to_text())
     return 0
 
 
@@ -85,7 +92,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
 #: Options of ``bnprop train`` that map one to one onto TrainConfig fields.
 _TRAIN_FIELDS = ("dataset", "data_dir", "hidden", "activation", "stats", "optimizer", "lr",
                  "momentum", "weight_decay", "schedule", "batch_size", "steps", "dtype", "seed",
-                 "running", "eval_every", "checkpoint_every", "sync_bn")
+                 "running", "eval_every", "checkpoint_every", "sync_bn", "arch", "channels",
+                 "nesterov")
 
 
 def _set_threads(threads: int | None, processes: int = 1) -> None:
@@ -102,6 +110,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     """One process, or P under ``mpiexec -n P``: every rank runs this with the same argv."""
     import time
 
+    from bnprop.arch import arch_defaults
     from bnprop.distributed import abort_on_error, default_comm
     from bnprop.train import TrainConfig, parse_hidden, train
 
@@ -113,8 +122,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         given = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
         if args.no_batchnorm:
             given["batchnorm"] = False
-        if "hidden" in given:
-            given["hidden"] = parse_hidden(given["hidden"])
+        for key in ("hidden", "channels"):
+            if key in given:
+                given[key] = parse_hidden(given[key], key)
+        given = arch_defaults(given) if not args.resume else given
         if args.resume and args.out is None:
             raise InputError("--resume: needs --out DIR, the folder of the run to continue.")
         out = comm.bcast(args.out or f"runs/{given.get('dataset', 'mnist')}-"
@@ -252,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="activation (default sigmoid, the handout's)")
     p.add_argument("--trials", type=int, default=5, help="random layers (default 5)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    p.add_argument("--layer", choices=("bn1d", "bn2d"), default="bn1d",
+                   help="bn1d: Linear -> BN -> act (the handout's, default); bn2d: Conv2d -> "
+                   "BatchNorm2d -> act, statistics per channel over N H W (--sizes unused)")
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser(
@@ -308,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), help="default mnist")
     p.add_argument("--data-dir", metavar="DIR", help="data folder (default ~/.cache/bnprop)")
-    p.add_argument("--hidden", metavar="W1,W2,...", help="hidden widths (default 100,100,100)")
+    add_arch_options(p)
+    p.add_argument("--hidden", metavar="W1,W2,...",
+                   help="hidden widths (default 100,100,100; 128 with --arch cnn)")
     p.add_argument("--activation", choices=acts, help="default sigmoid")
     p.add_argument("--no-batchnorm", action="store_true",
                    help="hidden layers are Linear with bias + activation, no BN")
@@ -320,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=float, help="SGD momentum, PyTorch's convention "
                    "(default 0)")
     p.add_argument("--weight-decay", type=float, help="L2 weight decay (default 0)")
-    p.add_argument("--schedule", choices=("constant", "cosine", "step"),
+    p.add_argument("--schedule", choices=("constant", "cosine", "step", "onecycle"),
                    help="learning-rate schedule (default constant; cosine and step span "
                    "--steps)")
     p.add_argument("--batch-size", type=int, help="examples per step (default 60)")

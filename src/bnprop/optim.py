@@ -4,12 +4,13 @@ Parameters and gradients are ``dict[str, ndarray]`` keyed alike (``MLP.parameter
 and the grads of ``MLP.loss_and_grads``). ``t = 0, 1, ...`` counts the steps already
 taken; step t uses the learning rate ``lr_t = lr * schedule.factor(t)``.
 
-SGD (``torch.optim.SGD``, dampening 0, no Nesterov), per parameter p with gradient g::
+SGD (``torch.optim.SGD``, dampening 0), per parameter p with gradient g::
 
     g' = g + weight_decay * p
     v  = g'                            at the first step (the buffer starts as the gradient)
     v  = momentum * v + g'             afterwards
     p  = p - lr_t * v                  (v = g' when momentum = 0)
+    p  = p - lr_t * (g' + momentum v)  instead, with nesterov=True
 
 Adam (``torch.optim.Adam``, L2 weight decay added to the gradient, no AMSGrad)::
 
@@ -234,7 +235,10 @@ class SGD(Optimizer):
     schedule : None, "constant", "cosine", "step" or Schedule, default=None
         ``lr_t = lr * schedule.factor(t)``; a name is :meth:`Schedule.from_name`.
     total_steps : int, optional
-        Length of the run, needed by the names "cosine" and "step".
+        Length of the run, needed by the names "cosine", "step" and "onecycle".
+    nesterov : bool, default=False
+        Nesterov momentum, as ``torch.optim.SGD(nesterov=True)``: the step is
+        ``g' + momentum * v``; needs ``momentum > 0``.
 
     Examples
     --------
@@ -249,10 +253,15 @@ class SGD(Optimizer):
 
     def __init__(
         self, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
-        schedule: object = None, *, total_steps: int | None = None,
+        schedule: object = None, *, total_steps: int | None = None, nesterov: bool = False,
     ) -> None:
         super().__init__(lr, weight_decay, schedule, total_steps)
         self.momentum = _check_nonnegative(momentum, "momentum", below_one=True)
+        if not isinstance(nesterov, bool | np.bool_):
+            raise InputError(f"nesterov: expected True or False, got {nesterov!r} instead.")
+        if nesterov and self.momentum == 0:
+            raise InputError("nesterov: Nesterov momentum needs momentum > 0, got momentum 0.")
+        self.nesterov = bool(nesterov)
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray, lr: float) -> None:
         d = self._decayed(p, g)
@@ -263,7 +272,7 @@ class SGD(Optimizer):
             else:
                 v *= self.momentum
                 v += d
-            d = v
+            d = d + v * self.momentum if self.nesterov else v
         p -= np.multiply(d, lr, out=self._work(p))
 
     def _update_flat(self, p: np.ndarray, g: np.ndarray, flats: list[np.ndarray | None],
@@ -275,12 +284,12 @@ class SGD(Optimizer):
         if first:
             v = np.empty_like(p) if self.momentum != 0.0 else np.empty(0, p.dtype)
         coef = np.array([self.weight_decay, self.momentum, lr], p.dtype)
-        sgd_flat(p, g, v, coef, first, self.momentum != 0.0)
+        sgd_flat(p, g, v, coef, first, self.momentum != 0.0, self.nesterov)
         if first and self.momentum != 0.0:
             self._adopt("momentum_buffer", p.dtype, v, self._layout_of(p))
 
     def __repr__(self) -> str:
-        return (f"SGD(lr={self.lr}, momentum={self.momentum}, "
+        return (f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, "
                 f"weight_decay={self.weight_decay}, schedule={self.schedule})")
 
 

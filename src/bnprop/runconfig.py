@@ -29,6 +29,8 @@ class TrainConfig:
     """
 
     dataset: str = "mnist"
+    arch: str = "mlp"       # "mlp" or "cnn" (bnprop.arch: arch_defaults, model_cnn.cnn)
+    channels: tuple[int, ...] = (16, 32)  # --arch cnn: one conv stage each
     hidden: tuple[int, ...] = (100, 100, 100)
     activation: str = "sigmoid"
     batchnorm: bool = True
@@ -36,6 +38,7 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float | None = None  # None: DEFAULT_LR[optimizer]
     momentum: float = 0.0
+    nesterov: bool = False
     weight_decay: float = 0.0
     schedule: str = "constant"
     batch_size: int = 60
@@ -57,6 +60,7 @@ class TrainConfig:
         """The config as plain JSON types."""
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
+        d["channels"] = list(self.channels)
         return d
 
     @classmethod
@@ -67,8 +71,9 @@ class TrainConfig:
         if unknown:
             raise InputError(f"config: unknown key(s) {', '.join(sorted(unknown))}.")
         d = dict(d)
-        if "hidden" in d:
-            d["hidden"] = tuple(d["hidden"])
+        for key in ("hidden", "channels"):
+            if key in d:
+                d[key] = tuple(d[key])
         return cls(**d)
 
 
@@ -92,9 +97,11 @@ def check_batch_size(batch_size: object) -> None:
 def check_config(config: TrainConfig) -> TrainConfig:
     """Validate a config; each problem is one line naming the option."""
     from bnprop.activations import ACTIVATIONS
+    from bnprop.arch import check_arch
     from bnprop.data.datasets import DATASETS
 
     check_choice(config.dataset, "dataset", DATASETS)
+    check_arch(config)
     check_choice(config.activation, "activation", tuple(ACTIVATIONS))
     check_choice(config.stats, "stats", ("exact", "frozen"))
     check_choice(config.optimizer, "optimizer", ("sgd", "adam"))
@@ -159,15 +166,20 @@ def build_optimizer(config: TrainConfig) -> Any:
 
     if config.optimizer == "sgd":
         return SGD(config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                   schedule=config.schedule, total_steps=config.steps)
+                   schedule=config.schedule, total_steps=config.steps,
+                   nesterov=config.nesterov)
     return Adam(config.lr, weight_decay=config.weight_decay, schedule=config.schedule,
                 total_steps=config.steps)
 
 
 def build_model(config: TrainConfig, n_in: int, n_classes: int) -> Any:
-    """A fresh network for the config."""
+    """A fresh network for the config (``n_in`` pixels of square one-channel images
+    for ``arch="cnn"``)."""
+    from bnprop.arch import build_cnn
     from bnprop.model import MLP
 
+    if config.arch == "cnn":
+        return build_cnn(config, n_in, n_classes)
     return MLP((n_in, *config.hidden, n_classes), activation=config.activation,
                batchnorm=config.batchnorm, stats=config.stats, dtype=config.dtype,
                seed=config.seed, running=config.running)
@@ -199,22 +211,22 @@ def merge_resume_config(saved: TrainConfig, given: dict[str, Any]) -> TrainConfi
     return merged
 
 
-def parse_hidden(text: str | Sequence[int]) -> tuple[int, ...]:
-    """``"100,100,100"`` -> ``(100, 100, 100)``."""
+def parse_hidden(text: str | Sequence[int], name: str = "hidden") -> tuple[int, ...]:
+    """``"100,100,100"`` -> ``(100, 100, 100)`` (``name``: the option, for messages)."""
     if not isinstance(text, str):
         return tuple(int(h) for h in text)
     fields = text.split(",")
     if any(not h.strip() for h in fields):
         raise InputError(
-            f"hidden: expected comma-separated widths like 100,100,100, got {text!r} instead "
+            f"{name}: expected comma-separated widths like 100,100,100, got {text!r} instead "
             "(an empty field)."
         )
     try:
         hidden = tuple(int(h) for h in fields)
     except ValueError:
         raise InputError(
-            f"hidden: expected comma-separated widths like 100,100,100, got {text!r} instead."
+            f"{name}: expected comma-separated widths like 100,100,100, got {text!r} instead."
         ) from None
     if not hidden or min(hidden) < 1:
-        raise InputError(f"hidden: expected widths >= 1 like 100,100,100, got {text!r} instead.")
+        raise InputError(f"{name}: expected widths >= 1 like 100,100,100, got {text!r} instead.")
     return hidden

@@ -104,7 +104,12 @@ def _load_data(config: TrainConfig) -> tuple[np.ndarray, ...]:
     X, y = load_dataset(config.dataset, "train", data_dir=config.data_dir)
     Xt, yt = load_dataset(config.dataset, "test", data_dir=config.data_dir)
     dt = np.dtype(config.dtype)
-    return X.astype(dt, copy=False), y, Xt.astype(dt, copy=False), yt
+    X, Xt = X.astype(dt, copy=False), Xt.astype(dt, copy=False)
+    if config.arch == "cnn":
+        from bnprop.model_cnn import as_images
+
+        X, Xt = as_images(X), as_images(Xt)
+    return X, y, Xt, yt
 
 
 def train(
@@ -200,7 +205,8 @@ def _train(config: TrainConfig, folder: RunFolder | None, out: Path, *, resume: 
                 raise InputError(
                     f"epochs: the checkpoint in {out} is already at step {run['start']}.")
         if run["net"] is None:
-            sizes = (X.shape[1], *config.hidden, int(max(y.max(), yt.max())) + 1)
+            sizes = (int(np.prod(X.shape[1:])), *config.hidden,
+                     int(max(y.max(), yt.max())) + 1)
             check_memory(sizes, config.batch_size, X.dtype.itemsize,
                          {"adam": 2}.get(config.optimizer, int(config.momentum > 0)))
             net = build_model(config, sizes[0], sizes[-1])
@@ -324,7 +330,7 @@ def _open_run(config: TrainConfig, folder: RunFolder, resume: bool, given: dict[
     the seed). Resume: reads the checkpoint, merges ``given`` into its config, and returns
     the net and optimizer it holds, to be broadcast.
     """
-    from bnprop.model import MLP
+    from bnprop.model_cnn import load_net
 
     out = folder.path
     if resume and overwrite:
@@ -357,7 +363,7 @@ def _open_run(config: TrainConfig, folder: RunFolder, resume: bool, given: dict[
             f"steps: the checkpoint in {out} is at step {start}; --steps {config.steps} "
             "would go backwards."
         )
-    net = MLP.from_state(model_state)
+    net = load_net(model_state)
     optimizer = build_optimizer(config)
     optimizer.load_state_dict(optim_state)
     return {"config": config, "net": net, "optimizer": optimizer, "start": start,
@@ -370,14 +376,14 @@ def evaluate(folder: str | Path, *, dataset: str | None = None,
              data_dir: str | None = None) -> dict[str, Any]:
     """Test accuracy of ``folder/model.npz`` on its dataset's test split."""
     from bnprop.data.datasets import DATASETS, load_dataset
-    from bnprop.model import MLP
+    from bnprop.model_cnn import load_net, net_inputs
 
     folder = Path(folder)
     state = ckpt.load_model_state(folder)
     path = folder / ckpt.MODEL_FILE if folder.is_dir() else folder
     saved = state.pop(TRAIN_CONFIG_KEY, None)
     try:
-        net = MLP.from_state(state)
+        net = load_net(state)
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
     if dataset is None and saved is not None:
@@ -389,6 +395,6 @@ def evaluate(folder: str | Path, *, dataset: str | None = None,
                              f"{', '.join(DATASETS)}; pass --dataset to choose one.")
     dataset = dataset or "mnist"
     Xt, yt = load_dataset(dataset, "test", data_dir=data_dir)
-    acc = net.accuracy(Xt.astype(net.dtype, copy=False), yt)
+    acc = net.accuracy(net_inputs(net, Xt.astype(net.dtype, copy=False)), yt)
     return {"test_accuracy": acc, "dataset": dataset, "examples": int(yt.size)}
 

@@ -7,7 +7,8 @@ jitted JAX step, XLA's threads), :mod:`~bnprop.bench.job` (the default ``bnprop 
 job in steps per second), :mod:`~bnprop.bench.floor` (GEMM flops and floors),
 :mod:`~bnprop.bench.machine` (this machine and its limits), :mod:`~bnprop.bench.memory`
 (allocation and RSS), :mod:`~bnprop.bench.targets` (MET / MISSED),
-:mod:`~bnprop.bench.report` (the run, the JSON), :mod:`~bnprop.bench.table` (Markdown).
+:mod:`~bnprop.bench.cnn` (the CNN step and its phases), :mod:`~bnprop.bench.report`
+(the run, the JSON), :mod:`~bnprop.bench.table` (Markdown).
 torch and jax are imported inside the functions that use them.
 """
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from bnprop import threads
 from bnprop._atomic import atomic_writer
-from bnprop.bench import floor, jax_peer, job, layer, machine, memory, step
+from bnprop.bench import cnn, floor, jax_peer, job, layer, machine, memory, step
 from bnprop.bench.targets import targets
 from bnprop.bench.timing import interleaved
 
@@ -270,6 +270,8 @@ def run(*, quick: bool = False, n_threads: int = 2, sizes: Sizes | None = None,
     run_steps(sizes, out, no_torch)
     log("bench: the default train job ...")
     run_job(sizes, out, no_torch, data_dir)
+    log("bench: CNN step and its phases ...")
+    cnn.run_cnn(out, quick=quick, rounds=sizes.rounds, budget=sizes.budget, no_torch=no_torch)
     log("bench: memory ...")
     run_memory(sizes, out)
     log("bench: GEMM peak again ...")

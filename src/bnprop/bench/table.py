@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bnprop.bench import cnn
+
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}" if seconds < 0.1 else f"{seconds * 1e3:.1f}"
@@ -95,4 +97,5 @@ def table(out: dict[str, Any]) -> str:
         status = t["status"] + (busy if t["value"] is not None else "")
         lines.append(f"| {t['target']} | {value} | {t['limit']} | {status} | "
                      f"{t['detail']} |")
+    lines += cnn.phase_lines(out)
     return "\n".join(lines)

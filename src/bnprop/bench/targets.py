@@ -72,6 +72,8 @@ def targets(out: dict[str, Any]) -> list[dict[str, Any]]:
                    "layer", "60 x 100 -> 100", "float32", "torch eager", 0.5),
         _ratio_row(out, "wide_step_vs_torch", "wide step (SGD) / PyTorch eager (float32)",
                    "step", "wide", "float32", "torch eager", 0.85),
+        _ratio_row(out, "cnn_step_vs_torch", "CNN step, batch 128 / PyTorch eager (float32)",
+                   "step", "cnn", "float32", "torch eager", 0.8),
     ]
     f64 = [c for c in out["comparisons"]
            if c["dtype"] == "float64" and c["peer"] == "torch eager"]

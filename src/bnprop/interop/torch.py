@@ -88,7 +88,7 @@ def sequential_to_torch(net: Any) -> Any:
     activations; in the net's dtype, in training mode.
     """
     torch = import_torch()
-    from bnprop.nn import BatchNorm1d, Linear
+    from bnprop.nn import BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d
 
     nn = torch.nn
     tdtype = {np.dtype("float32"): torch.float32, np.dtype("float64"): torch.float64}[net.dtype]
@@ -97,9 +97,16 @@ def sequential_to_torch(net: Any) -> Any:
         if isinstance(mod, Linear):
             t = nn.Linear(mod.in_features, mod.out_features, bias=mod.has_bias, dtype=tdtype)
         elif isinstance(mod, BatchNorm1d):
-            t = nn.BatchNorm1d(mod.num_features, eps=mod.eps,
-                               momentum=mod.momentum if mod.running == "ema" else None,
-                               dtype=tdtype)
+            norm = nn.BatchNorm2d if isinstance(mod, BatchNorm2d) else nn.BatchNorm1d
+            t = norm(mod.num_features, eps=mod.eps,
+                     momentum=mod.momentum if mod.running == "ema" else None, dtype=tdtype)
+        elif isinstance(mod, Conv2d):
+            t = nn.Conv2d(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride,
+                          mod.padding, bias=mod.has_bias, dtype=tdtype)
+        elif isinstance(mod, MaxPool2d):
+            t = nn.MaxPool2d(mod.kernel_size, mod.stride)
+        elif isinstance(mod, Flatten):
+            t = nn.Flatten()
         else:
             t = getattr(nn, _TORCH_ACTIVATIONS[mod.activation])()
         with torch.no_grad():
@@ -142,21 +149,60 @@ def sequential_from_torch(module: Any, *, stats: str = "exact") -> Any:
         if isinstance(t, nn.Linear):
             mods.append(bnn.Linear(t.in_features, t.out_features, t.bias is not None,
                                    dtype=dtype, rng=0))
-        elif isinstance(t, nn.BatchNorm1d):
+        elif isinstance(t, nn.BatchNorm1d | nn.BatchNorm2d):
+            kind = type(t).__name__
             if not t.affine or not t.track_running_stats:
-                raise InputError(f"module[{i}]: expected BatchNorm1d(affine=True, "
+                raise InputError(f"module[{i}]: expected {kind}(affine=True, "
                                  "track_running_stats=True).")
-            mods.append(bnn.BatchNorm1d(
+            mods.append(getattr(bnn, kind)(
                 t.num_features, t.eps, 0.1 if t.momentum is None else t.momentum,
                 running="average" if t.momentum is None else "ema", stats=stats, dtype=dtype))
+        elif isinstance(t, nn.Conv2d | nn.MaxPool2d | nn.Flatten):
+            mods.append(_image_module_from_torch(i, t, dtype))
         elif type(t).__name__ in act_names:
             mods.append(bnn.module.ACTIVATION_MODULES[act_names[type(t).__name__]](dtype=dtype))
         else:
-            raise InputError(f"module[{i}]: expected Linear, BatchNorm1d or an activation "
-                             f"(Sigmoid, Tanh, ReLU, Identity), got {type(t).__name__} instead.")
+            raise InputError(f"module[{i}]: expected Linear, BatchNorm1d, BatchNorm2d, Conv2d, "
+                             "MaxPool2d, Flatten or an activation (Sigmoid, Tanh, ReLU, "
+                             f"Identity), got {type(t).__name__} instead.")
     net = bnn.Sequential(*mods)
     _copy_from_torch(net, module)
     return net
+
+
+def _image_module_from_torch(i: int, t: Any, dtype: str) -> Any:
+    """bnprop's ``Conv2d`` (square kernel and stride, zero padding, no dilation or
+    groups), ``MaxPool2d`` (no padding, dilation or ceil_mode) or ``Flatten()`` of ``t``."""
+    torch = import_torch()
+    from bnprop import nn as bnn
+    from bnprop._validate import InputError
+
+    nn = torch.nn
+
+    def square(value: Any, what: str) -> int:
+        pair = value if isinstance(value, tuple) else (value, value)
+        if len(set(pair)) != 1 or isinstance(pair[0], str):
+            raise InputError(f"module[{i}]: expected a square {what}, got {value!r} instead.")
+        return int(pair[0])
+
+    if isinstance(t, nn.Conv2d):
+        if (t.groups != 1 or square(t.dilation, "dilation") != 1
+                or t.padding_mode != "zeros"):
+            raise InputError(f"module[{i}]: expected Conv2d with groups=1, dilation=1 and "
+                             "padding_mode='zeros'.")
+        return bnn.Conv2d(t.in_channels, t.out_channels, square(t.kernel_size, "kernel_size"),
+                          square(t.stride, "stride"), square(t.padding, "padding"),
+                          t.bias is not None, dtype=dtype, rng=0)
+    if isinstance(t, nn.MaxPool2d):
+        if (square(t.padding, "padding") != 0 or square(t.dilation, "dilation") != 1
+                or t.ceil_mode or t.return_indices):
+            raise InputError(f"module[{i}]: expected MaxPool2d with padding=0, dilation=1, "
+                             "ceil_mode=False, return_indices=False.")
+        return bnn.MaxPool2d(square(t.kernel_size, "kernel_size"), square(t.stride, "stride"),
+                             dtype=dtype)
+    if t.start_dim != 1 or t.end_dim != -1:
+        raise InputError(f"module[{i}]: expected Flatten(start_dim=1, end_dim=-1).")
+    return bnn.Flatten(dtype=dtype)
 
 
 def _torch_dtype(module: Any) -> str:

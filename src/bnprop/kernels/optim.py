@@ -6,7 +6,8 @@ dtype, so the two agree bit for bit.
 float operand against a float32 array::
 
     SGD   coef = [weight_decay, momentum, lr_t]
-          d = g + weight_decay * p;  v = d (first) or v = momentum * v + d;  p -= v * lr_t
+          d = g + weight_decay * p;  v = d (first) or v = momentum * v + d
+          p -= v * lr_t,  or with Nesterov  p -= (d + v * momentum) * lr_t
     Adam  coef = [weight_decay, 1 - beta1, beta2, 1 - beta2, step_size, sqrt(1 - beta2^t), eps]
           d = g + weight_decay * p;  m += (d - m) * (1 - beta1)
           v = v * beta2 + (d * d) * (1 - beta2)
@@ -22,7 +23,7 @@ from bnprop.kernels._jit import JIT_OPTIONS
 
 
 @njit(**JIT_OPTIONS)
-def sgd_flat(p, g, v, coef, first, use_momentum):  # pragma: no cover - compiled
+def sgd_flat(p, g, v, coef, first, use_momentum, nesterov=False):  # pragma: no cover
     wd, momentum, lr = coef[0], coef[1], coef[2]
     for i in range(p.size):
         d = g[i]
@@ -34,7 +35,10 @@ def sgd_flat(p, g, v, coef, first, use_momentum):  # pragma: no cover - compiled
             else:
                 v[i] = v[i] * momentum
                 v[i] += d
-            d = v[i]
+            if nesterov:
+                d = d + v[i] * momentum
+            else:
+                d = v[i]
         p[i] -= d * lr
 
 

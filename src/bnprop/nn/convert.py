@@ -16,9 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from bnprop import batchnorm as bn
+from bnprop import conv as ref
 from bnprop._validate import InputError, check_array
 from bnprop.nn.batchnorm import BatchNorm1d
+from bnprop.nn.batchnorm2d import BatchNorm2d
+from bnprop.nn.conv import Conv2d
 from bnprop.nn.module import ACTIVATION_MODULES, Linear, Module, _Activation
+from bnprop.nn.pool import Flatten, MaxPool2d
 
 #: Version of the layout written by :func:`get_state`.
 STATE_VERSION = 1
@@ -29,10 +34,16 @@ def module_config(mod: Module) -> dict[str, Any]:
     if isinstance(mod, Linear):
         return {"type": "Linear", "in_features": mod.in_features,
                 "out_features": mod.out_features, "bias": mod.has_bias}
-    if isinstance(mod, BatchNorm1d):
-        return {"type": "BatchNorm1d", "num_features": mod.num_features, "eps": mod.eps,
+    if isinstance(mod, BatchNorm1d):  # BatchNorm2d too
+        return {"type": type(mod).__name__, "num_features": mod.num_features, "eps": mod.eps,
                 "momentum": mod.momentum, "running": mod.running, "stats": mod.stats}
-    if isinstance(mod, _Activation):
+    if isinstance(mod, Conv2d):
+        return {"type": "Conv2d", "in_channels": mod.in_channels,
+                "out_channels": mod.out_channels, "kernel_size": mod.kernel_size,
+                "stride": mod.stride, "padding": mod.padding, "bias": mod.has_bias}
+    if isinstance(mod, MaxPool2d):
+        return {"type": "MaxPool2d", "kernel_size": mod.kernel_size, "stride": mod.stride}
+    if isinstance(mod, _Activation | Flatten):
         return {"type": type(mod).__name__}
     raise InputError(f"module: {type(mod).__name__} cannot be saved.")  # pragma: no cover
 
@@ -46,8 +57,16 @@ def build_module(cfg: dict[str, Any], dtype: str) -> Module:
         if kind == "Linear":
             return Linear(args.pop("in_features"), args.pop("out_features"),
                           args.pop("bias"), dtype=dtype, **args)
-        if kind == "BatchNorm1d":
-            return BatchNorm1d(args.pop("num_features"), dtype=dtype, **args)
+        if kind in ("BatchNorm1d", "BatchNorm2d"):
+            norm = BatchNorm1d if kind == "BatchNorm1d" else BatchNorm2d
+            return norm(args.pop("num_features"), dtype=dtype, **args)
+        if kind == "Conv2d":
+            return Conv2d(args.pop("in_channels"), args.pop("out_channels"),
+                          args.pop("kernel_size"), dtype=dtype, **args)
+        if kind == "MaxPool2d":
+            return MaxPool2d(args.pop("kernel_size"), dtype=dtype, **args)
+        if kind == "Flatten" and not args:
+            return Flatten(dtype=dtype)
         if kind in activations and not args:
             return activations[kind](dtype=dtype)
     except (TypeError, KeyError) as exc:
@@ -126,20 +145,52 @@ def load_arrays(net: Any, state: dict[str, np.ndarray]) -> None:
         live[...] = arr
 
 
+def folded_conv(conv: Conv2d, norm: BatchNorm2d | None) -> Conv2d:
+    """One ``Conv2d`` with bias equal to ``conv -> norm`` in inference (``norm`` None: a
+    copy). :func:`bnprop.batchnorm.fold` on the GEMM's matrix ``W2`` (rows per output
+    channel, :func:`bnprop.conv.weight_matrix`); a bias
+    ``b`` of ``conv`` enters as ``mu_pop - b``::
+
+        W_fold = diag(gamma / sqrt(var + eps)) W2
+        b_fold = beta - gamma (mu - b) / sqrt(var + eps)
+    """
+    b = conv.b if conv.has_bias else np.zeros(conv.out_channels, conv.dtype)
+    W, b_fold = conv.W, b
+    if norm is not None:
+        W2, b_fold = bn.fold(conv.W2, norm.gamma, norm.beta,
+                             norm.running_mean.astype(np.float64) - b, norm.running_var,
+                             norm.eps)
+        W = ref.weight_from_matrix(W2, conv.W.shape)
+    out = Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                 conv.padding, True, dtype=str(conv.dtype), rng=0)
+    out.W[...], out.b[...] = W, b_fold
+    return out
+
+
 def folded_layers(net: Any) -> list[Module]:
     """The modules of the folded net: ``Linear(bias=False) -> BatchNorm1d`` becomes one
-    ``Linear`` with ``W_fold, b_fold`` (:func:`bnprop.batchnorm.fold`); a lone
-    ``BatchNorm1d`` becomes the diagonal ``Linear`` of its inference map; the rest is
-    copied."""
+    ``Linear`` with ``W_fold, b_fold`` (:func:`bnprop.batchnorm.fold`), ``Conv2d ->
+    BatchNorm2d`` one ``Conv2d`` (:func:`folded_conv`); a lone ``BatchNorm1d`` becomes the
+    diagonal ``Linear`` of its inference map, a lone ``BatchNorm2d`` the diagonal 1 x 1
+    ``Conv2d``; the rest is copied."""
     out: list[Module] = []
     mods, i, dt = net.modules, 0, str(net.dtype)
     while i < len(mods):
         mod = mods[i]
         nxt = mods[i + 1] if i + 1 < len(mods) else None
-        if isinstance(mod, Linear) and not mod.has_bias and isinstance(nxt, BatchNorm1d):
+        if isinstance(mod, Conv2d) or isinstance(mod, BatchNorm2d):
+            if isinstance(mod, BatchNorm2d):  # the identity 1 x 1 convolution, then mod
+                mod, nxt, i = Conv2d(mod.num_features, mod.num_features, 1, bias=False,
+                                     dtype=dt, rng=0), mod, i - 1
+                mod.W[...] = np.eye(nxt.num_features, dtype=nxt.dtype)[:, :, None, None]
+            norm = nxt if isinstance(nxt, BatchNorm2d) else None
+            out.append(folded_conv(mod, norm))
+            i += 1 if norm is None else 2
+            continue
+        if isinstance(mod, Linear) and not mod.has_bias and type(nxt) is BatchNorm1d:
             W, b = nxt.fold_into(mod.W)
             i += 2
-        elif isinstance(mod, BatchNorm1d):
+        elif type(mod) is BatchNorm1d:
             W, b = mod.fold_into(np.eye(mod.num_features, dtype=mod.dtype))
             i += 1
         elif isinstance(mod, Linear):

@@ -58,8 +58,10 @@ def check_global_rows(net: Any, m_global: int | None) -> None:
     from bnprop.nn.plan import NormStep
 
     for step in net.steps:
-        if isinstance(step, NormStep):
-            if m_global is not None and step.stage.count != m_global:
-                raise InputError(f"m_global: the processes hold {step.stage.count} rows "
-                                 f"in all, got m_global={m_global}.")
+        if isinstance(step, NormStep):  # BatchNorm2d counts N H W rows: H W per example
+            per_example = step.stage.m // net._in_shape[0]
+            if m_global is not None and step.stage.count != m_global * per_example:
+                raise InputError(f"m_global: the processes hold "
+                                 f"{step.stage.count // per_example} rows in all, got "
+                                 f"m_global={m_global}.")
             return

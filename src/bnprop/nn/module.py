@@ -43,9 +43,11 @@ class Module:
     buffer_names: tuple[str, ...] = ()
     #: bnprop name -> PyTorch's name of the same array.
     torch_names: ClassVar[dict[str, str]] = {}
-    #: Features in and out (None: any width, element-wise).
+    #: Features in and out (None: any width, element-wise); channels for image modules.
     in_features: int | None = None
     out_features: int | None = None
+    #: Dimensions of the input a module requires (2: (m, features); 4: images; None: any).
+    in_ndim: int | None = 2
 
     def __init__(self, dtype: str = "float32") -> None:
         self.dtype = np.dtype(check_choice(dtype, "dtype", DTYPES))
@@ -76,6 +78,14 @@ class Module:
         """Width of the output for an input of ``n_in`` features."""
         return n_in if self.out_features is None else self.out_features
 
+    def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of the output for an input of shape ``in_shape`` (bnprop's internal
+        layout: images are NHWC); the last axis maps through :meth:`out_width`."""
+        if self.in_features is not None and in_shape[-1] != self.in_features:
+            raise InputError(f"{self!r}: expects {self.in_features} input features, got an "
+                             f"input of shape {in_shape} from the module before it.")
+        return (*in_shape[:-1], self.out_width(in_shape[-1]))
+
     # ------------------------------------------------------------------ public pair
     def forward(self, X: object, training: bool = True) -> np.ndarray:
         """Validate ``X`` (m, in_features) and return the output (a fresh array)."""
@@ -104,8 +114,8 @@ class Module:
 
     def _remember(self, X: np.ndarray, training: bool) -> None:
         """Record the batch shape (for backward's checks)."""
-        self._m, self._width_in = X.shape
-        self._width_out = self.out_width(X.shape[1])
+        self._m, self._width_in = X.shape[0], X.shape[-1]
+        self._width_out = self.out_width(X.shape[-1])
         self._trained = training
 
     # ------------------------------------------------------------------ trusted pair
@@ -204,9 +214,11 @@ def column_sums(a: np.ndarray, out: np.ndarray) -> None:
 
 class _Activation(Module):
     """Element-wise ``Y = sigma(A)``; backward ``dA = sigma'(A) * dY``
-    (:mod:`bnprop.activations` holds each sigma and sigma')."""
+    (:mod:`bnprop.activations` holds each sigma and sigma'). Any shape inside a
+    Sequential (images too); ``forward`` / ``backward`` take (m, n)."""
 
     activation = "identity"
+    in_ndim = None
 
     def __init__(self, *, dtype: str = "float32") -> None:
         super().__init__(dtype)

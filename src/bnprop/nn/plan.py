@@ -3,7 +3,10 @@
 The plan groups the modules into steps, each a forward/backward pair on preallocated
 buffers. ``Linear(bias=False) -> BatchNorm1d -> activation`` (the handout's layer) is one
 :class:`~bnprop.nn.stage.BNStage`; so is ``BatchNorm1d -> activation`` and a lone
-``BatchNorm1d``; every other module is a step of its own.
+``BatchNorm1d`` (or ``BatchNorm2d``, on the ``(N H W, C)`` view of its NHWC images), and
+``Conv2d(bias=False) -> BatchNorm2d -> activation``: the im2col matrix is the stage's
+input and the convolution its ``Linear`` (:class:`ConvNormStep`). Every other module is a
+step of its own.
 
 Parameters of one dtype live in one flat array, of which each module's parameters are
 views, and so do their gradients (:class:`FlatBuffers`): the optimizer updates all of
@@ -17,6 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bnprop.nn.batchnorm import BatchNorm1d
+from bnprop.nn.batchnorm2d import BatchNorm2d
+from bnprop.nn.conv import Conv2d, ConvAsLinear
 from bnprop.nn.module import Linear, Module, _Activation
 from bnprop.nn.stage import BNStage
 
@@ -57,10 +62,15 @@ class NormStep:
                              linear)
 
     def forward(self, X: np.ndarray, training: bool, comm: Communicator | None) -> np.ndarray:
-        return self.stage.forward(X, training, comm)
+        if X.ndim == 2:
+            return self.stage.forward(X, training, comm)
+        return self.stage.forward(X.reshape(-1, X.shape[-1]), training, comm).reshape(X.shape)
 
     def backward(self, dY: np.ndarray, dX: np.ndarray | None,
                  comm: Communicator | None) -> None:
+        if dY.ndim != 2:  # images: the (N H W, C) views
+            C = dY.shape[-1]
+            dY, dX = dY.reshape(-1, C), None if dX is None else dX.reshape(-1, C)
         self.stage.backward(dY, dX, comm)
 
     def commit_running(self) -> None:
@@ -78,6 +88,41 @@ class NormStep:
             return bool(np.isfinite(mu_B.astype(dt)).all() and np.isfinite(unbiased).all())
 
 
+class ConvNormStep(NormStep):
+    """``Conv2d(bias=False) -> BatchNorm2d -> [activation]`` as one fused stage::
+
+        forward    cols = im2col(X);  Y = stage(cols) = sigma(BN(cols W2^T))   (N Ho Wo, C_out)
+        backward   stage: dW2, dgamma, dbeta, dcols = dZ W2;  dX = col2im(dcols)
+    """
+
+    def __init__(self, conv: Conv2d, norm: BatchNorm2d, activation: _Activation | None) -> None:
+        self.conv, self.norm = conv, norm
+        self.modules = tuple(m for m in (conv, norm, activation) if m is not None)
+        self.stage = BNStage(norm, "identity" if activation is None else activation.activation,
+                             ConvAsLinear(conv))  # type: ignore[arg-type]
+        self._dcols: np.ndarray | None = None
+
+    def forward(self, X: np.ndarray, training: bool, comm: Communicator | None) -> np.ndarray:
+        shape = self.conv.out_shape(X.shape)
+        self.stage.linear.take_weight()
+        return self.stage.forward(self.conv._cols(X), training, comm).reshape(shape)
+
+    def backward(self, dY: np.ndarray, dX: np.ndarray | None,
+                 comm: Communicator | None) -> None:
+        dY2 = dY.reshape(-1, dY.shape[-1])
+        if dX is None:  # the first layer: no dcols GEMM, no col2im
+            self.stage.backward(dY2, None, comm)
+            self.stage.linear.give_grad()
+            return
+        cols = self.stage.O
+        if self._dcols is None or self._dcols.shape != cols.shape \
+                or self._dcols.dtype != cols.dtype:
+            self._dcols = np.empty(cols.shape, cols.dtype)
+        self.stage.backward(dY2, self._dcols, comm)
+        self.stage.linear.give_grad()
+        self.conv._col2im(self._dcols, dX)
+
+
 def build_plan(modules: list[Module]) -> list[ModuleStep | NormStep]:
     """Group ``modules`` into steps (module docstring)."""
     steps: list[ModuleStep | NormStep] = []
@@ -85,7 +130,14 @@ def build_plan(modules: list[Module]) -> list[ModuleStep | NormStep]:
     while i < len(modules):
         mod = modules[i]
         nxt = modules[i + 1] if i + 1 < len(modules) else None
-        if isinstance(mod, Linear) and not mod.has_bias and isinstance(nxt, BatchNorm1d):
+        if isinstance(mod, Conv2d) and not mod.has_bias and isinstance(nxt, BatchNorm2d):
+            i += 2
+            act = (modules[i] if i < len(modules) and isinstance(modules[i], _Activation)
+                   else None)
+            i += act is not None
+            steps.append(ConvNormStep(mod, nxt, act))
+            continue
+        if isinstance(mod, Linear) and not mod.has_bias and type(nxt) is BatchNorm1d:
             linear, norm, i = mod, nxt, i + 2
         elif isinstance(mod, BatchNorm1d):
             linear, norm, i = None, mod, i + 1

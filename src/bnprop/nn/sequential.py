@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 #: Rows per block in inference: bounds the activations held at once.
 PREDICT_BLOCK_ROWS = 4096
+#: Images per block in inference (an image's im2col rows are many).
+PREDICT_BLOCK_IMAGES = 256
 
 
 class NonFiniteError(InputError, ArithmeticError):
@@ -83,22 +85,25 @@ class Sequential:
         if len(dtypes) > 1:
             raise InputError(f"modules: expected one dtype for every module, got "
                              f"{sorted(str(d) for d in dtypes)}.")
-        width = None
+        width = None  # features, or channels of images
         for i, mod in enumerate(modules):
             if mod.in_features is not None and width is not None and mod.in_features != width:
                 raise InputError(f"modules[{i}]: {mod!r} expects {mod.in_features} input "
                                  f"features, but the module before it gives {width}.")
-            width = mod.out_features if mod.out_features is not None else width
+            width = (None if getattr(mod, "resets_width", False) else
+                     mod.out_features if mod.out_features is not None else width)
         self.modules = list(modules)
         self.dtype = modules[0].dtype
         self.in_features = next((m.in_features for m in modules if m.in_features), None)
+        #: 2: rows of features (m, n_features); 4: images (N, C, H, W), C = in_features.
+        self.input_ndim = next((m.in_ndim for m in modules if m.in_ndim is not None), 2)
         self.n_classes = width
         self.backend = check_backend(backend)
         for mod in self.modules:
             mod.backend = self.backend
         self.steps = build_plan(self.modules)
         self.flat = FlatBuffers(self._named())
-        self._m: int | None = None
+        self._in_shape: tuple[int, ...] | None = None
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """After a copy or an unpickle (a broadcast) the parameters are separate arrays
@@ -144,8 +149,16 @@ class Sequential:
 
     # ------------------------------------------------------------------ checks
     def _check_X(self, X: object, *, training: bool) -> np.ndarray:
-        X = check_array(X, "X", ndim=2, axes=("m", "n_features"),
-                        shape=(None, self.in_features), dtype=self.dtype)
+        """``X`` checked, in the internal layout (images: NHWC)."""
+        if self.input_ndim == 4:
+            from bnprop.conv import to_nhwc
+            from bnprop.nn.spatial import check_images
+
+            X = to_nhwc(check_images(X, "X", self.in_features, self.dtype))
+            self._shapes(X.shape)  # the spatial sizes fit every module, or one line
+        else:
+            X = check_array(X, "X", ndim=2, axes=("m", "n_features"),
+                            shape=(None, self.in_features), dtype=self.dtype)
         if training and X.shape[0] < 2:
             raise InputError(
                 f"X: got a training batch of {X.shape[0]} example"
@@ -160,19 +173,33 @@ class Sequential:
         return X, check_labels(y, "y", X.shape[0], self.n_classes)
 
     # ------------------------------------------------------------------ one step
-    def _allocate(self, X: np.ndarray) -> None:
-        """Buffers of the loss and between steps: ``dH[i]`` is dF/d(output of step i)."""
-        m, width, widths = X.shape[0], X.shape[1], []
+    def _shapes(self, in_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """Output shape of every step for an input of ``in_shape`` (internal layout);
+        one line naming the module whose input does not fit."""
+        shape, shapes = in_shape, []
         for step in self.steps:
             for mod in step.modules:
-                width = mod.out_width(width)
-            widths.append(width)
-        self.dH = [np.empty((m, w), self.dtype) for w in widths[:-1]]
-        self.logits = np.empty((m, widths[-1]), self.dtype)  # logits, then dlogits
+                if mod.in_ndim is not None and len(shape) != mod.in_ndim:
+                    raise InputError(
+                        f"modules[{self.modules.index(mod)}]: {mod!r} expects a "
+                        f"{mod.in_ndim}-D input, but the module before it gives shape "
+                        f"{shape}.")
+                shape = mod.out_shape(shape)
+            shapes.append(shape)
+        if len(shape) != 2:
+            raise InputError(f"modules: the last module gives shape {shape}; the loss "
+                             "needs (m, n_classes) logits (end with Flatten and Linear).")
+        return shapes
+
+    def _allocate(self, X: np.ndarray) -> None:
+        """Buffers of the loss and between steps: ``dH[i]`` is dF/d(output of step i)."""
+        m, shapes = X.shape[0], self._shapes(X.shape)
+        self.dH = [np.empty(shape, self.dtype) for shape in shapes[:-1]]
+        self.logits = np.empty(shapes[-1], self.dtype)  # logits, then dlogits
         self.total = np.empty(m)
         self.rowmax = np.empty((m, 1), self.dtype)
         self.rows = np.arange(m)
-        self._m = m
+        self._in_shape = X.shape
 
     def _forward(self, X: np.ndarray, training: bool,
                  comm: Communicator | None = None) -> np.ndarray:
@@ -187,7 +214,7 @@ class Sequential:
         """Forward, loss, backward into the modules' gradient views; running statistics
         and parameters untouched. Raises NonFiniteError on a non-finite loss or gradient."""
         bn_comm = comm if sync_bn else None
-        if self._m != X.shape[0]:
+        if self._in_shape != X.shape:
             self._allocate(X)
         np.copyto(self.logits, self._forward(X, True, bn_comm))
         if bn_comm is not None:
@@ -256,7 +283,9 @@ class Sequential:
         Parameters
         ----------
         X : array_like of shape (m, n_features), m >= 2
-            With ``comm``: this process's rows of the global batch.
+            Or images (N, C, H, W) for a net that starts with image layers (``Conv2d``,
+            ``BatchNorm2d``, ``MaxPool2d``). With ``comm``: this process's rows of the
+            global batch.
         y : array_like of int, shape (m,)
         comm : Communicator, optional
             Data-parallel step (module docstring).
@@ -304,7 +333,8 @@ class Sequential:
         """Class probabilities in inference mode (running statistics), (m, n_classes),
         in blocks of :data:`PREDICT_BLOCK_ROWS` rows."""
         X = self._check_X(X, training=False)
-        return blocked_proba(self._logits_inference, X, self.n_classes)
+        return blocked_proba(self._logits_inference, X, self.n_classes,
+                             PREDICT_BLOCK_ROWS if self.input_ndim == 2 else PREDICT_BLOCK_IMAGES)
 
     def predict(self, X: object) -> np.ndarray:
         """Predicted labels ``argmax_k P_ik``, int64 (m,)."""
@@ -358,10 +388,11 @@ class Sequential:
         return sequential_from_torch(module, stats=stats)
 
 
-def blocked_proba(logits_fn: Any, X: np.ndarray, n_classes: int) -> np.ndarray:
-    """``softmax(logits_fn(X_block))`` for blocks of :data:`PREDICT_BLOCK_ROWS` rows."""
+def blocked_proba(logits_fn: Any, X: np.ndarray, n_classes: int,
+                  block_rows: int = PREDICT_BLOCK_ROWS) -> np.ndarray:
+    """``softmax(logits_fn(X_block))`` for blocks of ``block_rows`` rows."""
     P = np.empty((X.shape[0], n_classes), dtype=X.dtype)
-    for start in range(0, X.shape[0], PREDICT_BLOCK_ROWS):
-        block = slice(start, start + PREDICT_BLOCK_ROWS)
+    for start in range(0, X.shape[0], block_rows):
+        block = slice(start, start + block_rows)
         P[block] = _softmax(logits_fn(X[block]))
     return P

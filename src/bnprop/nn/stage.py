@@ -45,6 +45,7 @@ from bnprop.activations import get_activation
 from bnprop.kernels import bn as bnk
 from bnprop.kernels.activations import ACTIVATION_CODES
 from bnprop.layer import check_global_rows
+from bnprop.nn.widen import Plain, Widened, widening
 
 if TYPE_CHECKING:
     from bnprop.distributed import Communicator
@@ -113,6 +114,9 @@ class BNStage:
         self.norm, self.linear, self.activation = norm, linear, activation
         self.act = ACTIVATION_CODES[activation]
         self.m: int | None = None
+        #: The BN kernels, or (image BN: few channels, many rows) the same on widened rows.
+        r = widening(norm.num_features, norm.dtype.itemsize)
+        self.kernels: Any = Widened(r) if getattr(norm, "in_ndim", 2) == 4 and r > 1 else Plain()
         #: (count, mean_B, var_B) of the last training forward, for the running update.
         self.batch_stats: tuple[int, np.ndarray, np.ndarray] | None = None
 
@@ -190,7 +194,7 @@ class BNStage:
         source = Z if self.linear is not None else O
 
         def apply(p: int, start: int, stop: int) -> None:
-            bnk._forward_apply(source[start:stop], self.mean, self.inv_std, norm.gamma,
+            self.kernels._forward_apply(source[start:stop], self.mean, self.inv_std, norm.gamma,
                                norm.beta, self.act, Z[start:stop], Y[start:stop], None)
 
         self._kernel_parts(apply)
@@ -209,14 +213,15 @@ class BNStage:
 
         def reduce(p: int, start: int, stop: int) -> tuple[int, np.ndarray, np.ndarray]:
             if not self.chunked:
-                count = bnk._moments(source[start:stop], self.block_rows, P.mean[p], P.M2[p])
+                count = self.kernels._moments(source[start:stop], self.block_rows, P.mean[p],
+                                              P.M2[p])
                 return int(count), P.mean[p], P.M2[p]
             assert self.linear is not None
             total: tuple[int, np.ndarray, np.ndarray] | None = None
             for c0 in range(start, stop, self.chunk_rows):  # Z = O W^T, then its moments
                 c1 = min(stop, c0 + self.chunk_rows)
                 np.matmul(O[c0:c1], self.linear.W.T, out=Z[c0:c1])
-                n = int(bnk._moments(Z[c0:c1], self.block_rows, P.mean[p], P.M2[p]))
+                n = int(self.kernels._moments(Z[c0:c1], self.block_rows, P.mean[p], P.M2[p]))
                 total = ((n, P.mean[p].copy(), P.M2[p].copy()) if total is None
                          else bn.chan_combine(*total, n, P.mean[p], P.M2[p]))
             assert total is not None  # a part has rows
@@ -303,13 +308,13 @@ class BNStage:
         exact = norm.stats == "exact"
         if not exact:
             def frozen(p: int, start: int, stop: int) -> None:
-                bnk._backward_frozen(dY[start:stop], Y[start:stop], Obar[start:stop], gamma,
-                                     self.inv_std, act, P.sum_G[p], P.sum_GObar[p],
-                                     dY[start:stop])
+                self.kernels._backward_frozen(dY[start:stop], Y[start:stop], Obar[start:stop],
+                                              gamma, self.inv_std, act, P.sum_G[p],
+                                              P.sum_GObar[p], dY[start:stop])
             self._kernel_parts(frozen)
         else:
             def sums(p: int, start: int, stop: int) -> None:
-                bnk._backward_sums(dY[start:stop], Y[start:stop], Obar[start:stop], act,
+                self.kernels._backward_sums(dY[start:stop], Y[start:stop], Obar[start:stop], act,
                                    P.sum_G[p], P.sum_GObar[p])
             self._kernel_parts(sums)
         np.sum(P.sum_G, axis=0, out=self.sum_G)
@@ -317,7 +322,7 @@ class BNStage:
         self._reduce_sums(comm)
 
         def apply(p: int, start: int, stop: int) -> None:
-            bnk._backward_apply(dY[start:stop], Y[start:stop], Obar[start:stop], gamma,
+            self.kernels._backward_apply(dY[start:stop], Y[start:stop], Obar[start:stop], gamma,
                                 self.inv_std, self.sum_G, self.sum_GObar,
                                 float(self.count), act, dY[start:stop])
         if not self.chunked:

@@ -1,0 +1,192 @@
+"""im2col, col2im and max pooling (Numba), each equal to its reference in :mod:`bnprop.conv`.
+
+Same layout and equations as :mod:`bnprop.conv`: images NHWC (N, H, W, C), the im2col
+matrix ``cols`` (N Ho Wo, k k C) with columns ordered ``(i, j, c)``. Each kernel walks the
+images ``[n0, n1)`` only, so :func:`bnprop.threads.map_rows` splits a batch over
+threads by images (every image's rows of ``cols`` and pixels of ``dX`` belong to one
+part, so parts never write the same memory). They move data and add; :func:`_col2im`
+adds the terms of each entry of ``dX`` in the reference's order (output pixels
+row-major), so the two agree bit for bit. Indexing is scalar: a view per pixel would
+cost more than the copy of its values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from bnprop import threads
+from bnprop.kernels._jit import JIT_OPTIONS
+
+#: Minimum images of one part of a threaded kernel pass.
+PART_IMAGES = 16
+
+
+@njit(**JIT_OPTIONS)
+def _valid_b(j, s, p, W, Wo):  # pragma: no cover - compiled
+    """Output columns ``b`` whose input column ``b s + j - p`` lies in ``[0, W)``."""
+    b_lo = max(0, (p - j + s - 1) // s)
+    b_hi = min(Wo, (W - 1 + p - j) // s + 1)
+    return b_lo, max(b_lo, b_hi)
+
+
+@njit(**JIT_OPTIONS)
+def _im2col(X, k, s, p, Ho, Wo, cols, n0, n1):  # pragma: no cover - compiled
+    if X.shape[3] > 1:
+        _im2col_rows(X, k, s, p, Ho, Wo, cols, n0, n1)
+    else:
+        _im2col_columns(X, k, s, p, Ho, Wo, cols, n0, n1)
+
+
+@njit(**JIT_OPTIONS)
+def _im2col_rows(X, k, s, p, Ho, Wo, cols, n0, n1):  # pragma: no cover - compiled
+    """Row by row of ``cols``, each ``(i, j)`` a run of ``C`` values (many channels)."""
+    _, H, W, C = X.shape
+    zero = np.zeros(1, X.dtype)[0]
+    for n in range(n0, n1):
+        for a in range(Ho):
+            for b in range(Wo):
+                r = (n * Ho + a) * Wo + b
+                for i in range(k):
+                    h = a * s + i - p
+                    for j in range(k):
+                        w = b * s + j - p
+                        base = (i * k + j) * C
+                        if 0 <= h < H and 0 <= w < W:
+                            for c in range(C):
+                                cols[r, base + c] = X[n, h, w, c]
+                        else:
+                            for c in range(C):
+                                cols[r, base + c] = zero
+
+
+@njit(**JIT_OPTIONS)
+def _im2col_columns(X, k, s, p, Ho, Wo, cols, n0, n1):  # pragma: no cover - compiled
+    """Column by column within each output row (one channel: short rows of ``cols``)."""
+    _, H, W, C = X.shape
+    zero = np.zeros(1, X.dtype)[0]
+    for n in range(n0, n1):  # branch-free inner loops over b
+        for a in range(Ho):
+            r0 = (n * Ho + a) * Wo
+            for i in range(k):
+                h = a * s + i - p
+                inside = 0 <= h < H
+                for j in range(k):
+                    b_lo, b_hi = _valid_b(j, s, p, W, Wo)
+                    if not inside:
+                        b_lo = b_hi = Wo
+                    for c in range(C):
+                        col = (i * k + j) * C + c
+                        for b in range(b_lo):
+                            cols[r0 + b, col] = zero
+                        for b in range(b_lo, b_hi):
+                            cols[r0 + b, col] = X[n, h, b * s + j - p, c]
+                        for b in range(b_hi, Wo):
+                            cols[r0 + b, col] = zero
+
+
+@njit(**JIT_OPTIONS)
+def _col2im(dcols, k, s, p, Ho, Wo, dX, n0, n1):  # pragma: no cover - compiled
+    _, H, W, C = dX.shape
+    for n in range(n0, n1):
+        dX[n] = 0
+        for a in range(Ho):  # output pixels in row-major order: the reference's order
+            for b in range(Wo):
+                r = (n * Ho + a) * Wo + b
+                for i in range(k):
+                    h = a * s + i - p
+                    if h < 0 or h >= H:
+                        continue
+                    for j in range(k):
+                        w = b * s + j - p
+                        if w < 0 or w >= W:
+                            continue
+                        base = (i * k + j) * C
+                        for c in range(C):
+                            dX[n, h, w, c] += dcols[r, base + c]
+
+
+@njit(**JIT_OPTIONS)
+def _maxpool_forward(X, k, s, Y, arg, n0, n1):  # pragma: no cover - compiled
+    _, Ho, Wo, C = Y.shape
+    for n in range(n0, n1):
+        for a in range(Ho):
+            for b in range(Wo):
+                for c in range(C):
+                    Y[n, a, b, c] = X[n, a * s, b * s, c]
+                    arg[n, a, b, c] = 0
+                for i in range(k):
+                    for j in range(k):
+                        if i == 0 and j == 0:
+                            continue
+                        for c in range(C):
+                            x = X[n, a * s + i, b * s + j, c]
+                            if x > Y[n, a, b, c]:  # strict: the first maximum wins
+                                Y[n, a, b, c] = x
+                                arg[n, a, b, c] = i * k + j
+
+
+@njit(**JIT_OPTIONS)
+def _maxpool_backward(dY, arg, k, s, dX, n0, n1):  # pragma: no cover - compiled
+    _, Ho, Wo, C = dY.shape
+    _, H, W, _ = dX.shape
+    zero = np.zeros(1, dX.dtype)[0]
+    for n in range(n0, n1):
+        if s == k:  # windows tile dX: each entry written once, dY or 0
+            if Ho * k != H or Wo * k != W:
+                dX[n] = 0  # the rows and columns no window covers
+            for a in range(Ho):
+                for b in range(Wo):
+                    for i in range(k):
+                        for j in range(k):
+                            off = i * k + j
+                            for c in range(C):
+                                dX[n, a * k + i, b * k + j, c] = (
+                                    dY[n, a, b, c] if arg[n, a, b, c] == off else zero)
+            continue
+        dX[n] = 0
+        if s > k:  # windows do not overlap: one addition per entry of dX at most
+            for a in range(Ho):
+                for b in range(Wo):
+                    for c in range(C):
+                        off = arg[n, a, b, c]
+                        dX[n, a * s + off // k, b * s + off % k, c] += dY[n, a, b, c]
+            continue
+        for off in range(k * k):  # overlapping: the reference's order of the additions
+            i, j = off // k, off % k
+            for a in range(Ho):
+                for b in range(Wo):
+                    for c in range(C):
+                        if arg[n, a, b, c] == off:
+                            dX[n, a * s + i, b * s + j, c] += dY[n, a, b, c]
+
+
+def _over_images(fn, N: int) -> None:  # type: ignore[no-untyped-def]
+    """``fn(n0, n1)`` over the images, split by :func:`bnprop.threads.map_rows`."""
+    threads.map_rows(fn, N, min_rows=PART_IMAGES)
+
+
+def im2col_into(X: np.ndarray, k: int, s: int, p: int, cols: np.ndarray) -> None:
+    """``cols`` (N Ho Wo, k k C) of ``X`` (N, H, W, C): :func:`bnprop.conv.im2col`."""
+    N, H, W, _ = X.shape
+    Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+    _over_images(lambda n0, n1: _im2col(X, k, s, p, Ho, Wo, cols, n0, n1), N)
+
+
+def col2im_into(dcols: np.ndarray, k: int, s: int, p: int, dX: np.ndarray) -> None:
+    """``dX`` (N, H, W, C) from ``dcols``: :func:`bnprop.conv.col2im`."""
+    N, H, W, _ = dX.shape
+    Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+    _over_images(lambda n0, n1: _col2im(dcols, k, s, p, Ho, Wo, dX, n0, n1), N)
+
+
+def maxpool_forward_into(X: np.ndarray, k: int, s: int, Y: np.ndarray,
+                         arg: np.ndarray) -> None:
+    """``Y`` and the int8 window offsets ``arg``: :func:`bnprop.conv.maxpool_forward`."""
+    _over_images(lambda n0, n1: _maxpool_forward(X, k, s, Y, arg, n0, n1), X.shape[0])
+
+
+def maxpool_backward_into(dY: np.ndarray, arg: np.ndarray, k: int, s: int,
+                          dX: np.ndarray) -> None:
+    """``dX``: :func:`bnprop.conv.maxpool_backward`."""
+    _over_images(lambda n0, n1: _maxpool_backward(dY, arg, k, s, dX, n0, n1), dX.shape[0])
