@@ -197,8 +197,8 @@ def draw_ics(summary: dict[str, Any]) -> Any:
         for ax in row:
             ax.grid(alpha=0.3)
             plotting.steps_axis(ax)
-    fig.suptitle("Internal covariate shift (Santurkar et al. 2018, Def. 2.1): G'= gradient "
-                 "after the layers below took their step; " + title_suffix(summary),
+    fig.suptitle("Internal covariate shift (Santurkar et al. 2018, Def. 2.1): G' = the "
+                 "gradient after the layers below took their step\n" + title_suffix(summary),
                  fontsize="medium")
     return fig
 

@@ -193,7 +193,7 @@ def draw_noisy_bn(summary: dict[str, Any]) -> Any:
     noise = summary["noise"]
     fig.suptitle(
         f"Noisy BN (Santurkar et al. 2018, Fig. 2): A = s*BN + b, s ~ U(1, {noise['scale']:g}),"
-        f" b ~ U(-{noise['shift']:g}, {noise['shift']:g}) per unit and step; percentiles over "
+        f" b ~ U(-{noise['shift']:g}, {noise['shift']:g}) per unit and step\npercentiles over "
         f"{summary['probe_examples']} test examples in training mode; "
         + title_suffix(summary), fontsize="medium")
     return fig
