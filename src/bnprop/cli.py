@@ -173,8 +173,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     """``bnprop reproduce fig1 | frozen-stats`` (Ioffe & Szegedy 2015) and ``ics |
-    landscape | noisy-bn`` (Santurkar et al. 2018: :mod:`bnprop.cli_reproduce`)."""
-    from bnprop.cli_reproduce import add_santurkar_actions
+    landscape | noisy-bn`` (Santurkar et al. 2018): :mod:`bnprop.cli_reproduce`."""
+    from bnprop.cli_reproduce import add_actions
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", metavar="DIR",
@@ -203,24 +203,7 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
                        "(2018)", description="Reproduce Ioffe & Szegedy (2015) and Santurkar "
                        "et al. (2018) on I&S's MNIST set-up (3 x 100 sigmoid units, batch 60).")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    q = actions.add_parser(
-        "fig1", parents=[common], help="Figure 1: BN vs no BN, accuracy and sigmoid inputs",
-        description="Train the network with and without BN from the same weights on the same "
-        "batches; write fig1.png (test accuracy; 15th, 50th, 85th percentiles of one last-layer "
-        "sigmoid's input), fig1.csv and summary.json into --out.")
-    q.add_argument("--lr", type=_positive_float,
-                   help="learning rate (default 0.05 for sgd, 0.001 for adam)")
-    q.add_argument("--unit", type=int, help="unit 0..99 of the last hidden layer for panels "
-                   "(b) and (c) (default drawn with --seed)")
-    q = actions.add_parser(
-        "frozen-stats", parents=[common],
-        help="the exact BN gradient vs the handout's frozen statistics, in training",
-        description="Train the BN network twice from the same start on the same batches, with "
-        "the exact gradient and with mu_B, var_B held fixed (the handout's part 4); write "
-        "frozen_stats.png, frozen_stats.csv and summary.json into --out.")
-    q.add_argument("--lr", type=_positive_float,
-                   help="learning rate (default 0.5 for sgd, as bnprop train; 0.001 for adam)")
-    add_santurkar_actions(actions, common, _positive_float)
+    add_actions(actions, common, _positive_float)  # fig1, frozen-stats, ics, ...
     p.set_defaults(func=_cmd_reproduce, unit=None)
 
 

@@ -1,6 +1,8 @@
-"""The ``bnprop reproduce`` actions' runs, and the parsers of ``ics | landscape | noisy-bn``
-(Santurkar et al. 2018; ``bnprop.cli`` parses fig1 and frozen-stats itself). Only
-``bnprop.cli`` imports this module.
+"""The actions of ``bnprop reproduce``: their parsers and their runs. ``bnprop.cli`` owns
+the command and its shared options; only it imports this module.
+
+``fig1``, ``frozen-stats``: Ioffe & Szegedy (2015). ``ics``, ``landscape``, ``noisy-bn``:
+Santurkar et al. (2018).
 """
 
 from __future__ import annotations
@@ -13,14 +15,27 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from bnprop.reproduce.options import ReproduceOptions
 
-#: The Santurkar et al. (2018) actions this module adds to the parser.
-SANTURKAR_ACTIONS = ("ics", "landscape", "noisy-bn")
 
-
-def add_santurkar_actions(actions: argparse._SubParsersAction,
-                          common: argparse.ArgumentParser,
-                          positive_float: Callable[[str], float]) -> None:
-    """Add the three actions (with the shared options of ``common``) to ``actions``."""
+def add_actions(actions: argparse._SubParsersAction, common: argparse.ArgumentParser,
+                positive_float: Callable[[str], float]) -> None:
+    """Add every action (with the shared options of ``common``) to ``actions``."""
+    q = actions.add_parser(
+        "fig1", parents=[common], help="Figure 1: BN vs no BN, accuracy and sigmoid inputs",
+        description="Train the network with and without BN from the same weights on the same "
+        "batches; write fig1.png (test accuracy; 15th, 50th, 85th percentiles of one last-layer "
+        "sigmoid's input), fig1.csv and summary.json into --out.")
+    q.add_argument("--lr", type=positive_float,
+                   help="learning rate (default 0.05 for sgd, 0.001 for adam)")
+    q.add_argument("--unit", type=int, help="unit 0..99 of the last hidden layer for panels "
+                   "(b) and (c) (default drawn with --seed)")
+    q = actions.add_parser(
+        "frozen-stats", parents=[common],
+        help="the exact BN gradient vs the handout's frozen statistics, in training",
+        description="Train the BN network twice from the same start on the same batches, with "
+        "the exact gradient and with mu_B, var_B held fixed (the handout's part 4); write "
+        "frozen_stats.png, frozen_stats.csv and summary.json into --out.")
+    q.add_argument("--lr", type=positive_float,
+                   help="learning rate (default 0.5 for sgd, as bnprop train; 0.001 for adam)")
     q = actions.add_parser(
         "ics", parents=[common],
         help="Santurkar et al. 2018, Fig. 3: internal covariate shift, BN vs no BN vs frozen",

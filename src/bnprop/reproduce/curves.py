@@ -21,13 +21,19 @@ and one column ``<arm>_<name>`` per arm and curve.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
 
 import numpy as np
 
-from bnprop.reproduce.lockstep import Arm
-from bnprop.reproduce.records import aggregate, json_list
+from bnprop.files import write_json
+from bnprop.reproduce import plotting
+from bnprop.reproduce.experiment import run_seeds, summarize
+from bnprop.reproduce.lockstep import Arm, Values
+from bnprop.reproduce.options import Data, ReproduceOptions
+from bnprop.reproduce.records import aggregate, json_list, write_csv
 
 #: The three arms, as named in summary.json and the CSV files, and the ``TrainConfig``
 #: fields that set each apart.
@@ -56,15 +62,6 @@ def arm_entry(steps: Sequence[int], curves: Mapping[str, Sequence[float | None]]
             "final": {name: (values[-1] if done and values else None)
                       for name, values in flat.items()},
             "diverged_at": diverged_at}
-
-
-def arm_result(names: Sequence[str]) -> Any:
-    """``arm_result(arm)`` for :func:`~bnprop.reproduce.experiment.run_seeds`: the entry of
-    ``arm``'s curves ``names`` (``"train_loss"`` among them if wanted)."""
-    def result(arm: Arm) -> dict[str, Any]:
-        return arm_entry(arm.steps, {n: arm.curves.get(n, []) for n in names},
-                         arm.diverged_at)
-    return result
 
 
 def aggregate_arm(seeds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -112,3 +109,41 @@ def title_suffix(summary: dict[str, Any]) -> str:
             f"{opts['batch_size']}, {opts['optimizer'].upper()} lr {opts['lr']:g}")
     return text + (f"; mean, and min-max of seeds {seeds[0]}..{seeds[-1]}"
                    if len(seeds) > 1 else "")
+
+
+def run_arms(
+    opts: ReproduceOptions,
+    data: Data,
+    out: Path,
+    files: tuple[str, str, str],
+    *,
+    arms: Mapping[str, Mapping[str, Any]],
+    measure: Callable[[Arm, int, Any, Any], Values],
+    names: Callable[[], Sequence[str]],
+    draw: Callable[[dict[str, Any]], Any],
+    stream: TextIO | None,
+    progress: bool,
+    build: Callable[[str, Any, int, int], Any] | None = None,
+    finish: Callable[[dict[str, Any]], dict[str, Any]] = lambda entry: entry,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Train ``arms`` for every seed (:func:`~bnprop.reproduce.experiment.run_seeds`), then
+    write ``files`` = (PNG of ``draw(summary)``, CSV, summary.json) into ``out``.
+
+    Each arm's entry holds the curves ``names()`` (:func:`arm_entry`), passed through
+    ``finish``; ``extra`` goes to the top level of the summary. Returns the summary.
+    """
+    def result(arm: Arm) -> dict[str, Any]:
+        curves = {name: arm.curves.get(name, []) for name in names()}
+        return finish(arm_entry(arm.steps, curves, arm.diverged_at))
+
+    label = files[1].removesuffix(".csv").replace("_", "-")
+    t0 = time.perf_counter()
+    per_seed = run_seeds(opts, data, arms, measure=measure, arm_result=result, label=label,
+                         short=PROGRESS_NAMES, stream=stream, progress=progress, build=build)
+    summary = summarize(per_seed, tuple(arms), lambda s: finish(aggregate_arm(s)), opts,
+                        time.perf_counter() - t0, **extra)
+    write_csv(out / files[1], *csv_table(per_seed, tuple(arms)))
+    write_json(out / files[2], summary)
+    plotting.save_png(draw(summary), out / files[0])
+    return summary

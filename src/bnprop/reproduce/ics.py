@@ -34,29 +34,15 @@ Files written into ``out``:
 from __future__ import annotations
 
 import copy
-import time
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
-from bnprop.files import write_json
 from bnprop.reproduce import plotting
-from bnprop.reproduce.curves import (
-    ARM_CONFIG,
-    ARMS,
-    PROGRESS_NAMES,
-    STYLE,
-    aggregate_arm,
-    arm_result,
-    csv_table,
-    series,
-    title_suffix,
-)
-from bnprop.reproduce.experiment import run_seeds, summarize
+from bnprop.reproduce.curves import ARM_CONFIG, ARMS, STYLE, run_arms, series, title_suffix
 from bnprop.reproduce.lockstep import Arm
 from bnprop.reproduce.options import ReproduceOptions, check_options, claim_out, load_data
-from bnprop.reproduce.records import write_csv
 
 #: The default learning rate of each optimizer (fig1's).
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3}
@@ -149,20 +135,12 @@ def run_ics(
             layers.extend(weight_layers(arm.net)[1:])
         return {"test_accuracy": arm.net.accuracy(data.Xt, data.yt), **values}
 
-    def result(arm: Arm) -> dict[str, Any]:
-        names = ["train_loss", "test_accuracy", *(f"{layer}_{metric}" for layer in layers
-                                                  for metric in METRICS)]
-        return arm_result(names)(arm)
+    def names() -> list[str]:
+        return ["train_loss", "test_accuracy",
+                *(f"{layer}_{metric}" for layer in layers for metric in METRICS)]
 
-    t0 = time.perf_counter()
-    per_seed = run_seeds(opts, data, ARM_CONFIG, measure=measure, arm_result=result,
-                         label="ics", short=PROGRESS_NAMES, stream=stream, progress=progress)
-    summary = summarize(per_seed, ARMS, aggregate_arm, opts, time.perf_counter() - t0,
-                        layers=layers)
-    write_csv(out / "ics.csv", *csv_table(per_seed, ARMS))
-    write_json(out / "summary.json", summary)
-    plotting.save_png(draw_ics(summary), out / "ics.png")
-    return summary
+    return run_arms(opts, data, out, FILES, arms=ARM_CONFIG, measure=measure, names=names,
+                    draw=draw_ics, stream=stream, progress=progress, layers=layers)
 
 
 def draw_ics(summary: dict[str, Any]) -> Any:

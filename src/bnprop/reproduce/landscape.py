@@ -41,7 +41,6 @@ Files written into ``out``:
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
@@ -49,24 +48,11 @@ from typing import Any, NamedTuple, TextIO
 import numpy as np
 
 from bnprop._validate import InputError
-from bnprop.files import write_json
 from bnprop.nn import NonFiniteError
 from bnprop.reproduce import plotting
-from bnprop.reproduce.curves import (
-    ARM_CONFIG,
-    ARMS,
-    PROGRESS_NAMES,
-    STYLE,
-    aggregate_arm,
-    arm_result,
-    csv_table,
-    series,
-    title_suffix,
-)
-from bnprop.reproduce.experiment import run_seeds, summarize
+from bnprop.reproduce.curves import ARM_CONFIG, ARMS, STYLE, run_arms, series, title_suffix
 from bnprop.reproduce.lockstep import Arm
 from bnprop.reproduce.options import ReproduceOptions, check_options, claim_out, load_data
-from bnprop.reproduce.records import write_csv
 
 #: The default learning rate: fig1's. Only SGD: the probe moves along the raw gradient.
 DEFAULT_LR = {"sgd": 0.05}
@@ -212,16 +198,9 @@ def run_landscape(
         return {"test_accuracy": arm.net.accuracy(data.Xt, data.yt),
                 **landscape_values(arm.net, X_next, y_next, etas)}
 
-    t0 = time.perf_counter()
-    per_seed = run_seeds(opts, data, ARM_CONFIG, measure=measure,
-                         arm_result=arm_result(CURVES), label="landscape",
-                         short=PROGRESS_NAMES, stream=stream, progress=progress)
-    summary = summarize(per_seed, ARMS, aggregate_arm, opts, time.perf_counter() - t0,
-                        etas=etas)
-    write_csv(out / "landscape.csv", *csv_table(per_seed, ARMS))
-    write_json(out / "summary.json", summary)
-    plotting.save_png(draw_landscape(summary), out / "landscape.png")
-    return summary
+    return run_arms(opts, data, out, FILES, arms=ARM_CONFIG, measure=measure,
+                    names=lambda: CURVES, draw=draw_landscape, stream=stream,
+                    progress=progress, etas=etas)
 
 
 def draw_landscape(summary: dict[str, Any]) -> Any:

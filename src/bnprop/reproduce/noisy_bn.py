@@ -29,25 +29,13 @@ Files written into ``out``:
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
-from bnprop.files import write_json
 from bnprop.reproduce import plotting
-from bnprop.reproduce.curves import (
-    ARM_CONFIG,
-    PROGRESS_NAMES,
-    STYLE,
-    aggregate_arm,
-    arm_result,
-    csv_table,
-    series,
-    title_suffix,
-)
-from bnprop.reproduce.experiment import run_seeds, summarize
+from bnprop.reproduce.curves import ARM_CONFIG, STYLE, run_arms, series, title_suffix
 from bnprop.reproduce.fig1 import PERCENTILES, THRESHOLDS, check_unit, draw_unit
 from bnprop.reproduce.lockstep import Arm
 from bnprop.reproduce.noisy import activation_inputs, check_number, noisy_mlp
@@ -58,7 +46,7 @@ from bnprop.reproduce.options import (
     claim_out,
     load_data,
 )
-from bnprop.reproduce.records import first_step_reaching, write_csv
+from bnprop.reproduce.records import first_step_reaching
 
 ARMS_CONFIG = {**ARM_CONFIG, "noisy_batchnorm": {"batchnorm": True}}
 ARMS = tuple(ARMS_CONFIG)
@@ -127,21 +115,11 @@ def run_noisy_bn(
         return {"test_accuracy": arm.net.accuracy(data.Xt, data.yt),
                 **{f"p{q}": float(v) for q, v in zip(PERCENTILES, p, strict=True)}}
 
-    def result(arm: Arm) -> dict[str, Any]:
-        return with_thresholds(arm_result(CURVES)(arm))
-
-    t0 = time.perf_counter()
-    per_seed = run_seeds(opts, data, ARMS_CONFIG, measure=measure, arm_result=result,
-                         label="noisy-bn", short=PROGRESS_NAMES, stream=stream,
-                         progress=progress, build=build)
-    summary = summarize(per_seed, ARMS, lambda s: with_thresholds(aggregate_arm(s)), opts,
-                        time.perf_counter() - t0, unit=unit, unit_source=unit_source,
-                        layer=LAYER, probe_examples=int(probe.shape[0]),
-                        noise={"shift": shift, "scale": scale})
-    write_csv(out / "noisy_bn.csv", *csv_table(per_seed, ARMS))
-    write_json(out / "summary.json", summary)
-    plotting.save_png(draw_noisy_bn(summary), out / "noisy_bn.png")
-    return summary
+    return run_arms(opts, data, out, FILES, arms=ARMS_CONFIG, measure=measure,
+                    names=lambda: CURVES, draw=draw_noisy_bn, stream=stream,
+                    progress=progress, build=build, finish=with_thresholds, unit=unit,
+                    unit_source=unit_source, layer=LAYER,
+                    probe_examples=int(probe.shape[0]), noise={"shift": shift, "scale": scale})
 
 
 def with_thresholds(entry: dict[str, Any]) -> dict[str, Any]:
