@@ -1,8 +1,8 @@
 """What every reproduction takes: its options, checked once, and the data they name.
 
-Every command trains networks of Ioffe & Szegedy's MNIST set-up (Ioffe & Szegedy 2015, sec. 4.1):
-784 inputs, hidden layers :data:`HIDDEN` of sigmoid units, 10 outputs with softmax
-cross-entropy, batches of :data:`BATCH_SIZE` examples in the order of
+Every command trains networks of Ioffe & Szegedy's MNIST set-up (2015, sec. 4.1): 784
+inputs, hidden layers :data:`HIDDEN` of sigmoid units, 10 outputs with softmax cross-entropy,
+batches of :data:`BATCH_SIZE` examples in the order of
 :class:`bnprop.train.BatchOrder`. The run of seed ``s`` uses ``s`` for both the initial
 weights and the data order; ``seeds=K`` runs ``s = seed, seed + 1, ..., seed + K - 1``.
 
