@@ -86,6 +86,26 @@ def test_ics_command(data_root: tuple, tmp_path: Path) -> None:
     assert "ics (out.W): no_batchnorm median ||G-G'||" in ics.report_line(summary, "x")
 
 
+def test_ics_non_finite_gradient_records_null(data_root: tuple, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from bnprop.nn import NonFiniteError
+
+    real, calls = ics.ics_gradients, {"n": 0}
+
+    def flaky(net: object, *args: object) -> dict:
+        calls["n"] += 1
+        if calls["n"] == 4:  # the second record of the first network
+            raise NonFiniteError("the step's loss (inf) ...")
+        return real(net, *args)
+
+    monkeypatch.setattr(ics, "ics_gradients", flaky)
+    summary = run_ics(_opts(steps=10, record_every=5), tmp_path / "nf", progress=False)
+    c = summary["no_batchnorm"]["curves"]
+    assert c["out_l2"][1] is None and c["hidden.1_cos"][1] is None
+    assert c["out_l2"][0] is not None and c["out_l2"][2] is not None
+    assert summary["no_batchnorm"]["diverged_at"] is None
+
+
 def test_landscape_command(data_root: tuple, tmp_path: Path) -> None:
     summary = run_landscape(_opts(lr=0.1), tmp_path / "ls", progress=False)
     _check_files(tmp_path / "ls", landscape.FILES, summary, curves.ARMS, [0, 10, 20])

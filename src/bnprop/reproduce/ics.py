@@ -14,6 +14,7 @@ have not. Both are training-mode gradients (batch statistics of ``B``); each arm
 own gradient (the frozen arm: the frozen-statistics one, as it trains). ``G'`` is a real
 forward and backward at the moved parameters, on a copy of the network and the optimizer,
 so the run is untouched. Layer 0 has no layer below it (``G'_0 = G_0``): it is not recorded.
+A gradient that is not finite (``NonFiniteError``) records NaN (null in the files).
 
 After each recorded step ``s``, per arm (:mod:`bnprop.reproduce.curves`), per layer
 ``l`` in hidden.1, hidden.2, out::
@@ -39,6 +40,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from bnprop.nn import NonFiniteError
 from bnprop.reproduce import plotting
 from bnprop.reproduce.curves import ARM_CONFIG, ARMS, STYLE, run_arms, series, title_suffix
 from bnprop.reproduce.lockstep import Arm
@@ -130,9 +132,13 @@ def run_ics(
     layers: list[str] = []
 
     def measure(arm: Arm, step: int, X_next: np.ndarray, y_next: np.ndarray) -> dict:
-        values = ics_values(ics_gradients(arm.net, arm.optimizer, X_next, y_next))
         if not layers:
             layers.extend(weight_layers(arm.net)[1:])
+        try:
+            values = ics_values(ics_gradients(arm.net, arm.optimizer, X_next, y_next))
+        except NonFiniteError:  # a gradient off the dtype's range: no value (NaN, null)
+            values = {f"{layer}_{metric}": float("nan") for layer in layers
+                      for metric in METRICS}
         return {"test_accuracy": arm.net.accuracy(data.Xt, data.yt), **values}
 
     def names() -> list[str]:
