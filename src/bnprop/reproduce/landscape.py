@@ -16,9 +16,9 @@ frozen-statistics one, the direction its optimizer takes) as functions of every 
 in one float64 vector, on a copy of the network, so the run is untouched. The moved
 parameters are rounded to the network's dtype.
 
-Step sizes: the paper moves along the gradient over a range of step sizes around its
-training rate; here ``etas = lr * ETA_FACTORS``, 0.5 to 4 times the training rate
-(0.025 .. 0.2 at the default lr 0.05).
+Step sizes: the paper's span a range of learning rates; scaled to this network,
+``etas = lr * ETA_FACTORS``, 0.5 to 4 times the training rate (0.025 .. 0.2 at the default
+lr 0.05).
 
 After each recorded step ``s``, per arm (:mod:`bnprop.reproduce.curves`)::
 
