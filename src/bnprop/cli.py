@@ -171,7 +171,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from bnprop.reproduce import fig1, frozen_stats
+    from bnprop.cli_reproduce import run_action
     from bnprop.reproduce.options import ReproduceOptions, default_out
 
     options = ReproduceOptions(**{k: getattr(args, k) for k in (
@@ -179,17 +179,15 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         "dtype")})
     out = args.out or default_out(args.action)
     _set_threads(args.threads)  # summary["threads"]
-    if args.action == "fig1":
-        summary = fig1.run_fig1(options, out, unit=args.unit, progress=not args.quiet)
-        print(fig1.report_line(summary, out))
-    else:
-        summary = frozen_stats.run_frozen_stats(options, out, progress=not args.quiet)
-        print(frozen_stats.report_line(summary, out))
+    print(run_action(args, options, out))
     return 0
 
 
 def _add_reproduce(sub: argparse._SubParsersAction) -> None:
-    """``bnprop reproduce fig1 | frozen-stats`` (Ioffe & Szegedy 2015)."""
+    """``bnprop reproduce fig1 | frozen-stats`` (Ioffe & Szegedy 2015) and ``ics |
+    landscape | noisy-bn`` (Santurkar et al. 2018): :mod:`bnprop.cli_reproduce`."""
+    from bnprop.cli_reproduce import add_actions
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", metavar="DIR",
                         help="output folder (default runs/ACTION-YYYYmmdd-HHMMSS)")
@@ -213,27 +211,11 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
                         help="compute threads (bnprop.threads.set_threads; default: the "
                         "cores; BLAS runs on one thread in each)")
     common.add_argument("--quiet", action="store_true", help="no progress output")
-    p = sub.add_parser("reproduce", help="reproduce Ioffe & Szegedy (2015): fig1, frozen-stats",
-                       description="Reproduce the evidence of Ioffe & Szegedy (2015) on the "
-                       "paper's MNIST set-up (3 hidden layers of 100 sigmoid units, batch 60).")
+    p = sub.add_parser("reproduce", help="reproduce Ioffe & Szegedy (2015), Santurkar et al. "
+                       "(2018)", description="Reproduce Ioffe & Szegedy (2015) and Santurkar "
+                       "et al. (2018) on I&S's MNIST set-up (3 x 100 sigmoid units, batch 60).")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    q = actions.add_parser(
-        "fig1", parents=[common], help="Figure 1: BN vs no BN, accuracy and sigmoid inputs",
-        description="Train the network with and without BN from the same weights on the same "
-        "batches; write fig1.png (test accuracy; 15th, 50th, 85th percentiles of one last-layer "
-        "sigmoid's input), fig1.csv and summary.json into --out.")
-    q.add_argument("--lr", type=_positive_float,
-                   help="learning rate (default 0.05 for sgd, 0.001 for adam)")
-    q.add_argument("--unit", type=int, help="unit 0..99 of the last hidden layer for panels "
-                   "(b) and (c) (default drawn with --seed)")
-    q = actions.add_parser(
-        "frozen-stats", parents=[common],
-        help="the exact BN gradient vs the handout's frozen statistics, in training",
-        description="Train the BN network twice from the same start on the same batches, with "
-        "the exact gradient and with mu_B, var_B held fixed (the handout's part 4); write "
-        "frozen_stats.png, frozen_stats.csv and summary.json into --out.")
-    q.add_argument("--lr", type=_positive_float,
-                   help="learning rate (default 0.5 for sgd, as bnprop train; 0.001 for adam)")
+    add_actions(actions, common, _positive_float)  # fig1, frozen-stats, ics, ...
     p.set_defaults(func=_cmd_reproduce, unit=None)
 
 

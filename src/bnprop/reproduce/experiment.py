@@ -35,6 +35,7 @@ def run_seeds(
     short: Mapping[str, str],
     stream: TextIO | None = None,
     progress: bool = True,
+    build: Callable[[str, Any, int, int], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train the arms of every seed in lockstep under one progress bar; the per-seed entries.
 
@@ -59,10 +60,14 @@ def run_seeds(
     stream : text stream, optional
         Where the progress bar goes (default stderr).
     progress : bool, default=True
+    build : callable, optional
+        ``build(name, config, n_in, n_classes) -> network`` of an arm; default
+        :func:`bnprop.train.build_model` of its config.
     """
     bar = Progress(opts.steps * opts.seeds, stream=stream, label=label, enabled=progress)
     try:
-        return [_run_seed(opts, data, arms, seed, measure, arm_result, short, bar, k * opts.steps)
+        return [_run_seed(opts, data, arms, seed, measure, arm_result, short, bar, k * opts.steps,
+                          build)
                 for k, seed in enumerate(opts.seed_list)]
     finally:
         bar.close()
@@ -71,15 +76,18 @@ def run_seeds(
 def _run_seed(opts: ReproduceOptions, data: Any, arms: Mapping[str, Mapping[str, Any]],
               seed: int, measure: Callable[[Arm, int, Any, Any], Values],
               arm_result: Callable[[Arm], dict[str, Any]], short: Mapping[str, str],
-              bar: Progress, offset: int) -> dict[str, Any]:
+              bar: Progress, offset: int,
+              build: Callable[[str, Any, int, int], Any] | None) -> dict[str, Any]:
     """The arms of one seed, trained in lockstep; the seed's entry (module docstring)."""
     from bnprop.train import BatchOrder, build_model, build_optimizer
 
     built = []
     for name, overrides in arms.items():
         config = opts.train_config(seed, **overrides)
-        built.append(Arm(name, build_model(config, data.X.shape[1], data.n_classes),
-                         build_optimizer(config)))
+        n_in, n_out = data.X.shape[1], data.n_classes
+        net = (build_model(config, n_in, n_out) if build is None
+               else build(name, config, n_in, n_out))
+        built.append(Arm(name, net, build_optimizer(config)))
 
     def on_step(step: int) -> None:
         fields: dict[str, Any] = {"seed": seed} if opts.seeds > 1 else {}

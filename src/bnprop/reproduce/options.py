@@ -1,8 +1,8 @@
 """What every reproduction takes: its options, checked once, and the data they name.
 
-Both commands train networks of the paper's MNIST set-up (Ioffe & Szegedy 2015, sec. 4.1):
-784 inputs, hidden layers :data:`HIDDEN` of sigmoid units, 10 outputs with softmax
-cross-entropy, batches of :data:`BATCH_SIZE` examples in the order of
+Every command trains networks of Ioffe & Szegedy's MNIST set-up (2015, sec. 4.1): 784
+inputs, hidden layers :data:`HIDDEN` of sigmoid units, 10 outputs with softmax cross-entropy,
+batches of :data:`BATCH_SIZE` examples in the order of
 :class:`bnprop.train.BatchOrder`. The run of seed ``s`` uses ``s`` for both the initial
 weights and the data order; ``seeds=K`` runs ``s = seed, seed + 1, ..., seed + K - 1``.
 
@@ -38,7 +38,8 @@ DEFAULT_RECORDS = 100
 
 @dataclass(frozen=True)
 class ReproduceOptions:
-    """The options of ``bnprop reproduce fig1`` and ``frozen-stats``.
+    """The options of every ``bnprop reproduce`` action (fig1, frozen-stats, ics,
+    landscape, noisy-bn).
 
     ``lr=None`` and ``record_every=None`` mean the command's default (see
     :func:`check_options`).
