@@ -24,7 +24,7 @@ LAYERS = {
              "grad", "grade_cases",
              "grading", "grade_report", "grade_process", "_grade_child", "trace", "trace_html",
              "trace_graph", "trace_mathml", "reproduce", "bench"],
-    "faces": ["cli", "cli_grade", "interop", "__init__", "__main__"],
+    "faces": ["cli", "cli_grade", "cli_reproduce", "interop", "__init__", "__main__"],
 }
 RANK = {layer: i for i, layer in enumerate(LAYERS)}
 #: Layers a layer may import besides those below it that are not below it in this order

@@ -1,5 +1,5 @@
-"""The actions of ``bnprop reproduce``: their parsers and their runs. ``bnprop.cli`` owns
-the command and its shared options; only it imports this module.
+"""``bnprop reproduce``: the command's shared options, its actions' parsers and their runs;
+only ``bnprop.cli`` imports this module.
 
 ``fig1``, ``frozen-stats``: Ioffe & Szegedy (2015). ``ics``, ``landscape``, ``noisy-bn``:
 Santurkar et al. (2018).
@@ -14,6 +14,41 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from bnprop.reproduce.options import ReproduceOptions
+
+
+def add_reproduce(sub: argparse._SubParsersAction, positive_float: Callable[[str], float],
+                  command: Callable[[argparse.Namespace], int]) -> None:
+    """``bnprop reproduce fig1 | frozen-stats`` (Ioffe & Szegedy 2015) and ``ics |
+    landscape | noisy-bn`` (Santurkar et al. 2018): :mod:`bnprop.cli_reproduce`."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", metavar="DIR",
+                        help="output folder (default runs/ACTION-YYYYmmdd-HHMMSS)")
+    common.add_argument("--steps", type=int, default=50_000,
+                        help="training steps of 60 examples (default 50000, the paper's)")
+    common.add_argument("--seeds", type=int, default=1, metavar="K",
+                        help="run K seeds (init and data order) and draw the mean with a "
+                        "min-max band (default 1)")
+    common.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    common.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
+                        help="default sgd, as the paper")
+    common.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="mnist",
+                        help="default mnist")
+    common.add_argument("--data-dir", metavar="DIR",
+                        help="data folder (default ~/.cache/bnprop)")
+    common.add_argument("--record-every", type=int, metavar="N",
+                        help="record every N steps (default steps // 100)")
+    common.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="default float32")
+    common.add_argument("--threads", type=int, metavar="N",
+                        help="compute threads (bnprop.threads.set_threads; default: the "
+                        "cores; BLAS runs on one thread in each)")
+    common.add_argument("--quiet", action="store_true", help="no progress output")
+    p = sub.add_parser("reproduce", help="reproduce Ioffe & Szegedy (2015), Santurkar et al. "
+                       "(2018)", description="Reproduce Ioffe & Szegedy (2015) and Santurkar "
+                       "et al. (2018) on I&S's MNIST set-up (3 x 100 sigmoid units, batch 60).")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add_actions(actions, common, positive_float)  # fig1, frozen-stats, ics, ...
+    p.set_defaults(func=command, unit=None)
 
 
 def add_actions(actions: argparse._SubParsersAction, common: argparse.ArgumentParser,
