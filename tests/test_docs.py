@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -25,3 +27,13 @@ def test_the_two_commands_lead_the_readme() -> None:
     assert lines[6].startswith("python3 -m venv .venv && .venv/bin/pip install -e '.[mpi]'")
     assert lines[7] == ("python3 -m venv .venv && .venv/bin/pip install -e '.[test,mpi]' && "
                         ".venv/bin/python -m pytest -q")
+
+
+def test_the_readme_python_example_runs() -> None:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks, "README has a Python example"
+    for code in blocks:
+        scope: dict = {}
+        exec(compile(code, "README.md", "exec"), scope)
+        assert np.isfinite(scope["loss"])
