@@ -142,46 +142,6 @@ def _check_config(
     )
 
 
-def _check_config(
-    sizes: object, activation: object, batchnorm: object, stats: object, dtype: object,
-    seed: object, eps: object, momentum: object, running: object, init_std: object,
-) -> MLPConfig:
-    try:
-        sizes_t = tuple(sizes)  # type: ignore[arg-type]
-    except TypeError:
-        sizes_t = None
-    if (
-        sizes_t is None or len(sizes_t) < 2
-        or not all(isinstance(s, int | np.integer) and not isinstance(s, bool) and s >= 1
-                   for s in sizes_t)
-    ):
-        raise InputError(
-            "sizes: expected a sequence of >= 2 positive integers (n_features, hidden..., "
-            f"n_classes), e.g. (784, 100, 100, 100, 10), got {sizes!r} instead."
-        )
-    if sizes_t[-1] < 2:
-        raise InputError(f"sizes: expected >= 2 classes in sizes[-1], got {sizes_t[-1]} instead.")
-    if not isinstance(batchnorm, bool | np.bool_):
-        raise InputError(f"batchnorm: expected True or False, got {batchnorm!r} instead.")
-    if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
-        raise InputError(f"seed: expected an integer >= 0, got {seed!r} instead.")
-    momentum_f = check_positive(momentum, "momentum")
-    if momentum_f > 1:
-        raise InputError(f"momentum: expected a number in (0, 1], got {momentum!r} instead.")
-    return MLPConfig(
-        sizes=tuple(int(s) for s in sizes_t),
-        activation=get_activation(activation).name,  # type: ignore[arg-type]
-        batchnorm=bool(batchnorm),
-        stats=check_choice(stats, "stats", STATS_MODES),
-        dtype=check_choice(dtype, "dtype", DTYPES),
-        seed=int(seed),
-        eps=check_positive(eps, "eps"),
-        momentum=momentum_f,
-        running=check_choice(running, "running", RUNNING_MODES),
-        init_std=None if init_std is None else check_positive(init_std, "init_std"),
-    )
-
-
 def _modules(cfg: MLPConfig) -> list[Module]:
     """The MLP's modules; weights drawn from one generator, layer by layer in order."""
     rng = np.random.default_rng(cfg.seed)
