@@ -195,3 +195,18 @@ def test_a_copied_net_trains_its_own_parameters() -> None:
         assert all(not np.array_equal(v, before[k]) for k, v in clone.parameters().items())
         flat = clone.flat.params[np.dtype("float64")]
         assert all(np.shares_memory(v, flat) for v in clone.parameters().values())
+
+
+def test_modules_and_sequential_are_callable_like_torch() -> None:
+    net = _net()
+    rng = np.random.default_rng(10)
+    X = rng.standard_normal((12, 5))
+    tnet = net.to_torch().eval()
+    assert rel_err(net(X), tnet(torch.tensor(X)).detach().numpy()) < 1e-12  # inference
+    tnet.train()
+    assert rel_err(net(X, training=True), tnet(torch.tensor(X)).detach().numpy()) < 1e-12
+    for (name, b), t in zip(net.buffers().items(), [*tnet[1].buffers(), *tnet[5].buffers()],
+                            strict=True):  # the training forward updated the running stats
+        assert rel_err(np.asarray(b, float), t.numpy().astype(float)) < 1e-12, name
+    lin = nn.Linear(5, 2, dtype="float64", rng=0)
+    assert np.array_equal(lin(X), X @ lin.W.T + lin.b)

@@ -13,7 +13,7 @@ import numpy as np
 from bnprop._validate import check_array
 from bnprop.activations import get_activation
 from bnprop.loss import check_labels
-from bnprop.nn.sequential import blocked_proba
+from bnprop.nn.convert import blocked_proba
 
 
 class FoldedMLP:

@@ -19,12 +19,15 @@ import numpy as np
 from bnprop import batchnorm as bn
 from bnprop import conv as ref
 from bnprop._validate import InputError, check_array
+from bnprop.loss import _softmax
 from bnprop.nn.batchnorm import BatchNorm1d
 from bnprop.nn.batchnorm2d import BatchNorm2d
 from bnprop.nn.conv import Conv2d
 from bnprop.nn.module import ACTIVATION_MODULES, Linear, Module, _Activation
 from bnprop.nn.pool import Flatten, MaxPool2d
 
+#: Rows per block in inference: bounds the activations held at once.
+PREDICT_BLOCK_ROWS = 4096
 #: Version of the layout written by :func:`get_state`.
 STATE_VERSION = 1
 
@@ -211,3 +214,13 @@ def fold(net: Any) -> Any:
     from bnprop.nn.sequential import Sequential
 
     return Sequential(*folded_layers(net), backend=net.backend)
+
+
+def blocked_proba(logits_fn: Any, X: np.ndarray, n_classes: int,
+                  block_rows: int = PREDICT_BLOCK_ROWS) -> np.ndarray:
+    """``softmax(logits_fn(X_block))`` for blocks of ``block_rows`` rows."""
+    P = np.empty((X.shape[0], n_classes), dtype=X.dtype)
+    for start in range(0, X.shape[0], block_rows):
+        block = slice(start, start + block_rows)
+        P[block] = _softmax(logits_fn(X[block]))
+    return P

@@ -92,6 +92,10 @@ class Module:
         X = self._check_input(X, training)
         return self._forward(X.copy(), bool(training)).copy()
 
+    def __call__(self, X: object, training: bool = True) -> np.ndarray:
+        """``forward(X, training)``, as calling a PyTorch module."""
+        return self.forward(X, training)
+
     def backward(self, dY: object) -> np.ndarray:
         """Gradient w.r.t. the input of the last training forward (a fresh array);
         fills :attr:`grads`."""

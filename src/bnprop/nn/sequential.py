@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bnprop._validate import InputError, check_array
-from bnprop.loss import _softmax, check_labels, softmax_cross_entropy_inplace
+from bnprop.loss import check_labels, softmax_cross_entropy_inplace
+from bnprop.nn.convert import PREDICT_BLOCK_ROWS, blocked_proba
 from bnprop.nn.distributed import check_global_rows
 from bnprop.nn.module import Module, check_backend
 from bnprop.nn.plan import FlatBuffers, NormStep, build_plan
@@ -41,8 +42,6 @@ from bnprop.nn.plan import FlatBuffers, NormStep, build_plan
 if TYPE_CHECKING:
     from bnprop.distributed import Communicator
 
-#: Rows per block in inference: bounds the activations held at once.
-PREDICT_BLOCK_ROWS = 4096
 #: Images per block in inference (an image's im2col rows are many).
 PREDICT_BLOCK_IMAGES = 256
 
@@ -326,14 +325,19 @@ class Sequential:
         return loss
 
     # ------------------------------------------------------------------ inference
-    def _logits_inference(self, X: np.ndarray) -> np.ndarray:
-        return self._forward(X, False)
+    def __call__(self, X: object, training: bool = False) -> np.ndarray:
+        """Logits (a fresh array); inference unless ``training`` (batch statistics, the
+        running ones updated, as PyTorch's training-mode forward)."""
+        X = self._check_X(X, training=bool(training))
+        logits = self._forward(X, bool(training)).copy()
+        self._commit_running()
+        return logits
 
     def predict_proba(self, X: object) -> np.ndarray:
         """Class probabilities in inference mode (running statistics), (m, n_classes),
         in blocks of :data:`PREDICT_BLOCK_ROWS` rows."""
         X = self._check_X(X, training=False)
-        return blocked_proba(self._logits_inference, X, self.n_classes,
+        return blocked_proba(lambda B: self._forward(B, False), X, self.n_classes,
                              PREDICT_BLOCK_ROWS if self.input_ndim == 2 else PREDICT_BLOCK_IMAGES)
 
     def predict(self, X: object) -> np.ndarray:
@@ -386,13 +390,3 @@ class Sequential:
         from bnprop.interop.torch import sequential_from_torch
 
         return sequential_from_torch(module, stats=stats)
-
-
-def blocked_proba(logits_fn: Any, X: np.ndarray, n_classes: int,
-                  block_rows: int = PREDICT_BLOCK_ROWS) -> np.ndarray:
-    """``softmax(logits_fn(X_block))`` for blocks of ``block_rows`` rows."""
-    P = np.empty((X.shape[0], n_classes), dtype=X.dtype)
-    for start in range(0, X.shape[0], block_rows):
-        block = slice(start, start + block_rows)
-        P[block] = _softmax(logits_fn(X[block]))
-    return P
