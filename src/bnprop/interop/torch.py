@@ -138,10 +138,7 @@ def sequential_from_torch(module: Any, *, stats: str = "exact") -> Any:
     from bnprop._validate import InputError
 
     nn = torch.nn
-    if not isinstance(module, nn.Sequential):
-        raise InputError(
-            f"module: expected a torch.nn.Sequential, got {type(module).__name__} instead."
-        )
+    _check_sequential(module)
     dtype = _torch_dtype(module)
     act_names = {v: k for k, v in _TORCH_ACTIVATIONS.items()}
     mods: list[Any] = []
@@ -205,6 +202,16 @@ def _image_module_from_torch(i: int, t: Any, dtype: str) -> Any:
     return bnn.Flatten(dtype=dtype)
 
 
+def _check_sequential(module: Any) -> None:
+    """One line unless ``module`` is a ``torch.nn.Sequential``."""
+    from bnprop._validate import InputError
+
+    if not isinstance(module, import_torch().nn.Sequential):
+        raise InputError(
+            f"module: expected a torch.nn.Sequential, got {type(module).__name__} instead."
+        )
+
+
 def _torch_dtype(module: Any) -> str:
     """"float32" or "float64": the one dtype of the module's parameters."""
     torch = import_torch()
@@ -230,10 +237,7 @@ def mlp_from_torch(module: Any, *, stats: str = "exact", seed: int = 0) -> Any:
     from bnprop.model import MLP
 
     nn = torch.nn
-    if not isinstance(module, nn.Sequential):
-        raise InputError(
-            f"module: expected a torch.nn.Sequential, got {type(module).__name__} instead."
-        )
+    _check_sequential(module)
     mods = list(module)
     act_names = {v: k for k, v in _TORCH_ACTIVATIONS.items()}
 
