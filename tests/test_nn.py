@@ -210,3 +210,12 @@ def test_modules_and_sequential_are_callable_like_torch() -> None:
         assert rel_err(np.asarray(b, float), t.numpy().astype(float)) < 1e-12, name
     lin = nn.Linear(5, 2, dtype="float64", rng=0)
     assert np.array_equal(lin(X), X @ lin.W.T + lin.b)
+
+
+def test_a_wrong_optimizer_gets_one_line_before_anything_changes() -> None:
+    net = _net()
+    before = {k: v.copy() for k, v in net.buffers().items()}
+    with pytest.raises(InputError, match=r"optimizer: expected bnprop.SGD, bnprop.Adam or an "
+                                         r"object with step\(params, grads\), got object"):
+        net.train_step(np.ones((4, 5)), [0, 1, 2, 0], object())
+    assert all(np.array_equal(v, before[k]) for k, v in net.buffers().items())
