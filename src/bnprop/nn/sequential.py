@@ -315,10 +315,10 @@ class Sequential:
         Returns the batch loss (before the update). ``comm``, ``m_global``, ``sync_bn``: a
         data-parallel step; every process takes the same update, so replicas stay equal.
         """
+        X, y, comm, m_global = self._prepare(X, y, comm, m_global, sync_bn)
         if not callable(getattr(optimizer, "step", None)):
             raise InputError(f"optimizer: expected bnprop.SGD, bnprop.Adam or an object with "
                              f"step(params, grads), got {type(optimizer).__name__} instead.")
-        X, y, comm, m_global = self._prepare(X, y, comm, m_global, sync_bn)
         loss = self._step(X, y, comm, sync_bn, m_global)
         self._commit_running()
         if hasattr(optimizer, "step_flat"):  # bnprop's optimizers: one fused pass
