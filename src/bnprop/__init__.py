@@ -12,7 +12,7 @@ from bnprop._validate import InputError
 from bnprop.activations import ACTIVATIONS
 from bnprop.data.datasets import load_dataset
 from bnprop.grading import GradeReport, GradientVerdict, grade
-from bnprop.layer import LayerCache, LayerGrads, layer_backward, layer_forward
+from bnprop.layer import LayerCache, LayerGrads, layer_backward, layer_forward, release_buffers
 from bnprop.loss import softmax_cross_entropy
 from bnprop.model import MLP, FoldedMLP
 from bnprop.optim import SGD, Adam, Schedule
@@ -36,5 +36,6 @@ __all__ = [
     "layer_backward",
     "layer_forward",
     "load_dataset",
+    "release_buffers",
     "softmax_cross_entropy",
 ]

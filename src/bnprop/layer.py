@@ -241,11 +241,16 @@ def layer_forward(
         )
     given = (O, W, gamma, beta)
     arrays = check_layer_inputs(O, W, gamma, beta, distributed=comm is not None)
-    O, W, gamma, beta = (a.copy() if isinstance(g, np.ndarray) and np.may_share_memory(a, g)
-                         else a for a, g in zip(arrays, given, strict=True))
     if check_choice(backend, "backend", BACKENDS) == "numpy":
+        O, W, gamma, beta = (a.copy() if isinstance(g, np.ndarray) and np.may_share_memory(a, g)
+                             else a for a, g in zip(arrays, given, strict=True))
         return _forward(O, W, gamma, beta, act.name, eps, comm=comm)
-    return _forward_kernels(O, W, gamma, beta, act.name, eps, comm=comm)
+    from bnprop.kernels import layer as kernel_layer
+
+    O, W, gamma, beta = (kernel_layer.copy_input(a) if isinstance(g, np.ndarray)
+                         and np.may_share_memory(a, g) else a
+                         for a, g in zip(arrays, given, strict=True))
+    return kernel_layer.forward(O, W, gamma, beta, act.name, eps, comm=comm)
 
 
 def _forward(
@@ -267,31 +272,6 @@ def _forward(
     A = gamma * Obar
     A += beta
     Y = get_activation(activation).forward(A)
-    return LayerCache(
-        O=O, W=W, gamma=gamma, beta=beta, Z=Z,
-        mu=mu.astype(dt), var=var.astype(dt), inv_std=inv_std.astype(dt),
-        Obar=Obar, A=A, Y=Y, activation=activation, eps=eps, m_global=m_global, comm=comm,
-    )
-
-
-def _forward_kernels(
-    O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
-    activation: str, eps: float, *, comm: Communicator | None = None,
-) -> LayerCache:
-    """:func:`_forward` on the kernels: the moments in one read of ``Z``, then
-    normalization, ``A`` and ``Y`` in one pass (:mod:`bnprop.kernels.bn`)."""
-    from bnprop.kernels import bn as bnk
-
-    dt = O.dtype
-    Z = O @ W.T
-    m_global, mu, M2 = bnk.moments(Z)
-    if comm is not None:
-        m_global, mu, M2 = comm.combine_moments(m_global, mu, M2)
-        check_global_rows(m_global, comm)
-    var = M2 / m_global
-    inv_std = bn.inverse_std(var, eps)
-    Obar, A, Y = np.empty_like(Z), np.empty_like(Z), np.empty_like(Z)
-    bnk.forward_apply(Z, mu, inv_std, gamma, beta, activation=activation, Obar=Obar, Y=Y, A=A)
     return LayerCache(
         O=O, W=W, gamma=gamma, beta=beta, Z=Z,
         mu=mu.astype(dt), var=var.astype(dt), inv_std=inv_std.astype(dt),
@@ -344,7 +324,9 @@ def layer_backward(dY: object, cache: LayerCache, *, stats: str = "exact",
     dY = check_array(dY, "dY", ndim=2, axes=("m", "n_out"), shape=(m, n_out), dtype=cache.A.dtype)
     if check_choice(backend, "backend", BACKENDS) == "numpy":
         return _backward(dY, cache, stats)
-    return _backward_kernels(dY, cache, stats)
+    from bnprop.kernels import layer as kernel_layer
+
+    return kernel_layer.backward(np.ascontiguousarray(dY), cache, stats)
 
 
 def _backward(dY: np.ndarray, cache: LayerCache, stats: str) -> LayerGrads:
@@ -371,26 +353,16 @@ def _backward(dY: np.ndarray, cache: LayerCache, stats: str) -> LayerGrads:
     )
 
 
-def _backward_kernels(dY: np.ndarray, cache: LayerCache, stats: str) -> LayerGrads:
-    """:func:`_backward` on the kernels: ``dA`` (the activation's derivative), then the
-    two sums and ``dZ`` (:mod:`bnprop.kernels.bn`, on ``G = dA``), then the two GEMMs."""
-    from bnprop.kernels import bn as bnk
+def release_buffers() -> None:
+    """Release the arrays the kernel path keeps for reuse and nothing holds any more.
 
-    dA = get_activation(cache.activation).backward(dY, cache.A, cache.Y)
-    m = cache.m if cache.m_global is None else cache.m_global
-    dZ = np.empty_like(dA)
-    if stats == "exact":
-        sum_G, sum_GObar = bnk.backward_sums(dA, cache.Y, cache.Obar, activation="identity")
-    else:
-        sum_G, sum_GObar = bnk.backward_frozen(dA, cache.Y, cache.Obar, cache.gamma,
-                                               cache.inv_std, activation="identity", dZ=dZ)
-    if cache.comm is not None:
-        n_out = sum_G.shape[0]
-        sums = cache.comm.allreduce_sum(np.concatenate([sum_G, sum_GObar]))  # one collective
-        sum_G, sum_GObar = sums[:n_out], sums[n_out:]
-    if stats == "exact":
-        bnk.backward_apply(dA, cache.Y, cache.Obar, cache.gamma, cache.inv_std, sum_G,
-                           sum_GObar, m, activation="identity", dZ=dZ)
-    dt = dA.dtype
-    return LayerGrads(dA=dA, dgamma=sum_GObar.astype(dt), dbeta=sum_G.astype(dt), dZ=dZ,
-                      dW=dZ.T @ cache.O, dO=dZ @ cache.W)
+    ``layer_forward`` and ``layer_backward`` (``backend="numba"``) take their large
+    ``(m, n)`` arrays from a pool (:mod:`bnprop.kernels.buffers`): an array of an earlier
+    call is written again only once nothing refers to it (no cache, gradient or view of
+    it is alive), which spares the page faults of fresh memory. The pool keeps up to
+    1 GiB; this frees the idle part of it now.
+    """
+    from bnprop.kernels import buffers
+
+    buffers.clear()
+

@@ -98,6 +98,15 @@ def _forward_apply(Z, mean, inv_std, gamma, beta, act, Obar, Y, A):  # pragma: n
 
 
 @njit(**JIT_OPTIONS)
+def _accumulate_row(G, o, sum_G, sum_GObar):  # pragma: no cover - compiled
+    """``sum_G += G``, ``sum_GObar += G * o`` for one row, in float64."""
+    for j in range(G.shape[0]):
+        g = np.float64(G[j])
+        sum_G[j] += g
+        sum_GObar[j] += g * o[j]
+
+
+@njit(**JIT_OPTIONS)
 def _backward_sums(dY, Y, Obar, act, sum_G, sum_GObar):  # pragma: no cover
     m, n = dY.shape
     one = np.ones(1, dY.dtype)[0]
@@ -106,11 +115,20 @@ def _backward_sums(dY, Y, Obar, act, sum_G, sum_GObar):  # pragma: no cover
     sum_GObar[:] = 0.0
     for i in range(m):
         derivative_row(act, dY[i], Y[i], one, G)
-        o = Obar[i]
-        for j in range(n):
-            g = np.float64(G[j])
-            sum_G[j] += g
-            sum_GObar[j] += g * o[j]
+        _accumulate_row(G, Obar[i], sum_G, sum_GObar)
+
+
+@njit(**JIT_OPTIONS)
+def _backward_sums_into(dY, Y, Obar, act, sum_G, sum_GObar, dA):  # pragma: no cover
+    """:func:`_backward_sums` that also stores ``G = sigma'(A) * dY`` in ``dA`` (m, n)."""
+    m = dY.shape[0]
+    one = np.ones(1, dY.dtype)[0]
+    sum_G[:] = 0.0
+    sum_GObar[:] = 0.0
+    for i in range(m):
+        G = dA[i]
+        derivative_row(act, dY[i], Y[i], one, G)
+        _accumulate_row(G, Obar[i], sum_G, sum_GObar)
 
 
 @njit(**JIT_OPTIONS)
@@ -155,11 +173,7 @@ def _backward_frozen(dY, Y, Obar, gamma, inv_std, act, sum_G, sum_GObar, dZ):  #
     sum_GObar[:] = 0.0
     for i in range(m):
         derivative_row(act, dY[i], Y[i], one, G)
-        o = Obar[i]
-        for j in range(n):
-            g = np.float64(G[j])
-            sum_G[j] += g
-            sum_GObar[j] += g * o[j]
+        _accumulate_row(G, Obar[i], sum_G, sum_GObar)
         # A separate loop: one with three stores would need too many runtime alias
         # checks for LLVM to vectorize it. G is in L1.
         dz = dZ[i]

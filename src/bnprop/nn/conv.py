@@ -21,9 +21,9 @@ import numpy as np
 from bnprop import conv as ref
 from bnprop._validate import InputError, check_positive
 from bnprop.kernels import conv as convk
+from bnprop.kernels.rows import gemm
 from bnprop.nn.module import _check_width, column_sums
 from bnprop.nn.spatial import SpatialModule, nchw_str
-from bnprop.nn.stage import gemm
 
 
 def _check_int(value: object, name: str, minimum: int) -> int:

@@ -19,7 +19,8 @@ two backward sums all-reduced (``comm.allreduce_sum``), as in :mod:`bnprop.layer
 
 Threads (:mod:`bnprop.threads`): the kernels run on ``map_rows`` row parts of the batch
 (moments merged with Chan's combination, sums added, in row order); each GEMM is split
-over the rows of its output when a part has at least :data:`GEMM_PART_FLOPS` of work.
+over the rows of its output when a part has at least
+:data:`bnprop.kernels.rows.GEMM_PART_FLOPS` of work.
 Large batches (``m >= 2 * KERNEL_PART_ROWS``, with the Linear) walk each part in chunks
 of :data:`CHUNK_BYTES`, so the data a GEMM writes is read from cache by the kernel that
 follows it (and the reverse)::
@@ -34,7 +35,6 @@ statistics: ``Obar = (Z - running_mean) / sqrt(running_var + eps)``.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,6 +44,7 @@ from bnprop import threads
 from bnprop.activations import get_activation
 from bnprop.kernels import bn as bnk
 from bnprop.kernels.activations import ACTIVATION_CODES
+from bnprop.kernels.rows import CHUNK_BYTES, KERNEL_PART_BYTES, KERNEL_PART_ROWS, gemm
 from bnprop.layer import check_global_rows
 from bnprop.nn.widen import Plain, Widened, widening
 
@@ -51,37 +52,6 @@ if TYPE_CHECKING:
     from bnprop.distributed import Communicator
     from bnprop.nn.batchnorm import BatchNorm1d
     from bnprop.nn.module import Linear
-
-#: Minimum floating-point operations of one part of a split GEMM (smaller GEMMs run whole:
-#: handing a part to a worker thread costs ~50 us, a 32 MFLOP part takes ~0.3 ms).
-GEMM_PART_FLOPS = 32_000_000
-#: Minimum bytes of ``Z`` in one part of a split kernel pass (a part must outweigh the
-#: ~50 us of handing it to a worker thread).
-KERNEL_PART_BYTES = 1 << 19
-#: From ``2 * KERNEL_PART_ROWS`` rows on, each part walks its rows in chunks.
-KERNEL_PART_ROWS = 2048
-#: Bytes of a chunk of ``Z`` rows: a chunk stays in L2 between the GEMM writing it and the
-#: kernel reading it (forward), and between the kernel writing ``dZ`` and the GEMMs.
-CHUNK_BYTES = 1 << 20
-
-
-def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``out = a @ b`` into ``out`` (m, n), its rows split over :func:`bnprop.threads.map_rows`.
-
-    ``a`` (m, k) may be a transposed view; each part computes ``out[r0:r1] = a[r0:r1] @ b``.
-    """
-    m, k = a.shape
-    n = b.shape[1]
-    min_rows = max(1, math.ceil(GEMM_PART_FLOPS / max(1, 2 * k * n)))
-    if m < 2 * min_rows or threads.num_threads() == 1:  # one part: no map_rows call
-        return np.matmul(a, b, out=out)
-
-    def part(start: int, stop: int) -> None:
-        np.matmul(a[start:stop], b, out=out[start:stop])
-
-    threads.map_rows(part, m, min_rows=min_rows)
-    return out
-
 
 class _Parts:
     """Per-part buffers: float64 ``mean, M2, sum_G, sum_GObar`` (parts, n); with

@@ -1,0 +1,164 @@
+"""The public layer functions on the kernels: :func:`bnprop.layer_forward` and
+:func:`bnprop.layer_backward` with ``backend="numba"`` (the default) run here.
+
+Same equations as the reference in :mod:`bnprop.layer`; the work is split and ordered
+for memory traffic (:mod:`bnprop.kernels.rows`, :mod:`bnprop.kernels.buffers`)::
+
+    forward   per part p, per chunk c:   Z_c = O_c W^T;  (count, mean, M2) of Z_c
+              merged in row order (Chan);  with comm: combine_moments over the processes
+              var_B = M2 / m,  inv_std = 1 / sqrt(var_B + eps)
+              per part p:                Obar, A, Y = forward_apply(Z_p)
+    backward  per part p:                dA_p = sigma'(A_p) * dY_p, and its two sums
+              sum_G = sum_p, sum_GObar = sum_p (row order);  with comm: one allreduce_sum
+              per part p, per chunk c:   dZ_c (exact or frozen, from dA_c and Obar_c)
+                                         dW_p += dZ_c^T O_c,  dO_c = dZ_c W
+              dW = sum_p dW_p
+
+Parts are :func:`bnprop.threads.map_rows` parts of at least ``KERNEL_PART_BYTES`` of
+``Z`` (one part, on the calling thread, for small batches), so the numbers depend on the
+thread count only through the order of float64 sums and the split of ``dW`` (a float32
+``dW`` rounds its per-part terms). The ``(m, n)`` arrays come from
+:data:`bnprop.kernels.buffers.shared`: arrays of an earlier call that nothing holds
+any more are written again instead of faulting in fresh pages.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from bnprop import batchnorm as bn
+from bnprop import threads
+from bnprop.kernels import rows
+from bnprop.kernels._bn_compiled import (
+    _backward_apply,
+    _backward_frozen,
+    _backward_sums_into,
+    _forward_apply,
+    _moments,
+)
+from bnprop.kernels.activations import ACTIVATION_CODES
+from bnprop.kernels.bn import BLOCK_BYTES
+from bnprop.kernels.buffers import shared as pool
+from bnprop.layer import LayerCache, LayerGrads, check_global_rows
+
+if TYPE_CHECKING:
+    from bnprop.distributed import Communicator
+
+IDENTITY = ACTIVATION_CODES["identity"]
+
+Moments = tuple[int, np.ndarray, np.ndarray]
+
+
+def _parts(m: int, n: int, itemsize: int, fn):  # type: ignore[no-untyped-def]
+    """``map_rows(fn, m)`` with parts of at least ``KERNEL_PART_BYTES`` of an (m, n) array."""
+    return threads.map_rows(fn, m, min_rows=rows.part_rows(n, itemsize))
+
+
+def _merge(results: list[Moments]) -> Moments:
+    """Chan's combination of per-range moments, in row order."""
+    count, mean, M2 = results[0]
+    for part in results[1:]:
+        count, mean, M2 = bn.chan_combine(count, mean, M2, *part)
+    return int(count), mean, M2
+
+
+def copy_input(a: np.ndarray) -> np.ndarray:
+    """A copy of ``a`` in a pooled buffer (the cache must not see later changes to it)."""
+    out = pool.empty(a.shape, a.dtype)
+    np.copyto(out, a)
+    return out
+
+
+def forward(O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+            activation: str, eps: float, comm: Communicator | None = None) -> LayerCache:
+    """:func:`bnprop.layer_forward` on validated arrays of one dtype (module docstring)."""
+    dt = O.dtype
+    m, n = O.shape[0], W.shape[0]
+    Z, Obar, A, Y = (pool.empty((m, n), dt) for _ in range(4))
+    block_rows = max(1, BLOCK_BYTES // (n * dt.itemsize))
+    chunk_rows = rows.chunk_rows(n, dt.itemsize) if m >= 2 * rows.KERNEL_PART_ROWS else m
+    WT = W.T
+
+    def reduce(start: int, stop: int) -> Moments:
+        found = []
+        for c0, c1 in rows.chunks(start, stop, chunk_rows):
+            np.matmul(O[c0:c1], WT, out=Z[c0:c1])
+            mean, M2 = np.empty(n), np.empty(n)
+            found.append((int(_moments(Z[c0:c1], block_rows, mean, M2)), mean, M2))
+        return _merge(found)
+
+    m_global, mu, M2 = _merge(_parts(m, n, dt.itemsize, reduce))
+    if comm is not None:
+        m_global, mu, M2 = comm.combine_moments(m_global, mu, M2)
+        check_global_rows(m_global, comm)
+    var = M2 / m_global
+    inv_std = bn.inverse_std(var, eps)
+    act = ACTIVATION_CODES[activation]
+
+    def apply(start: int, stop: int) -> None:
+        s = slice(start, stop)
+        _forward_apply(Z[s], mu, inv_std, gamma, beta, act, Obar[s], Y[s], A[s])
+
+    _parts(m, n, dt.itemsize, apply)
+    return LayerCache(
+        O=O, W=W, gamma=gamma, beta=beta, Z=Z,
+        mu=mu.astype(dt), var=var.astype(dt), inv_std=inv_std.astype(dt),
+        Obar=Obar, A=A, Y=Y, activation=activation, eps=eps, m_global=m_global, comm=comm,
+    )
+
+
+def backward(dY: np.ndarray, cache: LayerCache, stats: str) -> LayerGrads:
+    """:func:`bnprop.layer_backward` on a validated ``dY`` (module docstring)."""
+    O, W, Y, Obar = cache.O, cache.W, cache.Y, cache.Obar
+    dt = dY.dtype
+    (m, n), n_in = dY.shape, W.shape[1]
+    m_total = float(cache.m if cache.m_global is None else cache.m_global)
+    act = ACTIVATION_CODES[cache.activation]
+    dA, dZ = pool.empty((m, n), dt), pool.empty((m, n), dt)
+    dO = pool.empty((m, n_in), dt)
+
+    def sums(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        s = slice(start, stop)
+        sum_G, sum_GObar = np.empty(n), np.empty(n)
+        _backward_sums_into(dY[s], Y[s], Obar[s], act, sum_G, sum_GObar, dA[s])
+        return sum_G, sum_GObar
+
+    found = _parts(m, n, dt.itemsize, sums)
+    sum_G, sum_GObar = found[0]
+    for part_G, part_GObar in found[1:]:  # row order
+        sum_G += part_G
+        sum_GObar += part_GObar
+    if cache.comm is not None:
+        sums_all = cache.comm.allreduce_sum(np.concatenate([sum_G, sum_GObar]))  # one collective
+        sum_G, sum_GObar = sums_all[:n], sums_all[n:]
+    gamma, inv_std = cache.gamma, cache.inv_std.astype(np.float64)
+    chunk_rows = rows.chunk_rows(n, dt.itemsize) if m >= 2 * rows.KERNEL_PART_ROWS else m
+
+    def apply(start: int, stop: int) -> np.ndarray:
+        """dZ, then ``dW_p = sum_c dZ_c^T O_c`` and ``dO_c = dZ_c W``, chunk by chunk."""
+        dW_p = np.empty((n, n_in), dt)
+        term = dW_p
+        for c0, c1 in rows.chunks(start, stop, chunk_rows):
+            s = slice(c0, c1)
+            if stats == "exact":
+                _backward_apply(dA[s], Y[s], Obar[s], gamma, inv_std, sum_G, sum_GObar,
+                                m_total, IDENTITY, dZ[s])
+            else:  # dZ = gamma * inv_std * dA; the sums it also forms are not needed
+                _backward_frozen(dA[s], Y[s], Obar[s], gamma, inv_std, IDENTITY,
+                                 np.empty(n), np.empty(n), dZ[s])
+            np.matmul(dZ[s].T, O[s], out=term)
+            if term is not dW_p:
+                dW_p += term
+            elif c1 < stop:  # the first chunk wrote dW_p; later ones add their terms
+                term = np.empty_like(dW_p)
+            np.matmul(dZ[s], W, out=dO[s])
+        return dW_p
+
+    dW_parts = _parts(m, n, dt.itemsize, apply)
+    dW = dW_parts[0]
+    for term in dW_parts[1:]:
+        dW += term
+    return LayerGrads(dA=dA, dgamma=sum_GObar.astype(dt), dbeta=sum_G.astype(dt), dZ=dZ,
+                      dW=dW, dO=dO)

@@ -1,0 +1,63 @@
+"""Row parts and chunks: how a batch's work is split over bnprop's threads and kept in cache.
+
+A BN layer's work is row-wise except for per-feature reductions, so rows are the unit of
+every split (:func:`bnprop.threads.map_rows`): each thread takes a contiguous part of the
+rows, runs the GEMMs (OpenBLAS on 1 thread) and the kernels of its part, and the per-part
+reductions are merged in row order (Chan's combination for moments, sums for the rest),
+exactly as a distributed run merges its ranks. Large batches walk each part in chunks of
+:data:`CHUNK_BYTES`, so what a GEMM writes is read from cache by the kernel that follows
+it (and the reverse).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from bnprop import threads
+
+#: Minimum floating-point operations of one part of a split GEMM (smaller GEMMs run whole:
+#: handing a part to a worker thread costs ~50 us, a 32 MFLOP part takes ~0.3 ms).
+GEMM_PART_FLOPS = 32_000_000
+#: Minimum bytes of ``Z`` in one part of a split kernel pass (a part must outweigh the
+#: ~50 us of handing it to a worker thread).
+KERNEL_PART_BYTES = 1 << 19
+#: From ``2 * KERNEL_PART_ROWS`` rows on, each part walks its rows in chunks.
+KERNEL_PART_ROWS = 2048
+#: Bytes of a chunk of ``Z`` rows: a chunk stays in L2 between the GEMM writing it and the
+#: kernel reading it (forward), and between the kernel writing ``dZ`` and the GEMMs.
+CHUNK_BYTES = 1 << 20
+
+
+def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out = a @ b`` into ``out`` (m, n), its rows split over :func:`bnprop.threads.map_rows`.
+
+    ``a`` (m, k) may be a transposed view; each part computes ``out[r0:r1] = a[r0:r1] @ b``.
+    """
+    m, k = a.shape
+    n = b.shape[1]
+    min_rows = max(1, math.ceil(GEMM_PART_FLOPS / max(1, 2 * k * n)))
+    if m < 2 * min_rows or threads.num_threads() == 1:  # one part: no map_rows call
+        return np.matmul(a, b, out=out)
+
+    def part(start: int, stop: int) -> None:
+        np.matmul(a[start:stop], b, out=out[start:stop])
+
+    threads.map_rows(part, m, min_rows=min_rows)
+    return out
+
+
+def part_rows(n: int, itemsize: int) -> int:
+    """Minimum rows of a kernel part: :data:`KERNEL_PART_BYTES` of an ``(m, n)`` array."""
+    return max(1, KERNEL_PART_BYTES // max(1, n * itemsize))
+
+
+def chunk_rows(n: int, itemsize: int) -> int:
+    """Rows of a chunk: :data:`CHUNK_BYTES` of an ``(m, n)`` array."""
+    return max(1, CHUNK_BYTES // max(1, n * itemsize))
+
+
+def chunks(start: int, stop: int, rows: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` in consecutive ranges of ``rows`` rows (the last may be shorter)."""
+    return [(c0, min(stop, c0 + rows)) for c0 in range(start, stop, rows)]

@@ -1,0 +1,135 @@
+"""The public layer functions on the kernels (bnprop.kernels.layer): row parts, chunks and
+pooled buffers give the NumPy reference's numbers, and a pooled array is never reused while
+anything holds it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from conftest import rel_err
+
+import bnprop
+from bnprop import threads
+from bnprop.kernels import buffers, rows
+from bnprop.kernels import layer as kernel_layer
+
+CACHE = ("Z", "mu", "var", "inv_std", "Obar", "A", "Y")
+GRADS = ("dA", "dgamma", "dbeta", "dZ", "dW", "dO")
+
+
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    n, blas = threads.num_threads(), threads.blas_threads()
+    threads.set_threads(2)
+    yield
+    threads.set_threads(n)
+    if blas is not None:
+        threads.set_blas_threads(blas)
+
+
+def _inputs(m: int, n_in: int, n_out: int, dtype: str = "float64", seed: int = 0):
+    rng = np.random.default_rng(seed)
+    O = (rng.standard_normal((m, n_in)) * 2 + 3).astype(dtype)
+    W = rng.standard_normal((n_out, n_in)).astype(dtype)
+    gamma, beta = rng.standard_normal(n_out).astype(dtype), rng.standard_normal(n_out).astype(dtype)
+    return O, W, gamma, beta, rng.standard_normal((m, n_out)).astype(dtype)
+
+
+@pytest.mark.parametrize("stats", ["exact", "frozen"])
+@pytest.mark.parametrize("activation", ["sigmoid", "relu"])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_parts_and_chunks_equal_the_reference(two_threads: None, stats: str, activation: str,
+                                              n_threads: int,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    threads.set_threads(n_threads)
+    monkeypatch.setattr(rows, "CHUNK_BYTES", 24 * 8 * 700)       # 700-row chunks
+    monkeypatch.setattr(rows, "KERNEL_PART_BYTES", 24 * 8 * 1000)  # parts of >= 1000 rows
+    O, W, gamma, beta, dY = _inputs(4500, 7, 24)  # >= 2 * KERNEL_PART_ROWS: chunked
+    calls: list[int] = []
+    real_map_rows = threads.map_rows
+
+    def counting(fn, m, *, min_rows=2048):  # type: ignore[no-untyped-def]
+        out = real_map_rows(fn, m, min_rows=min_rows)
+        calls.append(len(out))
+        return out
+
+    monkeypatch.setattr(threads, "map_rows", counting)
+    got = bnprop.layer_forward(O, W, gamma, beta, activation=activation)
+    ref = bnprop.layer_forward(O, W, gamma, beta, activation=activation, backend="numpy")
+    for name in CACHE:
+        assert rel_err(getattr(got, name), getattr(ref, name)) < 1e-12, name
+    g_got = bnprop.layer_backward(dY, got, stats=stats)
+    g_ref = bnprop.layer_backward(dY, ref, stats=stats, backend="numpy")
+    for name in GRADS:
+        assert rel_err(getattr(g_got, name), getattr(g_ref, name)) < 1e-11, name
+    assert calls == [n_threads] * 4  # forward reduce + apply, backward sums + apply
+
+
+def test_float32_on_two_threads_equals_the_float64_reference(two_threads: None) -> None:
+    O, W, gamma, beta, dY = _inputs(9000, 16, 64, dtype="float32", seed=1)
+    got = bnprop.layer_backward(dY, c := bnprop.layer_forward(O, W, gamma, beta))
+    ref = bnprop.layer_backward(dY.astype(np.float64), r := bnprop.layer_forward(
+        *(a.astype(np.float64) for a in (O, W, gamma, beta)), backend="numpy"),
+        backend="numpy")
+    assert c.Y.dtype == np.float32 and got.dW.dtype == np.float32
+    assert rel_err(c.Y, r.Y) < 1e-5
+    for name in GRADS:
+        assert rel_err(getattr(got, name), getattr(ref, name)) < 1e-4, name
+
+
+def test_a_held_cache_keeps_its_arrays_and_a_dropped_one_is_recycled() -> None:
+    O, W, gamma, beta, dY = _inputs(4096, 8, 64, seed=2)  # Z is 2 MiB: pooled
+    first = bnprop.layer_forward(O, W, gamma, beta)
+    grads = bnprop.layer_backward(dY, first)
+    kept = {name: getattr(first, name).copy() for name in CACHE}
+    kept_dZ = grads.dZ.copy()
+    second = bnprop.layer_forward(O * 2, W, gamma, beta)
+    bnprop.layer_backward(-dY, second)
+    assert second.Z is not first.Z and second.Y is not first.Y
+    for name in CACHE:  # nothing of the first call was overwritten by the second
+        np.testing.assert_array_equal(getattr(first, name), kept[name])
+    np.testing.assert_array_equal(grads.dZ, kept_dZ)
+    view = first.Y[:10]  # a view holds its base: Y stays taken
+    held = {id(first.Y)}
+    old = {id(getattr(first, name)) for name in ("Z", "Obar", "A")}
+    del first, grads
+    third = bnprop.layer_forward(O, W, gamma, beta)
+    reused = {id(getattr(third, name)) for name in ("Z", "Obar", "A", "Y")}
+    assert reused & old and not reused & held
+    assert view.base is not None and view.base.shape == (4096, 64)
+
+
+def test_pool_trims_only_free_arrays_and_clear_releases_them() -> None:
+    pool = buffers.Pool(max_bytes=3 * (1 << 20))
+    held = pool.empty((1 << 18,), np.float32)  # 1 MiB each
+    free = pool.empty((1 << 18,), np.float64)
+    del free
+    more = [pool.empty((1 << 18,), np.float32) for _ in range(3)]
+    assert pool.nbytes == 4 * (1 << 20)  # the free float64 one went; held ones stay
+    assert all(any(a is b for b in pool._arrays) for a in [held, *more])
+    small = pool.empty((10,), np.float32)  # below MIN_BYTES: not pooled
+    assert not any(small is a for a in pool._arrays)
+    del more
+    pool.clear()
+    assert len(pool._arrays) == 1 and pool._arrays[0] is held
+    bnprop.release_buffers()  # the shared pool: runs, releases what is free
+    assert all(buffers.sys.getrefcount(a) > 3 for a in buffers.shared._arrays)
+
+
+def test_backward_takes_a_non_contiguous_dY() -> None:
+    O, W, gamma, beta, dY = _inputs(20, 3, 5, seed=3)
+    cache = bnprop.layer_forward(O, W, gamma, beta)
+    wide = np.zeros((20, 10))
+    wide[:, ::2] = dY
+    got = bnprop.layer_backward(wide[:, ::2], cache)
+    ref = bnprop.layer_backward(dY, cache, backend="numpy")
+    assert rel_err(got.dW, ref.dW) < 1e-12
+
+
+def test_copy_input_is_a_pooled_copy() -> None:
+    a = np.arange(1 << 18, dtype=np.float64)
+    b = kernel_layer.copy_input(a)
+    assert b is not a and not np.shares_memory(a, b)
+    np.testing.assert_array_equal(a, b)
