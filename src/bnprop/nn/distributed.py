@@ -65,3 +65,17 @@ def check_global_rows(net: Any, m_global: int | None) -> None:
                                  f"{step.stage.count // per_example} rows in all, got "
                                  f"m_global={m_global}.")
             return
+
+
+def reduce_step(net: Any, comm: Communicator, loss: float, sync_bn: bool) -> float:
+    """Sum the local gradient terms and the loss over the processes (one Allreduce);
+    SyncBN's dgamma, dbeta are global already."""
+    from bnprop.distributed import allreduce_packed
+
+    synced = {id(step.norm) for step in net.steps
+              if getattr(step, "norm", None) is not None and sync_bn}
+    local = [g for mod in net.modules for p, g in mod.grads.items() if id(mod) not in synced]
+    totals, (loss,) = allreduce_packed(comm, local, [loss])
+    for g, total in zip(local, totals, strict=True):
+        g[...] = total
+    return loss

@@ -34,8 +34,9 @@ import numpy as np
 
 from bnprop._validate import InputError, check_array
 from bnprop.loss import check_labels, softmax_cross_entropy_inplace
+from bnprop.nn.compiled import compiled_step
 from bnprop.nn.convert import PREDICT_BLOCK_ROWS, blocked_proba
-from bnprop.nn.distributed import check_global_rows
+from bnprop.nn.distributed import check_global_rows, reduce_step
 from bnprop.nn.module import Module, check_backend
 from bnprop.nn.plan import FlatBuffers, NormStep, build_plan
 
@@ -48,6 +49,12 @@ PREDICT_BLOCK_IMAGES = 256
 
 class NonFiniteError(InputError, ArithmeticError):
     """A training step produced a non-finite loss or gradient; nothing was updated."""
+
+    def __init__(self, loss: float) -> None:
+        super().__init__(
+            f"the step's loss ({loss}), a gradient or a batch statistic is not finite (inf "
+            "or NaN, or too large for the dtype); nothing was updated. Lower the learning "
+            "rate or check the inputs' scale.")
 
 
 class Sequential:
@@ -109,6 +116,10 @@ class Sequential:
         again: make them views of a new flat buffer."""
         self.__dict__.update(state)
         self.flat = FlatBuffers(self._named())
+        self._compiled = False  # rebuilt on the new arrays when first needed
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_compiled"}
 
     # ------------------------------------------------------------------ names
     def _prefix(self, index: int) -> str:
@@ -228,28 +239,10 @@ class Sequential:
             step.backward(dY, dX, bn_comm if isinstance(step, NormStep) else None)
             dY = dX  # type: ignore[assignment]
         if comm is not None:
-            loss = self._reduce(comm, loss, sync_bn)
+            loss = reduce_step(self, comm, loss, sync_bn)
         if not (np.isfinite(loss) and self.flat.all_finite()
                 and all(step.running_finite() for step in self.steps)):
-            raise NonFiniteError(
-                f"the step's loss ({loss}), a gradient or a batch statistic is not finite "
-                "(inf or NaN, or too large for the dtype); "
-                "nothing was updated. Lower the learning rate or check the inputs' scale."
-            )
-        return loss
-
-    def _reduce(self, comm: Communicator, loss: float, sync_bn: bool) -> float:
-        """Sum the local gradient terms and the loss over the processes (one Allreduce);
-        SyncBN's dgamma, dbeta are global already."""
-        from bnprop.distributed import allreduce_packed
-
-        synced = {id(step.norm) for step in self.steps
-                  if isinstance(step, NormStep) and sync_bn}
-        local = [g for mod in self.modules for p, g in mod.grads.items()
-                 if id(mod) not in synced]
-        totals, (loss,) = allreduce_packed(comm, local, [loss])
-        for g, total in zip(local, totals, strict=True):
-            g[...] = total
+            raise NonFiniteError(loss)
         return loss
 
     def _commit_running(self) -> None:
@@ -319,8 +312,14 @@ class Sequential:
         if not callable(getattr(optimizer, "step", None)):
             raise InputError(f"optimizer: expected bnprop.SGD, bnprop.Adam or an object with "
                              f"step(params, grads), got {type(optimizer).__name__} instead.")
-        loss = self._step(X, y, comm, sync_bn, m_global)
-        self._commit_running()
+        fast = compiled_step(self, X) if comm is None else None
+        if fast is not None:  # the same numbers, in two compiled calls (nn/compiled.py)
+            loss, finite = fast.step(X, y, next(iter(self.flat.grads.values())))
+            if not finite:
+                raise NonFiniteError(loss)
+        else:
+            loss = self._step(X, y, comm, sync_bn, m_global)
+            self._commit_running()
         if hasattr(optimizer, "step_flat"):  # bnprop's optimizers: one fused pass
             optimizer.step_flat(self.flat.params, self.flat.grads, self.flat.layout)
         else:  # any object with step(params, grads), as bnprop.optim's per-name step

@@ -1,0 +1,156 @@
+"""When a train step runs compiled whole (:mod:`bnprop.kernels._mlp_compiled`), and its buffers.
+
+A :class:`~bnprop.nn.Sequential` step of small batches is mostly Python: per layer a
+dozen NumPy and Numba calls of a few microseconds each, against GEMMs of tens of
+microseconds (the Ioffe net at batch 60: 0.33 ms of GEMMs in a 0.65 ms step). A plan of
+the form::
+
+    (Linear(bias=False) -> BatchNorm1d -> activation) x L,  L >= 1,  then Linear
+
+in one dtype, on the kernels (``backend="numba"``), one process, trains in two compiled
+calls instead: the forward pass, then (after the loss) the backward pass, the finiteness
+check and the running update. The numbers are the Python step's: same kernels, same
+GEMM calls (NumPy's BLAS, on 1 thread as :mod:`bnprop.threads` sets it), same order;
+tests hold them bit-identical. (A second BLAS thread was measured too: no faster at
+these sizes, 454 against 444 us a step, and on a busy machine 3.4 ms a forward pass;
+and the numbers would then depend on the thread count.)
+
+The Python step keeps every other case: other modules, ``comm``, ``backend="numpy"``,
+a width of 1 (NumPy calls GEMV there), and batches large enough that the Python step
+splits their rows over threads or walks them in chunks
+(:mod:`bnprop.kernels.rows`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bnprop import threads
+from bnprop.kernels import blas, rows
+from bnprop.kernels.activations import ACTIVATION_CODES
+from bnprop.kernels.bn import BLOCK_BYTES
+from bnprop.nn.batchnorm import BatchNorm1d
+from bnprop.nn.module import Linear
+
+if TYPE_CHECKING:
+    from bnprop.nn.plan import ModuleStep, NormStep
+
+
+def _eligible_plan(steps: list[Any]) -> bool:
+    """The plan is ``NormStep(with Linear, BatchNorm1d) x L, ModuleStep(Linear)``."""
+    from bnprop.nn.plan import ModuleStep, NormStep
+
+    if len(steps) < 2 or not isinstance(steps[-1], ModuleStep) \
+            or not isinstance(steps[-1].module, Linear):
+        return False
+    hidden = steps[:-1]
+    if not all(type(s) is NormStep and s.stage.linear is not None
+               and type(s.norm) is BatchNorm1d for s in hidden):
+        return False
+    modules = [m for s in steps for m in s.modules]
+    dtypes = {m.dtype for m in modules if hasattr(m, "dtype")}
+    widths = [s.norm.num_features for s in hidden] + [steps[-1].module.out_features,
+                                                      hidden[0].stage.linear.in_features]
+    return (len(dtypes) == 1 and dtypes <= {np.dtype(np.float32), np.dtype(np.float64)}
+            and all(getattr(m, "backend", "numba") == "numba" for m in modules)
+            and min(widths) >= 2)
+
+
+def _one_part(m: int, steps: list[Any]) -> bool:
+    """Whether the Python step would run every GEMM and kernel of ``m`` rows whole."""
+    if m >= 2 * rows.KERNEL_PART_ROWS:
+        return False                                         # it would walk chunks
+    n = threads.num_threads()
+    if n == 1:
+        return True
+    for s in steps[:-1]:
+        lin, width, item = s.stage.linear, s.norm.num_features, s.norm.dtype.itemsize
+        if m // rows.part_rows(width, item) >= 2:
+            return False                                     # kernels split over threads
+        for k, w in ((lin.in_features, width), (width, lin.in_features)):
+            if m >= 2 * math.ceil(rows.GEMM_PART_FLOPS / (2 * k * w)):
+                return False                                 # a GEMM split over threads
+    return True
+
+
+class CompiledStep:
+    """The compiled step of one eligible plan (module docstring); buffers per batch size."""
+
+    def __init__(self, steps: list[NormStep | ModuleStep]) -> None:
+        self.hidden: list[NormStep] = steps[:-1]  # type: ignore[assignment]
+        self.out: Linear = steps[-1].module  # type: ignore[union-attr, assignment]
+        norms = [s.norm for s in self.hidden]
+        self.dtype = norms[0].dtype
+        self.acts = np.array([ACTIVATION_CODES[s.stage.activation] for s in self.hidden])
+        self.block_rows = np.array([max(1, BLOCK_BYTES // (n.num_features * self.dtype.itemsize))
+                                    for n in norms])
+        self.m: int | None = None
+
+    def _allocate(self, m: int) -> None:
+        dt, widths = self.dtype, [s.norm.num_features for s in self.hidden]
+        self.Zs = tuple(np.empty((m, n), dt) for n in widths)
+        self.Ys = tuple(np.empty((m, n), dt) for n in widths)
+        self.dYs = tuple(np.empty((m, n), dt) for n in widths)
+        self.vectors = [tuple(np.empty(n) for n in widths) for _ in range(6)]
+        self.logits = np.empty((m, self.out.out_features), dt)
+        self.db_acc = np.empty(self.out.out_features)
+        self.total, self.rowmax, self.rows = np.empty(m), np.empty((m, 1), dt), np.arange(m)
+        self.m = m
+
+    def step(self, X: np.ndarray, y: np.ndarray, grads: np.ndarray) -> tuple[float, bool]:
+        """Forward, loss, backward into the modules' gradient views; the running update
+        when everything is finite. Returns ``(loss, finite)``; nothing is committed when
+        ``finite`` is False. ``grads`` is the flat array every gradient is a view of."""
+        from bnprop.kernels import _mlp_compiled as k
+        from bnprop.loss import softmax_cross_entropy_inplace
+
+        if self.m != X.shape[0]:
+            self._allocate(X.shape[0])
+        # Tuples from lists, not generators: Numba keeps a generator-built tuple argument
+        # alive until the cyclic GC runs (measured: 64 B a call, 31 KiB over 500 steps).
+        norms = [s.norm for s in self.hidden]
+        Ws = tuple([s.stage.linear.W for s in self.hidden])
+        gammas = tuple([n.gamma for n in norms])
+        means, M2s, variances, inv_stds, sum_G, sum_GObar = self.vectors
+        out, bias = self.out, self.out.has_bias
+        b = out.b if bias else out.W[0]
+        count = k.forward(X, Ws, gammas, tuple([n.beta for n in norms]), self.acts,
+                          np.array([n.eps for n in norms]), self.block_rows, self.Zs, self.Ys,
+                          means, M2s, variances, inv_stds, out.W, b, bias, self.logits)
+        loss = softmax_cross_entropy_inplace(self.logits, y, X.shape[0], rowmax=self.rowmax,
+                                             total=self.total, rows=self.rows)
+        k.backward(X, Ws, gammas, self.acts, np.array([n.stats == "frozen" for n in norms]),
+                   self.Zs, self.Ys, self.dYs, inv_stds, sum_G, sum_GObar, count, out.W, bias,
+                   self.logits, tuple([s.stage.linear.grads["W"] for s in self.hidden]),
+                   tuple([n.grads["gamma"] for n in norms]),
+                   tuple([n.grads["beta"] for n in norms]),
+                   out.grads["W"], out.grads["b"] if bias else out.grads["W"][0], self.db_acc)
+        if not np.isfinite(loss):
+            return loss, False
+        momenta = np.array([n.momentum if n.running == "ema"
+                            else 1.0 / (int(n.num_batches_tracked) + 1) for n in norms])
+        if not k.commit(grads, means, variances, count, momenta,
+                        tuple([n.running_mean for n in norms]),
+                        tuple([n.running_var for n in norms])):
+            return loss, False
+        for n in norms:
+            n.num_batches_tracked += 1
+        return loss, True
+
+
+def compiled_step(seq: Any, X: np.ndarray) -> CompiledStep | None:
+    """The compiled step for ``seq`` on the batch ``X`` (built once per plan), or
+    ``None`` when the Python step must run (module docstring)."""
+    cached = getattr(seq, "_compiled", False)
+    if cached is False:
+        steps = seq.steps
+        cached = (CompiledStep(steps) if _eligible_plan(steps) and blas.available()
+                  and len(seq.flat.grads) == 1 else None)
+        seq._compiled = cached
+    if cached is None or X.ndim != 2 or not X.flags.c_contiguous \
+            or not _one_part(X.shape[0], seq.steps):
+        return None
+    return cached

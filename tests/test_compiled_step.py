@@ -1,0 +1,183 @@
+"""The compiled whole train step (bnprop.nn.compiled, bnprop.kernels._mlp_compiled): taken
+when the plan and batch allow it, bit-identical to the Python step, and as careful with
+non-finite steps and copies."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+
+import bnprop
+from bnprop import nn, threads
+from bnprop.kernels import blas
+from bnprop.nn.compiled import CompiledStep
+
+pytestmark = pytest.mark.skipif(not blas.available(), reason="NumPy's scipy-openblas not found")
+
+
+def _net(dtype: str = "float32", *, act: str = "Sigmoid", stats: str = "exact",
+         running: str = "ema", bias: bool = True, widths: tuple[int, ...] = (12, 9, 7),
+         n_in: int = 10, k: int = 4) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, w in enumerate(widths):
+        layers += [nn.Linear(n_in if i == 0 else widths[i - 1], w, bias=False, dtype=dtype,
+                             rng=i),
+                   nn.BatchNorm1d(w, dtype=dtype, stats=stats, running=running),
+                   getattr(nn, act)(dtype=dtype)]
+    layers.append(nn.Linear(widths[-1], k, bias=bias, dtype=dtype, rng=99))
+    return nn.Sequential(*layers)
+
+
+def _batch(m: int = 32, n_in: int = 10, k: int = 4, dtype: str = "float32", seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((m, n_in)) * 2 + 1).astype(dtype), rng.integers(0, k, m)
+
+
+def _python(net: nn.Sequential) -> nn.Sequential:
+    net._compiled = None  # the Python step only
+    return net
+
+
+def _assert_same(a: nn.Sequential, b: nn.Sequential) -> None:
+    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        np.testing.assert_array_equal(p, q, err_msg=name)
+    for name, v in a.buffers().items():
+        np.testing.assert_array_equal(v, b.buffers()[name], err_msg=name)
+
+
+OPTIMIZERS = {
+    "sgd": lambda: bnprop.SGD(0.3),
+    "momentum-wd": lambda: bnprop.SGD(0.1, momentum=0.9, weight_decay=1e-3, nesterov=True),
+    "adam": lambda: bnprop.Adam(0.01),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
+@pytest.mark.parametrize(("act", "stats", "running", "bias"), [
+    ("Sigmoid", "exact", "ema", True), ("ReLU", "frozen", "average", True),
+    ("Tanh", "exact", "average", False), ("Identity", "frozen", "ema", False)])
+def test_bit_identical_to_the_python_step(dtype: str, opt: str, act: str, stats: str,
+                                          running: str, bias: bool) -> None:
+    kw = {"act": act, "stats": stats, "running": running, "bias": bias}
+    fast, slow = _net(dtype, **kw), _python(_net(dtype, **kw))
+    o_fast, o_slow = OPTIMIZERS[opt](), OPTIMIZERS[opt]()
+    for step in range(6):
+        X, y = _batch(32 if step % 3 else 17, dtype=dtype, seed=step)  # two batch sizes
+        assert fast.train_step(X, y, o_fast) == slow.train_step(X, y, o_slow)
+    assert isinstance(fast._compiled, CompiledStep) and slow._compiled is None
+    _assert_same(fast, slow)
+
+
+def test_the_default_mlp_takes_it_with_any_thread_count() -> None:
+    X, y = _batch(60, n_in=784, k=10, seed=3)
+    nets = []
+    for n in (1, 2):
+        net = bnprop.MLP((784, 100, 100, 10))
+        with threads.using(n):
+            net.train_step(X, y, bnprop.SGD(0.1))
+        assert isinstance(net._compiled, CompiledStep)
+        nets.append(net)
+    _assert_same(*nets)  # BLAS on 1 thread either way: the same bits
+
+
+@pytest.mark.parametrize("case", ["numpy", "no-bn", "width-1", "chunked", "split", "images"])
+def test_other_plans_and_batches_take_the_python_step(case: str) -> None:
+    X, y = _batch(40)
+    if case == "numpy":
+        net = _net()
+        net = nn.Sequential(*net.modules, backend="numpy")
+    elif case == "no-bn":
+        net = bnprop.MLP((10, 8, 4), batchnorm=False)
+    elif case == "width-1":
+        net = _net(widths=(6, 1))
+    elif case == "chunked":  # rows the Python step walks in chunks
+        X, y = _batch(4096)
+        net = _net()
+    elif case == "split":  # rows the Python step splits over 2 threads
+        X, y = _batch(3000, n_in=10)
+        net = _net(widths=(256, 8))
+    else:
+        net = nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), nn.BatchNorm2d(2), nn.ReLU(),
+                            nn.Flatten(), nn.Linear(2 * 4 * 4, 4))
+        X = np.random.default_rng(0).random((40, 1, 6, 6), dtype=np.float32)
+    with threads.using(2):
+        net.train_step(X, y, bnprop.SGD(0.1))
+    assert getattr(net, "_compiled", None) is None or case in ("chunked", "split")
+
+
+def test_non_finite_step_changes_nothing() -> None:
+    net = _net()
+    X, y = _batch()
+    net.train_step(X, y, bnprop.SGD(0.1))
+    before = ({k: v.copy() for k, v in net.parameters().items()},
+              {k: v.copy() for k, v in net.buffers().items()})
+    huge = np.full((32, 10), 3e38, np.float32)
+    huge[::2] = -3e38  # the batch variance overflows float32
+    with pytest.raises(nn.NonFiniteError, match="nothing was updated"):
+        net.train_step(huge, y, bnprop.SGD(0.1))
+    for k, v in before[0].items():
+        np.testing.assert_array_equal(net.parameters()[k], v)
+    for k, v in before[1].items():
+        np.testing.assert_array_equal(net.buffers()[k], v)
+    net.modules[-1].W[...] = 3e38  # logits overflow: the loss is not finite (inf - inf)
+    before = ({k: v.copy() for k, v in net.parameters().items()},
+              {k: v.copy() for k, v in net.buffers().items()})
+    with pytest.raises(nn.NonFiniteError), np.errstate(invalid="ignore", over="ignore"):
+        net.train_step(X, y, bnprop.SGD(0.1))
+    for k, v in before[0].items():
+        np.testing.assert_array_equal(net.parameters()[k], v)
+    for k, v in before[1].items():
+        np.testing.assert_array_equal(net.buffers()[k], v)
+
+
+@pytest.mark.parametrize("clone", [copy.deepcopy, lambda n: pickle.loads(pickle.dumps(n))])
+def test_a_copy_trains_on_its_own_arrays(clone) -> None:  # type: ignore[no-untyped-def]
+    net = _net()
+    X, y = _batch()
+    net.train_step(X, y, bnprop.SGD(0.1))
+    twin = clone(net)
+    reference = {k: v.copy() for k, v in net.parameters().items()}
+    twin.train_step(X, y, bnprop.SGD(0.1))
+    assert isinstance(twin._compiled, CompiledStep) and twin._compiled is not net._compiled
+    for k, v in reference.items():  # the original did not move
+        np.testing.assert_array_equal(net.parameters()[k], v)
+    net.train_step(X, y, bnprop.SGD(0.1))
+    _assert_same(net, twin)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemms_equal_numpy_matmul_bitwise(dtype: type) -> None:
+    from bnprop.kernels import _mlp_compiled as k
+
+    rng = np.random.default_rng(1)
+    A, B = rng.standard_normal((37, 53)).astype(dtype), rng.standard_normal((29, 53)).astype(dtype)
+    C = np.empty((37, 29), dtype)
+    k.gemm_nt(A, B, C)
+    np.testing.assert_array_equal(C, np.matmul(A, B.T))
+    D = rng.standard_normal((37, 11)).astype(dtype)
+    E = np.empty((29, 11), dtype)
+    k.gemm_tn(C, D, E)
+    np.testing.assert_array_equal(E, np.matmul(C.T, D))
+    F = np.empty((37, 53), dtype)
+    k.gemm_nn(C, B, F)
+    np.testing.assert_array_equal(F, np.matmul(C, B))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_finiteness_check_finds_any_bad_value(dtype: type, bad: float) -> None:
+    from numba import njit
+
+    from bnprop.kernels._mlp_compiled import _all_finite
+
+    check = njit(lambda a: _all_finite(a))
+    a = np.linspace(-1e30, 1e30, 1001).astype(dtype)
+    assert check(a)
+    for i in (0, 500, 1000):
+        b = a.copy()
+        b[i] = bad
+        assert not check(b)
