@@ -17,7 +17,7 @@ TARGET_IDS = {"ioffe_step_vs_jax", "ioffe_step_vs_torch", "train_job_vs_torch",
               "wide_step_vs_torch", "cnn_step_vs_torch", "float64_vs_torch", "memory_growth"}
 COMPARISON_KEYS = {"section", "case", "dtype", "peer", "bnprop_s", "peer_s", "ratio",
                    "gemm_flops", "gemm_floor_s", "bnprop_floor_multiple",
-                   "peer_floor_multiple", "measured_gemm_s", "measured_gemm_blas_threads",
+                   "peer_floor_multiple", "measured_gemm_s", "measured_gemm_way",
                    "measured_floor_multiple"}
 STATUSES = {"MET", "MISSED", "NOT RUN", "BLOCKED (floor)"}
 
@@ -76,7 +76,7 @@ def test_quick_bench_writes_json_with_positive_ratios(
         if c["case"].startswith("cnn"):  # no measured floor for the CNN step
             assert c["measured_gemm_s"] is None and c["measured_floor_multiple"] is None
             continue
-        assert _positive(c["measured_gemm_s"]) and c["measured_gemm_blas_threads"] == 1
+        assert _positive(c["measured_gemm_s"]) and c["measured_gemm_way"] == "1 BLAS thread"
         assert c["measured_floor_multiple"] == pytest.approx(
             c["bnprop_s"] / c["measured_gemm_s"])
     for c in out["comparisons"]:

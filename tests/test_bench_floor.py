@@ -68,21 +68,34 @@ def test_the_sequence_computes_every_product_into_its_preallocated_output(dtype)
                               *shape_floor.layer_gemms(2, 5, 4)], dtype)
 
 
-def test_floor_cases_run_on_1_and_n_blas_threads_and_the_faster_wins() -> None:
+def test_floor_cases_run_every_way_of_the_cores_and_the_fastest_wins() -> None:
     gemms = shape_floor.layer_gemms(8, 4, 3)
     calls, contexts = shape_floor.cases(gemms, np.float32, 2)
-    assert list(calls) == ["GEMMs on 1 BLAS thread", "GEMMs on 2 BLAS threads"]
-    assert set(contexts) == set(calls)
-    assert list(shape_floor.cases(gemms, np.float32, 1)[0]) == ["GEMMs on 1 BLAS thread"]
-    times = {"GEMMs on 1 BLAS thread": 3.0, "GEMMs on 2 BLAS threads": 2.0, "bnprop": 1.0}
-    assert shape_floor.best(times, 2) == (2.0, 2)
-    assert shape_floor.best({**times, "GEMMs on 2 BLAS threads": 4.0}, 2) == (3.0, 1)
+    two, one, parts = ("GEMMs, 2 BLAS threads", "GEMMs, 1 BLAS thread",
+                       "GEMMs, 2 row parts x 1 BLAS thread")
+    assert list(calls) == [two, one, parts] and set(contexts) == set(calls)
+    assert list(shape_floor.cases(gemms, np.float32, 1)[0]) == [one]
+    times = {one: 3.0, two: 2.0, parts: 2.5, "bnprop": 1.0}
+    assert shape_floor.best(times, 2) == (2.0, "2 BLAS threads")
+    assert shape_floor.best({**times, two: 4.0}, 2) == (2.5, "2 row parts x 1 BLAS thread")
+    assert shape_floor.best({one: 3.0}, 1) == (3.0, "1 BLAS thread")
     if threads.blas_threads() is None:
         pytest.skip("no OpenBLAS found to set")
-    before = threads.blas_threads()
-    with contexts["GEMMs on 2 BLAS threads"]():
-        assert threads.blas_threads() == 2
-    assert threads.blas_threads() == before
+    before = threads.blas_threads(), threads.num_threads()
+    with contexts[two]():
+        assert (threads.blas_threads(), threads.num_threads()) == (2, 1)
+    with contexts[parts]():
+        assert (threads.blas_threads(), threads.num_threads()) == (1, 2)
+    assert (threads.blas_threads(), threads.num_threads()) == before
+
+
+def test_row_parts_compute_the_same_products() -> None:
+    gemms = shape_floor.step_gemms((7, 5, 4, 3), 9)
+    arrays = shape_floor.operands(gemms, np.float64)
+    with threads.using(2):
+        shape_floor.sequence(gemms, arrays, parts=2)()
+    for name, want in _products(gemms, arrays).items():
+        np.testing.assert_allclose(arrays[name], want, rtol=1e-12, atol=1e-12)
 
 
 def test_interleaved_runs_each_case_inside_its_own_context() -> None:
@@ -134,8 +147,9 @@ def test_a_target_is_blocked_only_when_the_measured_floor_exceeds_what_it_allows
                        0.3e-3, 0.02e-3)])
     jax = rows["ioffe_step_vs_jax"]
     assert jax["status"] == BLOCKED and jax["met"] is False and jax["floor_s"] == 0.4e-3
-    assert "the step's GEMMs alone take 0.4 ms through NumPy's BLAS (best of 1 and 2 BLAS " \
-        "threads); the target allows 0.5 x 0.6 ms = 0.3 ms" in jax["detail"]
+    assert "the step's GEMMs alone take 0.4 ms through NumPy's BLAS (fastest of 1 BLAS " \
+        "thread, 2 BLAS threads and 2 row parts); the target allows 0.5 x 0.6 ms = 0.3 ms" \
+        in jax["detail"]
     # 0.4 ms of GEMMs fit in 0.3 x 2 ms = 0.6 ms: missed, not blocked
     torch = rows["ioffe_step_vs_torch"]
     assert torch["status"] == "MISSED" and torch["floor_s"] == 0.4e-3

@@ -8,15 +8,16 @@ JSON layout (``schema`` = 2; docs/bench.md describes every key)::
      "comparisons": [{"section": "layer" | "step", "case", "dtype", "peer",
                       "bnprop_s", "peer_s", "ratio", "gemm_flops", "gemm_floor_s",
                       "bnprop_floor_multiple", "peer_floor_multiple", "measured_gemm_s",
-                      "measured_gemm_blas_threads", "measured_floor_multiple"}],
+                      "measured_gemm_way", "measured_floor_multiple"}],
      "train_job": {...} | null, "unavailable": [{"section", "case", "dtype", "peer",
      "reason"}], "limits": {...}, "memory": {...}, "first_step_s": float,
      "compile_s": {...}, "targets": [...]}
 
 ``ratio = bnprop_s / peer_s`` (below 1: bnprop is faster); ``*_floor_multiple = time /
 gemm_floor_s`` (:mod:`bnprop.bench.floor`). ``measured_gemm_s``: the case's own GEMMs
-alone through NumPy's BLAS, the faster of 1 and n BLAS threads (``measured_gemm_blas_threads``
-says which), timed in the case's rounds (:mod:`bnprop.bench.shape_floor`);
+alone through NumPy's BLAS, the fastest of 1 BLAS thread, n BLAS threads and n row parts
+(``measured_gemm_way`` says which), timed in the case's rounds
+(:mod:`bnprop.bench.shape_floor`);
 ``measured_floor_multiple = bnprop_s / measured_gemm_s``; all three null for the CNN step.
 Every listed ratio is a positive float; a peer that could not run is in ``unavailable``
 with its reason. ``targets[]`` rows also carry ``floor_s``, the measured floor they were
@@ -108,19 +109,16 @@ def _compare(section: str, case: str, dtype: str, gemms: list[shape_floor.Gemm],
     measured floor, :mod:`bnprop.bench.shape_floor`), in the same interleaved rounds."""
     n = out["threads"]
     floor_cases, contexts = shape_floor.cases(gemms, dtype, n)
-    # the n-thread GEMMs before the 1-thread ones: OpenBLAS's idle workers spin down
-    # while the 1-thread sequence runs, not while bnprop or a peer does
-    floor_cases = dict(reversed(floor_cases.items()))
     times = interleaved({"bnprop": bnprop_fn, **peers, **floor_cases}, sizes.rounds,
                         sizes.budget, contexts)
-    gemm_s, blas_threads = shape_floor.best(times, n)
+    gemm_s, way = shape_floor.best(times, n)
     for peer in peers:
         out["comparisons"].append({
             "section": section, "case": case, "dtype": dtype, "peer": peer,
             "bnprop_s": times["bnprop"], "peer_s": times[peer],
             "ratio": times["bnprop"] / times[peer],
             "gemm_flops": shape_floor.total_flops(gemms), "measured_gemm_s": gemm_s,
-            "measured_gemm_blas_threads": blas_threads,
+            "measured_gemm_way": way,
             "measured_floor_multiple": times["bnprop"] / gemm_s,
         })
 

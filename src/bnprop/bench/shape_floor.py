@@ -23,16 +23,19 @@ the list equal :func:`bnprop.bench.floor.layer_flops` and
 :func:`~bnprop.bench.floor.step_flops`.
 
 The sequence is timed in the same :func:`~bnprop.bench.timing.interleaved` rounds as the
-case itself, once with OpenBLAS on 1 thread and once on the run's ``n`` threads
-(:func:`bnprop.threads.blas_threads_limited`); the faster is the measured floor
+case itself, in each way NumPy's BLAS can use the run's ``n`` cores (:func:`ways`):
+OpenBLAS on 1 thread, on ``n`` threads (:func:`bnprop.threads.blas_threads_limited`),
+and each GEMM's output rows split in ``n`` parts on 1 BLAS thread each (bnprop's own
+way, :func:`bnprop.threads.map_rows`; it keeps its speed when another process shares
+the cores, where ``n``-thread OpenBLAS can lose 10x). The fastest is the measured floor
 (:func:`best`): the least time NumPy's BLAS needs for these GEMMs alone.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -125,44 +128,73 @@ def operands(gemms: Sequence[Gemm], dtype: Any, seed: int = 0) -> dict[str, np.n
     return arrays
 
 
-def sequence(gemms: Sequence[Gemm], arrays: dict[str, np.ndarray]) -> Callable[[], None]:
+def sequence(gemms: Sequence[Gemm], arrays: dict[str, np.ndarray],
+             parts: int = 1) -> Callable[[], None]:
     """A call that runs every GEMM once, in order, as ``np.matmul(A, B, out=C)`` on
-    ``arrays`` (:func:`operands`), reading a ``^T`` operand through its transposed view."""
+    ``arrays`` (:func:`operands`), reading a ``^T`` operand through its transposed view.
+
+    ``parts > 1``: each GEMM's output rows are split into ``parts`` blocks,
+    ``C[s:e] = A[s:e] B``, run concurrently by :func:`bnprop.threads.map_rows` (the way
+    bnprop splits a step over its threads; no block needs a reduction, and the flops are
+    the same). Call it inside ``bnprop.threads.using(parts)``.
+    """
 
     def view(name: str, transposed: bool) -> np.ndarray:
         return arrays[name].T if transposed else arrays[name]
 
     calls = [(view(g.left, g.left_t), view(g.right, g.right_t), arrays[g.out])
              for g in gemms]
+    if parts == 1:
+        def call() -> None:
+            for a, b, c in calls:
+                np.matmul(a, b, out=c)
+        return call
 
-    def call() -> None:
-        for a, b, c in calls:
-            np.matmul(a, b, out=c)
+    blocks = [(lambda s, e, a=a, b=b, c=c: np.matmul(a[s:e], b, out=c[s:e]), c.shape[0])
+              for a, b, c in calls]
 
-    return call
+    def split_call() -> None:
+        for block, rows in blocks:
+            threads.map_rows(block, rows, min_rows=1)
 
-
-def blas_counts(n_threads: int) -> list[int]:
-    """The BLAS thread counts the floor tries: 1 and ``n_threads``."""
-    return sorted({1, n_threads})
+    return split_call
 
 
-def case_name(blas_threads: int) -> str:
-    """The name of the GEMM sequence on ``blas_threads`` threads among the timed cases."""
-    return f"GEMMs on {blas_threads} BLAS thread{'s' if blas_threads > 1 else ''}"
+def ways(n_threads: int) -> dict[str, tuple[int, int]]:
+    """The ways the floor runs the sequence on ``n_threads`` cores, each as ``(row parts,
+    BLAS threads)``: OpenBLAS on ``n_threads`` threads, on 1 thread, and ``n_threads``
+    row parts on 1 BLAS thread each (in the order they are timed: the idle workers of
+    ``n``-thread OpenBLAS spin down while the 1-thread sequence runs)."""
+    if n_threads == 1:
+        return {"1 BLAS thread": (1, 1)}
+    return {f"{n_threads} BLAS threads": (1, n_threads), "1 BLAS thread": (1, 1),
+            f"{n_threads} row parts x 1 BLAS thread": (n_threads, 1)}
+
+
+@contextmanager
+def _threads(parts: int, blas_threads: int) -> Iterator[None]:
+    with threads.using(parts), threads.blas_threads_limited(blas_threads):
+        yield
+
+
+def case_name(way: str) -> str:
+    """The name of the GEMM sequence run ``way`` among the timed cases."""
+    return f"GEMMs, {way}"
 
 
 def cases(gemms: Sequence[Gemm], dtype: Any, n_threads: int) -> tuple[
         dict[str, Callable[[], None]], dict[str, Callable[[], AbstractContextManager]]]:
-    """The sequence once per BLAS thread count, as cases for
-    :func:`~bnprop.bench.timing.interleaved`, and the contexts that set the count."""
-    call = sequence(gemms, operands(gemms, dtype))
-    counts = blas_counts(n_threads)
-    return ({case_name(t): call for t in counts},
-            {case_name(t): partial(threads.blas_threads_limited, t) for t in counts})
+    """The sequence once per way (:func:`ways`), as cases for
+    :func:`~bnprop.bench.timing.interleaved`, and the contexts that set their threads."""
+    arrays = operands(gemms, dtype)
+    calls, contexts = {}, {}
+    for way, (parts, blas_threads) in ways(n_threads).items():
+        calls[case_name(way)] = sequence(gemms, arrays, parts)
+        contexts[case_name(way)] = partial(_threads, parts, blas_threads)
+    return calls, contexts
 
 
-def best(times: dict[str, float], n_threads: int) -> tuple[float, int]:
-    """The measured floor: the faster time of the sequence, and its BLAS thread count."""
-    t = min(blas_counts(n_threads), key=lambda t: times[case_name(t)])
-    return times[case_name(t)], t
+def best(times: dict[str, float], n_threads: int) -> tuple[float, str]:
+    """The measured floor: the fastest time of the sequence, and the way that ran it."""
+    way = min(ways(n_threads), key=lambda w: times[case_name(w)])
+    return times[case_name(way)], way

@@ -14,17 +14,17 @@ def _ms(seconds: float) -> str:
 
 
 def _measured(c: dict[str, Any]) -> str:
-    """The measured-floor cells: GEMMs alone (ms, BLAS threads) and bnprop / them."""
+    """The measured-floor cells: GEMMs alone (ms, the fastest way) and bnprop / them."""
     if c.get("measured_gemm_s") is None:
         return "- | - |"
-    return (f"{_ms(c['measured_gemm_s'])} ({c['measured_gemm_blas_threads']}) | "
+    return (f"{_ms(c['measured_gemm_s'])} ({c['measured_gemm_way']}) | "
             f"{c['measured_floor_multiple']:.1f} |")
 
 
 def _comparisons(out: dict[str, Any]) -> list[str]:
     lines = ["| section | case | dtype | peer | bnprop ms | peer ms | bnprop / peer "
-             "| GEMM floor ms | bnprop / floor | peer / floor | measured GEMMs ms (BLAS "
-             "threads) | bnprop / measured |",
+             "| GEMM floor ms | bnprop / floor | peer / floor | measured GEMMs ms (fastest "
+             "way) | bnprop / measured |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in out["comparisons"]:
         lines.append(f"| {c['section']} | {c['case']} | {c['dtype']} | {c['peer']} | "

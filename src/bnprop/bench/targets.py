@@ -5,13 +5,13 @@ depend on how fast the machine is. A target whose numbers are missing (a peer no
 installed, a section not run) is ``NOT RUN``, never met.
 
 A target not met is ``BLOCKED (floor)`` when the case's measured GEMM floor alone
-(:mod:`bnprop.bench.shape_floor`: its GEMMs through NumPy's BLAS, best of 1 and n
-threads) already takes longer than the target allows: for ``bnprop_s / peer_s <= L``,
-when ``measured_gemm_s > L peer_s``; for the train job's ``bnprop steps/s / peer
-steps/s >= L``, when one step's floor ``> peer_step_s / L`` (the Ioffe step's floor at
-the job's sizes and batch: Adam adds no GEMM). Such a row keeps ``met`` false and
-carries the floor in ``floor_s`` (every row has the key; null when the row has no
-measured floor). A row that is met stays ``MET``.
+(:mod:`bnprop.bench.shape_floor`: its GEMMs through NumPy's BLAS, the fastest of 1 BLAS
+thread, n BLAS threads and n row parts) already takes longer than the target allows:
+for ``bnprop_s / peer_s <= L``, when ``measured_gemm_s > L peer_s``; for the train job's
+``bnprop steps/s / peer steps/s >= L``, when one step's floor ``> peer_step_s / L`` (the
+Ioffe step's floor at the job's sizes and batch: Adam adds no GEMM). Such a row keeps
+``met`` false and carries the floor in ``floor_s`` (every row has the key; null when the
+row has no measured floor). A row that is met stays ``MET``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ def _comparison(out: dict[str, Any], section: str, case_start: str, dtype: str,
 
 def _threads_text(out: dict[str, Any]) -> str:
     n = out.get("threads", 1)
-    return "1 BLAS thread" if n == 1 else f"best of 1 and {n} BLAS threads"
+    return "on 1 BLAS thread" if n == 1 else (f"fastest of 1 BLAS thread, {n} BLAS threads "
+                                             f"and {n} row parts")
 
 
 def _blocked(out: dict[str, Any], what: str, floor_s: float | None, allowance: str,
