@@ -17,7 +17,9 @@ TARGET_IDS = {"ioffe_step_vs_jax", "ioffe_step_vs_torch", "train_job_vs_torch",
               "wide_step_vs_torch", "cnn_step_vs_torch", "float64_vs_torch", "memory_growth"}
 COMPARISON_KEYS = {"section", "case", "dtype", "peer", "bnprop_s", "peer_s", "ratio",
                    "gemm_flops", "gemm_floor_s", "bnprop_floor_multiple",
-                   "peer_floor_multiple"}
+                   "peer_floor_multiple", "measured_gemm_s", "measured_gemm_way",
+                   "measured_floor_multiple"}
+STATUSES = {"MET", "MISSED", "NOT RUN", "BLOCKED (floor)"}
 
 
 def _positive(x: object) -> bool:
@@ -51,6 +53,7 @@ def test_quick_bench_writes_json_with_positive_ratios(
                  str(tmp_path / "out.json")]) == 0
     printed = capsys.readouterr().out
     assert "bnprop / peer" in printed and "| target |" in printed and "GEMM floor" in printed
+    assert "measured GEMMs ms" in printed
     out = json.loads((tmp_path / "out.json").read_text())
     assert out["schema"] == 2 and out["quick"] is True and out["threads"] == 1
     for key in ("machine", "comparisons", "unavailable", "limits", "memory", "targets",
@@ -70,6 +73,17 @@ def test_quick_bench_writes_json_with_positive_ratios(
         peak = out["gemm_peak_flops_per_s"][c["dtype"]]
         assert c["gemm_floor_s"] == pytest.approx(c["gemm_flops"] / peak)
         assert c["bnprop_floor_multiple"] == pytest.approx(c["bnprop_s"] / c["gemm_floor_s"])
+        if c["case"].startswith("cnn"):  # no measured floor for the CNN step
+            assert c["measured_gemm_s"] is None and c["measured_floor_multiple"] is None
+            continue
+        assert _positive(c["measured_gemm_s"]) and c["measured_gemm_way"] == "1 BLAS thread"
+        assert c["measured_floor_multiple"] == pytest.approx(
+            c["bnprop_s"] / c["measured_gemm_s"])
+    for c in out["comparisons"]:
+        if c["peer"] == "jax jit":  # one measured floor per case, whatever the peer
+            twin = next(d for d in out["comparisons"] if (d["case"], d["dtype"], d["peer"])
+                        == (c["case"], c["dtype"], "torch eager"))
+            assert c["measured_gemm_s"] == twin["measured_gemm_s"]
     peers = {c["peer"] for c in out["comparisons"] if c["section"] == "step"}
     try:
         import jax  # noqa: F401
@@ -90,8 +104,13 @@ def test_quick_bench_writes_json_with_positive_ratios(
     assert out["memory"]["train_step"]["growth"] < 1024
     assert {t["id"] for t in out["targets"]} == TARGET_IDS
     for t in out["targets"]:
-        assert t["status"] in {"MET", "MISSED", "NOT RUN"}
+        assert t["status"] in STATUSES and "floor_s" in t
         assert (t["status"] == "NOT RUN") == (t["value"] is None)
+    ioffe = next(c for c in out["comparisons"] if c["case"].startswith("ioffe")
+                 and c["dtype"] == "float32")
+    rows = {t["id"]: t for t in out["targets"]}
+    assert rows["ioffe_step_vs_torch"]["floor_s"] == ioffe["measured_gemm_s"]
+    assert rows["train_job_vs_torch"]["floor_s"] == ioffe["measured_gemm_s"]
 
 
 def test_without_jax_the_peer_is_skipped_with_one_line(
@@ -137,7 +156,8 @@ def test_targets_met_missed_and_not_run() -> None:
     from bnprop.bench.targets import targets
 
     side = {"steps_per_s": 300.0, "test_accuracy": 0.95}
-    job = {"ratio": 3.5, "steps": 3000, "data": "mnist",
+    job = {"ratio": 3.5, "steps": 3000, "data": "mnist", "sizes": [784, 100, 100, 100, 10],
+           "batch_size": 60, "dtype": "float32",
            "sides": {"bnprop": side, "torch eager": {"steps_per_s": 100.0,
                                                      "test_accuracy": 0.951}}}
     rows = {t["id"]: t for t in targets(_result([

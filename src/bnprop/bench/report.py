@@ -7,14 +7,21 @@ JSON layout (``schema`` = 2; docs/bench.md describes every key)::
      "gemm_peak_flops_per_s": {"float32": f, "float64": f},
      "comparisons": [{"section": "layer" | "step", "case", "dtype", "peer",
                       "bnprop_s", "peer_s", "ratio", "gemm_flops", "gemm_floor_s",
-                      "bnprop_floor_multiple", "peer_floor_multiple"}],
+                      "bnprop_floor_multiple", "peer_floor_multiple", "measured_gemm_s",
+                      "measured_gemm_way", "measured_floor_multiple"}],
      "train_job": {...} | null, "unavailable": [{"section", "case", "dtype", "peer",
      "reason"}], "limits": {...}, "memory": {...}, "first_step_s": float,
      "compile_s": {...}, "targets": [...]}
 
 ``ratio = bnprop_s / peer_s`` (below 1: bnprop is faster); ``*_floor_multiple = time /
-gemm_floor_s`` (:mod:`bnprop.bench.floor`). Every listed ratio is a positive float; a
-peer that could not run is in ``unavailable`` with its reason.
+gemm_floor_s`` (:mod:`bnprop.bench.floor`). ``measured_gemm_s``: the case's own GEMMs
+alone through NumPy's BLAS, the fastest of 1 BLAS thread, n BLAS threads and n row parts
+(``measured_gemm_way`` says which), timed in the case's rounds
+(:mod:`bnprop.bench.shape_floor`);
+``measured_floor_multiple = bnprop_s / measured_gemm_s``; all three null for the CNN step.
+Every listed ratio is a positive float; a peer that could not run is in ``unavailable``
+with its reason. ``targets[]`` rows also carry ``floor_s``, the measured floor they were
+judged against (:mod:`bnprop.bench.targets`).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import numpy as np
 
 from bnprop import threads
 from bnprop._atomic import atomic_writer
-from bnprop.bench import cnn, floor, jax_peer, job, layer, machine, memory, step
+from bnprop.bench import cnn, floor, jax_peer, job, layer, machine, memory, shape_floor, step
 from bnprop.bench.targets import targets
 from bnprop.bench.timing import interleaved
 
@@ -95,14 +102,24 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]}"
 
 
-def _compare(section: str, case: str, dtype: str, flops: int, bnprop_fn: Callable[[], None],
-             peers: dict[str, Callable[[], None]], sizes: Sizes, out: dict[str, Any]) -> None:
-    times = interleaved({"bnprop": bnprop_fn, **peers}, sizes.rounds, sizes.budget)
+def _compare(section: str, case: str, dtype: str, gemms: list[shape_floor.Gemm],
+             bnprop_fn: Callable[[], None], peers: dict[str, Callable[[], None]],
+             sizes: Sizes, out: dict[str, Any]) -> None:
+    """bnprop against its peers, and the case's GEMMs alone on 1 and n BLAS threads (the
+    measured floor, :mod:`bnprop.bench.shape_floor`), in the same interleaved rounds."""
+    n = out["threads"]
+    floor_cases, contexts = shape_floor.cases(gemms, dtype, n)
+    times = interleaved({"bnprop": bnprop_fn, **peers, **floor_cases}, sizes.rounds,
+                        sizes.budget, contexts)
+    gemm_s, way = shape_floor.best(times, n)
     for peer in peers:
         out["comparisons"].append({
             "section": section, "case": case, "dtype": dtype, "peer": peer,
             "bnprop_s": times["bnprop"], "peer_s": times[peer],
-            "ratio": times["bnprop"] / times[peer], "gemm_flops": flops,
+            "ratio": times["bnprop"] / times[peer],
+            "gemm_flops": shape_floor.total_flops(gemms), "measured_gemm_s": gemm_s,
+            "measured_gemm_way": way,
+            "measured_floor_multiple": times["bnprop"] / gemm_s,
         })
 
 
@@ -137,7 +154,7 @@ def run_layers(sizes: Sizes, out: dict[str, Any], no_torch: str | None) -> None:
                 _unavailable(out, "layer", case, name, "torch eager", no_torch)
                 continue
             O, W, dY = layer.layer_inputs(m, n_in, n_out, dtype)
-            _compare("layer", case, name, floor.layer_flops(m, n_in, n_out),
+            _compare("layer", case, name, shape_floor.layer_gemms(m, n_in, n_out),
                      layer.bnprop_layer(O, W, dY),
                      {"torch eager": layer.torch_layer(O, W, dY)}, sizes, out)
 
@@ -173,7 +190,7 @@ def run_steps(sizes: Sizes, out: dict[str, Any], no_torch: str | None) -> None:
                 if call is not None:
                     peers["jax jit"] = call
             if peers:
-                _compare("step", case, dt, floor.step_flops(net_sizes, m),
+                _compare("step", case, dt, shape_floor.step_gemms(net_sizes, m),
                          step.bnprop_step(net_sizes, X, y), peers, sizes, out)
 
 

@@ -1,5 +1,6 @@
-"""The result of :func:`bnprop.bench.run` as Markdown: comparisons with their GEMM floors,
-the default train job, unavailable peers, machine limits, memory, and the targets."""
+"""The result of :func:`bnprop.bench.run` as Markdown: comparisons with their GEMM floors
+(at peak, and measured at the case's shapes), the default train job, unavailable peers,
+machine limits, memory, and the targets (met, missed, or blocked by the measured floor)."""
 
 from __future__ import annotations
 
@@ -12,18 +13,27 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}" if seconds < 0.1 else f"{seconds * 1e3:.1f}"
 
 
+def _measured(c: dict[str, Any]) -> str:
+    """The measured-floor cells: GEMMs alone (ms, the fastest way) and bnprop / them."""
+    if c.get("measured_gemm_s") is None:
+        return "- | - |"
+    return (f"{_ms(c['measured_gemm_s'])} ({c['measured_gemm_way']}) | "
+            f"{c['measured_floor_multiple']:.1f} |")
+
+
 def _comparisons(out: dict[str, Any]) -> list[str]:
     lines = ["| section | case | dtype | peer | bnprop ms | peer ms | bnprop / peer "
-             "| GEMM floor ms | bnprop / floor | peer / floor |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| GEMM floor ms | bnprop / floor | peer / floor | measured GEMMs ms (fastest "
+             "way) | bnprop / measured |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in out["comparisons"]:
         lines.append(f"| {c['section']} | {c['case']} | {c['dtype']} | {c['peer']} | "
                      f"{_ms(c['bnprop_s'])} | {_ms(c['peer_s'])} | {c['ratio']:.2f} | "
                      f"{_ms(c['gemm_floor_s'])} | {c['bnprop_floor_multiple']:.1f} | "
-                     f"{c['peer_floor_multiple']:.1f} |")
+                     f"{c['peer_floor_multiple']:.1f} | {_measured(c)}")
     for u in out["unavailable"]:
         lines.append(f"| {u['section']} | {u['case']} | {u['dtype']} | {u['peer']} | | | "
-                     f"n/a ({u['reason']}) | | | |")
+                     f"n/a ({u['reason']}) | | | | | |")
     return lines
 
 

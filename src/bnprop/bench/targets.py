@@ -3,6 +3,15 @@
 Every target is a ratio of two numbers of the same run (or a byte count), so it does not
 depend on how fast the machine is. A target whose numbers are missing (a peer not
 installed, a section not run) is ``NOT RUN``, never met.
+
+A target not met is ``BLOCKED (floor)`` when the case's measured GEMM floor alone
+(:mod:`bnprop.bench.shape_floor`: its GEMMs through NumPy's BLAS, the fastest of 1 BLAS
+thread, n BLAS threads and n row parts) already takes longer than the target allows:
+for ``bnprop_s / peer_s <= L``, when ``measured_gemm_s > L peer_s``; for the train job's
+``bnprop steps/s / peer steps/s >= L``, when one step's floor ``> peer_step_s / L`` (the
+Ioffe step's floor at the job's sizes and batch: Adam adds no GEMM). Such a row keeps
+``met`` false and carries the floor in ``floor_s`` (every row has the key; null when the
+row has no measured floor). A row that is met stays ``MET``.
 """
 
 from __future__ import annotations
@@ -11,34 +20,75 @@ from typing import Any
 
 #: The default train job's accuracy counts as "the same" within this many (absolute).
 SAME_ACCURACY = 0.01
+BLOCKED = "BLOCKED (floor)"
 
 
 def _comparison(out: dict[str, Any], section: str, case_start: str, dtype: str,
-                peer: str) -> dict[str, Any] | None:
+                peer: str | None) -> dict[str, Any] | None:
+    """The first comparison of the section, dtype and peer (any peer if ``None``) whose
+    case starts with ``case_start``."""
     for c in out["comparisons"]:
-        if (c["section"], c["dtype"], c["peer"]) == (section, dtype, peer) \
+        if (c["section"], c["dtype"]) == (section, dtype) and peer in (None, c["peer"]) \
                 and c["case"].startswith(case_start):
             return c
     return None
 
 
+def _threads_text(out: dict[str, Any]) -> str:
+    n = out.get("threads", 1)
+    return "on 1 BLAS thread" if n == 1 else (f"fastest of 1 BLAS thread, {n} BLAS threads "
+                                             f"and {n} row parts")
+
+
+def _blocked(out: dict[str, Any], what: str, floor_s: float | None, allowance: str,
+             allowed_s: float) -> tuple[float | None, str | None]:
+    """``(floor_s, detail)``; the detail only when the floor exceeds ``allowed_s``."""
+    if floor_s is None or floor_s <= allowed_s:
+        return floor_s, None
+    return floor_s, (f"{what} GEMMs alone take {floor_s * 1e3:.3g} ms through NumPy's BLAS "
+                     f"({_threads_text(out)}); the target allows {allowance} = "
+                     f"{allowed_s * 1e3:.3g} ms")
+
+
+def _case_floor(out: dict[str, Any], c: dict[str, Any],
+                limit: float) -> tuple[float | None, str | None]:
+    """A ``<=`` ratio target on comparison ``c``: blocked when ``measured_gemm_s > limit
+    peer_s``."""
+    what = "the step's" if c["section"] == "step" else "the layer's"
+    return _blocked(out, what, c.get("measured_gemm_s"),
+                    f"{limit} x {c['peer_s'] * 1e3:.3g} ms", limit * c["peer_s"])
+
+
 def _ratio_row(out: dict[str, Any], tid: str, text: str, section: str, case_start: str,
                dtype: str, peer: str, limit: float) -> dict[str, Any]:
     c = _comparison(out, section, case_start, dtype, peer)
-    detail = "" if c is None else (f"{c['bnprop_s'] * 1e3:.3g} ms against "
-                                   f"{c['peer_s'] * 1e3:.3g} ms ({c['case']})")
-    return _row(tid, text, None if c is None else c["ratio"], "<=", limit, detail)
+    if c is None:
+        return _row(tid, text, None, "<=", limit, "")
+    detail = f"{c['bnprop_s'] * 1e3:.3g} ms against {c['peer_s'] * 1e3:.3g} ms ({c['case']})"
+    return _row(tid, text, c["ratio"], "<=", limit, detail, floor=_case_floor(out, c, limit))
 
 
 def _row(tid: str, text: str, value: float | None, op: str, limit: float, detail: str,
-         extra_ok: bool = True) -> dict[str, Any]:
+         extra_ok: bool = True,
+         floor: tuple[float | None, str | None] = (None, None)) -> dict[str, Any]:
+    """A target row; ``floor = (floor_s, why)``: ``why`` is set when the floor alone
+    exceeds what the target allows, and a speed target missed for that reason (and for
+    no other: ``extra_ok``) is ``BLOCKED (floor)``."""
+    floor_s, why = floor
     if value is None:
         met = None
     else:
         met = bool((value <= limit if op == "<=" else value >= limit) and extra_ok)
-    status = "NOT RUN" if met is None else ("MET" if met else "MISSED")
+    if met is None:
+        status = "NOT RUN"
+    elif met:
+        status = "MET"
+    elif why is not None and extra_ok:
+        status, detail = BLOCKED, f"{detail}; {why}"
+    else:
+        status = "MISSED"
     return {"id": tid, "target": text, "value": value, "limit": f"{op} {limit}", "met": met,
-            "status": status, "detail": detail}
+            "status": status, "detail": detail, "floor_s": floor_s}
 
 
 def _job_row(out: dict[str, Any]) -> dict[str, Any]:
@@ -53,11 +103,24 @@ def _job_row(out: dict[str, Any]) -> dict[str, Any]:
     same = acc is not None and acc_peer is not None and abs(acc - acc_peer) <= SAME_ACCURACY
     detail = (f"{ours['steps_per_s']:.0f} against {peer['steps_per_s']:.0f} steps/s; test "
               f"accuracy {acc} against {acc_peer} after {job['steps']} steps ({job['data']})")
-    return _row("train_job_vs_torch", text, job["ratio"], ">=", 3.0, detail, extra_ok=same)
+    return _row("train_job_vs_torch", text, job["ratio"], ">=", 3.0, detail, extra_ok=same,
+                floor=_job_floor(out, job, 3.0))
+
+
+def _job_floor(out: dict[str, Any], job: dict[str, Any],
+               limit: float) -> tuple[float | None, str | None]:
+    """The job's step is the Ioffe step at the job's sizes and batch (Adam adds no GEMM):
+    its measured floor against ``peer_step_s / limit``."""
+    case = f"ioffe {'-'.join(map(str, job['sizes']))}, batch {job['batch_size']}"
+    c = _comparison(out, "step", case, job["dtype"], None)
+    peer_step_s = 1.0 / job["sides"]["torch eager"]["steps_per_s"]
+    return _blocked(out, "one step's", None if c is None else c.get("measured_gemm_s"),
+                    f"{peer_step_s * 1e3:.3g} ms / {limit}", peer_step_s / limit)
 
 
 def targets(out: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target as ``{"id", "target", "value", "limit", "met", "status", "detail"}``."""
+    """Each target as ``{"id", "target", "value", "limit", "met", "status", "detail",
+    "floor_s"}``."""
     rows = [
         _ratio_row(out, "ioffe_step_vs_jax", "Ioffe step (SGD) / jax.jit (float32)", "step",
                    "ioffe", "float32", "jax jit", 0.5),
@@ -75,14 +138,25 @@ def targets(out: dict[str, Any]) -> list[dict[str, Any]]:
         _ratio_row(out, "cnn_step_vs_torch", "CNN step, batch 128 / PyTorch eager (float32)",
                    "step", "cnn", "float32", "torch eager", 0.8),
     ]
-    f64 = [c for c in out["comparisons"]
-           if c["dtype"] == "float64" and c["peer"] == "torch eager"]
-    worst = max(f64, key=lambda c: c["ratio"]) if f64 else None
-    rows.append(_row("float64_vs_torch", "worst float64 case / PyTorch eager float64",
-                     None if worst is None else worst["ratio"], "<=", 1.0,
-                     "" if worst is None else f"{worst['section']} {worst['case']}"))
+    rows.append(_float64_row(out))
     growth = out.get("memory", {}).get("train_step", {}).get("growth")
     rows.append(_row("memory_growth", "allocated-memory growth after warm-up, bytes "
                      "(< 1 KiB over all steps: nothing kept per step)", growth, "<=", 1023,
                      "" if growth is None else f"over {out['memory']['steps']} steps"))
     return rows
+
+
+def _float64_row(out: dict[str, Any]) -> dict[str, Any]:
+    """The worst float64 case; blocked only when every float64 case above the limit is."""
+    text, limit = "worst float64 case / PyTorch eager float64", 1.0
+    f64 = [c for c in out["comparisons"]
+           if c["dtype"] == "float64" and c["peer"] == "torch eager"]
+    if not f64:
+        return _row("float64_vs_torch", text, None, "<=", limit, "")
+    worst = max(f64, key=lambda c: c["ratio"])
+    floor = _case_floor(out, worst, limit)
+    missed = [c for c in f64 if c["ratio"] > limit]
+    if not all(_case_floor(out, c, limit)[1] for c in missed):
+        floor = (floor[0], None)  # another case misses it without a floor to blame
+    return _row("float64_vs_torch", text, worst["ratio"], "<=", limit,
+                f"{worst['section']} {worst['case']}", floor=floor)

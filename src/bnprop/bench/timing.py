@@ -5,7 +5,9 @@ round's budget, which a warm call would double), then ``inner`` timed calls;
 ``t_rc = median`` of them. The reported time of c is ``median_r t_rc``. Interleaving
 means a slow period of the machine hits every case alike, so ratios measured in the same
 run stay fair. A short pause before each case lets the previous one's threads (PyTorch's
-OpenMP pool spins after work) go idle.
+OpenMP pool spins after work) go idle. A case may run inside a context of its own (the
+measured GEMM floor sets OpenBLAS's threads for its calls only): entered for the case's
+calls of a round, left before the next case runs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 #: Pause before each case of a round, seconds.
 PAUSE = 0.03
@@ -28,19 +31,27 @@ def calibrate(fn: Callable[[], object], budget: float, max_inner: int = 50) -> i
 
 
 def interleaved(cases: dict[str, Callable[[], object]], rounds: int,
-                budget: float = 0.05) -> dict[str, float]:
-    """Median seconds per call of each case (module docstring)."""
-    inner = {name: calibrate(fn, budget) for name, fn in cases.items()}
+                budget: float = 0.05,
+                contexts: dict[str, Callable[[], AbstractContextManager]] | None = None
+                ) -> dict[str, float]:
+    """Median seconds per call of each case (module docstring); ``contexts[name]()``, when
+    given, is the context that case's calls run in."""
+    contexts = contexts or {}
+    inner = {}
+    for name, fn in cases.items():
+        with contexts.get(name, nullcontext)():
+            inner[name] = calibrate(fn, budget)
     per_round: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(rounds):
         for name, fn in cases.items():
             time.sleep(PAUSE)
-            if inner[name] > 1:
-                fn()
-            times = []
-            for _ in range(inner[name]):
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
+            with contexts.get(name, nullcontext)():
+                if inner[name] > 1:
+                    fn()
+                times = []
+                for _ in range(inner[name]):
+                    t0 = time.perf_counter()
+                    fn()
+                    times.append(time.perf_counter() - t0)
             per_round[name].append(statistics.median(times))
     return {name: statistics.median(ts) for name, ts in per_round.items()}
