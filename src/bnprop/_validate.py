@@ -96,7 +96,9 @@ def check_array(
         if arr.dtype == np.float16:
             dtype = np.dtype(np.float32)
     arr = np.ascontiguousarray(arr, dtype=dtype)
-    if not allow_nonfinite:
+    # A NaN or inf anywhere makes the sum non-finite (one pass, no temporary); only then,
+    # or when finite values overflow the sum, is every entry tested.
+    if not allow_nonfinite and not np.isfinite(arr.sum()):
         bad = ~np.isfinite(arr)
         if bad.any():
             where = tuple(int(i) for i in np.argwhere(bad)[0])

@@ -38,6 +38,7 @@ from bnprop.kernels._bn_compiled import (
     _backward_sums,
     _forward_apply,
     _moments,
+    _var_inv_std,
 )
 from bnprop.kernels._jit import JIT_OPTIONS
 
@@ -119,10 +120,8 @@ def forward(X, Ws, gammas, betas, acts, eps, block_rows, Zs, Ys, means, M2s, var
         Z = Zs[layer]
         gemm_nt(H, Ws[layer], Z)
         count = _moments(Z, block_rows[layer], means[layer], M2s[layer])
-        var, inv_std, M2 = variances[layer], inv_stds[layer], M2s[layer]
-        for j in range(var.shape[0]):
-            var[j] = M2[j] / count                           # var_B = M2 / m (biased)
-            inv_std[j] = 1.0 / np.sqrt(var[j] + eps[layer])
+        inv_std = inv_stds[layer]
+        _var_inv_std(M2s[layer], count, eps[layer], variances[layer], inv_std)
         _forward_apply(Z, means[layer], inv_std, gammas[layer], betas[layer], acts[layer],
                        Z, Ys[layer], None)
         H = Ys[layer]

@@ -60,9 +60,9 @@ class Pool:
         """An uninitialized C-contiguous array: a free pooled one of this shape and dtype,
         else a new one (kept in the pool when it has at least :data:`MIN_BYTES`)."""
         dt = np.dtype(dtype)
-        shape = tuple(int(s) for s in shape)
         if math.prod(shape) * dt.itemsize < MIN_BYTES:
             return np.empty(shape, dt)
+        shape = tuple(int(s) for s in shape)
         with self._lock:
             for arr in self._arrays:
                 if arr.shape == shape and arr.dtype == dt and sys.getrefcount(arr) == _POOL_REFS:

@@ -30,7 +30,7 @@ import numpy as np
 
 from bnprop import batchnorm as bn
 from bnprop import threads
-from bnprop.kernels import rows
+from bnprop.kernels import blas, rows
 from bnprop.kernels._bn_compiled import (
     _backward_apply,
     _backward_frozen,
@@ -40,6 +40,7 @@ from bnprop.kernels._bn_compiled import (
 )
 from bnprop.kernels.activations import ACTIVATION_CODES
 from bnprop.kernels.bn import BLOCK_BYTES
+from bnprop.kernels.buffers import MIN_BYTES
 from bnprop.kernels.buffers import shared as pool
 from bnprop.layer import LayerCache, LayerGrads, check_global_rows
 
@@ -56,6 +57,14 @@ def _parts(m: int, n: int, itemsize: int, fn):  # type: ignore[no-untyped-def]
     return threads.map_rows(fn, m, min_rows=rows.part_rows(n, itemsize))
 
 
+def _whole(m: int, n: int, itemsize: int) -> bool:
+    """Whether a batch runs in one part and one chunk, through the compiled calls of
+    :mod:`bnprop.kernels._layer_compiled` (NumPy's GEMM bound in Numba)."""
+    if m >= 2 * rows.KERNEL_PART_ROWS or not blas.available():
+        return False
+    return threads.num_threads() == 1 or m // rows.part_rows(n, itemsize) < 2
+
+
 def _merge(results: list[Moments]) -> Moments:
     """Chan's combination of per-range moments, in row order."""
     count, mean, M2 = results[0]
@@ -66,6 +75,8 @@ def _merge(results: list[Moments]) -> Moments:
 
 def copy_input(a: np.ndarray) -> np.ndarray:
     """A copy of ``a`` in a pooled buffer (the cache must not see later changes to it)."""
+    if a.nbytes < MIN_BYTES:
+        return a.copy()
     out = pool.empty(a.shape, a.dtype)
     np.copyto(out, a)
     return out
@@ -78,6 +89,16 @@ def forward(O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     m, n = O.shape[0], W.shape[0]
     Z, Obar, A, Y = (pool.empty((m, n), dt) for _ in range(4))
     block_rows = max(1, BLOCK_BYTES // (n * dt.itemsize))
+    if comm is None and _whole(m, n, dt.itemsize):  # one compiled call
+        from bnprop.kernels import _layer_compiled
+
+        mu, M2, var, inv_std = (np.empty(n) for _ in range(4))
+        m_global = _layer_compiled.forward(O, W, gamma, beta, ACTIVATION_CODES[activation], eps,
+                                           block_rows, Z, Obar, A, Y, mu, M2, var, inv_std)
+        return LayerCache(
+            O=O, W=W, gamma=gamma, beta=beta, Z=Z,
+            mu=mu.astype(dt), var=var.astype(dt), inv_std=inv_std.astype(dt),
+            Obar=Obar, A=A, Y=Y, activation=activation, eps=eps, m_global=m_global, comm=comm)
     chunk_rows = rows.chunk_rows(n, dt.itemsize) if m >= 2 * rows.KERNEL_PART_ROWS else m
     WT = W.T
 
@@ -118,6 +139,15 @@ def backward(dY: np.ndarray, cache: LayerCache, stats: str) -> LayerGrads:
     act = ACTIVATION_CODES[cache.activation]
     dA, dZ = pool.empty((m, n), dt), pool.empty((m, n), dt)
     dO = pool.empty((m, n_in), dt)
+    if cache.comm is None and _whole(m, n, dt.itemsize):  # one compiled call
+        from bnprop.kernels import _layer_compiled
+
+        sum_G, sum_GObar, dW = np.empty(n), np.empty(n), np.empty((n, n_in), dt)
+        _layer_compiled.backward(dY, O, W, Y, Obar, cache.gamma, cache.inv_std.astype(np.float64),
+                                 act, stats == "frozen", m_total, dA, dZ, dW, dO, sum_G,
+                                 sum_GObar)
+        return LayerGrads(dA=dA, dgamma=sum_GObar.astype(dt), dbeta=sum_G.astype(dt), dZ=dZ,
+                          dW=dW, dO=dO)
 
     def sums(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         s = slice(start, stop)

@@ -1,0 +1,55 @@
+"""The public layer functions of a small batch in one compiled call each (one part of rows,
+one process): :mod:`bnprop.kernels.layer` calls these when its batch is not split.
+
+The same kernels and GEMMs (NumPy's, :mod:`bnprop.kernels._mlp_compiled`) in the same
+order as the split path with one part::
+
+    forward    Z = O W^T;  (count, mean, M2) of Z;  var = M2 / count,
+               inv_std = 1 / sqrt(var + eps);  Obar, A, Y = forward_apply(Z)
+    backward   dA = sigma'(A) dY and its two sums;  dZ (exact or frozen, from dA);
+               dW = dZ^T O;  dO = dZ W
+
+Import only when :func:`bnprop.kernels.blas.available` is True.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from bnprop.kernels._bn_compiled import (
+    _backward_apply,
+    _backward_frozen,
+    _backward_sums_into,
+    _forward_apply,
+    _moments,
+    _var_inv_std,
+)
+from bnprop.kernels._jit import JIT_OPTIONS
+from bnprop.kernels._mlp_compiled import gemm_nn, gemm_nt, gemm_tn
+from bnprop.kernels.activations import IDENTITY
+
+
+@njit(**JIT_OPTIONS)
+def forward(O, W, gamma, beta, act, eps, block_rows, Z, Obar, A, Y, mean, M2, var,
+            inv_std):  # pragma: no cover - compiled
+    """The forward pass (module docstring) into the given arrays; returns the row count."""
+    gemm_nt(O, W, Z)
+    count = _moments(Z, block_rows, mean, M2)
+    _var_inv_std(M2, count, eps, var, inv_std)
+    _forward_apply(Z, mean, inv_std, gamma, beta, act, Obar, Y, A)
+    return count
+
+
+@njit(**JIT_OPTIONS)
+def backward(dY, O, W, Y, Obar, gamma, inv_std, act, frozen, m_total, dA, dZ, dW, dO,
+             sum_G, sum_GObar):  # pragma: no cover - compiled
+    """The backward pass (module docstring) into the given arrays."""
+    _backward_sums_into(dY, Y, Obar, act, sum_G, sum_GObar, dA)
+    if frozen:
+        n = sum_G.shape[0]
+        _backward_frozen(dA, Y, Obar, gamma, inv_std, IDENTITY, np.empty(n), np.empty(n), dZ)
+    else:
+        _backward_apply(dA, Y, Obar, gamma, inv_std, sum_G, sum_GObar, m_total, IDENTITY, dZ)
+    gemm_tn(dZ, O, dW)
+    gemm_nn(dZ, W, dO)
