@@ -133,3 +133,35 @@ def test_copy_input_is_a_pooled_copy() -> None:
     b = kernel_layer.copy_input(a)
     assert b is not a and not np.shares_memory(a, b)
     np.testing.assert_array_equal(a, b)
+
+
+def test_an_unsplit_batch_runs_one_compiled_call_each_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bnprop.kernels import _layer_compiled, blas
+
+    if not blas.available():
+        pytest.skip("NumPy's scipy-openblas not found")
+    calls: list[str] = []
+    for name in ("forward", "backward"):
+        real = getattr(_layer_compiled, name)
+        monkeypatch.setattr(_layer_compiled, name,
+                            lambda *a, _r=real, _n=name: (calls.append(_n), _r(*a))[1])
+    O, W, gamma, beta, dY = _inputs(60, 7, 11, dtype="float32", seed=5)
+    got = bnprop.layer_backward(dY, c := bnprop.layer_forward(O, W, gamma, beta), stats="frozen")
+    ref = bnprop.layer_backward(dY, r := bnprop.layer_forward(O, W, gamma, beta, backend="numpy"),
+                                stats="frozen", backend="numpy")
+    assert calls == ["forward", "backward"]
+    for name in CACHE:
+        assert rel_err(getattr(c, name), getattr(r, name)) < 1e-5, name
+    for name in GRADS:
+        assert rel_err(getattr(got, name), getattr(ref, name)) < 1e-4, name
+
+
+def test_finite_values_whose_sum_overflows_are_accepted() -> None:
+    big = np.full((4, 3), 3e38, np.float32)  # the float32 sum is inf; every entry is finite
+    cache = bnprop.layer_forward(big, np.eye(3, dtype=np.float32) * 1e-30,
+                                 np.ones(3, np.float32), np.zeros(3, np.float32))
+    assert cache.Z.shape == (4, 3)
+    big[2, 1] = np.inf
+    with pytest.raises(bnprop.InputError, match=r"O: contains NaN or inf \(1 of 12 entries, "
+                                                r"first at index \(2, 1\)\)"):
+        bnprop.layer_forward(big, np.eye(3), np.ones(3), np.zeros(3))
