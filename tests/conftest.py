@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 
@@ -74,3 +76,16 @@ def data_root(tmp_path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(datasets, "_verified", set())
     monkeypatch.setenv("BNPROP_DATA", str(root))
     return root, digests
+
+
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    """bnprop's row split on 2 threads for the test; the previous setting restored after."""
+    from bnprop import threads
+
+    n, blas = threads.num_threads(), threads.blas_threads()
+    threads.set_threads(2)
+    yield
+    threads.set_threads(n)
+    if blas is not None:
+        threads.set_blas_threads(blas)

@@ -4,8 +4,6 @@ anything holds it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 from conftest import rel_err
@@ -19,14 +17,6 @@ CACHE = ("Z", "mu", "var", "inv_std", "Obar", "A", "Y")
 GRADS = ("dA", "dgamma", "dbeta", "dZ", "dW", "dO")
 
 
-@pytest.fixture
-def two_threads() -> Iterator[None]:
-    n, blas = threads.num_threads(), threads.blas_threads()
-    threads.set_threads(2)
-    yield
-    threads.set_threads(n)
-    if blas is not None:
-        threads.set_blas_threads(blas)
 
 
 def _inputs(m: int, n_in: int, n_out: int, dtype: str = "float64", seed: int = 0):

@@ -4,7 +4,6 @@ through the public Sequential/MLP step."""
 from __future__ import annotations
 
 import tracemalloc
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -19,15 +18,6 @@ from bnprop.optim import SGD, Adam
 SIZES = (12, 16, 16, 4)
 
 
-@pytest.fixture
-def two_threads() -> Iterator[None]:
-    """bnprop's row split on 2 threads for the test; the previous setting restored after."""
-    n, blas = threads.num_threads(), threads.blas_threads()
-    threads.set_threads(2)
-    yield
-    threads.set_threads(n)
-    if blas is not None:
-        threads.set_blas_threads(blas)
 
 
 def _data(m: int, n_in: int = SIZES[0], k: int = SIZES[-1], dtype: str = "float64",
