@@ -13,7 +13,7 @@ import pytest
 import bnprop
 from bnprop import nn, threads
 from bnprop.kernels import blas
-from bnprop.nn.compiled import CompiledStep
+from bnprop.nn.compiled import CompiledStep, compiled_step
 
 pytestmark = pytest.mark.skipif(not blas.available(), reason="NumPy's scipy-openblas not found")
 
@@ -84,7 +84,8 @@ def test_the_default_mlp_takes_it_with_any_thread_count() -> None:
     _assert_same(*nets)  # BLAS on 1 thread either way: the same bits
 
 
-@pytest.mark.parametrize("case", ["numpy", "no-bn", "width-1", "chunked", "split", "images"])
+@pytest.mark.parametrize("case", ["numpy", "no-bn", "width-1", "chunked", "split", "split-dW",
+                                  "images"])
 def test_other_plans_and_batches_take_the_python_step(case: str) -> None:
     X, y = _batch(40)
     if case == "numpy":
@@ -100,13 +101,20 @@ def test_other_plans_and_batches_take_the_python_step(case: str) -> None:
     elif case == "split":  # rows the Python step splits over 2 threads
         X, y = _batch(3000, n_in=10)
         net = _net(widths=(256, 8))
+    elif case == "split-dW":  # few rows, but dW = dZ^T O of a wide layer splits its rows
+        X, y = _batch(60, n_in=784)
+        net = _net(widths=(1024, 8), n_in=784)
     else:
         net = nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), nn.BatchNorm2d(2), nn.ReLU(),
                             nn.Flatten(), nn.Linear(2 * 4 * 4, 4))
         X = np.random.default_rng(0).random((40, 1, 6, 6), dtype=np.float32)
     with threads.using(2):
         net.train_step(X, y, bnprop.SGD(0.1))
-    assert getattr(net, "_compiled", None) is None or case in ("chunked", "split")
+        if case.startswith("split") or case == "chunked":  # the plan qualifies, the batch not
+            assert isinstance(net._compiled, CompiledStep)
+            assert compiled_step(net, X) is None
+        else:
+            assert getattr(net, "_compiled", None) is None
 
 
 def test_non_finite_step_changes_nothing() -> None:

@@ -70,9 +70,12 @@ def _one_part(m: int, steps: list[Any]) -> bool:
         lin, width, item = s.stage.linear, s.norm.num_features, s.norm.dtype.itemsize
         if m // rows.part_rows(width, item) >= 2:
             return False                                     # kernels split over threads
-        for k, w in ((lin.in_features, width), (width, lin.in_features)):
-            if m >= 2 * math.ceil(rows.GEMM_PART_FLOPS / (2 * k * w)):
-                return False                                 # a GEMM split over threads
+        n_in = lin.in_features
+        # Z = O W^T and dO = dZ W split their m rows, dW = dZ^T O its `width` rows, once
+        # a part has GEMM_PART_FLOPS (rows.gemm); all three GEMMs have 2 m n_in width flops.
+        min_rows = math.ceil(rows.GEMM_PART_FLOPS / (2 * n_in * width))
+        if m >= 2 * min_rows or width >= 2 * math.ceil(rows.GEMM_PART_FLOPS / (2 * m * n_in)):
+            return False                                     # a GEMM split over threads
     return True
 
 
