@@ -155,3 +155,15 @@ def test_finite_values_whose_sum_overflows_are_accepted() -> None:
     with pytest.raises(bnprop.InputError, match=r"O: contains NaN or inf \(1 of 12 entries, "
                                                 r"first at index \(2, 1\)\)"):
         bnprop.layer_forward(big, np.eye(3), np.ones(3), np.zeros(3))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("m", [40, 9000])  # one compiled call; parts on 2 threads
+def test_a_non_finite_dY_is_found_by_the_kernels_pass(two_threads: None, bad: float,
+                                                       m: int) -> None:
+    O, W, gamma, beta, dY = _inputs(m, 6, 64, dtype="float32", seed=6)
+    cache = bnprop.layer_forward(O, W, gamma, beta, activation="relu")
+    dY[m - 3, 5] = bad  # relu'(A) may be 0 there: 0 * inf and 0 * NaN are NaN
+    with pytest.raises(bnprop.InputError, match=rf"dY: contains NaN or inf \(1 of {m * 64} "
+                                                rf"entries, first at index \({m - 3}, 5\)\)"):
+        bnprop.layer_backward(dY, cache)

@@ -321,12 +321,19 @@ def layer_backward(dY: object, cache: LayerCache, *, stats: str = "exact",
         )
     check_choice(stats, "stats", STATS_MODES)
     m, n_out = cache.A.shape
-    dY = check_array(dY, "dY", ndim=2, axes=("m", "n_out"), shape=(m, n_out), dtype=cache.A.dtype)
-    if check_choice(backend, "backend", BACKENDS) == "numpy":
+    kernels = check_choice(backend, "backend", BACKENDS) == "numba" and cache.comm is None
+    # The kernels find a NaN or inf in dY in their first pass, then this same check runs
+    # and raises (a NaN or inf in dY makes sum_rows(dA) NaN or inf): no extra pass.
+    dY = check_array(dY, "dY", ndim=2, axes=("m", "n_out"), shape=(m, n_out),
+                     dtype=cache.A.dtype, allow_nonfinite=kernels)
+    if backend == "numpy":
         return _backward(dY, cache, stats)
     from bnprop.kernels import layer as kernel_layer
 
-    return kernel_layer.backward(np.ascontiguousarray(dY), cache, stats)
+    grads = kernel_layer.backward(dY, cache, stats)
+    if kernels and not (np.isfinite(grads.dbeta).all() and np.isfinite(grads.dgamma).all()):
+        check_array(dY, "dY", ndim=2)  # raises if dY is not finite
+    return grads
 
 
 def _backward(dY: np.ndarray, cache: LayerCache, stats: str) -> LayerGrads:

@@ -167,7 +167,13 @@ def backward(dY: np.ndarray, cache: LayerCache, stats: str) -> LayerGrads:
     chunk_rows = rows.chunk_rows(n, dt.itemsize) if m >= 2 * rows.KERNEL_PART_ROWS else m
 
     def apply(start: int, stop: int) -> np.ndarray:
-        """dZ, then ``dW_p = sum_c dZ_c^T O_c`` and ``dO_c = dZ_c W``, chunk by chunk."""
+        """dZ, then ``dW_p = sum_c dZ_c^T O_c`` and ``dO_c = dZ_c W``, chunk by chunk.
+        Silent, as the kernels are (errstate is per thread): a NaN or inf in dY is
+        reported by :func:`bnprop.layer_backward` from the sums."""
+        with np.errstate(invalid="ignore", over="ignore"):
+            return apply_chunks(start, stop)
+
+    def apply_chunks(start: int, stop: int) -> np.ndarray:
         dW_p = np.empty((n, n_in), dt)
         term = dW_p
         for c0, c1 in rows.chunks(start, stop, chunk_rows):
