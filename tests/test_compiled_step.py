@@ -189,3 +189,20 @@ def test_finiteness_check_finds_any_bad_value(dtype: type, bad: float) -> None:
         b = a.copy()
         b[i] = bad
         assert not check(b)
+
+
+def test_without_numpys_openblas_the_python_paths_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(blas, "available", lambda: False)  # e.g. a NumPy built on MKL
+    fast, slow = _net(), _python(_net())
+    X, y = _batch()
+    assert fast.train_step(X, y, bnprop.SGD(0.2)) == slow.train_step(X, y, bnprop.SGD(0.2))
+    assert fast._compiled is None
+    _assert_same(fast, slow)
+    O, W, gamma, beta = X, np.eye(10, dtype=np.float32)[:6], np.ones(6, np.float32), \
+        np.zeros(6, np.float32)
+    got = bnprop.layer_backward(np.ones((32, 6), np.float32),
+                                bnprop.layer_forward(O, W, gamma, beta))
+    ref = bnprop.layer_backward(np.ones((32, 6), np.float32),
+                                bnprop.layer_forward(O, W, gamma, beta, backend="numpy"),
+                                backend="numpy")
+    np.testing.assert_allclose(got.dW, ref.dW, rtol=1e-5, atol=1e-6)
