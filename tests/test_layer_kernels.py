@@ -167,3 +167,19 @@ def test_a_non_finite_dY_is_found_by_the_kernels_pass(two_threads: None, bad: fl
     with pytest.raises(bnprop.InputError, match=rf"dY: contains NaN or inf \(1 of {m * 64} "
                                                 rf"entries, first at index \({m - 3}, 5\)\)"):
         bnprop.layer_backward(dY, cache)
+
+
+def test_a_cache_built_by_hand_with_views_and_mixed_dtypes() -> None:
+    O, W, gamma, beta, dY = _inputs(30, 5, 4, seed=7)
+    ref = bnprop.layer_forward(O, W, gamma, beta, backend="numpy")
+    wide = np.zeros((30, 10))
+    wide[:, ::2] = ref.O  # O as a strided view
+    fields = {name: getattr(ref, name) for name in ("W", "gamma", "beta", "Z", "mu", "var",
+                                                    "inv_std", "Obar", "A", "Y")}
+    fields["W"] = np.asfortranarray(fields["W"])                 # F-ordered
+    fields["gamma"] = fields["gamma"].astype(np.float32)         # another dtype
+    hand = bnprop.LayerCache(O=wide[:, ::2], activation="sigmoid", eps=1e-5, **fields)
+    got = bnprop.layer_backward(dY, hand)
+    want = bnprop.layer_backward(dY, ref, backend="numpy")
+    for name in GRADS:
+        assert rel_err(getattr(got, name), getattr(want, name)) < 1e-6, name

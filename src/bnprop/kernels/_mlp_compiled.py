@@ -73,6 +73,10 @@ def _xgemm(ta, tb, M, N, K, A, lda, B, ldb, C, ldc):  # pragma: no cover - compi
 
 @overload(_xgemm, jit_options=JIT_OPTIONS)
 def _xgemm_overload(ta, tb, M, N, K, A, lda, B, ldb, C, ldc):  # type: ignore[no-untyped-def]
+    # Only C-contiguous operands of one dtype type-check: the pointers and leading
+    # dimensions below assume them (anything else would read the wrong memory).
+    if not (A.dtype == B.dtype == C.dtype and A.layout == B.layout == C.layout == "C"):
+        return None
     if C.dtype == types.float32:
         def impl32(ta, tb, M, N, K, A, lda, B, ldb, C, ldc):  # type: ignore[no-untyped-def]
             _sgemm(_ROW_MAJOR, ta, tb, M, N, K, np.float32(1.0), _ptr(A), lda, _ptr(B), ldb,

@@ -131,9 +131,12 @@ def forward(O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
 
 
 def backward(dY: np.ndarray, cache: LayerCache, stats: str) -> LayerGrads:
-    """:func:`bnprop.layer_backward` on a validated ``dY`` (module docstring)."""
-    O, W, Y, Obar = cache.O, cache.W, cache.Y, cache.Obar
+    """:func:`bnprop.layer_backward` on a validated ``dY`` (module docstring). The cache's
+    arrays are used C-contiguous in dY's dtype (a cache built by hand may differ)."""
     dt = dY.dtype
+    O, W, Y, Obar, gamma = (np.ascontiguousarray(a, dtype=dt) for a in
+                            (cache.O, cache.W, cache.Y, cache.Obar, cache.gamma))
+    inv_std = np.ascontiguousarray(cache.inv_std, dtype=np.float64)
     (m, n), n_in = dY.shape, W.shape[1]
     m_total = float(cache.m if cache.m_global is None else cache.m_global)
     act = ACTIVATION_CODES[cache.activation]
@@ -143,9 +146,8 @@ def backward(dY: np.ndarray, cache: LayerCache, stats: str) -> LayerGrads:
         from bnprop.kernels import _layer_compiled
 
         sum_G, sum_GObar, dW = np.empty(n), np.empty(n), np.empty((n, n_in), dt)
-        _layer_compiled.backward(dY, O, W, Y, Obar, cache.gamma, cache.inv_std.astype(np.float64),
-                                 act, stats == "frozen", m_total, dA, dZ, dW, dO, sum_G,
-                                 sum_GObar)
+        _layer_compiled.backward(dY, O, W, Y, Obar, gamma, inv_std, act, stats == "frozen",
+                                 m_total, dA, dZ, dW, dO, sum_G, sum_GObar)
         return LayerGrads(dA=dA, dgamma=sum_GObar.astype(dt), dbeta=sum_G.astype(dt), dZ=dZ,
                           dW=dW, dO=dO)
 
@@ -163,7 +165,6 @@ def backward(dY: np.ndarray, cache: LayerCache, stats: str) -> LayerGrads:
     if cache.comm is not None:
         sums_all = cache.comm.allreduce_sum(np.concatenate([sum_G, sum_GObar]))  # one collective
         sum_G, sum_GObar = sums_all[:n], sums_all[n:]
-    gamma, inv_std = cache.gamma, cache.inv_std.astype(np.float64)
     chunk_rows = rows.chunk_rows(n, dt.itemsize) if m >= 2 * rows.KERNEL_PART_ROWS else m
 
     def apply(start: int, stop: int) -> np.ndarray:
