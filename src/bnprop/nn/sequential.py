@@ -50,11 +50,12 @@ PREDICT_BLOCK_IMAGES = 256
 class NonFiniteError(InputError, ArithmeticError):
     """A training step produced a non-finite loss or gradient; nothing was updated."""
 
-    def __init__(self, loss: float) -> None:
-        super().__init__(
-            f"the step's loss ({loss}), a gradient or a batch statistic is not finite (inf "
-            "or NaN, or too large for the dtype); nothing was updated. Lower the learning "
-            "rate or check the inputs' scale.")
+    @classmethod
+    def of_step(cls, loss: float) -> NonFiniteError:
+        """The error of a step whose loss was ``loss``."""
+        return cls(f"the step's loss ({loss}), a gradient or a batch statistic is not finite "
+                   "(inf or NaN, or too large for the dtype); nothing was updated. Lower the "
+                   "learning rate or check the inputs' scale.")
 
 
 class Sequential:
@@ -242,7 +243,7 @@ class Sequential:
             loss = reduce_step(self, comm, loss, sync_bn)
         if not (np.isfinite(loss) and self.flat.all_finite()
                 and all(step.running_finite() for step in self.steps)):
-            raise NonFiniteError(loss)
+            raise NonFiniteError.of_step(loss)
         return loss
 
     def _commit_running(self) -> None:
@@ -316,7 +317,7 @@ class Sequential:
         if fast is not None:  # the same numbers, in two compiled calls (nn/compiled.py)
             loss, finite = fast.step(X, y, next(iter(self.flat.grads.values())))
             if not finite:
-                raise NonFiniteError(loss)
+                raise NonFiniteError.of_step(loss)
         else:
             loss = self._step(X, y, comm, sync_bn, m_global)
             self._commit_running()
