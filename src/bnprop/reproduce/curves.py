@@ -33,7 +33,7 @@ from bnprop.reproduce import plotting
 from bnprop.reproduce.experiment import run_seeds, summarize
 from bnprop.reproduce.lockstep import Arm, Values
 from bnprop.reproduce.options import Data, ReproduceOptions
-from bnprop.reproduce.records import aggregate, json_list, write_csv
+from bnprop.reproduce.records import aggregate, json_list, recorded_steps, write_csv
 
 #: The three arms, as named in summary.json and the CSV files, and the ``TrainConfig``
 #: fields that set each apart.
@@ -80,15 +80,12 @@ def csv_table(per_seed: list[dict[str, Any]], arms: Sequence[str],
     names = {arm: list(per_seed[0][arm]["curves"]) for arm in arms}
     header = ["seed", "step", *(f"{arm}_{name}" for arm in arms for name in names[arm])]
     rows: list[list[object]] = []
-    for result in per_seed:
-        at = {arm: {s: i for i, s in enumerate(result[arm]["steps"])} for arm in arms}
-        for step in sorted(set().union(*(at[arm] for arm in arms))):
-            row: list[object] = [result["seed"], step]
-            for arm in arms:
-                i = at[arm].get(step)
-                row += [None if i is None else result[arm]["curves"][name][i]
-                        for name in names[arm]]
-            rows.append(row)
+    for result, step, index in recorded_steps(per_seed, arms):
+        row: list[object] = [result["seed"], step]
+        for arm in arms:
+            i = index[arm]
+            row += [None if i is None else result[arm]["curves"][name][i] for name in names[arm]]
+        rows.append(row)
     return header, rows
 
 

@@ -57,6 +57,7 @@ from bnprop.reproduce.records import (
     first_step_reaching,
     json_list,
     json_number,
+    recorded_steps,
     write_csv,
 )
 
@@ -188,18 +189,16 @@ def _csv_table(per_seed: list[dict[str, Any]]) -> tuple[list[str], list[list[obj
     header = ["seed", "step", *(f"{arm}_test_accuracy" for arm in ARMS),
               *(f"{arm}_p{q}" for arm in ARMS for q in PERCENTILES)]
     rows: list[list[object]] = []
-    for result in per_seed:
-        at = {arm: {s: i for i, s in enumerate(result[arm]["steps"])} for arm in ARMS}
-        for step in sorted(set().union(*(at[arm] for arm in ARMS))):
-            row: list[object] = [result["seed"], step]
-            for arm in ARMS:
-                i = at[arm].get(step)
-                row.append(None if i is None else result[arm]["accuracy_curve"][i][1])
-            for arm in ARMS:
-                i = at[arm].get(step)
-                row += [None if i is None else result[arm]["percentiles"][str(q)][i]
-                        for q in PERCENTILES]
-            rows.append(row)
+    for result, step, index in recorded_steps(per_seed, ARMS):
+        row: list[object] = [result["seed"], step]
+        for arm in ARMS:
+            i = index[arm]
+            row.append(None if i is None else result[arm]["accuracy_curve"][i][1])
+        for arm in ARMS:
+            i = index[arm]
+            row += [None if i is None else result[arm]["percentiles"][str(q)][i]
+                    for q in PERCENTILES]
+        rows.append(row)
     return header, rows
 
 

@@ -57,7 +57,7 @@ from bnprop.reproduce.options import (
     claim_out,
     load_data,
 )
-from bnprop.reproduce.records import aggregate, json_list, write_csv
+from bnprop.reproduce.records import aggregate, json_list, recorded_steps, write_csv
 
 #: The two networks, as named in summary.json and frozen_stats.csv.
 ARMS = ("exact", "frozen")
@@ -220,15 +220,13 @@ def _csv_table(per_seed: list[dict[str, Any]]) -> tuple[list[str], list[list[obj
     cols = _csv_columns()
     header = ["seed", "step", *(f"{arm}_{suffix}" for arm in ARMS for suffix, _ in cols)]
     rows: list[list[object]] = []
-    for result in per_seed:
-        flat = {arm: _flat(result[arm]) for arm in ARMS}
-        at = {arm: {s: i for i, s in enumerate(result[arm]["steps"])} for arm in ARMS}
-        for step in sorted(set().union(*(at[arm] for arm in ARMS))):
-            row: list[object] = [result["seed"], step]
-            for arm in ARMS:
-                i = at[arm].get(step)
-                row += [None if i is None else flat[arm][name][i] for _, name in cols]
-            rows.append(row)
+    flats = {id(result): {arm: _flat(result[arm]) for arm in ARMS} for result in per_seed}
+    for result, step, index in recorded_steps(per_seed, ARMS):
+        row: list[object] = [result["seed"], step]
+        for arm in ARMS:
+            i, flat = index[arm], flats[id(result)][arm]
+            row += [None if i is None else flat[name][i] for _, name in cols]
+        rows.append(row)
     return header, rows
 
 

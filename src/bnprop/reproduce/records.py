@@ -13,8 +13,9 @@ hold the same floats, bit for bit.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +51,17 @@ def first_step_reaching(steps: Sequence[int], values: Sequence[float | None],
         if value is not None and value >= threshold:
             return int(step)
     return None
+
+
+def recorded_steps(per_seed: Sequence[Mapping[str, Any]], arms: Sequence[str],
+                   ) -> Iterator[tuple[Mapping[str, Any], int, dict[str, int | None]]]:
+    """The rows of a CSV of records: for each seed's result (in order) and each step any
+    of ``arms`` recorded (ascending), ``(result, step, index)`` with ``index[arm]`` the
+    arm's record at that step, ``None`` where it has none (an empty cell)."""
+    for result in per_seed:
+        at = {arm: {s: i for i, s in enumerate(result[arm]["steps"])} for arm in arms}
+        for step in sorted(set().union(*(at[arm] for arm in arms))):
+            yield result, step, {arm: at[arm].get(step) for arm in arms}
 
 
 def _cell(value: object) -> str:
