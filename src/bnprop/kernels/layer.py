@@ -60,9 +60,7 @@ def _parts(m: int, n: int, itemsize: int, fn):  # type: ignore[no-untyped-def]
 def _whole(m: int, n: int, itemsize: int) -> bool:
     """Whether a batch runs in one part and one chunk, through the compiled calls of
     :mod:`bnprop.kernels._layer_compiled` (NumPy's GEMM bound in Numba)."""
-    if m >= 2 * rows.KERNEL_PART_ROWS or not blas.available():
-        return False
-    return threads.num_threads() == 1 or m // rows.part_rows(n, itemsize) < 2
+    return rows.unsplit(m, n, itemsize) and blas.available()
 
 
 def _merge(results: list[Moments]) -> Moments:

@@ -61,3 +61,13 @@ def chunk_rows(n: int, itemsize: int) -> int:
 def chunks(start: int, stop: int, rows: int) -> list[tuple[int, int]]:
     """``[start, stop)`` in consecutive ranges of ``rows`` rows (the last may be shorter)."""
     return [(c0, min(stop, c0 + rows)) for c0 in range(start, stop, rows)]
+
+
+def unsplit(m: int, n: int, itemsize: int) -> bool:
+    """Whether the kernel passes over ``m`` rows of an ``(m, n)`` array run in one part and
+    one chunk: fewer than ``2 * KERNEL_PART_ROWS`` rows, and one thread or fewer than two
+    parts' worth of :data:`KERNEL_PART_BYTES`."""
+    if m >= 2 * KERNEL_PART_ROWS:
+        return False
+    return threads.num_threads() == 1 or m // part_rows(n, itemsize) < 2
+

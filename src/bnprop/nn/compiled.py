@@ -61,16 +61,13 @@ def _eligible_plan(steps: list[Any]) -> bool:
 
 def _one_part(m: int, steps: list[Any]) -> bool:
     """Whether the Python step would run every GEMM and kernel of ``m`` rows whole."""
-    if m >= 2 * rows.KERNEL_PART_ROWS:
-        return False                                         # it would walk chunks
-    n = threads.num_threads()
-    if n == 1:
+    hidden = steps[:-1]
+    if not all(rows.unsplit(m, s.norm.num_features, s.norm.dtype.itemsize) for s in hidden):
+        return False                                         # kernels in parts or chunks
+    if threads.num_threads() == 1:
         return True
-    for s in steps[:-1]:
-        lin, width, item = s.stage.linear, s.norm.num_features, s.norm.dtype.itemsize
-        if m // rows.part_rows(width, item) >= 2:
-            return False                                     # kernels split over threads
-        n_in = lin.in_features
+    for s in hidden:
+        width, n_in = s.norm.num_features, s.stage.linear.in_features
         # Z = O W^T and dO = dZ W split their m rows, dW = dZ^T O its `width` rows, once
         # a part has GEMM_PART_FLOPS (rows.gemm); all three GEMMs have 2 m n_in width flops.
         min_rows = math.ceil(rows.GEMM_PART_FLOPS / (2 * n_in * width))
