@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from bnprop.bench.step import torch_call
 from bnprop.bench.timing import interleaved
 from bnprop.kernels import conv as convk
 from bnprop.model_cnn import cnn
@@ -57,15 +58,8 @@ def torch_cnn_step(net: Any, X: np.ndarray, y: np.ndarray) -> Callable[[], None]
     import torch
 
     model = net.to_torch()
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, nesterov=True)
-    tX, ty = torch.from_numpy(X), torch.from_numpy(y)
-
-    def call() -> None:
-        opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(tX), ty).backward()
-        opt.step()
-
-    return call
+    return torch_call(model, torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9,
+                                             nesterov=True), X, y)
 
 
 def _phase_calls(net: Any, X_nhwc: np.ndarray) -> dict[str, list[Callable[[], object]]]:

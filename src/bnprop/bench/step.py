@@ -64,7 +64,14 @@ def torch_step(sizes: tuple[int, ...], X: np.ndarray, y: np.ndarray) -> Callable
     import torch
 
     model = torch_model(sizes, X.dtype)
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    return torch_call(model, torch.optim.SGD(model.parameters(), lr=LR), X, y)
+
+
+def torch_call(model: Any, opt: Any, X: np.ndarray, y: np.ndarray) -> Callable[[], None]:
+    """One PyTorch eager step of ``model`` on the fixed batch: ``zero_grad``, mean
+    cross-entropy, ``backward``, ``opt.step()`` (imports torch)."""
+    import torch
+
     xt, yt = torch.from_numpy(X), torch.from_numpy(y)
 
     def call() -> None:
