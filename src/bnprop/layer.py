@@ -33,7 +33,6 @@ rounding, except ``dW``, which the model all-reduces with its other parameter gr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -41,93 +40,13 @@ import numpy as np
 from bnprop import batchnorm as bn
 from bnprop._validate import InputError, check_array, check_choice, check_positive
 from bnprop.activations import get_activation
+from bnprop.layer_cache import LayerCache, LayerGrads
 
 if TYPE_CHECKING:  # the math layer never imports the distributed one at run time
     from bnprop.distributed import Communicator
 
 STATS_MODES = ("exact", "frozen")
 BACKENDS = ("numba", "numpy")
-
-
-@dataclass(frozen=True, eq=False)
-class LayerCache:
-    """Everything the forward pass computed, kept for the backward pass.
-
-    Attributes
-    ----------
-    O : ndarray (m, n_in)
-        Input of the layer, ``o^{l-1}``.
-    W : ndarray (n_out, n_in)
-    gamma, beta : ndarray (n_out,)
-    Z : ndarray (m, n_out)
-        ``O W^T``.
-    mu, var : ndarray (n_out,)
-        Batch mean ``mu_B`` and biased batch variance ``var_B`` of ``Z``.
-    inv_std : ndarray (n_out,)
-        ``1 / sqrt(var_B + eps)``.
-    Obar : ndarray (m, n_out)
-        ``(Z - mu_B) * inv_std``.
-    A : ndarray (m, n_out)
-        ``gamma * Obar + beta``, the handout's ``a^l``.
-    Y : ndarray (m, n_out)
-        ``sigma(A)``, the handout's ``o^l``.
-    activation : str
-    eps : float
-    m_global : int or None
-        Rows of the global batch, the ``m`` of the exact ``dZ``: ``sum_p m_p`` over the
-        processes, ``m`` in one process. ``None`` (a cache built by hand) means ``m``.
-    comm : Communicator or None
-        The communicator the statistics were combined through; the backward pass reduces
-        its sums through it. ``None``: one process, nothing is reduced.
-    """
-
-    O: np.ndarray
-    W: np.ndarray
-    gamma: np.ndarray
-    beta: np.ndarray
-    Z: np.ndarray
-    mu: np.ndarray
-    var: np.ndarray
-    inv_std: np.ndarray
-    Obar: np.ndarray
-    A: np.ndarray
-    Y: np.ndarray
-    activation: str
-    eps: float
-    m_global: int | None = None
-    comm: Communicator | None = None
-
-    @property
-    def m(self) -> int:
-        """Batch size (rows held by this process)."""
-        return self.O.shape[0]
-
-    def _repr_html_(self) -> str:
-        """Every array with its formula, as HTML (a notebook shows this)."""
-        from bnprop.trace_html import cache_html
-
-        return cache_html(self)
-
-
-@dataclass(frozen=True, eq=False)
-class LayerGrads:
-    """Gradients of F from one backward pass of a layer.
-
-    Attributes
-    ----------
-    dA : ndarray (m, n_out)
-    dgamma, dbeta : ndarray (n_out,)
-    dZ : ndarray (m, n_out)
-    dW : ndarray (n_out, n_in)
-    dO : ndarray (m, n_in)
-    """
-
-    dA: np.ndarray
-    dgamma: np.ndarray
-    dbeta: np.ndarray
-    dZ: np.ndarray
-    dW: np.ndarray
-    dO: np.ndarray
 
 
 def check_layer_inputs(
@@ -320,12 +239,12 @@ def layer_backward(dY: object, cache: LayerCache, *, stats: str = "exact",
             f"got {type(cache).__name__} instead."
         )
     check_choice(stats, "stats", STATS_MODES)
-    m, n_out = cache.A.shape
+    m, n_out = cache.Y.shape
     kernels = check_choice(backend, "backend", BACKENDS) == "numba" and cache.comm is None
     # The kernels find a NaN or inf in dY in their first pass, then this same check runs
     # and raises (a NaN or inf in dY makes sum_rows(dA) NaN or inf): no extra pass.
     dY = check_array(dY, "dY", ndim=2, axes=("m", "n_out"), shape=(m, n_out),
-                     dtype=cache.A.dtype, allow_nonfinite=kernels)
+                     dtype=cache.Y.dtype, allow_nonfinite=kernels)
     if backend == "numpy":
         return _backward(dY, cache, stats)
     from bnprop.kernels import layer as kernel_layer

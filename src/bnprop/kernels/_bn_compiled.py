@@ -96,8 +96,8 @@ def _forward_apply(Z, mean, inv_std, gamma, beta, act, Obar, Y, A):  # pragma: n
         z = Z[i]
         for j in range(n):
             obar_row[j] = (z[j] - mean[j]) * inv_std[j]  # float64, rounded on the store
-        # Z[i] is not read below, so Obar may be Z.
-        o = Obar[i]
+        # Z[i] is not read below, so Obar may be Z; Obar None: the row is not kept.
+        o = obar_row if Obar is None else Obar[i]
         a = a_scratch if A is None else A[i]
         for j in range(n):
             ob = obar_row[j]
@@ -188,3 +188,61 @@ def _backward_frozen(dY, Y, Obar, gamma, inv_std, act, sum_G, sum_GObar, dZ):  #
         dz = dZ[i]
         for j in range(n):
             dz[j] = G[j] * scale[j]
+
+
+# Backward kernels of a cache that keeps Z, not Obar (bnprop.layer_cache.LayerCache):
+# each row of Obar is formed again from Z, exactly as _forward_apply formed it.
+
+@njit(**JIT_OPTIONS)
+def _obar_row(z, mean, inv_std, out):  # pragma: no cover - compiled
+    """One row of ``Obar = (Z - mu_B) * inv_std``: float64 ``mean`` and ``inv_std``,
+    rounded on the store to ``out``'s dtype (:func:`bnprop.batchnorm.normalize`)."""
+    for j in range(out.shape[0]):
+        out[j] = (z[j] - mean[j]) * inv_std[j]
+
+
+@njit(**JIT_OPTIONS)
+def _backward_sums_z(dY, Y, Z, mean, inv_std, act, sum_G, sum_GObar, dA):  # pragma: no cover
+    """:func:`_backward_sums_into` with ``Obar``'s rows formed from ``Z`` (float64 stats)."""
+    m, n = dY.shape
+    one = np.ones(1, dY.dtype)[0]
+    o = np.empty(n, dY.dtype)
+    sum_G[:] = 0.0
+    sum_GObar[:] = 0.0
+    for i in range(m):
+        G = dA[i]
+        derivative_row(act, dY[i], Y[i], one, G)
+        _obar_row(Z[i], mean, inv_std, o)
+        _accumulate_row(G, o, sum_G, sum_GObar)
+
+
+@njit(**JIT_OPTIONS)
+def _dZ_exact_z(G, Z, mean, inv_std64, gamma, inv_std, sum_G, sum_GObar, m_total,
+                dZ):  # pragma: no cover - compiled
+    """The exact ``dZ`` of :func:`_backward_apply` (identity) from ``G = dA``, with
+    ``Obar``'s rows formed from ``Z`` by ``mean`` and ``inv_std64``; ``inv_std`` is the
+    one of ``dZ``'s scale (the cache's, as the reference uses it)."""
+    m, n = G.shape
+    mean_G, mean_GObar, scale = _dZ_coefficients(gamma, inv_std, sum_G, sum_GObar, m_total, G)
+    o = np.empty(n, G.dtype)
+    for i in range(m):
+        _obar_row(Z[i], mean, inv_std64, o)
+        g = G[i]
+        dz = dZ[i]
+        for j in range(n):
+            dz[j] = ((g[j] - mean_G[j]) - o[j] * mean_GObar[j]) * scale[j]
+
+
+@njit(**JIT_OPTIONS)
+def _dZ_frozen(G, gamma, inv_std, dZ):  # pragma: no cover - compiled
+    """The frozen ``dZ = G * scale``, ``scale = gamma * inv_std`` rounded to G's dtype
+    (:func:`_backward_frozen`'s ``dZ``, without its sums)."""
+    m, n = G.shape
+    scale = np.empty(n, G.dtype)
+    for j in range(n):
+        scale[j] = np.float64(gamma[j]) * inv_std[j]
+    for i in range(m):
+        g = G[i]
+        dz = dZ[i]
+        for j in range(n):
+            dz[j] = g[j] * scale[j]

@@ -1,0 +1,153 @@
+"""What one forward pass of a layer keeps (:class:`LayerCache`) and what its backward pass
+gives (:class:`LayerGrads`); the equations are in :mod:`bnprop.layer`."""
+
+from __future__ import annotations
+
+from dataclasses import FrozenInstanceError, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bnprop import batchnorm as bn
+
+if TYPE_CHECKING:  # the math layer never imports the distributed one at run time
+    from bnprop.distributed import Communicator
+
+_FIELDS = ("O", "W", "gamma", "beta", "Z", "mu", "var", "inv_std", "Obar", "A", "Y",
+           "activation", "eps", "m_global", "comm")
+
+
+class LayerCache:
+    """Everything the forward pass computed, kept for the backward pass.
+
+    Attributes
+    ----------
+    O : ndarray (m, n_in)
+        Input of the layer, ``o^{l-1}``.
+    W : ndarray (n_out, n_in)
+    gamma, beta : ndarray (n_out,)
+    Z : ndarray (m, n_out)
+        ``O W^T``.
+    mu, var : ndarray (n_out,)
+        Batch mean ``mu_B`` and biased batch variance ``var_B`` of ``Z``.
+    inv_std : ndarray (n_out,)
+        ``1 / sqrt(var_B + eps)``.
+    Obar : ndarray (m, n_out)
+        ``(Z - mu_B) * inv_std``.
+    A : ndarray (m, n_out)
+        ``gamma * Obar + beta``, the handout's ``a^l``.
+    Y : ndarray (m, n_out)
+        ``sigma(A)``, the handout's ``o^l``.
+    activation : str
+    eps : float
+    m_global : int or None
+        Rows of the global batch, the ``m`` of the exact ``dZ``: ``sum_p m_p`` over the
+        processes, ``m`` in one process. ``None`` (a cache built by hand) means ``m``.
+    comm : Communicator or None
+        The communicator the statistics were combined through; the backward pass reduces
+        its sums through it. ``None``: one process, nothing is reduced.
+
+    A cache of a large batch from the kernels (:mod:`bnprop.kernels.layer`) computes
+    ``Obar`` and ``A`` from ``Z`` when first read, with the forward pass's float64
+    ``mu_B`` and ``inv_std`` (the arrays equal those an eager forward pass stores, bit
+    for bit), and its backward pass forms each row of ``Obar`` again from ``Z`` instead
+    of reading it: the forward pass writes two (m, n_out) arrays instead of four.
+    """
+
+
+    O: np.ndarray
+    W: np.ndarray
+    gamma: np.ndarray
+    beta: np.ndarray
+    Z: np.ndarray
+    mu: np.ndarray
+    var: np.ndarray
+    inv_std: np.ndarray
+    Y: np.ndarray
+    activation: str
+    eps: float
+    m_global: int | None
+    comm: Communicator | None
+
+    def __init__(self, O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                 Z: np.ndarray, mu: np.ndarray, var: np.ndarray, inv_std: np.ndarray,
+                 Obar: np.ndarray, A: np.ndarray, Y: np.ndarray, activation: str, eps: float,
+                 m_global: int | None = None, comm: Communicator | None = None) -> None:
+        values = (O, W, gamma, beta, Z, mu, var, inv_std, Obar, A, Y, activation, eps,
+                  m_global, comm)
+        for name, value in zip(_FIELDS, values, strict=True):
+            object.__setattr__(self, "_" + name if name in ("Obar", "A") else name, value)
+        object.__setattr__(self, "_stats64", None)
+
+    @classmethod
+    def _from_z(cls, stats64: tuple[np.ndarray, np.ndarray], **fields: Any) -> LayerCache:
+        """A cache whose ``Obar`` and ``A`` are formed from ``Z`` when read;
+        ``stats64 = (mu_B, inv_std)`` in float64, as the forward pass used them."""
+        cache = cls(Obar=None, A=None, **fields)  # type: ignore[arg-type]
+        object.__setattr__(cache, "_stats64", stats64)
+        return cache
+
+    @property
+    def Obar(self) -> np.ndarray:
+        """``(Z - mu_B) * inv_std``, in float64, rounded once to ``Z``'s dtype."""
+        if self._Obar is None:
+            mu, inv_std = self._stats64
+            object.__setattr__(self, "_Obar", bn.normalize(self.Z, mu, inv_std))
+        return self._Obar
+
+    @property
+    def A(self) -> np.ndarray:
+        """``gamma * Obar + beta``, the handout's ``a^l``."""
+        if self._A is None:
+            A = self.gamma * self.Obar
+            A += self.beta
+            object.__setattr__(self, "_A", A)
+        return self._A
+
+    def _z_stats(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(mu_B, inv_std)`` in float64 while ``Obar`` has not been formed (the backward
+        kernels then form its rows from ``Z``); None once it has, or for an eager cache."""
+        return self._stats64 if self._Obar is None else None
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELDS
+                          if name not in ("Obar", "A"))
+        return f"LayerCache({shown})"
+
+    @property
+    def m(self) -> int:
+        """Batch size (rows held by this process)."""
+        return self.O.shape[0]
+
+    def _repr_html_(self) -> str:
+        """Every array with its formula, as HTML (a notebook shows this)."""
+        from bnprop.trace_html import cache_html
+
+        return cache_html(self)
+
+
+@dataclass(frozen=True, eq=False)
+class LayerGrads:
+    """Gradients of F from one backward pass of a layer.
+
+    Attributes
+    ----------
+    dA : ndarray (m, n_out)
+    dgamma, dbeta : ndarray (n_out,)
+    dZ : ndarray (m, n_out)
+    dW : ndarray (n_out, n_in)
+    dO : ndarray (m, n_in)
+    """
+
+    dA: np.ndarray
+    dgamma: np.ndarray
+    dbeta: np.ndarray
+    dZ: np.ndarray
+    dW: np.ndarray
+    dO: np.ndarray

@@ -1,0 +1,139 @@
+"""A large batch's LayerCache keeps Z and Y and forms Obar and A when read: the arrays
+equal those the eager forward kernel stores, bit for bit, and its backward pass (rows of
+Obar formed from Z in the kernels) gives the gradients of the same cache with Obar read
+first, bit for bit."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import FrozenInstanceError
+
+import numpy as np
+import pytest
+from conftest import rel_err
+
+import bnprop
+from bnprop.kernels import rows
+from bnprop.kernels._bn_compiled import (
+    _backward_apply,
+    _backward_sums_into,
+    _backward_sums_z,
+    _dZ_exact_z,
+    _forward_apply,
+)
+from bnprop.kernels.activations import ACTIVATION_CODES, IDENTITY
+
+GRADS = ("dA", "dgamma", "dbeta", "dZ", "dW", "dO")
+
+
+def _inputs(m: int, n_in: int, n_out: int, dtype: str, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    O = (rng.standard_normal((m, n_in)) * 2 + 3).astype(dtype)
+    W = rng.standard_normal((n_out, n_in)).astype(dtype)
+    gamma, beta = rng.standard_normal(n_out).astype(dtype), rng.standard_normal(n_out).astype(dtype)
+    return O, W, gamma, beta, rng.standard_normal((m, n_out)).astype(dtype)
+
+
+@pytest.fixture
+def split(two_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small parts and chunks, so a few thousand rows take the split path."""
+    monkeypatch.setattr(rows, "CHUNK_BYTES", 24 * 8 * 700)
+    monkeypatch.setattr(rows, "KERNEL_PART_BYTES", 24 * 8 * 1000)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh", "relu", "identity"])
+def test_obar_and_a_formed_when_read_equal_the_stored_ones(split: None, dtype: str,
+                                                           activation: str) -> None:
+    O, W, gamma, beta, _ = _inputs(4500, 7, 24, dtype)
+    cache = bnprop.layer_forward(O, W, gamma, beta, activation=activation)
+    assert cache._z_stats() is not None  # Obar not stored by the forward pass
+    mu64, inv_std64 = cache._z_stats()
+    Obar, A, Y = (np.empty_like(cache.Z) for _ in range(3))
+    _forward_apply(cache.Z, mu64, inv_std64, cache.gamma, cache.beta,
+                   ACTIVATION_CODES[activation], Obar, Y, A)
+    assert np.array_equal(cache.Y, Y)
+    assert np.array_equal(cache.Obar, Obar) and cache.Obar.dtype == np.dtype(dtype)
+    assert np.array_equal(cache.A, A) and cache.A.dtype == np.dtype(dtype)
+    assert cache._z_stats() is None and cache.Obar is cache.Obar  # formed once, then kept
+    ref = bnprop.layer_forward(O, W, gamma, beta, activation=activation, backend="numpy")
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    for name in ("Z", "Obar", "A", "Y"):
+        assert rel_err(getattr(cache, name), getattr(ref, name)) < tol, name
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("stats", ["exact", "frozen"])
+@pytest.mark.parametrize("activation", ["sigmoid", "relu"])
+def test_backward_from_z_equals_backward_from_obar(split: None, dtype: str, stats: str,
+                                                   activation: str) -> None:
+    O, W, gamma, beta, dY = _inputs(4500, 7, 24, dtype, seed=1)
+    lazy = bnprop.layer_forward(O, W, gamma, beta, activation=activation)
+    read = bnprop.layer_forward(O, W, gamma, beta, activation=activation)
+    read.Obar  # noqa: B018 - formed now: the backward pass reads it
+    assert lazy._z_stats() is not None and read._z_stats() is None
+    got = bnprop.layer_backward(dY, lazy, stats=stats)
+    want = bnprop.layer_backward(dY, read, stats=stats)
+    assert lazy._z_stats() is not None  # the backward pass did not form Obar
+    for name in GRADS:
+        assert np.array_equal(getattr(got, name), getattr(want, name)), name
+    ref = bnprop.layer_backward(dY, lazy, stats=stats, backend="numpy")
+    tol = 1e-3 if dtype == "float32" else 1e-9
+    for name in GRADS:
+        assert rel_err(getattr(got, name), getattr(ref, name)) < tol, name
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_z_kernels_equal_the_obar_kernels(dtype: str) -> None:
+    rng = np.random.default_rng(2)
+    m, n = 37, 19
+    Z = (rng.standard_normal((m, n)) * 3 + 1e3).astype(dtype)
+    mean, inv_std64 = Z.mean(axis=0, dtype=np.float64), 1 / Z.std(axis=0, dtype=np.float64)
+    Obar = ((Z - mean) * inv_std64).astype(dtype)  # the reference's rounding
+    dY, Y = rng.standard_normal((m, n)).astype(dtype), rng.random((m, n)).astype(dtype)
+    gamma, inv_std = rng.standard_normal(n).astype(dtype), inv_std64.astype(dtype)
+    act = ACTIVATION_CODES["sigmoid"]
+    sums = [np.empty(n) for _ in range(4)]
+    dA, dA_z = np.empty_like(Z), np.empty_like(Z)
+    _backward_sums_into(dY, Y, Obar, act, sums[0], sums[1], dA)
+    _backward_sums_z(dY, Y, Z, mean, inv_std64, act, sums[2], sums[3], dA_z)
+    assert np.array_equal(dA, dA_z)
+    assert np.array_equal(sums[0], sums[2]) and np.array_equal(sums[1], sums[3])
+    dZ, dZ_z = np.empty_like(Z), np.empty_like(Z)
+    _backward_apply(dA, Y, Obar, gamma, inv_std.astype(np.float64), sums[0], sums[1],
+                    float(m), IDENTITY, dZ)
+    _dZ_exact_z(dA, Z, mean, inv_std64, gamma, inv_std.astype(np.float64), sums[0], sums[1],
+                float(m), dZ_z)
+    assert np.array_equal(dZ, dZ_z)
+
+
+def test_a_small_batch_stores_obar_and_a() -> None:
+    O, W, gamma, beta, _ = _inputs(60, 10, 8, "float32")
+    cache = bnprop.layer_forward(O, W, gamma, beta)
+    assert cache._z_stats() is None and cache._Obar is not None and cache._A is not None
+
+
+def test_the_cache_is_frozen_prints_and_pickles(split: None) -> None:
+    O, W, gamma, beta, dY = _inputs(4500, 7, 24, "float64")
+    cache = bnprop.layer_forward(O, W, gamma, beta)
+    with pytest.raises(FrozenInstanceError):
+        cache.Obar = cache.Z  # type: ignore[misc]
+    with pytest.raises(FrozenInstanceError):
+        cache.Z = cache.Z  # type: ignore[misc]
+    assert repr(cache).startswith("LayerCache(O=array(")
+    back = pickle.loads(pickle.dumps(cache))
+    assert np.array_equal(back.Obar, cache.Obar) and np.array_equal(back.A, cache.A)
+    g1, g2 = bnprop.layer_backward(dY, back), bnprop.layer_backward(dY, cache)
+    for name in GRADS:
+        assert np.array_equal(getattr(g1, name), getattr(g2, name)), name
+
+
+def test_a_cache_built_by_hand_keeps_its_arrays() -> None:
+    O, W, gamma, beta, _ = _inputs(30, 5, 4, "float64", seed=3)
+    ref = bnprop.layer_forward(O, W, gamma, beta, backend="numpy")
+    fields = {name: getattr(ref, name) for name in ("O", "W", "gamma", "beta", "Z", "mu",
+                                                    "var", "inv_std", "Obar", "A", "Y")}
+    hand = bnprop.LayerCache(activation="sigmoid", eps=1e-5, **fields)
+    assert hand.Obar is ref.Obar and hand.A is ref.A and hand._z_stats() is None
+    positional = bnprop.LayerCache(*fields.values(), "sigmoid", 1e-5)
+    assert positional.Y is ref.Y and positional.m_global is None and positional.comm is None
