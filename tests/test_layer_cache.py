@@ -6,6 +6,7 @@ first, bit for bit."""
 from __future__ import annotations
 
 import pickle
+import re
 from dataclasses import FrozenInstanceError
 
 import numpy as np
@@ -137,3 +138,21 @@ def test_a_cache_built_by_hand_keeps_its_arrays() -> None:
     assert hand.Obar is ref.Obar and hand.A is ref.A and hand._z_stats() is None
     positional = bnprop.LayerCache(*fields.values(), "sigmoid", 1e-5)
     assert positional.Y is ref.Y and positional.m_global is None and positional.comm is None
+
+
+@pytest.mark.parametrize("name", ["O", "W", "gamma", "beta"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("m", [40, 4500])  # one compiled call; the split path
+def test_a_non_finite_input_is_named_after_the_one_compiled_test(split: None, name: str,
+                                                                 bad: float, m: int) -> None:
+    arrays = dict(zip(("O", "W", "gamma", "beta"), _inputs(m, 7, 24, "float32")[:4],
+                      strict=True))
+    arr = arrays[name]
+    arr[(1,) * arr.ndim] = bad
+    where = "(1, 1)" if arr.ndim == 2 else "(1,)"
+    with pytest.raises(bnprop.InputError, match=rf"^{name}: contains NaN or inf \(1 of "
+                                                rf"{arr.size} entries, first at index "
+                                                rf"{re.escape(where)}\)"):
+        bnprop.layer_forward(*arrays.values())
+    arr[(1,) * arr.ndim] = 0.5
+    assert bnprop.layer_forward(*arrays.values()).Y.shape == (m, 24)

@@ -59,6 +59,14 @@ def check_array(
     numpy.ndarray
         A C-contiguous float32 or float64 array.
     """
+    if (type(x) is np.ndarray and x.ndim == ndim and x.dtype in FLOAT_DTYPES
+            and (dtype is None or x.dtype == dtype) and x.flags.c_contiguous
+            and (shape is None
+                 or all(w is None or w == g for w, g in zip(shape, x.shape, strict=True)))):
+        # Already what is asked for (the common case): only the values are left to test.
+        if not allow_nonfinite and not np.isfinite(x).all():
+            _raise_nonfinite(x, name)
+        return x
     if isinstance(x, np.ndarray):
         arr = x
     else:
@@ -99,14 +107,18 @@ def check_array(
     # isfinite(...).all() is the fast test (one boolean temporary, no inversion); only
     # when it fails are the bad entries located for the message.
     if not allow_nonfinite and not np.isfinite(arr).all():
-        bad = ~np.isfinite(arr)
-        if bad.any():
-            where = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise InputError(
-                f"{name}: contains NaN or inf ({int(bad.sum())} of {arr.size} entries, "
-                f"first at index {where}); every input must be finite."
-            )
+        _raise_nonfinite(arr, name)
     return arr
+
+
+def _raise_nonfinite(arr: np.ndarray, name: str) -> None:
+    """Name the first NaN or inf of ``arr`` (its caller found one)."""
+    bad = ~np.isfinite(arr)
+    where = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise InputError(
+        f"{name}: contains NaN or inf ({int(bad.sum())} of {arr.size} entries, "
+        f"first at index {where}); every input must be finite."
+    )
 
 
 def check_choice(value: object, name: str, choices: Sequence[str]) -> str:

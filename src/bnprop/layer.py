@@ -51,22 +51,26 @@ BACKENDS = ("numba", "numpy")
 
 def check_layer_inputs(
     O: object, W: object, gamma: object, beta: object, *, distributed: bool = False,
+    allow_nonfinite: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Validate and convert the layer's arrays to one float dtype (float32 if all are).
 
     ``distributed=True``: ``O`` is this process's share of a global batch, and one row is
     enough here (the global m >= 2 is checked once the statistics are combined).
+    ``allow_nonfinite=True``: the caller tests finiteness itself.
     """
-    O = check_array(O, "O", ndim=2, axes=("m", "n_in"))
-    W = check_array(W, "W", ndim=2, axes=("n_out", "n_in"))
+    O = check_array(O, "O", ndim=2, axes=("m", "n_in"), allow_nonfinite=allow_nonfinite)
+    W = check_array(W, "W", ndim=2, axes=("n_out", "n_in"), allow_nonfinite=allow_nonfinite)
     n_out, n_in = W.shape
     if O.shape[1] != n_in:
         raise InputError(
             f"O: expected shape (m, {n_in}) to match W of shape ({n_out}, {n_in}), "
             f"got shape {O.shape} instead."
         )
-    gamma = check_array(gamma, "gamma", ndim=1, axes=("n_out",), shape=(n_out,))
-    beta = check_array(beta, "beta", ndim=1, axes=("n_out",), shape=(n_out,))
+    gamma = check_array(gamma, "gamma", ndim=1, axes=("n_out",), shape=(n_out,),
+                        allow_nonfinite=allow_nonfinite)
+    beta = check_array(beta, "beta", ndim=1, axes=("n_out",), shape=(n_out,),
+                       allow_nonfinite=allow_nonfinite)
     if distributed and O.shape[0] == 0:
         raise InputError(
             "O: got 0 rows on this process; every process must hold at least one row of "
@@ -80,6 +84,8 @@ def check_layer_inputs(
         )
     if min(O.shape + W.shape) == 0:
         raise InputError(f"O, W: empty arrays (O {O.shape}, W {W.shape}); every size must be >= 1.")
+    if O.dtype == W.dtype == gamma.dtype == beta.dtype:  # one float dtype already
+        return O, W, gamma, beta
     dt = np.result_type(O, W, gamma, beta)
     dt = np.dtype(np.float32) if dt == np.float32 else np.dtype(np.float64)
     return (O.astype(dt, copy=False), W.astype(dt, copy=False),
@@ -159,17 +165,19 @@ def layer_forward(
             f"ThreadComm), got {type(comm).__name__} instead."
         )
     given = (O, W, gamma, beta)
-    arrays = check_layer_inputs(O, W, gamma, beta, distributed=comm is not None)
+    distributed = comm is not None
     if check_choice(backend, "backend", BACKENDS) == "numpy":
+        arrays = check_layer_inputs(O, W, gamma, beta, distributed=distributed)
         O, W, gamma, beta = (a.copy() if isinstance(g, np.ndarray) and np.may_share_memory(a, g)
                              else a for a, g in zip(arrays, given, strict=True))
         return _forward(O, W, gamma, beta, act.name, eps, comm=comm)
     from bnprop.kernels import layer as kernel_layer
 
-    O, W, gamma, beta = (kernel_layer.copy_input(a) if isinstance(g, np.ndarray)
-                         and np.may_share_memory(a, g) else a
-                         for a, g in zip(arrays, given, strict=True))
-    return kernel_layer.forward(O, W, gamma, beta, act.name, eps, comm=comm)
+    # The four finiteness tests in one compiled call; the usual checks name a bad array.
+    arrays = check_layer_inputs(O, W, gamma, beta, distributed=distributed, allow_nonfinite=True)
+    if not kernel_layer.inputs_finite(*arrays):
+        check_layer_inputs(*given, distributed=distributed)
+    return kernel_layer.forward(*arrays, act.name, eps, comm=comm, given=given)
 
 
 def _forward(
@@ -249,8 +257,8 @@ def layer_backward(dY: object, cache: LayerCache, *, stats: str = "exact",
         return _backward(dY, cache, stats)
     from bnprop.kernels import layer as kernel_layer
 
-    grads = kernel_layer.backward(dY, cache, stats)
-    if kernels and not (np.isfinite(grads.dbeta).all() and np.isfinite(grads.dgamma).all()):
+    grads, sums_finite = kernel_layer.backward(dY, cache, stats)
+    if kernels and not sums_finite:
         check_array(dY, "dY", ndim=2)  # raises if dY is not finite
     return grads
 

@@ -73,18 +73,17 @@ class LayerCache:
                  Z: np.ndarray, mu: np.ndarray, var: np.ndarray, inv_std: np.ndarray,
                  Obar: np.ndarray, A: np.ndarray, Y: np.ndarray, activation: str, eps: float,
                  m_global: int | None = None, comm: Communicator | None = None) -> None:
-        values = (O, W, gamma, beta, Z, mu, var, inv_std, Obar, A, Y, activation, eps,
-                  m_global, comm)
-        for name, value in zip(_FIELDS, values, strict=True):
-            object.__setattr__(self, "_" + name if name in ("Obar", "A") else name, value)
-        object.__setattr__(self, "_stats64", None)
+        self.__dict__.update(  # frozen: __setattr__ refuses, the dict is written directly
+            O=O, W=W, gamma=gamma, beta=beta, Z=Z, mu=mu, var=var, inv_std=inv_std,
+            _Obar=Obar, _A=A, Y=Y, activation=activation, eps=eps, m_global=m_global,
+            comm=comm, _stats64=None)
 
     @classmethod
     def _from_z(cls, stats64: tuple[np.ndarray, np.ndarray], **fields: Any) -> LayerCache:
         """A cache whose ``Obar`` and ``A`` are formed from ``Z`` when read;
         ``stats64 = (mu_B, inv_std)`` in float64, as the forward pass used them."""
         cache = cls(Obar=None, A=None, **fields)  # type: ignore[arg-type]
-        object.__setattr__(cache, "_stats64", stats64)
+        cache.__dict__["_stats64"] = stats64
         return cache
 
     @property
@@ -92,7 +91,7 @@ class LayerCache:
         """``(Z - mu_B) * inv_std``, in float64, rounded once to ``Z``'s dtype."""
         if self._Obar is None:
             mu, inv_std = self._stats64
-            object.__setattr__(self, "_Obar", bn.normalize(self.Z, mu, inv_std))
+            self.__dict__["_Obar"] = bn.normalize(self.Z, mu, inv_std)
         return self._Obar
 
     @property
@@ -101,7 +100,7 @@ class LayerCache:
         if self._A is None:
             A = self.gamma * self.Obar
             A += self.beta
-            object.__setattr__(self, "_A", A)
+            self.__dict__["_A"] = A
         return self._A
 
     def _z_stats(self) -> tuple[np.ndarray, np.ndarray] | None:

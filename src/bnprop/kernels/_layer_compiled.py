@@ -25,6 +25,7 @@ from bnprop.kernels._bn_compiled import (
     _moments,
     _var_inv_std,
 )
+from bnprop.kernels._finite import _all_finite
 from bnprop.kernels._jit import JIT_OPTIONS
 from bnprop.kernels._mlp_compiled import gemm_nn, gemm_nt, gemm_tn
 from bnprop.kernels.activations import IDENTITY
@@ -44,7 +45,8 @@ def forward(O, W, gamma, beta, act, eps, block_rows, Z, Obar, A, Y, mean, M2, va
 @njit(**JIT_OPTIONS)
 def backward(dY, O, W, Y, Obar, gamma, inv_std, act, frozen, m_total, dA, dZ, dW, dO,
              sum_G, sum_GObar):  # pragma: no cover - compiled
-    """The backward pass (module docstring) into the given arrays."""
+    """The backward pass (module docstring) into the given arrays; returns whether the
+    two sums are finite (a NaN or inf in dY makes them not)."""
     _backward_sums_into(dY, Y, Obar, act, sum_G, sum_GObar, dA)
     if frozen:
         n = sum_G.shape[0]
@@ -53,3 +55,4 @@ def backward(dY, O, W, Y, Obar, gamma, inv_std, act, frozen, m_total, dA, dZ, dW
         _backward_apply(dA, Y, Obar, gamma, inv_std, sum_G, sum_GObar, m_total, IDENTITY, dZ)
     gemm_tn(dZ, O, dW)
     gemm_nn(dZ, W, dO)
+    return _all_finite(sum_G) and _all_finite(sum_GObar)

@@ -40,6 +40,7 @@ from bnprop.kernels._bn_compiled import (
     _moments,
     _var_inv_std,
 )
+from bnprop.kernels._finite import _all_finite
 from bnprop.kernels._jit import JIT_OPTIONS
 
 if not blas.available():  # pragma: no cover - the caller checks first
@@ -184,27 +185,6 @@ def _cast_like_overload(x, arr):  # type: ignore[no-untyped-def]
     if arr.dtype == types.float32:
         return lambda x, arr: np.float32(x)
     return lambda x, arr: np.float64(x)
-
-
-def _all_finite(a):  # pragma: no cover - compiled only
-    """Whether no element of the 1D float array ``a`` is inf or NaN."""
-    raise NotImplementedError("_all_finite is only callable from Numba-compiled code")
-
-
-@overload(_all_finite, jit_options=JIT_OPTIONS)
-def _all_finite_overload(a):  # type: ignore[no-untyped-def]
-    # inf and NaN are the values whose exponent bits are all ones; an integer OR over the
-    # masked bits vectorizes (a float test with an early exit does not).
-    bits, exponent = ((np.uint32, np.uint32(0x7F800000)) if a.dtype == types.float32
-                      else (np.uint64, np.uint64(0x7FF0000000000000)))
-
-    def impl(a):  # type: ignore[no-untyped-def]
-        b = a.view(bits)
-        bad = bits(0)
-        for i in range(b.shape[0]):
-            bad |= bits((b[i] & exponent) == exponent)
-        return bad == 0
-    return impl
 
 
 @njit(**JIT_OPTIONS)

@@ -47,6 +47,7 @@ from bnprop.kernels._bn_compiled import (
     _forward_apply,
     _moments,
 )
+from bnprop.kernels._finite import layer_inputs_finite
 from bnprop.kernels.activations import ACTIVATION_CODES
 from bnprop.kernels.bn import BLOCK_BYTES
 from bnprop.kernels.buffers import MIN_BYTES
@@ -80,6 +81,12 @@ def _merge(results: list[Moments]) -> Moments:
     return int(count), mean, M2
 
 
+def inputs_finite(O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> bool:
+    """Whether the layer's four validated arrays (one dtype, C-contiguous) hold no inf or
+    NaN, in one compiled call (:mod:`bnprop.kernels._finite`)."""
+    return bool(layer_inputs_finite(O, W, gamma, beta))
+
+
 def copy_input(a: np.ndarray) -> np.ndarray:
     """A copy of ``a`` in a pooled buffer (the cache must not see later changes to it)."""
     if a.nbytes < MIN_BYTES:
@@ -90,23 +97,35 @@ def copy_input(a: np.ndarray) -> np.ndarray:
 
 
 def forward(O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
-            activation: str, eps: float, comm: Communicator | None = None) -> LayerCache:
-    """:func:`bnprop.layer_forward` on validated arrays of one dtype (module docstring)."""
+            activation: str, eps: float, comm: Communicator | None = None,
+            given: tuple[object, ...] | None = None) -> LayerCache:
+    """:func:`bnprop.layer_forward` on validated arrays of one dtype (module docstring).
+
+    ``given``: the caller's four arguments; the cache then holds copies of the arrays that
+    share memory with them."""
     dt = O.dtype
     m, n = O.shape[0], W.shape[0]
-    Z, Y = pool.empty((m, n), dt), pool.empty((m, n), dt)
     block_rows = max(1, BLOCK_BYTES // (n * dt.itemsize))
     if comm is None and _whole(m, n, dt.itemsize):  # one compiled call
         from bnprop.kernels import _layer_compiled
 
-        Obar, A = np.empty((m, n), dt), np.empty((m, n), dt)
-        mu, M2, var, inv_std = (np.empty(n) for _ in range(4))
+        Z, Obar, A, Y = (np.empty((m, n), dt) for _ in range(4))
+        mu, M2, var, inv_std = np.empty((4, n))
+        if given is not None:  # copies for the cache, before the compiled call reads them
+            O, W, gamma, beta = (a.copy() if isinstance(g, np.ndarray)
+                                 and np.may_share_memory(a, g) else a
+                                 for a, g in zip((O, W, gamma, beta), given, strict=True))
         m_global = _layer_compiled.forward(O, W, gamma, beta, ACTIVATION_CODES[activation], eps,
                                            block_rows, Z, Obar, A, Y, mu, M2, var, inv_std)
         return LayerCache(
             O=O, W=W, gamma=gamma, beta=beta, Z=Z,
             mu=mu.astype(dt), var=var.astype(dt), inv_std=inv_std.astype(dt),
             Obar=Obar, A=A, Y=Y, activation=activation, eps=eps, m_global=m_global, comm=comm)
+    if given is not None:
+        O, W, gamma, beta = (copy_input(a) if isinstance(g, np.ndarray)
+                             and np.may_share_memory(a, g) else a
+                             for a, g in zip((O, W, gamma, beta), given, strict=True))
+    Z, Y = pool.empty((m, n), dt), pool.empty((m, n), dt)
     chunk_rows = rows.chunk_rows(n, dt.itemsize) if m >= 2 * rows.KERNEL_PART_ROWS else m
     WT = W.T
 
@@ -138,9 +157,11 @@ def forward(O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     )
 
 
-def backward(dY: np.ndarray, cache: LayerCache, stats: str) -> LayerGrads:
-    """:func:`bnprop.layer_backward` on a validated ``dY`` (module docstring). The cache's
-    arrays are used C-contiguous in dY's dtype (a cache built by hand may differ)."""
+def backward(dY: np.ndarray, cache: LayerCache, stats: str) -> tuple[LayerGrads, bool]:
+    """:func:`bnprop.layer_backward` on a validated ``dY`` (module docstring), and whether
+    ``sum_rows(dA)`` and ``sum_rows(dA * Obar)`` are finite (a NaN or inf in ``dY`` makes
+    them not). The cache's arrays are used C-contiguous in dY's dtype (a cache built by
+    hand may differ)."""
     dt = dY.dtype
     O, W, Y, gamma = (np.ascontiguousarray(a, dtype=dt) for a in
                       (cache.O, cache.W, cache.Y, cache.gamma))
@@ -148,9 +169,9 @@ def backward(dY: np.ndarray, cache: LayerCache, stats: str) -> LayerGrads:
     (m, n), n_in = dY.shape, W.shape[1]
     m_total = float(cache.m if cache.m_global is None else cache.m_global)
     act = ACTIVATION_CODES[cache.activation]
-    dA, dZ = pool.empty((m, n), dt), pool.empty((m, n), dt)
-    dO = pool.empty((m, n_in), dt)
     whole = cache.comm is None and _whole(m, n, dt.itemsize)
+    empty = np.empty if whole else pool.empty  # small arrays are not pooled
+    dA, dZ, dO = empty((m, n), dt), empty((m, n), dt), empty((m, n_in), dt)
     z_stats = None if whole else cache._z_stats()
     if z_stats is None:
         Obar = np.ascontiguousarray(cache.Obar, dtype=dt)
@@ -160,10 +181,11 @@ def backward(dY: np.ndarray, cache: LayerCache, stats: str) -> LayerGrads:
         from bnprop.kernels import _layer_compiled
 
         sum_G, sum_GObar, dW = np.empty(n), np.empty(n), np.empty((n, n_in), dt)
-        _layer_compiled.backward(dY, O, W, Y, Obar, gamma, inv_std, act, stats == "frozen",
-                                 m_total, dA, dZ, dW, dO, sum_G, sum_GObar)
+        finite = _layer_compiled.backward(dY, O, W, Y, Obar, gamma, inv_std, act,
+                                          stats == "frozen", m_total, dA, dZ, dW, dO, sum_G,
+                                          sum_GObar)
         return LayerGrads(dA=dA, dgamma=sum_GObar.astype(dt), dbeta=sum_G.astype(dt), dZ=dZ,
-                          dW=dW, dO=dO)
+                          dW=dW, dO=dO), finite
 
     def sums(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         s = slice(start, stop)
@@ -217,5 +239,6 @@ def backward(dY: np.ndarray, cache: LayerCache, stats: str) -> LayerGrads:
     dW = dW_parts[0]
     for term in dW_parts[1:]:
         dW += term
+    finite = bool(np.isfinite(sum_G).all() and np.isfinite(sum_GObar).all())
     return LayerGrads(dA=dA, dgamma=sum_GObar.astype(dt), dbeta=sum_G.astype(dt), dZ=dZ,
-                      dW=dW, dO=dO)
+                      dW=dW, dO=dO), finite

@@ -1,0 +1,43 @@
+"""Finiteness tests inside compiled code, and the layer inputs' test in one call.
+
+``numpy.isfinite(a).all()`` costs about 1.3 us even on 100 elements (a boolean temporary
+and a reduction); :func:`layer_inputs_finite` tests the four arrays of
+:func:`bnprop.layer_forward` in one compiled call (the 60 x 100 -> 100 layer: 1.5 against
+7 us).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+from bnprop.kernels._jit import JIT_OPTIONS
+
+
+def _all_finite(a):  # pragma: no cover - compiled only
+    """Whether no element of the 1D float array ``a`` is inf or NaN."""
+    raise NotImplementedError("_all_finite is only callable from Numba-compiled code")
+
+
+@overload(_all_finite, jit_options=JIT_OPTIONS)
+def _all_finite_overload(a):  # type: ignore[no-untyped-def]
+    # inf and NaN are the values whose exponent bits are all ones; an integer OR over the
+    # masked bits vectorizes (a float test with an early exit does not).
+    bits, exponent = ((np.uint32, np.uint32(0x7F800000)) if a.dtype == types.float32
+                      else (np.uint64, np.uint64(0x7FF0000000000000)))
+
+    def impl(a):  # type: ignore[no-untyped-def]
+        b = a.view(bits)
+        bad = bits(0)
+        for i in range(b.shape[0]):
+            bad |= bits((b[i] & exponent) == exponent)
+        return bad == 0
+    return impl
+
+
+@njit(**JIT_OPTIONS)
+def layer_inputs_finite(O, W, gamma, beta):  # pragma: no cover - compiled
+    """Whether the C-contiguous ``O``, ``W``, ``gamma`` and ``beta`` hold no inf or NaN."""
+    return (_all_finite(O.reshape(O.size)) and _all_finite(W.reshape(W.size))
+            and _all_finite(gamma) and _all_finite(beta))
