@@ -183,3 +183,12 @@ def test_a_cache_built_by_hand_with_views_and_mixed_dtypes() -> None:
     want = bnprop.layer_backward(dY, ref, backend="numpy")
     for name in GRADS:
         assert rel_err(getattr(got, name), getattr(want, name)) < 1e-6, name
+
+
+def test_the_shared_pool_keeps_an_eighth_of_memory_at_least_1_gib() -> None:
+    gib = 1 << 30
+    assert buffers._pool_bytes(None) == gib
+    assert buffers._pool_bytes(4 * gib) == gib
+    assert buffers._pool_bytes(24 * gib) == 3 * gib
+    assert buffers.MAX_BYTES == buffers._pool_bytes(buffers._physical_bytes())
+    assert buffers.shared.max_bytes == buffers.MAX_BYTES

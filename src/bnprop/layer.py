@@ -293,8 +293,8 @@ def release_buffers() -> None:
     ``layer_forward`` and ``layer_backward`` (``backend="numba"``) take their large
     ``(m, n)`` arrays from a pool (:mod:`bnprop.kernels.buffers`): an array of an earlier
     call is written again only once nothing refers to it (no cache, gradient or view of
-    it is alive), which spares the page faults of fresh memory. The pool keeps up to
-    1 GiB; this frees the idle part of it now.
+    it is alive), which spares the page faults of fresh memory. The pool keeps up to an
+    eighth of the machine's memory (at least 1 GiB); this frees the idle part of it now.
     """
     from bnprop.kernels import buffers
 
