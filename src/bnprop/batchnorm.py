@@ -114,6 +114,14 @@ def normalize(Z: np.ndarray, mu: np.ndarray, inv_std: np.ndarray) -> np.ndarray:
     return Obar
 
 
+def scale_shift(Obar: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """``A = gamma * Obar + beta``, a new array in ``Obar``'s dtype: the product rounded,
+    then the sum (the kernels round the same two operations, without FMA)."""
+    A = gamma * Obar
+    A += beta
+    return A
+
+
 def backward_sums(G: np.ndarray, Obar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``sum_rows(G)`` and ``sum_rows(G * Obar)``, accumulated in float64, each (n,).
 

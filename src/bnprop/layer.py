@@ -196,8 +196,7 @@ def _forward(
         var = M2 / m_global
     inv_std = bn.inverse_std(var, eps)
     Obar = bn.normalize(Z, mu, inv_std)
-    A = gamma * Obar
-    A += beta
+    A = bn.scale_shift(Obar, gamma, beta)
     Y = get_activation(activation).forward(A)
     return LayerCache(
         O=O, W=W, gamma=gamma, beta=beta, Z=Z,

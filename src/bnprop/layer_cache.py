@@ -98,9 +98,7 @@ class LayerCache:
     def A(self) -> np.ndarray:
         """``gamma * Obar + beta``, the handout's ``a^l``."""
         if self._A is None:
-            A = self.gamma * self.Obar
-            A += self.beta
-            self.__dict__["_A"] = A
+            self.__dict__["_A"] = bn.scale_shift(self.Obar, self.gamma, self.beta)
         return self._A
 
     def _z_stats(self) -> tuple[np.ndarray, np.ndarray] | None:

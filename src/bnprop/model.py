@@ -68,6 +68,7 @@ from typing import Any
 
 import numpy as np
 
+from bnprop import batchnorm as bn
 from bnprop._validate import InputError, check_choice, check_positive
 from bnprop.activations import get_activation
 from bnprop.folded import FoldedMLP
@@ -266,7 +267,7 @@ class MLP(Sequential):
                 H = step.forward(H, False, None)
                 if isinstance(step, NormStep):
                     norm = step.norm
-                    block.append(norm.gamma * step.stage.Z + norm.beta)  # gamma Obar + beta
+                    block.append(bn.scale_shift(step.stage.Z, norm.gamma, norm.beta))
                 elif isinstance(step.modules[0], Linear):
                     block.append(H.copy())
             collected.append(block)

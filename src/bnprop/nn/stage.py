@@ -224,8 +224,7 @@ class BNStage:
         self.mean[...] = mu
         self.inv_std[...] = inv_std
         self.Z[...] = bn.normalize(Z, mu, inv_std)            # Obar
-        self._A = norm.gamma * self.Z
-        self._A += norm.beta
+        self._A = bn.scale_shift(self.Z, norm.gamma, norm.beta)
         self.Y[...] = get_activation(self.activation).forward(self._A)
         return self.Y
 
