@@ -219,3 +219,18 @@ def test_a_wrong_optimizer_gets_one_line_before_anything_changes() -> None:
                                          r"object with step\(params, grads\), got object"):
         net.train_step(np.ones((4, 5)), [0, 1, 2, 0], object())
     assert all(np.array_equal(v, before[k]) for k, v in net.buffers().items())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_the_flat_gradient_check_finds_one_bad_entry(dtype: str, bad: float) -> None:
+    net = nn.Sequential(nn.Linear(5, 4, bias=False, dtype=dtype), nn.BatchNorm1d(4, dtype=dtype),
+                        nn.ReLU(dtype=dtype), nn.Linear(4, 3, dtype=dtype))
+    (grads,) = net.flat.grads.values()
+    grads[...] = np.finfo(dtype).max  # huge, yet finite
+    assert net.flat.all_finite()
+    for i in (0, grads.size // 2, grads.size - 1):
+        grads[i] = bad
+        assert not net.flat.all_finite()
+        grads[i] = 0.0
+    assert net.flat.all_finite()
