@@ -106,25 +106,21 @@ def forward(O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     dt = O.dtype
     m, n = O.shape[0], W.shape[0]
     block_rows = max(1, BLOCK_BYTES // (n * dt.itemsize))
+    if given is not None:  # the cache's own copies
+        O, W, gamma, beta = (copy_input(a) if isinstance(g, np.ndarray)
+                             and np.may_share_memory(a, g) else a
+                             for a, g in zip((O, W, gamma, beta), given, strict=True))
     if comm is None and _whole(m, n, dt.itemsize):  # one compiled call
         from bnprop.kernels import _layer_compiled
 
         Z, Obar, A, Y = (np.empty((m, n), dt) for _ in range(4))
         mu, M2, var, inv_std = np.empty((4, n))
-        if given is not None:  # copies for the cache, before the compiled call reads them
-            O, W, gamma, beta = (a.copy() if isinstance(g, np.ndarray)
-                                 and np.may_share_memory(a, g) else a
-                                 for a, g in zip((O, W, gamma, beta), given, strict=True))
         m_global = _layer_compiled.forward(O, W, gamma, beta, ACTIVATION_CODES[activation], eps,
                                            block_rows, Z, Obar, A, Y, mu, M2, var, inv_std)
         return LayerCache(
             O=O, W=W, gamma=gamma, beta=beta, Z=Z,
             mu=mu.astype(dt), var=var.astype(dt), inv_std=inv_std.astype(dt),
             Obar=Obar, A=A, Y=Y, activation=activation, eps=eps, m_global=m_global, comm=comm)
-    if given is not None:
-        O, W, gamma, beta = (copy_input(a) if isinstance(g, np.ndarray)
-                             and np.may_share_memory(a, g) else a
-                             for a, g in zip((O, W, gamma, beta), given, strict=True))
     Z, Y = pool.empty((m, n), dt), pool.empty((m, n), dt)
     chunk_rows = rows.chunk_rows(n, dt.itemsize) if m >= 2 * rows.KERNEL_PART_ROWS else m
     WT = W.T
