@@ -156,3 +156,14 @@ def test_a_non_finite_input_is_named_after_the_one_compiled_test(split: None, na
         bnprop.layer_forward(*arrays.values())
     arr[(1,) * arr.ndim] = 0.5
     assert bnprop.layer_forward(*arrays.values()).Y.shape == (m, 24)
+
+
+def test_a_cache_built_by_hand_without_obar_is_refused_in_one_line() -> None:
+    O, W, gamma, beta, _ = _inputs(30, 5, 4, "float64", seed=4)
+    ref = bnprop.layer_forward(O, W, gamma, beta, backend="numpy")
+    fields = {name: getattr(ref, name) for name in ("O", "W", "gamma", "beta", "Z", "mu",
+                                                    "var", "inv_std", "Obar", "A", "Y")}
+    for name in ("Obar", "A"):
+        with pytest.raises(bnprop.InputError, match=rf"^{name}: a LayerCache holds every "
+                                                    r"array of its forward pass; got None"):
+            bnprop.LayerCache(activation="sigmoid", eps=1e-5, **{**fields, name: None})

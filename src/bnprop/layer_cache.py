@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bnprop import batchnorm as bn
+from bnprop._validate import InputError
 
 if TYPE_CHECKING:  # the math layer never imports the distributed one at run time
     from bnprop.distributed import Communicator
@@ -73,6 +74,10 @@ class LayerCache:
                  Z: np.ndarray, mu: np.ndarray, var: np.ndarray, inv_std: np.ndarray,
                  Obar: np.ndarray, A: np.ndarray, Y: np.ndarray, activation: str, eps: float,
                  m_global: int | None = None, comm: Communicator | None = None) -> None:
+        for name, value in (("Obar", Obar), ("A", A)):
+            if value is None:
+                raise InputError(f"{name}: a LayerCache holds every array of its forward "
+                                 "pass; got None (layer_forward builds a complete one).")
         self.__dict__.update(  # frozen: __setattr__ refuses, the dict is written directly
             O=O, W=W, gamma=gamma, beta=beta, Z=Z, mu=mu, var=var, inv_std=inv_std,
             _Obar=Obar, _A=A, Y=Y, activation=activation, eps=eps, m_global=m_global,
@@ -82,8 +87,9 @@ class LayerCache:
     def _from_z(cls, stats64: tuple[np.ndarray, np.ndarray], **fields: Any) -> LayerCache:
         """A cache whose ``Obar`` and ``A`` are formed from ``Z`` when read;
         ``stats64 = (mu_B, inv_std)`` in float64, as the forward pass used them."""
-        cache = cls(Obar=None, A=None, **fields)  # type: ignore[arg-type]
-        cache.__dict__["_stats64"] = stats64
+        cache = cls.__new__(cls)
+        cache.__dict__.update({"m_global": None, "comm": None, **fields, "_Obar": None,
+                               "_A": None, "_stats64": stats64})
         return cache
 
     @property
