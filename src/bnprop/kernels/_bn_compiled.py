@@ -145,12 +145,20 @@ def _dZ_coefficients(gamma, inv_std, sum_G, sum_GObar, m_total, dt_like):  # pra
     n = gamma.shape[0]
     mean_G = np.empty(n, dt_like.dtype)
     mean_GObar = np.empty(n, dt_like.dtype)
-    scale = np.empty(n, dt_like.dtype)
     for j in range(n):
         mean_G[j] = sum_G[j] / m_total  # rounded to the arrays' dtype, as the reference
         mean_GObar[j] = sum_GObar[j] / m_total
+    return mean_G, mean_GObar, _dZ_scale(gamma, inv_std, dt_like)
+
+
+@njit(**JIT_OPTIONS)
+def _dZ_scale(gamma, inv_std, dt_like):  # pragma: no cover - compiled
+    """``scale = gamma * inv_std`` in float64, rounded to ``dt_like``'s dtype (the
+    reference's ``scale.astype(dt)``)."""
+    scale = np.empty(gamma.shape[0], dt_like.dtype)
+    for j in range(scale.shape[0]):
         scale[j] = np.float64(gamma[j]) * inv_std[j]
-    return mean_G, mean_GObar, scale
+    return scale
 
 
 @njit(**JIT_OPTIONS)
@@ -178,9 +186,7 @@ def _backward_apply(
 def _backward_frozen(dY, Y, Obar, gamma, inv_std, act, sum_G, sum_GObar, dZ):  # pragma: no cover
     m, n = dY.shape
     one = np.ones(1, dY.dtype)[0]
-    scale = np.empty(n, dY.dtype)
-    for j in range(n):
-        scale[j] = np.float64(gamma[j]) * inv_std[j]
+    scale = _dZ_scale(gamma, inv_std, dY)
     G = np.empty(n, dY.dtype)
     sum_G[:] = 0.0
     sum_GObar[:] = 0.0
@@ -242,9 +248,7 @@ def _dZ_frozen(G, gamma, inv_std, dZ):  # pragma: no cover - compiled
     """The frozen ``dZ = G * scale``, ``scale = gamma * inv_std`` rounded to G's dtype
     (:func:`_backward_frozen`'s ``dZ``, without its sums)."""
     m, n = G.shape
-    scale = np.empty(n, G.dtype)
-    for j in range(n):
-        scale[j] = np.float64(gamma[j]) * inv_std[j]
+    scale = _dZ_scale(gamma, inv_std, G)
     for i in range(m):
         g = G[i]
         dz = dZ[i]
