@@ -1,10 +1,11 @@
 """A large batch's LayerCache keeps Z and Y and forms Obar and A when read: the arrays
 equal those the eager forward kernel stores, bit for bit, and its backward pass (rows of
 Obar formed from Z in the kernels) gives the gradients of the same cache with Obar read
-first, bit for bit."""
+first, bit for bit. Its LayerGrads forms dZ when read, by the same kernels."""
 
 from __future__ import annotations
 
+import copy
 import pickle
 import re
 from dataclasses import FrozenInstanceError
@@ -20,6 +21,7 @@ from bnprop.kernels._bn_compiled import (
     _backward_sums_into,
     _backward_sums_z,
     _dZ_exact_z,
+    _dZ_frozen,
     _forward_apply,
 )
 from bnprop.kernels.activations import ACTIVATION_CODES, IDENTITY
@@ -167,3 +169,55 @@ def test_a_cache_built_by_hand_without_obar_is_refused_in_one_line() -> None:
         with pytest.raises(bnprop.InputError, match=rf"^{name}: a LayerCache holds every "
                                                     r"array of its forward pass; got None"):
             bnprop.LayerCache(activation="sigmoid", eps=1e-5, **{**fields, name: None})
+
+
+@pytest.mark.parametrize("stats", ["exact", "frozen"])
+@pytest.mark.parametrize("read_obar", [False, True])
+def test_dZ_formed_when_read_equals_the_kernel_over_the_whole_batch(
+        split: None, stats: str, read_obar: bool) -> None:
+    """float64: dbeta and dgamma are the backward pass's float64 sums themselves, so the
+    whole-batch kernels can be run here on the same inputs."""
+    O, W, gamma, beta, dY = _inputs(4500, 7, 24, "float64", seed=5)
+    cache = bnprop.layer_forward(O, W, gamma, beta, activation="tanh")
+    mu64, inv_std64 = cache._z_stats()
+    if read_obar:
+        cache.Obar  # noqa: B018 - the backward pass then reads Obar, not Z
+    grads = bnprop.layer_backward(dY, cache, stats=stats)
+    assert grads._dZ is None  # not formed by the backward pass
+    want = np.empty_like(grads.dA)
+    if stats == "frozen":
+        _dZ_frozen(grads.dA, cache.gamma, cache.inv_std, want)
+    else:
+        _dZ_exact_z(grads.dA, cache.Z, mu64, inv_std64, cache.gamma, cache.inv_std,
+                    grads.dbeta, grads.dgamma, 4500.0, want)
+    assert np.array_equal(grads.dZ, want)
+    assert grads.dZ is grads.dZ and grads._form_dZ is None  # formed once, then kept
+    ref = bnprop.layer_backward(dY, cache, stats=stats, backend="numpy")
+    assert rel_err(grads.dZ, ref.dZ) < 1e-10
+    assert np.allclose(grads.dW, grads.dZ.T @ O, rtol=1e-12, atol=1e-12)
+    assert np.allclose(grads.dO, grads.dZ @ W, rtol=1e-12, atol=1e-12)
+
+
+def test_the_grads_are_frozen_print_copy_and_pickle(split: None) -> None:
+    O, W, gamma, beta, dY = _inputs(4500, 7, 24, "float32", seed=6)
+    grads = bnprop.layer_backward(dY, bnprop.layer_forward(O, W, gamma, beta))
+    with pytest.raises(FrozenInstanceError):
+        grads.dZ = grads.dA  # type: ignore[misc]
+    with pytest.raises(FrozenInstanceError):
+        del grads.dW
+    for back in (pickle.loads(pickle.dumps(grads)), copy.deepcopy(grads)):
+        assert back._dZ is not None
+        for name in GRADS:
+            assert np.array_equal(getattr(back, name), getattr(grads, name)), name
+    assert repr(grads).startswith("LayerGrads(dA=array(") and "dZ=array(" in repr(grads)
+
+
+def test_grads_built_by_hand_keep_their_arrays_and_refuse_a_missing_dZ() -> None:
+    O, W, gamma, beta, dY = _inputs(30, 5, 4, "float64", seed=7)
+    ref = bnprop.layer_backward(dY, bnprop.layer_forward(O, W, gamma, beta))
+    arrays = [getattr(ref, name) for name in GRADS]
+    by_hand = bnprop.LayerGrads(*arrays)
+    assert all(getattr(by_hand, n) is a for n, a in zip(GRADS, arrays, strict=True))
+    with pytest.raises(bnprop.InputError, match=r"^dZ: a LayerGrads holds every gradient "
+                                                r"of its backward pass; got None"):
+        bnprop.LayerGrads(**{**dict(zip(GRADS, arrays, strict=True)), "dZ": None})

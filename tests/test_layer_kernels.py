@@ -51,10 +51,12 @@ def test_parts_and_chunks_equal_the_reference(two_threads: None, stats: str, act
     for name in CACHE:
         assert rel_err(getattr(got, name), getattr(ref, name)) < 1e-12, name
     g_got = bnprop.layer_backward(dY, got, stats=stats)
+    assert calls == [n_threads] * 4  # forward reduce + apply, backward sums + apply
     g_ref = bnprop.layer_backward(dY, ref, stats=stats, backend="numpy")
     for name in GRADS:
         assert rel_err(getattr(g_got, name), getattr(g_ref, name)) < 1e-11, name
-    assert calls == [n_threads] * 4  # forward reduce + apply, backward sums + apply
+    assert calls == [n_threads] * 5  # dZ, formed when first read, then kept
+    assert g_got.dZ is g_got.dZ
 
 
 def test_float32_on_two_threads_equals_the_float64_reference(two_threads: None) -> None:

@@ -3,7 +3,8 @@ gives (:class:`LayerGrads`); the equations are in :mod:`bnprop.layer`."""
 
 from __future__ import annotations
 
-from dataclasses import FrozenInstanceError, dataclass
+from collections.abc import Callable
+from dataclasses import FrozenInstanceError
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -135,7 +136,9 @@ class LayerCache:
         return cache_html(self)
 
 
-@dataclass(frozen=True, eq=False)
+_GRAD_FIELDS = ("dA", "dgamma", "dbeta", "dZ", "dW", "dO")
+
+
 class LayerGrads:
     """Gradients of F from one backward pass of a layer.
 
@@ -146,11 +149,54 @@ class LayerGrads:
     dZ : ndarray (m, n_out)
     dW : ndarray (n_out, n_in)
     dO : ndarray (m, n_in)
+
+    The gradients of a large batch from the kernels (:mod:`bnprop.kernels.layer`) form
+    ``dZ`` when it is first read, from ``dA``, the cache's ``Z`` (or ``Obar``) and the
+    backward pass's two sums, by the kernel that formed each chunk of it for ``dW`` and
+    ``dO`` (the array equals the one an eager pass stores, bit for bit): the backward
+    pass writes two (m, n_out) arrays instead of three. It reads ``dA`` and the cache
+    then, so change neither in place before reading ``dZ``.
     """
 
     dA: np.ndarray
     dgamma: np.ndarray
     dbeta: np.ndarray
-    dZ: np.ndarray
     dW: np.ndarray
     dO: np.ndarray
+
+    def __init__(self, dA: np.ndarray, dgamma: np.ndarray, dbeta: np.ndarray,
+                 dZ: np.ndarray, dW: np.ndarray, dO: np.ndarray) -> None:
+        if dZ is None:
+            raise InputError("dZ: a LayerGrads holds every gradient of its backward pass; "
+                             "got None (layer_backward builds a complete one).")
+        self.__dict__.update(dA=dA, dgamma=dgamma, dbeta=dbeta, _dZ=dZ, dW=dW, dO=dO,
+                             _form_dZ=None)
+
+    @classmethod
+    def _dZ_when_read(cls, form_dZ: Callable[[], np.ndarray],
+                      **fields: np.ndarray) -> LayerGrads:
+        """Gradients whose ``dZ`` is ``form_dZ()``, called once, when first read."""
+        grads = cls.__new__(cls)
+        grads.__dict__.update({**fields, "_dZ": None, "_form_dZ": form_dZ})
+        return grads
+
+    @property
+    def dZ(self) -> np.ndarray:
+        """``dF/dZ``, ``Z = O W^T``: ``gamma * inv_std * (dA - ...)`` (:mod:`bnprop.layer`)."""
+        if self._dZ is None:
+            self.__dict__.update(_dZ=self._form_dZ(), _form_dZ=None)
+        return self._dZ
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __reduce__(self) -> tuple[type, tuple[np.ndarray, ...]]:
+        """Pickled (and copied) with every array, ``dZ`` formed."""
+        return LayerGrads, tuple(getattr(self, name) for name in _GRAD_FIELDS)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in _GRAD_FIELDS)
+        return f"LayerGrads({shown})"

@@ -20,6 +20,10 @@ form each row of ``Obar`` from ``Z`` with the forward pass's float64 ``mu`` and
 ``inv_std`` (bit for bit the stored row), saving two (m, n) stores. Measured at
 65536 x 16 -> 256 float32 on 2 threads: the forward pass went from 19.5 to 13.9 ms, the
 backward sums pass (which now forms Obar) from 8.1 to 10.3 ms; 42 to 39 ms in all.
+Likewise a split backward pass writes each chunk ``dZ_c`` into one chunk's buffer that
+the two GEMMs read from cache, and its :class:`~bnprop.layer_cache.LayerGrads` forms the
+whole ``dZ`` when it is read, by the same kernel (bit for bit the chunks): 39 to 36 ms
+at that shape, measured alternating both versions in one process.
 
 Parts are :func:`bnprop.threads.map_rows` parts of at least ``KERNEL_PART_BYTES`` of
 ``Z`` (one part, on the calling thread, for small batches), so the numbers depend on the
@@ -167,7 +171,7 @@ def backward(dY: np.ndarray, cache: LayerCache, stats: str) -> tuple[LayerGrads,
     act = ACTIVATION_CODES[cache.activation]
     whole = cache.comm is None and _whole(m, n, dt.itemsize)
     empty = np.empty if whole else pool.empty  # small arrays are not pooled
-    dA, dZ, dO = empty((m, n), dt), empty((m, n), dt), empty((m, n_in), dt)
+    dA, dO = empty((m, n), dt), empty((m, n_in), dt)
     z_stats = None if whole else cache._z_stats()
     if z_stats is None:
         Obar = np.ascontiguousarray(cache.Obar, dtype=dt)
@@ -177,6 +181,7 @@ def backward(dY: np.ndarray, cache: LayerCache, stats: str) -> tuple[LayerGrads,
         from bnprop.kernels import _layer_compiled
 
         sum_G, sum_GObar, dW = np.empty(n), np.empty(n), np.empty((n, n_in), dt)
+        dZ = np.empty((m, n), dt)
         finite = _layer_compiled.backward(dY, O, W, Y, Obar, gamma, inv_std, act,
                                           stats == "frozen", m_total, dA, dZ, dW, dO, sum_G,
                                           sum_GObar)
@@ -203,38 +208,56 @@ def backward(dY: np.ndarray, cache: LayerCache, stats: str) -> tuple[LayerGrads,
         sum_G, sum_GObar = sums_all[:n], sums_all[n:]
     chunk_rows = rows.chunk_rows(n, dt.itemsize) if m >= 2 * rows.KERNEL_PART_ROWS else m
 
+    def dZ_rows(s: slice, out: np.ndarray) -> None:
+        """Rows ``s`` of dZ into ``out``: frozen ``gamma * inv_std * dA``, or exact."""
+        if stats == "frozen":
+            _dZ_frozen(dA[s], gamma, inv_std, out)
+        elif z_stats is None:
+            _backward_apply(dA[s], Y[s], Obar[s], gamma, inv_std, sum_G, sum_GObar,
+                            m_total, IDENTITY, out)
+        else:
+            _dZ_exact_z(dA[s], Z[s], mean64, inv_std64, gamma, inv_std, sum_G, sum_GObar,
+                        m_total, out)
+
     def apply(start: int, stop: int) -> np.ndarray:
-        """dZ, then ``dW_p = sum_c dZ_c^T O_c`` and ``dO_c = dZ_c W``, chunk by chunk.
-        Silent, as the kernels are (errstate is per thread): a NaN or inf in dY is
-        reported by :func:`bnprop.layer_backward` from the sums."""
+        """dZ chunk by chunk into one chunk's buffer, then ``dW_p = sum_c dZ_c^T O_c``
+        and ``dO_c = dZ_c W`` from cache. Silent, as the kernels are (errstate is per
+        thread): a NaN or inf in dY is reported by :func:`bnprop.layer_backward` from
+        the sums."""
         with np.errstate(invalid="ignore", over="ignore"):
             return apply_chunks(start, stop)
 
     def apply_chunks(start: int, stop: int) -> np.ndarray:
         dW_p = np.empty((n, n_in), dt)
         term = dW_p
+        buffer = np.empty((min(chunk_rows, stop - start), n), dt)
         for c0, c1 in rows.chunks(start, stop, chunk_rows):
-            s = slice(c0, c1)
-            if stats == "frozen":  # dZ = gamma * inv_std * dA
-                _dZ_frozen(dA[s], gamma, inv_std, dZ[s])
-            elif z_stats is None:
-                _backward_apply(dA[s], Y[s], Obar[s], gamma, inv_std, sum_G, sum_GObar,
-                                m_total, IDENTITY, dZ[s])
-            else:
-                _dZ_exact_z(dA[s], Z[s], mean64, inv_std64, gamma, inv_std, sum_G, sum_GObar,
-                            m_total, dZ[s])
-            np.matmul(dZ[s].T, O[s], out=term)
+            s, dZ_c = slice(c0, c1), buffer[:c1 - c0]
+            dZ_rows(s, dZ_c)
+            np.matmul(dZ_c.T, O[s], out=term)
             if term is not dW_p:
                 dW_p += term
             elif c1 < stop:  # the first chunk wrote dW_p; later ones add their terms
                 term = np.empty_like(dW_p)
-            np.matmul(dZ[s], W, out=dO[s])
+            np.matmul(dZ_c, W, out=dO[s])
         return dW_p
+
+    def form_dZ() -> np.ndarray:
+        """The whole dZ, when :attr:`LayerGrads.dZ` is first read (same kernels, same
+        bits as the chunks above)."""
+        dZ = pool.empty((m, n), dt)
+
+        def part(start: int, stop: int) -> None:
+            with np.errstate(invalid="ignore", over="ignore"):
+                dZ_rows(slice(start, stop), dZ[start:stop])
+
+        _parts(m, n, dt.itemsize, part)
+        return dZ
 
     dW_parts = _parts(m, n, dt.itemsize, apply)
     dW = dW_parts[0]
     for term in dW_parts[1:]:
         dW += term
     finite = bool(np.isfinite(sum_G).all() and np.isfinite(sum_GObar).all())
-    return LayerGrads(dA=dA, dgamma=sum_GObar.astype(dt), dbeta=sum_G.astype(dt), dZ=dZ,
-                      dW=dW, dO=dO), finite
+    return LayerGrads._dZ_when_read(form_dZ, dA=dA, dgamma=sum_GObar.astype(dt),
+                                    dbeta=sum_G.astype(dt), dW=dW, dO=dO), finite
