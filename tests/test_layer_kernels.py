@@ -194,3 +194,29 @@ def test_the_shared_pool_keeps_an_eighth_of_memory_at_least_1_gib() -> None:
     assert buffers._pool_bytes(24 * gib) == 3 * gib
     assert buffers.MAX_BYTES == buffers._pool_bytes(buffers._physical_bytes())
     assert buffers.shared.max_bytes == buffers.MAX_BYTES
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("stats", ["exact", "frozen"])
+def test_the_compiled_call_equals_the_split_path_in_one_part_bit_for_bit(
+        two_threads: None, dtype: str, stats: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mu, var, inv_std, dgamma and dbeta are rounded once from float64 inside the
+    compiled calls, as the split path's ``astype`` rounds them."""
+    from bnprop.kernels import blas
+
+    if not blas.available():
+        pytest.skip("NumPy's scipy-openblas not found")
+    threads.set_threads(1)
+    O, W, gamma, beta, dY = _inputs(60, 9, 13, dtype=dtype, seed=8)
+    compiled = bnprop.layer_forward(O, W, gamma, beta, activation="tanh")
+    g_compiled = bnprop.layer_backward(dY, compiled, stats=stats)
+    monkeypatch.setattr(kernel_layer, "_whole", lambda *args: False)
+    split = bnprop.layer_forward(O, W, gamma, beta, activation="tanh")
+    g_split = bnprop.layer_backward(dY, split, stats=stats)
+    assert compiled._z_stats() is None and split._z_stats() is not None
+    for name in CACHE:
+        a, b = getattr(compiled, name), getattr(split, name)
+        assert a.dtype == b.dtype == np.dtype(dtype) and np.array_equal(a, b), name
+    for name in GRADS:
+        a, b = getattr(g_compiled, name), getattr(g_split, name)
+        assert a.dtype == b.dtype == np.dtype(dtype) and np.array_equal(a, b), name

@@ -32,27 +32,41 @@ from bnprop.kernels.activations import IDENTITY
 
 
 @njit(**JIT_OPTIONS)
-def forward(O, W, gamma, beta, act, eps, block_rows, Z, Obar, A, Y, mean, M2, var,
-            inv_std):  # pragma: no cover - compiled
-    """The forward pass (module docstring) into the given arrays; returns the row count."""
+def forward(O, W, gamma, beta, act, eps, block_rows, Z, Obar, A, Y,
+            stats):  # pragma: no cover - compiled
+    """The forward pass (module docstring) into the given arrays; ``stats`` (3, n) in the
+    arrays' dtype gets ``mu_B, var_B, inv_std``, each rounded once from float64 (NumPy's
+    ``astype``). Returns the row count."""
+    n = Z.shape[1]
+    mean, M2, var, inv_std = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
     gemm_nt(O, W, Z)
     count = _moments(Z, block_rows, mean, M2)
     _var_inv_std(M2, count, eps, var, inv_std)
     _forward_apply(Z, mean, inv_std, gamma, beta, act, Obar, Y, A)
+    for j in range(n):
+        stats[0, j] = mean[j]
+        stats[1, j] = var[j]
+        stats[2, j] = inv_std[j]
     return count
 
 
 @njit(**JIT_OPTIONS)
 def backward(dY, O, W, Y, Obar, gamma, inv_std, act, frozen, m_total, dA, dZ, dW, dO,
-             sum_G, sum_GObar):  # pragma: no cover - compiled
-    """The backward pass (module docstring) into the given arrays; returns whether the
-    two sums are finite (a NaN or inf in dY makes them not)."""
+             sums):  # pragma: no cover - compiled
+    """The backward pass (module docstring) into the given arrays; ``sums`` (2, n) in the
+    arrays' dtype gets ``dbeta = sum_rows(dA)`` and ``dgamma = sum_rows(dA * Obar)``, each
+    rounded once from float64. Returns whether the two sums are finite (a NaN or inf in
+    dY makes them not)."""
+    n = sums.shape[1]
+    sum_G, sum_GObar = np.empty(n), np.empty(n)
     _backward_sums_into(dY, Y, Obar, act, sum_G, sum_GObar, dA)
     if frozen:
-        n = sum_G.shape[0]
         _backward_frozen(dA, Y, Obar, gamma, inv_std, IDENTITY, np.empty(n), np.empty(n), dZ)
     else:
         _backward_apply(dA, Y, Obar, gamma, inv_std, sum_G, sum_GObar, m_total, IDENTITY, dZ)
     gemm_tn(dZ, O, dW)
     gemm_nn(dZ, W, dO)
+    for j in range(n):
+        sums[0, j] = sum_G[j]
+        sums[1, j] = sum_GObar[j]
     return _all_finite(sum_G) and _all_finite(sum_GObar)

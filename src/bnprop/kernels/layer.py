@@ -111,20 +111,20 @@ def forward(O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     m, n = O.shape[0], W.shape[0]
     block_rows = max(1, BLOCK_BYTES // (n * dt.itemsize))
     if given is not None:  # the cache's own copies
-        O, W, gamma, beta = (copy_input(a) if isinstance(g, np.ndarray)
+        O, W, gamma, beta = [copy_input(a) if isinstance(g, np.ndarray)
                              and np.may_share_memory(a, g) else a
-                             for a, g in zip((O, W, gamma, beta), given, strict=True))
+                             for a, g in zip((O, W, gamma, beta), given, strict=True)]
     if comm is None and _whole(m, n, dt.itemsize):  # one compiled call
         from bnprop.kernels import _layer_compiled
 
         Z, Obar, A, Y = (np.empty((m, n), dt) for _ in range(4))
-        mu, M2, var, inv_std = np.empty((4, n))
+        stats = np.empty((3, n), dt)  # mu, var, inv_std
         m_global = _layer_compiled.forward(O, W, gamma, beta, ACTIVATION_CODES[activation], eps,
-                                           block_rows, Z, Obar, A, Y, mu, M2, var, inv_std)
+                                           block_rows, Z, Obar, A, Y, stats)
         return LayerCache(
-            O=O, W=W, gamma=gamma, beta=beta, Z=Z,
-            mu=mu.astype(dt), var=var.astype(dt), inv_std=inv_std.astype(dt),
-            Obar=Obar, A=A, Y=Y, activation=activation, eps=eps, m_global=m_global, comm=comm)
+            O=O, W=W, gamma=gamma, beta=beta, Z=Z, mu=stats[0], var=stats[1],
+            inv_std=stats[2], Obar=Obar, A=A, Y=Y, activation=activation, eps=eps,
+            m_global=m_global, comm=comm)
     Z, Y = pool.empty((m, n), dt), pool.empty((m, n), dt)
     chunk_rows = rows.chunk_rows(n, dt.itemsize) if m >= 2 * rows.KERNEL_PART_ROWS else m
     WT = W.T
@@ -180,13 +180,10 @@ def backward(dY: np.ndarray, cache: LayerCache, stats: str) -> tuple[LayerGrads,
     if whole:  # one compiled call
         from bnprop.kernels import _layer_compiled
 
-        sum_G, sum_GObar, dW = np.empty(n), np.empty(n), np.empty((n, n_in), dt)
-        dZ = np.empty((m, n), dt)
+        dZ, dW, sums = np.empty((m, n), dt), np.empty((n, n_in), dt), np.empty((2, n), dt)
         finite = _layer_compiled.backward(dY, O, W, Y, Obar, gamma, inv_std, act,
-                                          stats == "frozen", m_total, dA, dZ, dW, dO, sum_G,
-                                          sum_GObar)
-        return LayerGrads(dA=dA, dgamma=sum_GObar.astype(dt), dbeta=sum_G.astype(dt), dZ=dZ,
-                          dW=dW, dO=dO), finite
+                                          stats == "frozen", m_total, dA, dZ, dW, dO, sums)
+        return LayerGrads(dA=dA, dgamma=sums[1], dbeta=sums[0], dZ=dZ, dW=dW, dO=dO), finite
 
     def sums(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         s = slice(start, stop)
