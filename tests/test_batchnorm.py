@@ -76,3 +76,14 @@ def test_unbiased_variance() -> None:
     Z = np.array([[1.0], [2.0], [4.0]])
     _, var = bn.batch_stats(Z)
     np.testing.assert_allclose(bn.unbiased_var(var, 3), Z.var(0, ddof=1))
+
+
+def test_biased_var_is_M2_over_m_and_what_batch_stats_returns() -> None:
+    """The one home of ``var_B = M2 / m`` (biased: PyTorch's ``var(unbiased=False)``)."""
+    rng = np.random.default_rng(11)
+    Z = rng.standard_normal((37, 5)) * 3 + 100
+    m, _, M2 = bn.batch_moments(Z)
+    var = bn.biased_var(M2, m)
+    np.testing.assert_allclose(var, Z.var(axis=0, ddof=0), rtol=1e-12)
+    assert np.array_equal(bn.batch_stats(Z)[1], var)
+    np.testing.assert_allclose(bn.unbiased_var(var, m), Z.var(axis=0, ddof=1), rtol=1e-12)

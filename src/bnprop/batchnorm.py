@@ -86,10 +86,17 @@ def chan_combine(
     return n, mean, M2
 
 
+def biased_var(M2: np.ndarray, m: float) -> np.ndarray:
+    """The batch variance BN normalizes with: biased, ``var_B = M2 / m``, from the sum of
+    squared deviations ``M2`` of ``m`` rows (PyTorch's ``var(unbiased=False)``; its
+    running variance takes the unbiased one, :func:`unbiased_var`)."""
+    return M2 / m
+
+
 def batch_stats(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``mu_B`` and the biased ``var_B = M2 / m`` of ``Z`` (m, n), both float64 (n,)."""
     m, mean, M2 = batch_moments(Z)
-    return mean, M2 / m
+    return mean, biased_var(M2, m)
 
 
 def inverse_std(var: np.ndarray, eps: float) -> np.ndarray:

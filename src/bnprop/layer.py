@@ -193,7 +193,7 @@ def _forward(
     else:
         m_global, mu, M2 = comm.combine_moments(*bn.batch_moments(Z))
         check_global_rows(m_global, comm)
-        var = M2 / m_global
+        var = bn.biased_var(M2, m_global)
     inv_std = bn.inverse_std(var, eps)
     Obar = bn.normalize(Z, mu, inv_std)
     A = bn.scale_shift(Obar, gamma, beta)

@@ -80,7 +80,8 @@ def _moments(Z, block_rows, mean, M2):  # pragma: no cover - compiled
 @njit(**JIT_OPTIONS)
 def _var_inv_std(M2, count, eps, var, inv_std):  # pragma: no cover - compiled
     """``var = M2 / count`` (biased), ``inv_std = 1 / sqrt(var + eps)``, in float64: the
-    reference's :func:`bnprop.batchnorm.inverse_std` (IEEE division and square root)."""
+    reference's :func:`bnprop.batchnorm.biased_var` and
+    :func:`bnprop.batchnorm.inverse_std` (IEEE division and square root)."""
     for j in range(var.shape[0]):
         var[j] = M2[j] / count
         inv_std[j] = 1.0 / np.sqrt(var[j] + eps)

@@ -234,7 +234,7 @@ def forward(
     if Z.shape[0] == 0:
         raise InputError("Z: expected at least one row, got shape (0, n) instead.")
     count, mean, M2 = moments(Z)
-    var = M2 / count
+    var = bn.biased_var(M2, count)
     inv_std = bn.inverse_std(var, eps)
     Obar = np.empty_like(Z) if Obar is None else Obar
     Y = np.empty_like(Z) if Y is None else Y

@@ -141,7 +141,7 @@ def forward(O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     if comm is not None:
         m_global, mu, M2 = comm.combine_moments(m_global, mu, M2)
         check_global_rows(m_global, comm)
-    var = M2 / m_global
+    var = bn.biased_var(M2, m_global)
     inv_std = bn.inverse_std(var, eps)
     act = ACTIVATION_CODES[activation]
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bnprop import batchnorm as bn
 from bnprop.kernels._finite import array_all_finite
 from bnprop.nn.batchnorm import BatchNorm1d
 from bnprop.nn.batchnorm2d import BatchNorm2d
@@ -85,7 +86,7 @@ class NormStep:
         m, mu_B, var_B = self.stage.batch_stats
         dt = self.norm.dtype
         with np.errstate(over="ignore"):
-            unbiased = (var_B * (m / max(m - 1, 1))).astype(dt)
+            unbiased = bn.unbiased_var(var_B, m).astype(dt)  # training batches have m >= 2
             return bool(np.isfinite(mu_B.astype(dt)).all() and np.isfinite(unbiased).all())
 
 

@@ -158,7 +158,7 @@ class BNStage:
                 check_global_rows(count, comm)
             self.count = count
             self.mean[...] = mean
-            np.divide(M2, count, out=self.var)           # var_B = M2 / m (biased)
+            self.var[...] = bn.biased_var(M2, count)
             self.inv_std[...] = bn.inverse_std(self.var, norm.eps)
             self.batch_stats = (count, self.mean, self.var)
         source = Z if self.linear is not None else O
@@ -216,7 +216,7 @@ class BNStage:
             if comm is not None:
                 count, mu, M2 = comm.combine_moments(count, mu, M2)
                 check_global_rows(count, comm)
-            var = M2 / count
+            var = bn.biased_var(M2, count)
             inv_std = bn.inverse_std(var, norm.eps)
             self.count = count
             self.var[...] = var
