@@ -20,8 +20,9 @@ so the step gives the same bits::
               running_var_l  = (1 - momentum_l) running_var_l + momentum_l m/(m-1) var_B,l
               (mu_B, var_B rounded to the dtype first, as BatchNorm1d.commit_running)
 
-The loss between the two calls is :func:`bnprop.loss.softmax_cross_entropy_inplace`
-(NumPy), and the update is the optimizer's flat kernel: neither is restated here.
+The loss between the two calls is :func:`bnprop.kernels.loss.softmax_cross_entropy_inplace`
+(the reference's, with its small passes compiled), and the update is the optimizer's
+flat kernel: neither is restated here.
 Import this module only when :func:`bnprop.kernels.blas.available` is True.
 """
 

@@ -32,6 +32,7 @@ from bnprop import threads
 from bnprop.kernels import blas, rows
 from bnprop.kernels.activations import ACTIVATION_CODES
 from bnprop.kernels.bn import BLOCK_BYTES
+from bnprop.kernels.loss import softmax_cross_entropy_inplace
 from bnprop.nn.batchnorm import BatchNorm1d
 from bnprop.nn.module import Linear
 
@@ -97,7 +98,8 @@ class CompiledStep:
         self.vectors = [tuple(np.empty(n) for n in widths) for _ in range(6)]
         self.logits = np.empty((m, self.out.out_features), dt)
         self.db_acc = np.empty(self.out.out_features)
-        self.total, self.rowmax, self.rows = np.empty(m), np.empty((m, 1), dt), np.arange(m)
+        self.total, self.rowmax = np.empty(m), np.empty((m, 1), dt)
+        self.S_y, self.log_total = np.empty(m), np.empty(m)
         self.m = m
 
     def step(self, X: np.ndarray, y: np.ndarray, grads: np.ndarray) -> tuple[float, bool]:
@@ -105,7 +107,6 @@ class CompiledStep:
         when everything is finite. Returns ``(loss, finite)``; nothing is committed when
         ``finite`` is False. ``grads`` is the flat array every gradient is a view of."""
         from bnprop.kernels import _mlp_compiled as k
-        from bnprop.loss import softmax_cross_entropy_inplace
 
         if self.m != X.shape[0]:
             self._allocate(X.shape[0])
@@ -120,8 +121,8 @@ class CompiledStep:
         count = k.forward(X, Ws, gammas, tuple([n.beta for n in norms]), self.acts,
                           np.array([n.eps for n in norms]), self.block_rows, self.Zs, self.Ys,
                           means, M2s, variances, inv_stds, out.W, b, bias, self.logits)
-        loss = softmax_cross_entropy_inplace(self.logits, y, X.shape[0], rowmax=self.rowmax,
-                                             total=self.total, rows=self.rows)
+        loss = softmax_cross_entropy_inplace(self.logits, y, X.shape[0], self.rowmax,
+                                             self.total, self.S_y, self.log_total)
         k.backward(X, Ws, gammas, self.acts, np.array([n.stats == "frozen" for n in norms]),
                    self.Zs, self.Ys, self.dYs, inv_stds, sum_G, sum_GObar, count, out.W, bias,
                    self.logits, tuple([s.stage.linear.grads["W"] for s in self.hidden]),

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bnprop._validate import InputError, check_array
+from bnprop.kernels import loss as loss_kernel
 from bnprop.loss import check_labels, softmax_cross_entropy_inplace
 from bnprop.nn.compiled import compiled_step
 from bnprop.nn.convert import PREDICT_BLOCK_ROWS, blocked_proba
@@ -207,7 +208,7 @@ class Sequential:
         m, shapes = X.shape[0], self._shapes(X.shape)
         self.dH = [np.empty(shape, self.dtype) for shape in shapes[:-1]]
         self.logits = np.empty(shapes[-1], self.dtype)  # logits, then dlogits
-        self.total = np.empty(m)
+        self.total, self.S_y, self.log_total = np.empty(m), np.empty(m), np.empty(m)
         self.rowmax = np.empty((m, 1), self.dtype)
         self.rows = np.arange(m)
         self._in_shape = X.shape
@@ -231,8 +232,10 @@ class Sequential:
         if bn_comm is not None:
             check_global_rows(self, m_global)
         m_total = X.shape[0] if m_global is None else m_global
-        loss = softmax_cross_entropy_inplace(       # logits now hold dlogits
-            self.logits, y, m_total, rowmax=self.rowmax, total=self.total, rows=self.rows)
+        loss = (loss_kernel.softmax_cross_entropy_inplace(  # logits now hold dlogits
+            self.logits, y, m_total, self.rowmax, self.total, self.S_y, self.log_total)
+            if self.backend == "numba" else softmax_cross_entropy_inplace(
+                self.logits, y, m_total, rowmax=self.rowmax, total=self.total, rows=self.rows))
         dY = self.logits
         for i in range(len(self.steps) - 1, -1, -1):
             step = self.steps[i]
