@@ -387,6 +387,28 @@ def test_bad_batch(X: np.ndarray, y: object, match: str) -> None:
         MLP((6, 5, 3)).loss_and_grads(X, y)
 
 
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 1e39])  # 1e39: inf once cast to float32
+def test_a_non_finite_input_is_named_with_its_index(backend: str, bad: float) -> None:
+    """The compiled finiteness pass (numba) and NumPy's test (numpy) find the same entry,
+    in a batch already float32 and C-contiguous and in one that is converted first (a
+    float64 beyond float32's range: the message says so, and no overflow warning)."""
+    net = MLP((6, 5, 3), dtype="float32", backend=backend)
+    X = np.zeros((4, 6))
+    X[2, 3] = bad
+    y = [0, 1, 2, 0]
+    batches = [X] if bad == 1e39 else [X, X.astype(np.float32)]  # converted / as it is
+    calls = [lambda B: net.train_step(B, y, SGD(0.1)), lambda B: net.predict(B),
+             lambda B: net.loss_and_grads(B, y)]
+    cast = r", 1e\+39 in float64, beyond float32's range \(\+-3.403e\+38\)"
+    for batch in batches:
+        for call in calls:
+            with pytest.raises(InputError, match=r"^X: contains NaN or inf \(1 of 24 entries, "
+                               r"first at index \(2, 3\)" + (cast if bad == 1e39 else "")
+                               + r"\); every input must be finite\.$"):
+                call(batch)
+
+
 @pytest.mark.parametrize("batchnorm", [True, False])
 def test_a_training_batch_of_one_row_is_refused(batchnorm: bool) -> None:
     net = MLP((6, 5, 3), batchnorm=batchnorm)

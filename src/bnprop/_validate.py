@@ -9,7 +9,7 @@ received, in one line, e.g.::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -33,6 +33,7 @@ def check_array(
     shape: Sequence[int | None] | None = None,
     dtype: np.dtype | None = None,
     allow_nonfinite: bool = False,
+    all_finite: Callable[[np.ndarray], bool] | None = None,
 ) -> np.ndarray:
     """Convert ``x`` to a float array and check its dimension, shape and values.
 
@@ -53,6 +54,9 @@ def check_array(
         every other real type becomes float64.
     allow_nonfinite : bool, default=False
         Accept NaN and inf.
+    all_finite : callable, optional
+        The test of the values on the C-contiguous result: a compiled pass instead of
+        ``np.isfinite(x).all()`` (its boolean temporary), e.g. for a batch every step.
 
     Returns
     -------
@@ -64,7 +68,8 @@ def check_array(
             and (shape is None
                  or all(w is None or w == g for w, g in zip(shape, x.shape, strict=True)))):
         # Already what is asked for (the common case): only the values are left to test.
-        if not allow_nonfinite and not np.isfinite(x).all():
+        if not allow_nonfinite and not (np.isfinite(x).all() if all_finite is None
+                                        else all_finite(x)):
             _raise_nonfinite(x, name)
         return x
     if isinstance(x, np.ndarray):
@@ -103,21 +108,29 @@ def check_array(
         dtype = arr.dtype if arr.dtype in FLOAT_DTYPES else np.dtype(np.float64)
         if arr.dtype == np.float16:
             dtype = np.dtype(np.float32)
-    arr = np.ascontiguousarray(arr, dtype=dtype)
+    source = arr
+    with np.errstate(over="ignore"):  # a value beyond dtype's range: named just below
+        arr = np.ascontiguousarray(arr, dtype=dtype)
     # isfinite(...).all() is the fast test (one boolean temporary, no inversion); only
     # when it fails are the bad entries located for the message.
-    if not allow_nonfinite and not np.isfinite(arr).all():
-        _raise_nonfinite(arr, name)
+    if not allow_nonfinite and not (np.isfinite(arr).all() if all_finite is None
+                                    else all_finite(arr)):
+        _raise_nonfinite(arr, name, source)
     return arr
 
 
-def _raise_nonfinite(arr: np.ndarray, name: str) -> None:
-    """Name the first NaN or inf of ``arr`` (its caller found one)."""
+def _raise_nonfinite(arr: np.ndarray, name: str, source: np.ndarray | None = None) -> None:
+    """Name the first NaN or inf of ``arr`` (its caller found one); ``source``: the array
+    ``arr`` was converted from, whose value there may have been finite."""
     bad = ~np.isfinite(arr)
     where = tuple(int(i) for i in np.argwhere(bad)[0])
+    cast = ""
+    if source is not None and source.dtype != arr.dtype and np.isfinite(source[where]):
+        cast = (f", {source[where].item()!r} in {source.dtype}, beyond {arr.dtype}'s range "
+                f"(+-{np.finfo(arr.dtype).max:.4g})")
     raise InputError(
         f"{name}: contains NaN or inf ({int(bad.sum())} of {arr.size} entries, "
-        f"first at index {where}); every input must be finite."
+        f"first at index {where}{cast}); every input must be finite."
     )
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from bnprop._validate import InputError, check_array
 from bnprop.kernels import loss as loss_kernel
+from bnprop.kernels._finite import array_all_finite
 from bnprop.loss import check_labels, softmax_cross_entropy_inplace
 from bnprop.nn.compiled import compiled_step
 from bnprop.nn.convert import PREDICT_BLOCK_ROWS, blocked_proba
@@ -170,7 +171,8 @@ class Sequential:
             self._shapes(X.shape)  # the spatial sizes fit every module, or one line
         else:
             X = check_array(X, "X", ndim=2, axes=("m", "n_features"),
-                            shape=(None, self.in_features), dtype=self.dtype)
+                            shape=(None, self.in_features), dtype=self.dtype,
+                            all_finite=array_all_finite if self.backend == "numba" else None)
         if training and X.shape[0] < 2:
             raise InputError(
                 f"X: got a training batch of {X.shape[0]} example"
