@@ -72,6 +72,30 @@ def test_bit_identical_to_the_python_step(dtype: str, opt: str, act: str, stats:
     _assert_same(fast, slow)
 
 
+def test_settings_and_buffers_changed_between_steps_are_followed() -> None:
+    """The step keeps the views of the flat arrays, but reads each BatchNorm1d's eps,
+    momentum, stats, running and its running buffers anew: a user may change them."""
+    fast, slow = _net(), _python(_net())
+    o_fast, o_slow = bnprop.Adam(0.01), bnprop.Adam(0.01)
+
+    def both(seed: int) -> None:
+        X, y = _batch(seed=seed)
+        assert fast.train_step(X, y, o_fast) == slow.train_step(X, y, o_slow)
+        _assert_same(fast, slow)
+
+    both(0)
+    for net in (fast, slow):
+        norm = net.modules[1]
+        norm.eps, norm.momentum, norm.stats = 1e-2, 0.5, "frozen"
+        net.modules[4].running = "average"
+        net.modules[7].running_mean = np.full(7, 3.0, np.float32)  # a new array
+        net.modules[7].num_batches_tracked = np.array(5)
+    both(1)
+    assert fast.modules[7].running_mean[0] != 3.0  # the new array was updated
+    assert int(fast.modules[7].num_batches_tracked) == 6
+    assert isinstance(fast._compiled, CompiledStep)
+
+
 def test_the_default_mlp_takes_it_with_any_thread_count() -> None:
     X, y = _batch(60, n_in=784, k=10, seed=3)
     nets = []

@@ -190,9 +190,10 @@ def _cast_like_overload(x, arr):  # type: ignore[no-untyped-def]
 
 @njit(**JIT_OPTIONS)
 def commit(grads, means, variances, count, momenta, running_means, running_vars,
-           ):  # pragma: no cover - compiled
+           batches_tracked):  # pragma: no cover - compiled
     """Whether every gradient and batch statistic is finite; if so, the running update
-    (module docstring). Nothing is written otherwise."""
+    (module docstring) and ``num_batches_tracked += 1`` (``batches_tracked``: the 0-d
+    counters). Nothing is written otherwise."""
     if not _all_finite(grads):
         return False
     bessel = count / max(count - 1, 1)
@@ -211,4 +212,5 @@ def commit(grads, means, variances, count, momenta, running_means, running_vars,
         for j in range(mu.shape[0]):
             rm[j] = rm[j] * keep + _cast_like(mu[j], rm) * take
             rv[j] = rv[j] * keep + (_cast_like(var[j], rm) * unbias) * take
+        batches_tracked[layer][()] += 1
     return True

@@ -88,6 +88,17 @@ class CompiledStep:
         self.acts = np.array([ACTIVATION_CODES[s.stage.activation] for s in self.hidden])
         self.block_rows = np.array([max(1, BLOCK_BYTES // (n.num_features * self.dtype.itemsize))
                                     for n in norms])
+        # Views of the flat parameter and gradient arrays, which live as long as the plan
+        # (a copy or an unpickle of the Sequential builds a new CompiledStep), so built once.
+        # Tuples from lists, not generators: Numba keeps a generator-built tuple argument
+        # alive until the cyclic GC runs (measured: 64 B a call, 31 KiB over 500 steps).
+        linears = [s.stage.linear for s in self.hidden]
+        self.Ws = tuple([lin.W for lin in linears])
+        self.gammas, self.betas = tuple([n.gamma for n in norms]), tuple([n.beta for n in norms])
+        self.dWs = tuple([lin.grads["W"] for lin in linears])
+        self.dgammas = tuple([n.grads["gamma"] for n in norms])
+        self.dbetas = tuple([n.grads["beta"] for n in norms])
+        self.one_part: dict[tuple[int, int], bool] = {}  # (rows, threads) -> _one_part
         self.m: int | None = None
 
     def _allocate(self, m: int) -> None:
@@ -110,36 +121,30 @@ class CompiledStep:
 
         if self.m != X.shape[0]:
             self._allocate(X.shape[0])
-        # Tuples from lists, not generators: Numba keeps a generator-built tuple argument
-        # alive until the cyclic GC runs (measured: 64 B a call, 31 KiB over 500 steps).
+        # Settings and buffers a user may change or replace between steps are read anew.
         norms = [s.norm for s in self.hidden]
-        Ws = tuple([s.stage.linear.W for s in self.hidden])
-        gammas = tuple([n.gamma for n in norms])
         means, M2s, variances, inv_stds, sum_G, sum_GObar = self.vectors
         out, bias = self.out, self.out.has_bias
         b = out.b if bias else out.W[0]
-        count = k.forward(X, Ws, gammas, tuple([n.beta for n in norms]), self.acts,
+        count = k.forward(X, self.Ws, self.gammas, self.betas, self.acts,
                           np.array([n.eps for n in norms]), self.block_rows, self.Zs, self.Ys,
                           means, M2s, variances, inv_stds, out.W, b, bias, self.logits)
         loss = softmax_cross_entropy_inplace(self.logits, y, X.shape[0], self.rowmax,
                                              self.total, self.S_y, self.log_total)
-        k.backward(X, Ws, gammas, self.acts, np.array([n.stats == "frozen" for n in norms]),
-                   self.Zs, self.Ys, self.dYs, inv_stds, sum_G, sum_GObar, count, out.W, bias,
-                   self.logits, tuple([s.stage.linear.grads["W"] for s in self.hidden]),
-                   tuple([n.grads["gamma"] for n in norms]),
-                   tuple([n.grads["beta"] for n in norms]),
-                   out.grads["W"], out.grads["b"] if bias else out.grads["W"][0], self.db_acc)
+        k.backward(X, self.Ws, self.gammas, self.acts,
+                   np.array([n.stats == "frozen" for n in norms]), self.Zs, self.Ys, self.dYs,
+                   inv_stds, sum_G, sum_GObar, count, out.W, bias, self.logits, self.dWs,
+                   self.dgammas, self.dbetas, out.grads["W"],
+                   out.grads["b"] if bias else out.grads["W"][0], self.db_acc)
         if not np.isfinite(loss):
             return loss, False
         momenta = np.array([n.momentum if n.running == "ema"
                             else 1.0 / (int(n.num_batches_tracked) + 1) for n in norms])
-        if not k.commit(grads, means, variances, count, momenta,
-                        tuple([n.running_mean for n in norms]),
-                        tuple([n.running_var for n in norms])):
-            return loss, False
-        for n in norms:
-            n.num_batches_tracked += 1
-        return loss, True
+        finite = k.commit(grads, means, variances, count, momenta,
+                          tuple([n.running_mean for n in norms]),
+                          tuple([n.running_var for n in norms]),
+                          tuple([n.num_batches_tracked for n in norms]))
+        return loss, bool(finite)
 
 
 def compiled_step(seq: Any, X: np.ndarray) -> CompiledStep | None:
@@ -151,7 +156,10 @@ def compiled_step(seq: Any, X: np.ndarray) -> CompiledStep | None:
         cached = (CompiledStep(steps) if _eligible_plan(steps) and blas.available()
                   and len(seq.flat.grads) == 1 else None)
         seq._compiled = cached
-    if cached is None or X.ndim != 2 or not X.flags.c_contiguous \
-            or not _one_part(X.shape[0], seq.steps):
+    if cached is None or X.ndim != 2 or not X.flags.c_contiguous:
         return None
-    return cached
+    key = (X.shape[0], threads.num_threads())  # what _one_part depends on, with the plan
+    one = cached.one_part.get(key)
+    if one is None:
+        one = cached.one_part[key] = _one_part(X.shape[0], seq.steps)
+    return cached if one else None
