@@ -302,3 +302,46 @@ def test_fused_flat_step_equals_the_per_parameter_step_bit_for_bit(make, dtype: 
     resumed.step_flat(flat.params, flat.grads, flat.layout)
     for (name, h, _) in named:
         np.testing.assert_array_equal(h.value, ref[name], err_msg=f"{name} resumed")
+
+
+@pytest.mark.parametrize("change", ["replace", "deepcopy", "pickle", "load_state_dict"])
+def test_the_flat_step_follows_buffers_replaced_or_copied_between_steps(change: str) -> None:
+    """The flat step reuses its flat buffers only while ``buffers`` still holds their
+    views; a buffer replaced by hand, a copied or unpickled optimizer, or a loaded state
+    is read back, so the step equals the per-parameter one."""
+    import copy
+    import pickle
+
+    from bnprop.nn import Linear, Sequential
+
+    net = Sequential(Linear(3, 4, rng=0), Linear(4, 2, rng=1))
+    rng = np.random.default_rng(5)
+    ref = {k: v.copy() for k, v in net.parameters().items()}
+    opt, opt_ref = Adam(1e-2), Adam(1e-2)
+
+    def step() -> None:
+        grads = {k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in ref.items()}
+        views = net._grad_views()
+        for k, g in grads.items():
+            views[k][...] = g
+        opt_ref.step(ref, grads)
+        opt.step_flat(net.flat.params, net.flat.grads, net.flat.layout)
+        for k, v in net.parameters().items():
+            np.testing.assert_array_equal(v, ref[k], err_msg=k)
+
+    step()
+    step()
+    if change == "replace":
+        opt.buffers["exp_avg"]["0.W"] = opt.buffers["exp_avg"]["0.W"] * 2
+        opt_ref.buffers["exp_avg"]["0.W"] *= 2
+    elif change == "deepcopy":
+        opt = copy.deepcopy(opt)
+    elif change == "pickle":
+        opt = pickle.loads(pickle.dumps(opt))
+    else:
+        opt = Adam(1e-2)
+        opt.load_state_dict(opt_ref.state_dict())
+    step()
+    step()
+    for key, value in opt_ref.state_dict().items():
+        np.testing.assert_array_equal(opt.state_dict()[key], value, err_msg=key)

@@ -26,6 +26,7 @@ holds ``t`` and the buffers; ``load_state_dict`` of it continues bit for bit.
 from __future__ import annotations
 
 import math
+import operator
 
 import numpy as np
 
@@ -83,6 +84,7 @@ class Optimizer:
         self.buffers: dict[str, dict[str, np.ndarray]] = {k: {} for k in self.buffer_names}
         self._scratch: dict[np.dtype, np.ndarray] = {}
         self._flats: dict[tuple[str, np.dtype], np.ndarray] = {}
+        self._views: dict[tuple[str, np.dtype], tuple[np.ndarray, ...]] = {}
 
     @property
     def current_lr(self) -> float:
@@ -138,6 +140,12 @@ class Optimizer:
         still its view, else assembled from the named buffers (None: none exist yet)."""
         bufs, key = self.buffers[kind], (kind, dt)
         flat = self._flats.get(key)
+        # The cheap test, every step: the very arrays _adopt stored, still views of flat (a
+        # copy or an unpickle of the optimizer keeps their identity, but not their base).
+        views = self._views.get(key)
+        if views and flat is not None and views[0].base is flat and len(bufs) == len(views) \
+                and all(map(operator.is_, bufs.values(), views)):
+            return flat
         if flat is not None and all(bufs.get(name) is not None and bufs[name].base is flat
                                     for name, *_ in layout):
             return flat
@@ -161,6 +169,7 @@ class Optimizer:
         self._flats[(kind, dt)] = flat
         for name, start, stop, shape in layout:
             self.buffers[kind][name] = flat[start:stop].reshape(shape)
+        self._views[(kind, dt)] = tuple(self.buffers[kind].values())
 
     def _layout_of(self, p: np.ndarray) -> list[tuple[str, int, int, tuple[int, ...]]]:
         return self._layouts[p.dtype]
