@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
+import bnprop
 from bnprop import InputError
 from bnprop.model import MLP
 from bnprop.optim import SGD, Adam
@@ -174,3 +178,116 @@ def test_from_torch_of_a_plain_linear_model() -> None:
     with torch.no_grad():
         ref = torch.softmax(lin(torch.tensor(X)), dim=1).numpy()
     assert rel_err(net.predict_proba(X), ref) < 1e-14
+
+
+# ----------------------------------------------------------------- bad tensors and flags
+FROM_TORCH = {"Sequential": bnprop.nn.Sequential.from_torch, "MLP": MLP.from_torch}
+FINITE = "; every input must be finite."
+MOMENTUM_WHY = ("; bnprop's momentum, the weight of each new batch in the running "
+                "statistics, must be > 0 and <= 1.")
+
+
+def _bn_net(**bn_kwargs: object) -> object:
+    """Linear(bias=False) -> BatchNorm1d -> ReLU -> Linear, in float64."""
+    return nn.Sequential(nn.Linear(4, 5, bias=False), nn.BatchNorm1d(5, **bn_kwargs), nn.ReLU(),
+                         nn.Linear(5, 3)).double()
+
+
+def _set(index: int, name: str, where: tuple[int, ...], value: float) -> Callable[[], object]:
+    def make() -> object:
+        seq = _bn_net()
+        with torch.no_grad():
+            getattr(seq[index], name)[where] = value
+        return seq
+    return make
+
+
+BAD_TORCH = {
+    "nan-weight": (_set(0, "weight", (1, 2), float("nan")),
+                   "module[0].weight: contains NaN or inf (1 of 20 entries, first at index (1, 2))"
+                   + FINITE),
+    "inf-weight": (_set(3, "weight", (2, 4), float("inf")),
+                   "module[3].weight: contains NaN or inf (1 of 15 entries, first at index (2, 4))"
+                   + FINITE),
+    "inf-gamma": (_set(1, "weight", (0,), -float("inf")),
+                  "module[1].weight: contains NaN or inf (1 of 5 entries, first at index (0,))"
+                  + FINITE),
+    "nan-running-mean": (_set(1, "running_mean", (3,), float("nan")),
+                         "module[1].running_mean: contains NaN or inf (1 of 5 entries, first at "
+                         "index (3,))" + FINITE),
+    "negative-running-var": (_set(1, "running_var", (2,), -0.5),
+                             "module[1].running_var: expected variances >= 0, got -0.5."),
+    "bn-bias-false": (lambda: _bn_net(bias=False),
+                      "module[1]: expected BatchNorm1d(bias=True), got bias=False instead; "
+                      "bnprop's BatchNorm1d always learns beta (the bias)."),
+    "bn-affine-false": (lambda: _bn_net(affine=False),
+                        "module[1]: expected BatchNorm1d(affine=True, track_running_stats=True), "
+                        "got affine=False instead; bnprop's BatchNorm1d always learns gamma "
+                        "and beta."),
+    "bn-no-running-stats": (lambda: _bn_net(track_running_stats=False),
+                            "module[1]: expected BatchNorm1d(affine=True, track_running_stats="
+                            "True), got track_running_stats=False instead; bnprop's BatchNorm1d "
+                            "keeps running statistics for inference."),
+    "momentum-0": (lambda: _bn_net(momentum=0.0),
+                   "module[1]: expected BatchNorm1d momentum in (0, 1] or None, got 0.0 instead"
+                   + MOMENTUM_WHY),
+    "momentum-above-1": (lambda: _bn_net(momentum=1.5),
+                         "module[1]: expected BatchNorm1d momentum in (0, 1] or None, got 1.5 "
+                         "instead" + MOMENTUM_WHY),
+    "eps-0": (lambda: _bn_net(eps=0.0),
+              "module[1]: expected BatchNorm1d eps > 0, got 0.0 instead; bnprop's eps must be a "
+              "finite number > 0."),
+}
+
+
+def _raises_one_line(convert: Callable[[object], object], module: object, message: str) -> None:
+    with pytest.raises(InputError, match="^" + re.escape(message) + "$") as info:
+        convert(module)
+    assert type(info.value) is InputError and "\n" not in str(info.value)
+    assert info.value.__cause__ is None
+
+
+@pytest.mark.parametrize("entry", list(FROM_TORCH))
+@pytest.mark.parametrize("case", list(BAD_TORCH))
+def test_from_torch_refuses_bad_tensors_and_flags_in_one_line(entry: str, case: str) -> None:
+    make, message = BAD_TORCH[case]
+    _raises_one_line(FROM_TORCH[entry], make(), message)
+
+
+def test_from_torch_names_the_module_of_a_bad_second_layer() -> None:
+    seq = nn.Sequential(nn.Linear(4, 5, bias=False), nn.BatchNorm1d(5), nn.Tanh(),
+                        nn.Linear(5, 5, bias=False), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 3))
+    seq[4].running_var[0] = float("inf")
+    for convert in FROM_TORCH.values():
+        _raises_one_line(convert, seq, "module[4].running_var: contains NaN or inf (1 of 5 "
+                         "entries, first at index (0,))" + FINITE)
+
+
+def test_from_torch_refuses_batchnorm2d_without_bias() -> None:
+    seq = nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), nn.BatchNorm2d(2, bias=False),
+                        nn.Flatten(), nn.Linear(8, 3))
+    _raises_one_line(bnprop.nn.Sequential.from_torch, seq,
+                     "module[1]: expected BatchNorm2d(bias=True), got bias=False instead; "
+                     "bnprop's BatchNorm2d always learns beta (the bias).")
+    seq = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, momentum=0.0))
+    _raises_one_line(bnprop.nn.Sequential.from_torch, seq,
+                     "module[1]: expected BatchNorm2d momentum in (0, 1] or None, got 0.0 instead"
+                     + MOMENTUM_WHY)
+
+
+@pytest.mark.parametrize("entry", list(FROM_TORCH))
+@pytest.mark.parametrize("momentum", [None, 1.0, 0.25])
+def test_from_torch_accepts_every_representable_momentum(entry: str, momentum: float | None
+                                                         ) -> None:
+    seq = _bn_net(momentum=momentum)
+    with torch.no_grad():
+        seq[1].running_mean.uniform_(-1.0, 1.0)
+        seq[1].running_var.uniform_(0.5, 2.0)
+        seq[1].weight.uniform_(0.5, 1.5)
+        seq[1].bias.uniform_(-0.5, 0.5)
+    net = FROM_TORCH[entry](seq)
+    X = np.random.default_rng(1).standard_normal((7, 4))
+    with torch.no_grad():
+        ref = torch.softmax(seq.eval()(torch.tensor(X)), dim=1).numpy()
+    assert rel_err(net.predict_proba(X), ref) < 1e-12
+    assert net.modules[1].running == ("average" if momentum is None else "ema")

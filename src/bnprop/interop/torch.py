@@ -120,18 +120,92 @@ def sequential_to_torch(net: Any) -> Any:
 mlp_to_torch = sequential_to_torch
 
 
+class _TorchNamed:
+    """The live arrays of a net keyed by their torch names, ``module[i].weight``, as
+    :func:`~bnprop.nn.convert.load_arrays` reads a net (``parameters()``, ``buffers()``)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.arrays = arrays
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        return self.arrays
+
+    def buffers(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def __repr__(self) -> str:
+        return "the torch.nn.Sequential"
+
+
+def _torch_array(key: str, tensor: object) -> np.ndarray:
+    """``tensor`` as a NumPy array, or one line naming ``key``."""
+    from bnprop._validate import InputError
+
+    if not isinstance(tensor, import_torch().Tensor):
+        raise InputError(f"{key}: expected a tensor, got {type(tensor).__name__} instead.")
+    try:
+        return tensor.detach().cpu().numpy()
+    except (TypeError, RuntimeError, NotImplementedError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{key}: cannot be read as a NumPy array ({reason}).") from None
+
+
 def _copy_from_torch(net: Any, module: Any) -> None:
-    """Copy every parameter and buffer of the torch modules into ``net``'s, in order."""
-    for mod, t in zip(net.modules, module, strict=True):
+    """Copy every parameter and buffer of the torch modules into ``net``'s, in order,
+    through :func:`~bnprop.nn.convert.load_arrays`: shapes checked, NaN or inf refused,
+    variances >= 0; a message names ``module[i].<torch name>``, e.g.
+    ``module[1].running_var``."""
+    from bnprop.nn.convert import load_arrays
+
+    live: dict[str, np.ndarray] = {}
+    state: dict[str, np.ndarray] = {}
+    for i, (mod, t) in enumerate(zip(net.modules, module, strict=True)):
         for name, arr in [*mod.named_parameters(), *mod.named_buffers()]:
-            arr[...] = getattr(t, mod.torch_names.get(name, name)).detach().cpu().numpy()
+            tname = mod.torch_names.get(name, name)
+            key = f"module[{i}].{tname}"
+            live[key], state[key] = arr, _torch_array(key, getattr(t, tname, None))
+    load_arrays(_TorchNamed(live), state)
+
+
+def _norm_settings(i: int, t: Any) -> tuple[float, float | None]:
+    """``(eps, momentum)`` of the torch ``BatchNorm1d``/``BatchNorm2d`` ``t`` at index ``i``,
+    or one line naming ``module[i]`` for a variant bnprop cannot represent."""
+    from bnprop._validate import InputError
+
+    kind = type(t).__name__
+    for flag, reason in (("affine", "always learns gamma and beta"),
+                         ("track_running_stats", "keeps running statistics for inference")):
+        if not getattr(t, flag):
+            raise InputError(f"module[{i}]: expected {kind}(affine=True, track_running_stats="
+                             f"True), got {flag}=False instead; bnprop's {kind} {reason}.")
+    if t.bias is None:
+        raise InputError(f"module[{i}]: expected {kind}(bias=True), got bias=False instead; "
+                         f"bnprop's {kind} always learns beta (the bias).")
+    if not _in_range(t.eps, 0.0, np.inf):
+        raise InputError(f"module[{i}]: expected {kind} eps > 0, got {t.eps!r} instead; "
+                         "bnprop's eps must be a finite number > 0.")
+    if t.momentum is not None and not _in_range(t.momentum, 0.0, 1.0):
+        raise InputError(f"module[{i}]: expected {kind} momentum in (0, 1] or None, got "
+                         f"{t.momentum!r} instead; bnprop's momentum, the weight of each new "
+                         "batch in the running statistics, must be > 0 and <= 1.")
+    return float(t.eps), None if t.momentum is None else float(t.momentum)
+
+
+def _in_range(value: object, low: float, high: float) -> bool:
+    """Whether ``value`` is a real number in ``(low, high]``, finite."""
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return bool(np.isfinite(v) and low < v <= high)
 
 
 def sequential_from_torch(module: Any, *, stats: str = "exact") -> Any:
     """The :class:`~bnprop.nn.Sequential` of a ``torch.nn.Sequential`` of ``Linear``,
-    ``BatchNorm1d`` (affine, with running statistics) and activations (Sigmoid, Tanh,
-    ReLU, Identity); the dtype follows the module's parameters. ``stats`` (not
-    represented in torch) goes to every BatchNorm1d. Anything else raises
+    ``BatchNorm1d`` (affine with a bias, with running statistics, eps > 0, momentum in
+    (0, 1] or None) and activations (Sigmoid, Tanh, ReLU, Identity); the dtype follows the
+    module's parameters. ``stats`` (not represented in torch) goes to every BatchNorm1d.
+    Anything else, and any NaN, inf or negative running variance in the tensors, raises
     :class:`~bnprop.InputError` naming the module's index."""
     torch = import_torch()
     from bnprop import nn as bnn
@@ -147,13 +221,10 @@ def sequential_from_torch(module: Any, *, stats: str = "exact") -> Any:
             mods.append(bnn.Linear(t.in_features, t.out_features, t.bias is not None,
                                    dtype=dtype, rng=0))
         elif isinstance(t, nn.BatchNorm1d | nn.BatchNorm2d):
-            kind = type(t).__name__
-            if not t.affine or not t.track_running_stats:
-                raise InputError(f"module[{i}]: expected {kind}(affine=True, "
-                                 "track_running_stats=True).")
-            mods.append(getattr(bnn, kind)(
-                t.num_features, t.eps, 0.1 if t.momentum is None else t.momentum,
-                running="average" if t.momentum is None else "ema", stats=stats, dtype=dtype))
+            eps, momentum = _norm_settings(i, t)
+            mods.append(getattr(bnn, type(t).__name__)(
+                t.num_features, eps, 0.1 if momentum is None else momentum,
+                running="average" if momentum is None else "ema", stats=stats, dtype=dtype))
         elif isinstance(t, nn.Conv2d | nn.MaxPool2d | nn.Flatten):
             mods.append(_image_module_from_torch(i, t, dtype))
         elif type(t).__name__ in act_names:
@@ -228,9 +299,10 @@ def mlp_from_torch(module: Any, *, stats: str = "exact", seed: int = 0) -> Any:
 
     Accepted: ``[Linear(bias=False), BatchNorm1d, act]* Linear`` or ``[Linear, act]* Linear``,
     one activation type (Sigmoid, Tanh, ReLU, Identity) throughout, BatchNorm1d affine
-    with running statistics, one eps and momentum, float32 or float64. ``stats`` (not
-    represented in torch) and ``seed`` (recorded only) are passed to the MLP. Anything
-    else raises :class:`~bnprop.InputError` naming the module's index.
+    with a bias and running statistics, one eps (> 0) and momentum (in (0, 1] or None),
+    float32 or float64, finite tensors. ``stats`` (not represented in torch) and ``seed``
+    (recorded only) are passed to the MLP. Anything else raises
+    :class:`~bnprop.InputError` naming the module's index.
     """
     torch = import_torch()
     from bnprop._validate import InputError
@@ -261,8 +333,7 @@ def mlp_from_torch(module: Any, *, stats: str = "exact", seed: int = 0) -> Any:
             norm = mods[i + 1]
             if not isinstance(norm, nn.BatchNorm1d):
                 raise fail(i + 1, "BatchNorm1d (every hidden layer or none)")
-            if not norm.affine or not norm.track_running_stats:
-                raise fail(i + 1, "BatchNorm1d(affine=True, track_running_stats=True)")
+            _norm_settings(i + 1, norm)
             i += 2
         else:
             if linear.bias is None:
