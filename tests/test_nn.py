@@ -212,13 +212,43 @@ def test_modules_and_sequential_are_callable_like_torch() -> None:
     assert np.array_equal(lin(X), X @ lin.W.T + lin.b)
 
 
-def test_a_wrong_optimizer_gets_one_line_before_anything_changes() -> None:
+@pytest.mark.parametrize(("optimizer", "got"), [(object(), "object"), (SGD, "the class SGD")])
+def test_a_wrong_optimizer_gets_one_line_before_anything_changes(optimizer: object,
+                                                                   got: str) -> None:
     net = _net()
     before = {k: v.copy() for k, v in net.buffers().items()}
-    with pytest.raises(InputError, match=r"optimizer: expected bnprop.SGD, bnprop.Adam or an "
-                                         r"object with step\(params, grads\), got object"):
-        net.train_step(np.ones((4, 5)), [0, 1, 2, 0], object())
+    with pytest.raises(InputError, match=r"^optimizer: expected an instance such as "
+                       r"bnprop.SGD\(0.1\) or bnprop.Adam\(1e-3\), or an object with "
+                       rf"step\(params, grads\), got {got} instead.$"):
+        net.train_step(np.ones((4, 5)), [0, 1, 2, 0], optimizer)
     assert all(np.array_equal(v, before[k]) for k, v in net.buffers().items())
+
+
+@pytest.mark.parametrize("make", [lambda: Adam(0.01), lambda: SGD(0.1, momentum=0.9)])
+@pytest.mark.parametrize("widths", [(7,), (5, 5)])
+def test_an_optimizer_of_another_network_is_refused_before_anything_changes(
+        make, widths: tuple[int, ...]) -> None:  # type: ignore[no-untyped-def]
+    """Its state has other shapes or names: one line, and nothing is updated (it used to
+    write out of bounds of its flat buffers)."""
+    from bnprop.model import MLP
+
+    X, y = np.random.default_rng(0).standard_normal((8, 4)), np.arange(8) % 3
+    opt = make()
+    MLP((4, 5, 3)).train_step(X, y, opt)
+    saved = opt.state_dict()
+    other = MLP((4, *widths, 3))
+    before = {**{k: v.copy() for k, v in other.parameters().items()},
+              **{k: v.copy() for k, v in other.buffers().items()}}
+    kind = "exp_avg" if isinstance(opt, Adam) else "momentum_buffer"
+    match = (rf"^{kind}.hidden.0.W: the optimizer state holds a float32 array of shape "
+             r"\(5, 4\), but the parameter is float32 of shape \(7, 4\)\.$" if widths == (7,)
+             else rf"^{kind}.hidden.1.W: the optimizer state holds {kind} for some parameters "
+             r"but not for this one\.$")
+    with pytest.raises(InputError, match=match):
+        other.train_step(X, y, opt)
+    after = {**other.parameters(), **other.buffers()}
+    assert all(np.array_equal(after[k], v) for k, v in before.items())
+    assert all(np.array_equal(opt.state_dict()[k], v) for k, v in saved.items())
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

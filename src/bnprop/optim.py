@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import operator
+from typing import Any
 
 import numpy as np
 
@@ -84,7 +85,7 @@ class Optimizer:
         self.buffers: dict[str, dict[str, np.ndarray]] = {k: {} for k in self.buffer_names}
         self._scratch: dict[np.dtype, np.ndarray] = {}
         self._flats: dict[tuple[str, np.dtype], np.ndarray] = {}
-        self._views: dict[tuple[str, np.dtype], tuple[np.ndarray, ...]] = {}
+        self._views: dict[tuple[str, np.dtype], tuple[Any, tuple[np.ndarray, ...]]] = {}
 
     @property
     def current_lr(self) -> float:
@@ -134,20 +135,32 @@ class Optimizer:
             self._update_flat(p, grads[dt], flats, lr)
         self.t += 1
 
+    def check_flat(self, params: dict[np.dtype, np.ndarray],
+                   layout: dict[np.dtype, list[tuple[str, int, int, tuple[int, ...]]]]) -> None:
+        """Raise :class:`~bnprop.InputError` (one line) when the state does not fit these
+        flat parameters, e.g. an optimizer of another network; :meth:`step_flat` would.
+        A step calls it first, so that it fails before anything is updated."""
+        for dt, p in params.items():
+            for kind in self.buffer_names:
+                self._flat_buffer(kind, dt, p, layout[dt])
+
     def _flat_buffer(self, kind: str, dt: np.dtype, p: np.ndarray,
                      layout: list[tuple[str, int, int, tuple[int, ...]]]) -> np.ndarray | None:
         """The flat buffer of ``kind`` for ``p``: the kept one while every named buffer is
-        still its view, else assembled from the named buffers (None: none exist yet)."""
+        still its view and the layout is the one it was made for, else assembled from the
+        named buffers, each checked against its parameter (None: none exist yet)."""
         bufs, key = self.buffers[kind], (kind, dt)
         flat = self._flats.get(key)
-        # The cheap test, every step: the very arrays _adopt stored, still views of flat (a
-        # copy or an unpickle of the optimizer keeps their identity, but not their base).
-        views = self._views.get(key)
-        if views and flat is not None and views[0].base is flat and len(bufs) == len(views) \
-                and all(map(operator.is_, bufs.values(), views)):
+        kept_layout, views = self._views.get(key, (None, ()))
+        # The cheap test, every step: the same layout object and the very arrays _adopt
+        # stored, still views of flat (a copy or an unpickle of the optimizer keeps their
+        # identity, but not their base).
+        if layout is kept_layout and flat is not None and views[0].base is flat \
+                and len(bufs) == len(views) and all(map(operator.is_, bufs.values(), views)):
             return flat
-        if flat is not None and all(bufs.get(name) is not None and bufs[name].base is flat
-                                    for name, *_ in layout):
+        if flat is not None and flat.size == p.size and layout == kept_layout \
+                and all(bufs.get(name) is not None and bufs[name].base is flat
+                        for name, *_ in layout):
             return flat
         have = [name for name, *_ in layout if name in bufs]
         if not have:
@@ -169,7 +182,7 @@ class Optimizer:
         self._flats[(kind, dt)] = flat
         for name, start, stop, shape in layout:
             self.buffers[kind][name] = flat[start:stop].reshape(shape)
-        self._views[(kind, dt)] = tuple(self.buffers[kind].values())
+        self._views[(kind, dt)] = (layout, tuple(self.buffers[kind].values()))
 
     def _layout_of(self, p: np.ndarray) -> list[tuple[str, int, int, tuple[int, ...]]]:
         return self._layouts[p.dtype]

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bnprop import batchnorm as bn
+from bnprop._validate import InputError
 from bnprop.kernels._finite import array_all_finite
 from bnprop.nn.batchnorm import BatchNorm1d
 from bnprop.nn.batchnorm2d import BatchNorm2d
@@ -180,6 +181,18 @@ class FlatBuffers:
             module.grads[pname] = self.grads[dt][start:stop].reshape(p.shape)
             self.layout[dt].append((name, start, stop, p.shape))
             offsets[dt] = stop
+
+    def check_optimizer(self, optimizer: object) -> None:
+        """One line unless ``optimizer`` is an instance with ``step(params, grads)`` whose
+        state (if it keeps flat buffers: ``check_flat``) fits these arrays."""
+        if isinstance(optimizer, type) or not callable(getattr(optimizer, "step", None)):
+            got = (f"the class {optimizer.__name__}" if isinstance(optimizer, type)
+                   else type(optimizer).__name__)
+            raise InputError(f"optimizer: expected an instance such as bnprop.SGD(0.1) or "
+                             f"bnprop.Adam(1e-3), or an object with step(params, grads), got "
+                             f"{got} instead.")
+        if callable(getattr(optimizer, "check_flat", None)):
+            optimizer.check_flat(self.params, self.layout)
 
     def all_finite(self) -> bool:
         """Whether every gradient is finite: one compiled pass per flat array over the

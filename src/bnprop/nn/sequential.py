@@ -315,9 +315,7 @@ class Sequential:
         data-parallel step; every process takes the same update, so replicas stay equal.
         """
         X, y, comm, m_global = self._prepare(X, y, comm, m_global, sync_bn)
-        if not callable(getattr(optimizer, "step", None)):
-            raise InputError(f"optimizer: expected bnprop.SGD, bnprop.Adam or an object with "
-                             f"step(params, grads), got {type(optimizer).__name__} instead.")
+        self.flat.check_optimizer(optimizer)  # before anything is updated
         fast = compiled_step(self, X) if comm is None else None
         if fast is not None:  # the same numbers, in two compiled calls (nn/compiled.py)
             loss, finite = fast.step(X, y, next(iter(self.flat.grads.values())))
