@@ -161,6 +161,27 @@ def _modules(cfg: MLPConfig) -> list[Module]:
     return modules
 
 
+#: BatchNorm1d settings a user may change after construction; ``get_state`` keeps them.
+_NORM_KEYS = ("eps", "momentum", "running", "stats")
+
+
+def _set_norms(net: MLP, norms: object) -> None:
+    """Give each BatchNorm1d of ``net`` its saved ``{eps, momentum, running, stats}``,
+    each checked as the constructor checks it."""
+    mods = [m for m in net.modules if isinstance(m, BatchNorm1d)]
+    if not isinstance(norms, list) or len(norms) != len(mods) or not all(
+            isinstance(n, dict) and sorted(n) == sorted(_NORM_KEYS) for n in norms):
+        raise InputError(f"state['config']: norms: expected {len(mods)} dicts of "
+                         f"{', '.join(_NORM_KEYS)}, one per BatchNorm1d, got {norms!r}.")
+    for i, (mod, n) in enumerate(zip(mods, norms, strict=True)):
+        try:
+            BatchNorm1d(1, n["eps"], n["momentum"], running=n["running"], stats=n["stats"])
+        except InputError as exc:
+            raise InputError(f"state['config']: norms[{i}]: {exc}") from None
+        for key in _NORM_KEYS:
+            setattr(mod, key, n[key])
+
+
 class MLP(Sequential):
     """Multilayer perceptron, batch-normalized hidden layers, softmax cross-entropy.
 
@@ -290,7 +311,12 @@ class MLP(Sequential):
         JSON string in a 0-d unicode array (no object arrays: loads with allow_pickle=False).
         """
         state = {k: v.copy() for k, v in {**self.parameters(), **self.buffers()}.items()}
-        state["config"] = np.array(self.config.to_json())
+        config = json.loads(self.config.to_json())
+        live = [{k: getattr(m, k) for k in _NORM_KEYS} for m in self.modules
+                if isinstance(m, BatchNorm1d)]
+        if any(n != {k: config[k] for k in _NORM_KEYS} for n in live):
+            config["norms"] = live  # settings changed after construction, per BN layer
+        state["config"] = np.array(json.dumps(config, sort_keys=True))
         return state
 
     @classmethod
@@ -300,10 +326,13 @@ class MLP(Sequential):
         if cfg.pop("version", None) != STATE_VERSION:
             raise InputError(f"state['config']: expected an MLP state of version "
                              f"{STATE_VERSION}.")
+        norms = cfg.pop("norms", None)
         try:
             net = cls(cfg.pop("sizes"), **cfg)
         except (TypeError, KeyError) as exc:
             raise InputError(f"state['config']: unexpected configuration ({exc}).") from None
+        if norms is not None:
+            _set_norms(net, norms)
         load_arrays(net, state)
         return net
 

@@ -22,7 +22,7 @@ from bnprop import conv as ref
 from bnprop._validate import InputError, check_positive
 from bnprop.kernels import conv as convk
 from bnprop.kernels.rows import gemm
-from bnprop.nn.module import _check_width, column_sums
+from bnprop.nn.module import _check_width, check_rng, column_sums
 from bnprop.nn.spatial import SpatialModule, nchw_str
 
 
@@ -71,7 +71,7 @@ class Conv2d(SpatialModule):
         k = self.kernel_size
         fan_in = self.in_channels * k * k
         std = 1.0 / np.sqrt(fan_in) if init_std is None else check_positive(init_std, "init_std")
-        gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        gen = check_rng(rng)
         self.W = (gen.standard_normal((self.out_channels, self.in_channels, k, k)) * std
                   ).astype(self.dtype)
         self.has_bias = bool(bias)

@@ -137,9 +137,12 @@ def load_arrays(net: Any, state: dict[str, np.ndarray]) -> None:
             raise InputError(f"state: missing key {key!r} for {who}.")
         if key.endswith("num_batches_tracked"):
             arr = np.asarray(state[key])
-            if arr.shape != () or arr.dtype.kind not in "iu" or int(arr) < 0:
+            if arr.shape != () or arr.dtype.kind not in "iu":
                 raise InputError(f"{key}: expected an integer scalar >= 0, got dtype "
                                  f"{arr.dtype} and shape {arr.shape} instead.")
+            if not 0 <= int(arr) <= np.iinfo(np.int64).max:
+                raise InputError(f"{key}: expected an integer scalar from 0 to 2**63 - 1, got "
+                                 f"{int(arr)} instead.")
             live[...] = int(arr)
             continue
         arr = check_array(state[key], key, ndim=live.ndim, shape=live.shape, dtype=live.dtype)

@@ -34,7 +34,7 @@ def check_distributed_batch(
     if not isinstance(sync_bn, bool | np.bool_):
         raise InputError(f"sync_bn: expected True or False, got {sync_bn!r} instead.")
     X = net._check_X(X, training=False)
-    y = check_labels(y, "y", X.shape[0], net.n_classes)
+    y = check_labels(y, "y", X.shape[0], net._classes(X))
     local_bn = not sync_bn and any(isinstance(mod, BatchNorm1d) for mod in net.modules)
     if X.shape[0] < (2 if local_bn else 1):
         raise InputError(

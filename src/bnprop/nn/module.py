@@ -177,7 +177,7 @@ class Linear(Module):
             raise InputError(f"bias: expected True or False, got {bias!r} instead.")
         std = (1.0 / np.sqrt(self.in_features) if init_std is None
                else check_positive(init_std, "init_std"))
-        gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        gen = check_rng(rng)
         self.W = (gen.standard_normal((self.out_features, self.in_features)) * std
                   ).astype(self.dtype)
         self.has_bias = bool(bias)
@@ -266,6 +266,20 @@ class Identity(_Activation):
 #: Activation name -> module class.
 ACTIVATION_MODULES: dict[str, type[_Activation]] = {
     cls.activation: cls for cls in (Sigmoid, Tanh, ReLU, Identity)}
+
+
+def check_rng(rng: object) -> np.random.Generator:
+    """``rng`` itself when a Generator, else ``np.random.default_rng(rng)`` (None, a seed
+    >= 0 or a sequence of them); one line for anything else."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    try:
+        if not isinstance(rng, bool):
+            return np.random.default_rng(rng)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        pass
+    raise InputError(f"rng: expected a numpy.random.Generator, None or an integer seed >= 0 "
+                     f"(or a sequence of them), got {rng!r} instead.")
 
 
 def check_backend(backend: object) -> str:

@@ -50,6 +50,9 @@ class ModuleStep:
     def commit_running(self) -> None:
         """Nothing to commit: no running statistics."""
 
+    def discard_running(self) -> None:
+        """Nothing pending."""
+
     def running_finite(self) -> bool:
         return True
 
@@ -78,6 +81,10 @@ class NormStep:
 
     def commit_running(self) -> None:
         self.norm.commit_running(self.stage)
+
+    def discard_running(self) -> None:
+        """Drop the pending batch statistics (a step that failed commits nothing)."""
+        self.stage.batch_stats = None
 
     def running_finite(self) -> bool:
         """Whether the pending batch statistics fit the dtype (a float32 variance of
@@ -155,6 +162,37 @@ def build_plan(modules: list[Module]) -> list[ModuleStep | NormStep]:
     return steps
 
 
+def check_modules(modules: tuple[object, ...]) -> int | None:
+    """Modules of one dtype whose widths chain, each object once (a module keeps its own
+    inputs and gradients for backward, so a second place would overwrite them); one line
+    naming the first that is not. Returns the width (features or channels) at the end,
+    None when no module sets it."""
+    if not modules:
+        raise InputError("modules: expected at least one module, got none.")
+    for i, mod in enumerate(modules):
+        if not isinstance(mod, Module):
+            raise InputError(f"modules[{i}]: expected a bnprop.nn module, got "
+                             f"{type(mod).__name__} instead.")
+        first = next(j for j, other in enumerate(modules) if other is mod)
+        if first != i:
+            raise InputError(f"modules[{i}]: the same {type(mod).__name__} object as "
+                             f"modules[{first}]; each place needs its own module (it keeps its "
+                             "inputs and gradients for backward): create another one.")
+    dtypes = {mod.dtype for mod in modules}  # type: ignore[attr-defined]
+    if len(dtypes) > 1:
+        raise InputError(f"modules: expected one dtype for every module, got "
+                         f"{sorted(str(d) for d in dtypes)}.")
+    width = None
+    for i, mod in enumerate(modules):
+        n_in, n_out = mod.in_features, mod.out_features  # type: ignore[attr-defined]
+        if n_in is not None and width is not None and n_in != width:
+            raise InputError(f"modules[{i}]: {mod!r} expects {n_in} input features, but the "
+                             f"module before it gives {width}.")
+        width = (None if getattr(mod, "resets_width", False) else
+                 n_out if n_out is not None else width)
+    return width
+
+
 class FlatBuffers:
     """One flat parameter array and one flat gradient array per dtype; each module's
     parameters and gradients become views of them (values are copied in once).
@@ -172,6 +210,7 @@ class FlatBuffers:
         self.layout: dict[np.dtype, list[tuple[str, int, int, tuple[int, ...]]]] = {
             dt: [] for dt in sizes}
         offsets = dict.fromkeys(sizes, 0)
+        self._views: list[tuple[str, Module, str, np.ndarray]] = []
         for name, module, pname in named:
             p = getattr(module, pname)
             dt, start = p.dtype, offsets[p.dtype]
@@ -180,7 +219,19 @@ class FlatBuffers:
             setattr(module, pname, self.params[dt][start:stop].reshape(p.shape))
             module.grads[pname] = self.grads[dt][start:stop].reshape(p.shape)
             self.layout[dt].append((name, start, stop, p.shape))
+            self._views.append((name, module, pname, self.params[dt]))
             offsets[dt] = stop
+
+    def check_views(self) -> None:
+        """One line unless every module's parameter is still a view of these arrays (a
+        module given to another Sequential, or an array replaced, would silently not train:
+        the optimizer updates these arrays, the forward pass reads the module's)."""
+        for name, module, pname, flat in self._views:
+            if getattr(module, pname).base is not flat:
+                raise InputError(
+                    f"{name}: no longer this Sequential's parameter (its module was given to "
+                    f"another Sequential, or the array was replaced); assign values in place "
+                    f"({pname}[...] = value), and give each Sequential its own modules.")
 
     def check_optimizer(self, optimizer: object) -> None:
         """One line unless ``optimizer`` is an instance with ``step(params, grads)`` whose

@@ -40,7 +40,7 @@ from bnprop.nn.compiled import compiled_step
 from bnprop.nn.convert import PREDICT_BLOCK_ROWS, blocked_proba
 from bnprop.nn.distributed import check_global_rows, reduce_step
 from bnprop.nn.module import Module, check_backend
-from bnprop.nn.plan import FlatBuffers, NormStep, build_plan
+from bnprop.nn.plan import FlatBuffers, NormStep, build_plan, check_modules
 
 if TYPE_CHECKING:
     from bnprop.distributed import Communicator
@@ -84,23 +84,7 @@ class Sequential:
     """
 
     def __init__(self, *modules: Module, backend: str = "numba") -> None:
-        if not modules:
-            raise InputError("modules: expected at least one module, got none.")
-        for i, mod in enumerate(modules):
-            if not isinstance(mod, Module):
-                raise InputError(f"modules[{i}]: expected a bnprop.nn module, got "
-                                 f"{type(mod).__name__} instead.")
-        dtypes = {mod.dtype for mod in modules}
-        if len(dtypes) > 1:
-            raise InputError(f"modules: expected one dtype for every module, got "
-                             f"{sorted(str(d) for d in dtypes)}.")
-        width = None  # features, or channels of images
-        for i, mod in enumerate(modules):
-            if mod.in_features is not None and width is not None and mod.in_features != width:
-                raise InputError(f"modules[{i}]: {mod!r} expects {mod.in_features} input "
-                                 f"features, but the module before it gives {width}.")
-            width = (None if getattr(mod, "resets_width", False) else
-                     mod.out_features if mod.out_features is not None else width)
+        width = check_modules(modules)  # features, or channels of images, at the end
         self.modules = list(modules)
         self.dtype = modules[0].dtype
         self.in_features = next((m.in_features for m in modules if m.in_features), None)
@@ -184,7 +168,12 @@ class Sequential:
 
     def _check_batch(self, X: object, y: object) -> tuple[np.ndarray, np.ndarray]:
         X = self._check_X(X, training=True)
-        return X, check_labels(y, "y", X.shape[0], self.n_classes)
+        return X, check_labels(y, "y", X.shape[0], self._classes(X))
+
+    def _classes(self, X: np.ndarray) -> int:
+        """Classes: the logits' width; when no module sets it (element-wise modules only),
+        the width the checked batch ``X`` gives."""
+        return self.n_classes if self.n_classes is not None else self._shapes(X.shape)[-1][1]
 
     # ------------------------------------------------------------------ one step
     def _shapes(self, in_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -248,6 +237,8 @@ class Sequential:
             loss = reduce_step(self, comm, loss, sync_bn)
         if not (np.isfinite(loss) and self.flat.all_finite()
                 and all(step.running_finite() for step in self.steps)):
+            for step in self.steps:
+                step.discard_running()
             raise NonFiniteError.of_step(loss)
         return loss
 
@@ -260,6 +251,7 @@ class Sequential:
                  ) -> tuple[np.ndarray, np.ndarray, Communicator | None, int | None]:
         """Validate a batch (and the data-parallel arguments); ``comm`` of one process is
         the same as none."""
+        self.flat.check_views()
         if comm is None or getattr(comm, "size", None) == 1:
             X, y = self._check_batch(X, y)
             if m_global is not None and m_global != X.shape[0]:
@@ -336,14 +328,15 @@ class Sequential:
         running ones updated, as PyTorch's training-mode forward)."""
         X = self._check_X(X, training=bool(training))
         logits = self._forward(X, bool(training)).copy()
-        self._commit_running()
+        if training:  # an inference call has no batch statistics to commit
+            self._commit_running()
         return logits
 
     def predict_proba(self, X: object) -> np.ndarray:
         """Class probabilities in inference mode (running statistics), (m, n_classes),
         in blocks of :data:`PREDICT_BLOCK_ROWS` rows."""
         X = self._check_X(X, training=False)
-        return blocked_proba(lambda B: self._forward(B, False), X, self.n_classes,
+        return blocked_proba(lambda B: self._forward(B, False), X, self._classes(X),
                              PREDICT_BLOCK_ROWS if self.input_ndim == 2 else PREDICT_BLOCK_IMAGES)
 
     def predict(self, X: object) -> np.ndarray:
@@ -352,8 +345,8 @@ class Sequential:
 
     def accuracy(self, X: object, y: object) -> float:
         """Fraction of rows whose predicted label equals ``y``."""
-        pred = self.predict(X)
-        y = check_labels(y, "y", pred.shape[0], self.n_classes)
+        P = self.predict_proba(X)
+        y, pred = check_labels(y, "y", P.shape[0], P.shape[1]), P.argmax(axis=1)
         return float(np.mean(pred == y)) if pred.shape[0] else float("nan")
 
     def fold(self) -> Sequential:
