@@ -25,9 +25,9 @@ The code below is branch-free arithmetic that LLVM turns into AVX2/AVX-512 code:
   without the cancellation of ``e^x - 1``; ``tanh(t) = -(e^{-2t} - 1) / (2 + (e^{-2t} - 1))``
   is then accurate to a few ulps down to 0.
 * ``sigmoid(a) = 1 / (1 + e)`` for ``a >= 0`` and ``e / (1 + e)`` otherwise, ``e = exp(-|a|)``:
-  a few ulps relative to the result everywhere. (The reference's ``(1 + tanh(a/2)) / 2``
-  is accurate to a few ulps of 1, so the two differ in the far left tail only by less
-  than an ulp of 1.)
+  a few ulps relative to the result everywhere, the reference's form (:mod:`bnprop.activations`,
+  with NumPy's ``exp``); the two differ only where the result is subnormal, which the
+  kernel returns as 0.
 
 NaN propagates and +-inf saturate, as in NumPy.
 """
