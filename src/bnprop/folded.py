@@ -12,8 +12,10 @@ import numpy as np
 
 from bnprop._validate import check_array
 from bnprop.activations import get_activation
+from bnprop.kernels.activations import ACTIVATION_CODES, activation_rows
 from bnprop.loss import check_labels
 from bnprop.nn.convert import blocked_proba
+from bnprop.nn.module import check_backend
 
 
 class FoldedMLP:
@@ -25,11 +27,15 @@ class FoldedMLP:
         Hidden layers (BN folded in) then the output layer, ``W`` (n_out, n_in).
     activation : str
         Activation of the hidden layers.
+    backend : {"numba", "numpy"}, default="numba"
+        The activation's kernel, or the NumPy reference (as the net it was folded from).
     """
 
-    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]], *, activation: str) -> None:
+    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]], *, activation: str,
+                 backend: str = "numba") -> None:
         self.layers = layers
         self.activation = get_activation(activation).name
+        self.backend = check_backend(backend)
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -43,7 +49,12 @@ class FoldedMLP:
         act = get_activation(self.activation)
         O = X
         for W, b in self.layers[:-1]:
-            O = act.forward(O @ W.T + b)
+            Z = O @ W.T + b  # a fresh C-contiguous array
+            if self.backend == "numba":  # the kernel of the net's activation modules
+                activation_rows(ACTIVATION_CODES[self.activation], Z, Z)
+                O = Z
+            else:
+                O = act.forward(Z)
         W, b = self.layers[-1]
         return O @ W.T + b
 

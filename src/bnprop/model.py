@@ -303,7 +303,7 @@ class MLP(Sequential):
         """
         layers = [(mod.W.copy(), mod.b.copy()) for mod in folded_layers(self)
                   if isinstance(mod, Linear)]
-        return FoldedMLP(layers, activation=self.config.activation)
+        return FoldedMLP(layers, activation=self.config.activation, backend=self.backend)
 
     # ------------------------------------------------------------------ state
     def get_state(self) -> dict[str, np.ndarray]:

@@ -180,3 +180,20 @@ def derivative_row(act, dY, Y, one, dA):
     else:
         for j in range(n):
             dA[j] = one * dY[j]
+
+
+@njit(**JIT_OPTIONS)
+def activation_rows(act, A, Y):  # pragma: no cover - compiled
+    """``Y = sigma(A)`` over the rows of the C-contiguous ``(m, n)`` ``A`` (an unfused
+    activation module on the kernels)."""
+    one = np.ones(1, A.dtype)[0]
+    for i in range(A.shape[0]):
+        activation_row(act, A[i], one, Y[i])
+
+
+@njit(**JIT_OPTIONS)
+def derivative_rows(act, dY, Y, dA):  # pragma: no cover - compiled
+    """``dA = sigma'(A) * dY`` over the rows, from ``Y`` (:func:`derivative_row`)."""
+    one = np.ones(1, dY.dtype)[0]
+    for i in range(dY.shape[0]):
+        derivative_row(act, dY[i], Y[i], one, dA[i])

@@ -25,6 +25,7 @@ import numpy as np
 
 from bnprop._validate import InputError, check_array, check_choice, check_positive
 from bnprop.activations import get_activation
+from bnprop.kernels import activations as kernels
 
 DTYPES = ("float32", "float64")
 BACKENDS = ("numba", "numpy")
@@ -227,16 +228,34 @@ class _Activation(Module):
     def __init__(self, *, dtype: str = "float32") -> None:
         super().__init__(dtype)
         self._act = get_activation(self.activation)
+        self._code = kernels.ACTIVATION_CODES[self.activation]
 
     def _forward(self, X: np.ndarray, training: bool) -> np.ndarray:
         self._remember(X, training)
         self._A = X
-        self._Y = self._act.forward(X)
+        if self.backend == "numba" and X.flags.c_contiguous and X.ndim >= 1:
+            if getattr(self, "_Y_out", None) is None or self._Y_out.shape != X.shape \
+                    or self._Y_out.dtype != X.dtype:
+                self._Y_out = np.empty_like(X)  # kept per input shape, as Linear's _Z
+            kernels.activation_rows(self._code, _rows(X), _rows(self._Y_out))
+            self._Y = self._Y_out
+        else:
+            self._Y = self._act.forward(X)
         return self._Y
 
     def _backward(self, dY: np.ndarray, dX: np.ndarray | None) -> None:
-        if dX is not None:
+        if dX is None:
+            return
+        if self.backend == "numba" and dY.flags.c_contiguous and dX.flags.c_contiguous \
+                and self._Y.flags.c_contiguous:
+            kernels.derivative_rows(self._code, _rows(dY), _rows(self._Y), _rows(dX))
+        else:
             dX[...] = self._act.backward(dY, self._A, self._Y)
+
+
+def _rows(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous array as (rows, last axis), a view."""
+    return a.reshape(-1, a.shape[-1]) if a.ndim != 2 else a
 
 
 class Sigmoid(_Activation):
