@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 
+from bnprop._validate import InputError
 from bnprop.check import FD_TOL, run_check
+from bnprop.check_bn2d import run_check_bn2d
 from bnprop.cli import main
 
 
@@ -82,3 +86,32 @@ def test_cli_bad_sizes(sizes: str, match: str, capsys: pytest.CaptureFixture) ->
     assert err.count("\n") == 1
     assert "sizes:" in err
     assert re.search(match, err)
+
+
+@pytest.mark.parametrize("layer", ["bn1d", "bn2d"])
+@pytest.mark.parametrize("seed", ["-1", "-12345678901234567890"])
+def test_cli_negative_seed_is_one_line(layer: str, seed: str,
+                                       capsys: pytest.CaptureFixture) -> None:
+    assert main(["check", "--layer", layer, "--seed", seed]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (f"bnprop check: error: seed: expected an integer >= 0, got {seed} "
+                            "instead.\n")
+
+
+@pytest.mark.parametrize("layer", ["bn1d", "bn2d"])
+def test_cli_negative_seed_in_a_fresh_process(layer: str) -> None:
+    """The console script itself: exit code 2, one line, no traceback from NumPy."""
+    result = subprocess.run([sys.executable, "-m", "bnprop", "check", "--layer", layer,
+                             "--seed", "-1"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == "bnprop check: error: seed: expected an integer >= 0, got -1 instead.\n"
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, True, "x", None])
+def test_api_bad_seed(seed: object) -> None:
+    with pytest.raises(InputError, match=r"^seed: expected an integer >= 0, got .* instead\.$"):
+        run_check(seed=seed, trials=1, use_torch=False)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"^seed: expected an integer >= 0"):
+        run_check_bn2d(seed=seed, trials=1, use_torch=False)  # type: ignore[arg-type]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -220,3 +223,141 @@ def test_console_script_runs() -> None:
     result = subprocess.run([sys.executable, "-m", "bnprop", "grad", "--help"],
                             capture_output=True, text=True, check=True)
     assert "IN.npz" in result.stdout and "--stats" in result.stdout
+
+
+# ---- -o onto something that is not a regular file: refused, left as it was ----------------
+
+
+def test_output_onto_a_fifo_is_refused_and_left_a_fifo(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    _write_input(tmp_path / "in.npz")
+    fifo = tmp_path / "out.npz"
+    os.mkfifo(fifo)
+    err = _err(["grad", str(tmp_path / "in.npz"), "-o", str(fifo)], capsys)
+    assert err == (f"bnprop grad: error: {fifo}: is a FIFO (named pipe), not a regular file; "
+                   "refusing to replace it. Give the path of a regular file (or a new name) "
+                   "to write.\n")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npz", "out.npz"]  # no temporaries
+
+
+def test_output_onto_a_symlink_is_refused_and_left_a_symlink(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _write_input(tmp_path / "in.npz")
+    (tmp_path / "target.npz").write_bytes(b"previous")
+    link = tmp_path / "out.npz"
+    link.symlink_to("target.npz")
+    err = _err(["grad", str(tmp_path / "in.npz"), "-o", str(link)], capsys)
+    assert err == (f"bnprop grad: error: {link}: is a symbolic link (to target.npz), not a "
+                   "regular file; writing would replace the link itself, not follow it. Give "
+                   "the path of a regular file (or a new name) to write.\n")
+    assert link.is_symlink() and os.readlink(link) == "target.npz"
+    assert (tmp_path / "target.npz").read_bytes() == b"previous"
+    # A dangling link and a link to a folder are refused the same way.
+    for dest in ("nowhere.npz", str(tmp_path)):
+        link.unlink()
+        link.symlink_to(dest)
+        assert "is a symbolic link" in _err(["grad", str(tmp_path / "in.npz"), "-o", str(link)],
+                                            capsys)
+        assert link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npz", "out.npz", "target.npz"]
+
+
+def test_output_onto_a_device_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A character device (``-o /dev/null`` as root replaced /dev/null): simulated by
+    ``lstat`` reporting one for a regular file, which must stay untouched."""
+    import bnprop._atomic
+
+    _write_input(tmp_path / "in.npz")
+    dev = tmp_path / "null"
+    dev.write_bytes(b"previous")
+    real_lstat = os.lstat
+
+    def fake_lstat(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        result = real_lstat(path, *args, **kwargs)  # type: ignore[arg-type]
+        if Path(path) != dev:  # type: ignore[arg-type]
+            return result
+        return os.stat_result((stat.S_IFCHR | 0o666, *tuple(result)[1:]))
+
+    monkeypatch.setattr(bnprop._atomic.os, "lstat", fake_lstat)
+    err = _err(["grad", str(tmp_path / "in.npz"), "-o", str(dev)], capsys)
+    assert f"{dev}: is a character device, not a regular file; refusing to replace it." in err
+    assert dev.read_bytes() == b"previous"
+
+
+def test_every_atomic_writer_refuses_a_fifo(tmp_path: Path) -> None:
+    """The check sits in bnprop._atomic, which every file bnprop writes goes through."""
+    from bnprop._atomic import atomic_files
+    from bnprop.files import save_npz, write_json, write_text
+
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    for write in (lambda: write_text(fifo, "x"), lambda: write_json(fifo, {}),
+                  lambda: save_npz(fifo, {"a": np.zeros(1)})):
+        with pytest.raises(bnprop.InputError, match=r"f: is a FIFO \(named pipe\), not a regular"):
+            write()
+    # All or nothing: a FIFO among several files stages none of them.
+    (tmp_path / "a").write_bytes(b"old")
+    with pytest.raises(bnprop.InputError, match="is a FIFO"), atomic_files() as stage:
+        with stage(tmp_path / "a") as f:
+            f.write(b"new")
+        with stage(fifo) as f:
+            f.write(b"new")
+    assert (tmp_path / "a").read_bytes() == b"old"
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "f"]
+
+
+def test_a_fifo_appearing_while_writing_is_refused(tmp_path: Path) -> None:
+    """The target is checked again just before the rename."""
+    from bnprop._atomic import atomic_writer
+
+    target = tmp_path / "out"
+    with pytest.raises(bnprop.InputError, match="is a FIFO"), atomic_writer(target) as f:
+        f.write(b"new")
+        os.mkfifo(target)
+    assert stat.S_ISFIFO(os.lstat(target).st_mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+# ---- O or W that is not real numbers: the Python API's one line, no warning ---------------
+
+
+NON_NUMERIC = {
+    "str": lambda shape: np.full(shape, "a"),
+    "bytes": lambda shape: np.full(shape, b"a"),
+    "datetime64": lambda shape: np.zeros(shape, dtype="datetime64[s]"),
+    "structured": lambda shape: np.zeros(shape, dtype=[("a", "f8"), ("b", "i4")]),
+    "complex": lambda shape: np.ones(shape, dtype=np.complex128) + 1j,
+}
+
+
+@pytest.mark.parametrize("key", ["O", "W"])
+@pytest.mark.parametrize("kind", list(NON_NUMERIC))
+def test_non_numeric_O_or_W_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                        key: str, kind: str) -> None:
+    arrays = _write_input(tmp_path / "in.npz")
+    bad = NON_NUMERIC[kind](arrays[key].shape)
+    _write_input(tmp_path / "in.npz", **{key: bad})
+    with pytest.raises(bnprop.InputError) as api:  # what the Python API says
+        bnprop.layer_forward(*(bad if k == key else arrays[k] for k in ("O", "W", "gamma", "beta")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a ComplexWarning (or any other) fails the test
+        err = _err(["grad", str(tmp_path / "in.npz")], capsys)
+    assert err == f"bnprop grad: error: {tmp_path / 'in.npz'}: {api.value}\n"
+    assert f"{key}: expected a real numeric array, got dtype {bad.dtype} instead." in err
+    assert "Traceback" not in err and "Warning" not in err
+
+
+def test_non_numeric_O_in_a_fresh_process(tmp_path: Path) -> None:
+    """The console script itself: exit 2, one line on stderr, no traceback, no warning."""
+    arrays = _write_input(tmp_path / "in.npz")
+    _write_input(tmp_path / "in.npz", O=np.array([["a", "b", "c"]] * len(arrays["O"])))
+    result = subprocess.run([sys.executable, "-W", "error", "-m", "bnprop", "grad",
+                             str(tmp_path / "in.npz"), "-o", str(tmp_path / "out.npz")],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (f"bnprop grad: error: {tmp_path / 'in.npz'}: O: expected a real "
+                             "numeric array, got dtype <U1 instead.\n")
+    assert not (tmp_path / "out.npz").exists()

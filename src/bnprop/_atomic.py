@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,12 +34,40 @@ def temp_prefix(name: str) -> str:
     return f".{name}."
 
 
-def _check_target(path: str | os.PathLike[str]) -> Path:
+def _kind(mode: int) -> str:
+    """What a directory entry that is not a regular file is, for a message."""
+    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def check_target(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a :class:`~pathlib.Path` if a file may be written there, else one line.
+
+    The folder must exist, and whatever is already at ``path`` must be a regular file:
+    ``os.replace`` would put the new file in place of a folder, FIFO, device, socket or
+    symbolic link itself (as root, ``-o /dev/null`` would replace ``/dev/null``), so those
+    are refused, naming the path and what it is. Every writer here goes through this.
+    """
     target = Path(path)
     if not target.parent.is_dir():
         raise InputError(f"{target}: the folder {target.parent} does not exist.")
-    if target.is_dir():
+    try:
+        mode = os.lstat(target).st_mode  # lstat: a symbolic link is seen as one
+    except FileNotFoundError:
+        return target  # a new file
+    if stat.S_ISDIR(mode):
         raise InputError(f"{target}: is a folder; expected the name of a file to write.")
+    if not stat.S_ISREG(mode):
+        what, why = _kind(mode), "refusing to replace it"
+        if stat.S_ISLNK(mode):
+            what += f" (to {os.readlink(target)})"
+            why = "writing would replace the link itself, not follow it"
+        raise InputError(f"{target}: is {what}, not a regular file; {why}. Give the path of "
+                         "a regular file (or a new name) to write.")
     return target
 
 
@@ -63,7 +92,7 @@ def atomic_files() -> Iterator[Stage]:
 
     @contextlib.contextmanager
     def stage(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
-        target = _check_target(path)
+        target = check_target(path)
         try:
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=temp_prefix(target.name),
                                        suffix=TMP_SUFFIX)
@@ -81,6 +110,8 @@ def atomic_files() -> Iterator[Stage]:
 
     try:
         yield stage
+        for _, target in staged:  # again, just before: something may have appeared there
+            check_target(target)
         for tmp, target in staged:
             try:
                 os.replace(tmp, target)
@@ -104,8 +135,8 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path``; on success fsync it and rename it to ``path``.
 
     If the ``with`` body raises, the temporary file is removed and ``path`` is untouched.
-    A missing destination folder, or a ``path`` that is a folder, is an
-    :class:`InputError` naming it.
+    A missing destination folder, or a ``path`` that is a folder or anything else but a
+    regular file (:func:`check_target`), is an :class:`InputError` naming it.
     """
     with atomic_files() as stage, stage(path) as f:
         yield f

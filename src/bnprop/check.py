@@ -147,6 +147,14 @@ def check_sizes(sizes: object) -> tuple[int, int, int]:
     return m, n_in, n_out
 
 
+def check_seed(seed: object) -> int:
+    """An integer >= 0, else ``seed: expected an integer >= 0, got -1 instead.``
+    (:func:`bnprop.trace.check_seed`, which imports this module, so it is looked up here)."""
+    from bnprop.trace import check_seed as check
+
+    return check(seed)
+
+
 def run_check(
     *,
     seed: int = 0,
@@ -161,6 +169,7 @@ def run_check(
     Parameters
     ----------
     seed : int, default=0
+        An integer >= 0.
     sizes : (m, n_in, n_out) or "m,n_in,n_out", default=(8, 5, 4)
     activation : {"sigmoid", "tanh", "relu", "identity"}, default="sigmoid"
     trials : int, default=5
@@ -177,6 +186,7 @@ def run_check(
     act = get_activation(activation)
     if not isinstance(trials, int) or trials < 1:
         raise InputError(f"trials: expected an integer >= 1, got {trials!r} instead.")
+    seed = check_seed(seed)
     torch_version = _torch_version() if use_torch else None
     rng = np.random.default_rng(seed)
     errs: dict[str, dict[str, list[float]]] = {

@@ -30,6 +30,7 @@ from bnprop.check import (
     Statement,
     _measure,
     _torch_version,
+    check_seed,
 )
 from bnprop.layer import _backward, _forward
 
@@ -75,6 +76,7 @@ def run_check_bn2d(*, seed: int = 0, shape: tuple[int, int, int, int] = SHAPE,
     if N * H * W_ < 2:
         raise InputError(f"shape: N H W = {N * H * W_}; a channel needs 2 values for a batch "
                          "variance.")
+    seed = check_seed(seed)
     torch_version = _torch_version() if use_torch else None
     rng = np.random.default_rng(seed)
     keys = (*CLAIMS, "dX")

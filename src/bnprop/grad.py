@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bnprop._atomic import check_target
 from bnprop._validate import InputError
 from bnprop.files import load_npz, save_npz
 from bnprop.layer import layer_backward, layer_forward
@@ -70,8 +71,13 @@ def check_range(O: np.ndarray, W: np.ndarray) -> None:
     """Refuse O and W whose ``Z = O W^T`` overflows the batch variance (module docstring).
 
     ``max|Z|`` is computed without overflow: ``max|O| max|W| max|(O/max|O|)(W/max|W|)^T|``.
+    Arrays that are not real numbers (strings, bytes, dates, records, complex) are left to
+    the layer's own validation, which names them, before any conversion could fail or warn.
     """
-    O64, W64 = np.asarray(O, dtype=np.float64), np.asarray(W, dtype=np.float64)
+    O, W = np.asarray(O), np.asarray(W)
+    if O.dtype.kind not in "biuf" or W.dtype.kind not in "biuf":
+        return  # the layer's own validation names these problems
+    O64, W64 = O.astype(np.float64, copy=False), W.astype(np.float64, copy=False)
     if O64.ndim != 2 or W64.ndim != 2 or O64.shape[1] != W64.shape[1] or not O64.size \
             or not W64.size or not (np.isfinite(O64).all() and np.isfinite(W64).all()):
         return  # the layer's own validation names these problems
@@ -133,14 +139,17 @@ def run_grad(
 
 def check_output_path(in_path: str | os.PathLike[str],
                       out_path: str | os.PathLike[str]) -> None:
-    """The output may be neither the input file (it would replace it) nor a folder."""
+    """The output may be neither the input file (it would replace it), nor a folder, nor
+    anything else but a regular file (:func:`bnprop._atomic.check_target`, which the write
+    itself applies again): checked before the input is read."""
     src, dst = Path(in_path), Path(out_path)
-    if dst.is_dir():
+    if dst.is_dir() and not dst.is_symlink():
         raise InputError(f"{dst}: is a folder; -o expects the name of an .npz file to write.")
     same = dst.exists() and src.exists() and os.path.samefile(src, dst)
     if same or src.resolve() == dst.resolve():
         raise InputError(f"{dst}: is the input file; write the results to another file "
                          "(-o would replace your arrays).")
+    check_target(dst)
 
 
 def summary(
