@@ -168,16 +168,34 @@ def layer_forward(
     distributed = comm is not None
     if check_choice(backend, "backend", BACKENDS) == "numpy":
         arrays = check_layer_inputs(O, W, gamma, beta, distributed=distributed)
-        O, W, gamma, beta = (a.copy() if isinstance(g, np.ndarray) and np.may_share_memory(a, g)
-                             else a for a, g in zip(arrays, given, strict=True))
-        return _forward(O, W, gamma, beta, act.name, eps, comm=comm)
+        O, W, gamma, beta = (a.copy() if may_share_input(a, g) else a
+                             for a, g in zip(arrays, given, strict=True))
+        return _variance_fits(_forward(O, W, gamma, beta, act.name, eps, comm=comm))
     from bnprop.kernels import layer as kernel_layer
 
     # The four finiteness tests in one compiled call; the usual checks name a bad array.
     arrays = check_layer_inputs(O, W, gamma, beta, distributed=distributed, allow_nonfinite=True)
     if not kernel_layer.inputs_finite(*arrays):
         check_layer_inputs(*given, distributed=distributed)
-    return kernel_layer.forward(*arrays, act.name, eps, comm=comm, given=given)
+    return _variance_fits(kernel_layer.forward(*arrays, act.name, eps, comm=comm, given=given))
+
+
+def may_share_input(a: np.ndarray, given: object) -> bool:
+    """Whether the checked array ``a`` may share memory with the caller's argument
+    ``given``: it is ``given``, or it does not own its data (a view of an array, or of a
+    torch tensor, a memoryview...). A cache copies such arrays, so that changing an input
+    afterwards does not change its backward pass."""
+    return a is given or not a.flags.owndata
+
+
+def _variance_fits(cache: LayerCache) -> LayerCache:
+    """``cache``, or one line when ``var_B`` of its finite inputs overflowed the float64
+    it is computed in (``inv_std = 1 / sqrt(var_B + eps)`` is then 0 or NaN, not > 0)."""
+    if not (cache.inv_std > 0).all():
+        raise InputError(
+            f"O, W: the batch variance of Z = O W^T overflows float64 (max|Z| = "
+            f"{float(np.abs(cache.Z).max()):.3g}); scale O or W down.")
+    return cache
 
 
 def _forward(
@@ -198,11 +216,11 @@ def _forward(
     Obar = bn.normalize(Z, mu, inv_std)
     A = bn.scale_shift(Obar, gamma, beta)
     Y = get_activation(activation).forward(A)
-    return LayerCache(
-        O=O, W=W, gamma=gamma, beta=beta, Z=Z,
-        mu=mu.astype(dt), var=var.astype(dt), inv_std=inv_std.astype(dt),
-        Obar=Obar, A=A, Y=Y, activation=activation, eps=eps, m_global=m_global, comm=comm,
-    )
+    with np.errstate(over="ignore"):  # a float32 var_B beyond its range is inf, as stored
+        mu, var, inv_std = mu.astype(dt), var.astype(dt), inv_std.astype(dt)
+    return LayerCache._made(
+        dict(O=O, W=W, gamma=gamma, beta=beta, Z=Z, mu=mu, var=var, inv_std=inv_std,
+             Obar=Obar, A=A, Y=Y), activation, eps, m_global, comm)
 
 
 def layer_backward(dY: object, cache: LayerCache, *, stats: str = "exact",
@@ -250,6 +268,7 @@ def layer_backward(dY: object, cache: LayerCache, *, stats: str = "exact",
     kernels = check_choice(backend, "backend", BACKENDS) == "numba" and cache.comm is None
     # The kernels find a NaN or inf in dY in their first pass, then this same check runs
     # and raises (a NaN or inf in dY makes sum_rows(dA) NaN or inf): no extra pass.
+    given = dY
     dY = check_array(dY, "dY", ndim=2, axes=("m", "n_out"), shape=(m, n_out),
                      dtype=cache.Y.dtype, allow_nonfinite=kernels)
     if backend == "numpy":
@@ -257,8 +276,8 @@ def layer_backward(dY: object, cache: LayerCache, *, stats: str = "exact",
     from bnprop.kernels import layer as kernel_layer
 
     grads, sums_finite = kernel_layer.backward(dY, cache, stats)
-    if kernels and not sums_finite:
-        check_array(dY, "dY", ndim=2)  # raises if dY is not finite
+    if kernels and not sums_finite:  # raises if dY is not finite, naming what the caller gave
+        check_array(given, "dY", ndim=2, dtype=cache.Y.dtype)
     return grads
 
 

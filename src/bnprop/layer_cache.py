@@ -11,12 +11,50 @@ import numpy as np
 
 from bnprop import batchnorm as bn
 from bnprop._validate import InputError
+from bnprop.activations import ACTIVATIONS
 
 if TYPE_CHECKING:  # the math layer never imports the distributed one at run time
     from bnprop.distributed import Communicator
 
 _FIELDS = ("O", "W", "gamma", "beta", "Z", "mu", "var", "inv_std", "Obar", "A", "Y",
            "activation", "eps", "m_global", "comm")
+
+
+def _check_fields(arrays: dict[str, object], activation: object, eps: object,
+                  m_global: object) -> None:
+    """The arrays of a cache built by hand (any real dtypes and layouts: the backward pass
+    converts them): ``O`` (m, n_in), ``W`` (n_out, n_in), ``Z``, ``Obar``, ``A``, ``Y``
+    (m, n_out), the vectors (n_out,); a known activation, ``eps > 0``, ``m_global`` None
+    or >= m."""
+    for name, value in arrays.items():
+        if value is None and name in ("Obar", "A"):
+            raise InputError(f"{name}: a LayerCache holds every array of its forward "
+                             "pass; got None (layer_forward builds a complete one).")
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiu":
+            got = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
+            raise InputError(f"{name}: expected a real numeric array, got {got} instead.")
+    O, W = arrays["O"], arrays["W"]
+    if O.ndim != 2 or W.ndim != 2 or W.shape[1] != O.shape[1]:  # type: ignore[union-attr]
+        raise InputError(f"O, W: expected shapes (m, n_in) and (n_out, n_in), got "
+                         f"{O.shape} and {W.shape} instead.")  # type: ignore[union-attr]
+    (m, _), n_out = O.shape, W.shape[0]  # type: ignore[union-attr]
+    for name, value in arrays.items():
+        want = (n_out,) if name in ("gamma", "beta", "mu", "var", "inv_std") else (m, n_out)
+        if name in ("O", "W"):
+            want = value.shape  # type: ignore[union-attr]
+        if value.shape != want:  # type: ignore[union-attr]
+            raise InputError(f"{name}: expected shape {want} to fit O {O.shape} and W "
+                             f"{W.shape}, got {value.shape} instead.")  # type: ignore[union-attr]
+    if activation not in ACTIVATIONS:
+        raise InputError(f"activation: expected one of {', '.join(map(repr, ACTIVATIONS))}, "
+                         f"got {activation!r} instead.")
+    if isinstance(eps, bool) or not isinstance(eps, int | float | np.floating) \
+            or not 0 < eps < np.inf:
+        raise InputError(f"eps: expected a finite number > 0, got {eps!r} instead.")
+    if m_global is not None and (isinstance(m_global, bool) or not isinstance(m_global, int)
+                                 or m_global < m):
+        raise InputError(f"m_global: expected None or an integer >= m = {m}, got "
+                         f"{m_global!r} instead.")
 
 
 class LayerCache:
@@ -75,14 +113,28 @@ class LayerCache:
                  Z: np.ndarray, mu: np.ndarray, var: np.ndarray, inv_std: np.ndarray,
                  Obar: np.ndarray, A: np.ndarray, Y: np.ndarray, activation: str, eps: float,
                  m_global: int | None = None, comm: Communicator | None = None) -> None:
-        for name, value in (("Obar", Obar), ("A", A)):
-            if value is None:
-                raise InputError(f"{name}: a LayerCache holds every array of its forward "
-                                 "pass; got None (layer_forward builds a complete one).")
+        """A cache built by hand: every field is checked against the others (the backward
+        kernels trust the shapes), one line naming the first that does not fit."""
+        fields = dict(O=O, W=W, gamma=gamma, beta=beta, Z=Z, mu=mu, var=var,
+                      inv_std=inv_std, Obar=Obar, A=A, Y=Y)
+        _check_fields(fields, activation, eps, m_global)
+        self._set(fields, activation, eps, m_global, comm)
+
+    def _set(self, arrays: dict[str, np.ndarray], activation: str, eps: float,
+             m_global: int | None, comm: Communicator | None) -> None:
+        arrays = dict(arrays)
+        Obar, A = arrays.pop("Obar"), arrays.pop("A")
         self.__dict__.update(  # frozen: __setattr__ refuses, the dict is written directly
-            O=O, W=W, gamma=gamma, beta=beta, Z=Z, mu=mu, var=var, inv_std=inv_std,
-            _Obar=Obar, _A=A, Y=Y, activation=activation, eps=eps, m_global=m_global,
+            **arrays, _Obar=Obar, _A=A, activation=activation, eps=eps, m_global=m_global,
             comm=comm, _stats64=None)
+
+    @classmethod
+    def _made(cls, arrays: dict[str, np.ndarray], activation: str, eps: float,
+              m_global: int | None, comm: Communicator | None) -> LayerCache:
+        """The cache of bnprop's own forward pass, whose arrays fit by construction."""
+        cache = cls.__new__(cls)
+        cache._set(arrays, activation, eps, m_global, comm)
+        return cache
 
     @classmethod
     def _from_z(cls, stats64: tuple[np.ndarray, np.ndarray], **fields: Any) -> LayerCache:

@@ -27,8 +27,11 @@ at that shape, measured alternating both versions in one process.
 
 Parts are :func:`bnprop.threads.map_rows` parts of at least ``KERNEL_PART_BYTES`` of
 ``Z`` (one part, on the calling thread, for small batches), so the numbers depend on the
-thread count only through the order of float64 sums and the split of ``dW`` (a float32
-``dW`` rounds its per-part terms). The ``(m, n)`` arrays come from
+thread count through the order of float64 sums, the split of ``dW`` (a float32 ``dW``
+rounds its per-part terms) and the row split of the GEMMs of ``Z`` and ``dO``: OpenBLAS
+may round a block of rows computed alone differently in the last bits (float32 ``dO``,
+5000 x 8 -> 64: 2e-7 relative between 1 and 2 threads). ``dZ``, ``dgamma`` and ``dbeta``
+of one ``Z`` are the same. The ``(m, n)`` arrays come from
 :data:`bnprop.kernels.buffers.shared`: arrays of an earlier call that nothing holds
 any more are written again instead of faulting in fresh pages.
 """
@@ -56,7 +59,7 @@ from bnprop.kernels.activations import ACTIVATION_CODES
 from bnprop.kernels.bn import BLOCK_BYTES
 from bnprop.kernels.buffers import MIN_BYTES
 from bnprop.kernels.buffers import shared as pool
-from bnprop.layer import LayerCache, LayerGrads, check_global_rows
+from bnprop.layer import LayerCache, LayerGrads, check_global_rows, may_share_input
 
 if TYPE_CHECKING:
     from bnprop.distributed import Communicator
@@ -106,13 +109,12 @@ def forward(O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     """:func:`bnprop.layer_forward` on validated arrays of one dtype (module docstring).
 
     ``given``: the caller's four arguments; the cache then holds copies of the arrays that
-    share memory with them."""
+    may share memory with them (:func:`bnprop.layer.may_share_input`)."""
     dt = O.dtype
     m, n = O.shape[0], W.shape[0]
     block_rows = max(1, BLOCK_BYTES // (n * dt.itemsize))
     if given is not None:  # the cache's own copies
-        O, W, gamma, beta = [copy_input(a) if isinstance(g, np.ndarray)
-                             and np.may_share_memory(a, g) else a
+        O, W, gamma, beta = [copy_input(a) if may_share_input(a, g) else a
                              for a, g in zip((O, W, gamma, beta), given, strict=True)]
     if comm is None and _whole(m, n, dt.itemsize):  # one compiled call
         from bnprop.kernels import _layer_compiled
@@ -121,10 +123,9 @@ def forward(O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
         stats = np.empty((3, n), dt)  # mu, var, inv_std
         m_global = _layer_compiled.forward(O, W, gamma, beta, ACTIVATION_CODES[activation], eps,
                                            block_rows, Z, Obar, A, Y, stats)
-        return LayerCache(
-            O=O, W=W, gamma=gamma, beta=beta, Z=Z, mu=stats[0], var=stats[1],
-            inv_std=stats[2], Obar=Obar, A=A, Y=Y, activation=activation, eps=eps,
-            m_global=m_global, comm=comm)
+        return LayerCache._made(
+            dict(O=O, W=W, gamma=gamma, beta=beta, Z=Z, mu=stats[0], var=stats[1],
+                 inv_std=stats[2], Obar=Obar, A=A, Y=Y), activation, eps, m_global, comm)
     Z, Y = pool.empty((m, n), dt), pool.empty((m, n), dt)
     chunk_rows = rows.chunk_rows(n, dt.itemsize) if m >= 2 * rows.KERNEL_PART_ROWS else m
     WT = W.T
