@@ -170,14 +170,14 @@ def layer_forward(
         arrays = check_layer_inputs(O, W, gamma, beta, distributed=distributed)
         O, W, gamma, beta = (a.copy() if may_share_input(a, g) else a
                              for a, g in zip(arrays, given, strict=True))
-        return _variance_fits(_forward(O, W, gamma, beta, act.name, eps, comm=comm))
+        return _forward(O, W, gamma, beta, act.name, eps, comm=comm)
     from bnprop.kernels import layer as kernel_layer
 
     # The four finiteness tests in one compiled call; the usual checks name a bad array.
     arrays = check_layer_inputs(O, W, gamma, beta, distributed=distributed, allow_nonfinite=True)
     if not kernel_layer.inputs_finite(*arrays):
         check_layer_inputs(*given, distributed=distributed)
-    return _variance_fits(kernel_layer.forward(*arrays, act.name, eps, comm=comm, given=given))
+    return kernel_layer.forward(*arrays, act.name, eps, comm=comm, given=given)
 
 
 def may_share_input(a: np.ndarray, given: object) -> bool:
@@ -188,14 +188,17 @@ def may_share_input(a: np.ndarray, given: object) -> bool:
     return a is given or not a.flags.owndata
 
 
-def _variance_fits(cache: LayerCache) -> LayerCache:
-    """``cache``, or one line when ``var_B`` of its finite inputs overflowed the float64
-    it is computed in (``inv_std = 1 / sqrt(var_B + eps)`` is then 0 or NaN, not > 0)."""
-    if not (cache.inv_std > 0).all():
-        raise InputError(
-            f"O, W: the batch variance of Z = O W^T overflows float64 (max|Z| = "
-            f"{float(np.abs(cache.Z).max()):.3g}); scale O or W down.")
-    return cache
+def variance_overflow(Z: np.ndarray) -> InputError:
+    """The error of a batch variance of finite inputs that overflows the float64 it is
+    computed in (``inv_std = 1 / sqrt(var_B + eps)`` is then 0 or NaN)."""
+    return InputError(f"O, W: the batch variance of Z = O W^T overflows float64 (max|Z| = "
+                      f"{float(np.abs(Z).max()):.3g}); scale O or W down.")
+
+
+def check_variance(inv_std: np.ndarray, Z: np.ndarray) -> None:
+    """Raise :func:`variance_overflow` unless every float64 ``inv_std`` is > 0."""
+    if not (inv_std > 0).all():
+        raise variance_overflow(Z)
 
 
 def _forward(
@@ -213,14 +216,15 @@ def _forward(
         check_global_rows(m_global, comm)
         var = bn.biased_var(M2, m_global)
     inv_std = bn.inverse_std(var, eps)
+    check_variance(inv_std, Z)
     Obar = bn.normalize(Z, mu, inv_std)
     A = bn.scale_shift(Obar, gamma, beta)
     Y = get_activation(activation).forward(A)
     with np.errstate(over="ignore"):  # a float32 var_B beyond its range is inf, as stored
         mu, var, inv_std = mu.astype(dt), var.astype(dt), inv_std.astype(dt)
-    return LayerCache._made(
-        dict(O=O, W=W, gamma=gamma, beta=beta, Z=Z, mu=mu, var=var, inv_std=inv_std,
-             Obar=Obar, A=A, Y=Y), activation, eps, m_global, comm)
+    return LayerCache._made(O=O, W=W, gamma=gamma, beta=beta, Z=Z, mu=mu, var=var,
+                            inv_std=inv_std, Obar=Obar, A=A, Y=Y, activation=activation,
+                            eps=eps, m_global=m_global, comm=comm)
 
 
 def layer_backward(dY: object, cache: LayerCache, *, stats: str = "exact",

@@ -115,25 +115,19 @@ class LayerCache:
                  m_global: int | None = None, comm: Communicator | None = None) -> None:
         """A cache built by hand: every field is checked against the others (the backward
         kernels trust the shapes), one line naming the first that does not fit."""
-        fields = dict(O=O, W=W, gamma=gamma, beta=beta, Z=Z, mu=mu, var=var,
-                      inv_std=inv_std, Obar=Obar, A=A, Y=Y)
-        _check_fields(fields, activation, eps, m_global)
-        self._set(fields, activation, eps, m_global, comm)
-
-    def _set(self, arrays: dict[str, np.ndarray], activation: str, eps: float,
-             m_global: int | None, comm: Communicator | None) -> None:
-        arrays = dict(arrays)
-        Obar, A = arrays.pop("Obar"), arrays.pop("A")
+        _check_fields(dict(O=O, W=W, gamma=gamma, beta=beta, Z=Z, mu=mu, var=var,
+                           inv_std=inv_std, Obar=Obar, A=A, Y=Y), activation, eps, m_global)
         self.__dict__.update(  # frozen: __setattr__ refuses, the dict is written directly
-            **arrays, _Obar=Obar, _A=A, activation=activation, eps=eps, m_global=m_global,
+            O=O, W=W, gamma=gamma, beta=beta, Z=Z, mu=mu, var=var, inv_std=inv_std,
+            _Obar=Obar, _A=A, Y=Y, activation=activation, eps=eps, m_global=m_global,
             comm=comm, _stats64=None)
 
     @classmethod
-    def _made(cls, arrays: dict[str, np.ndarray], activation: str, eps: float,
-              m_global: int | None, comm: Communicator | None) -> LayerCache:
-        """The cache of bnprop's own forward pass, whose arrays fit by construction."""
+    def _made(cls, *, Obar: np.ndarray, A: np.ndarray, **fields: Any) -> LayerCache:
+        """The cache of bnprop's own forward pass, whose fields fit by construction (the
+        constructor's fields, by keyword)."""
         cache = cls.__new__(cls)
-        cache._set(arrays, activation, eps, m_global, comm)
+        cache.__dict__.update(fields, _Obar=Obar, _A=A, _stats64=None)
         return cache
 
     @classmethod

@@ -36,18 +36,21 @@ def forward(O, W, gamma, beta, act, eps, block_rows, Z, Obar, A, Y,
             stats):  # pragma: no cover - compiled
     """The forward pass (module docstring) into the given arrays; ``stats`` (3, n) in the
     arrays' dtype gets ``mu_B, var_B, inv_std``, each rounded once from float64 (NumPy's
-    ``astype``). Returns the row count."""
+    ``astype``). Returns the row count and whether every float64 ``inv_std`` is > 0 (not
+    when ``var_B`` overflowed: :func:`bnprop.layer.variance_overflow`)."""
     n = Z.shape[1]
     mean, M2, var, inv_std = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
     gemm_nt(O, W, Z)
     count = _moments(Z, block_rows, mean, M2)
     _var_inv_std(M2, count, eps, var, inv_std)
     _forward_apply(Z, mean, inv_std, gamma, beta, act, Obar, Y, A)
+    fits = True
     for j in range(n):
         stats[0, j] = mean[j]
         stats[1, j] = var[j]
         stats[2, j] = inv_std[j]
-    return count
+        fits = fits and inv_std[j] > 0  # False for 0 and NaN
+    return count, fits
 
 
 @njit(**JIT_OPTIONS)

@@ -59,7 +59,14 @@ from bnprop.kernels.activations import ACTIVATION_CODES
 from bnprop.kernels.bn import BLOCK_BYTES
 from bnprop.kernels.buffers import MIN_BYTES
 from bnprop.kernels.buffers import shared as pool
-from bnprop.layer import LayerCache, LayerGrads, check_global_rows, may_share_input
+from bnprop.layer import (
+    LayerCache,
+    LayerGrads,
+    check_global_rows,
+    check_variance,
+    may_share_input,
+    variance_overflow,
+)
 
 if TYPE_CHECKING:
     from bnprop.distributed import Communicator
@@ -121,11 +128,13 @@ def forward(O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
 
         Z, Obar, A, Y = (np.empty((m, n), dt) for _ in range(4))
         stats = np.empty((3, n), dt)  # mu, var, inv_std
-        m_global = _layer_compiled.forward(O, W, gamma, beta, ACTIVATION_CODES[activation], eps,
-                                           block_rows, Z, Obar, A, Y, stats)
+        m_global, fits = _layer_compiled.forward(O, W, gamma, beta, ACTIVATION_CODES[activation],
+                                                 eps, block_rows, Z, Obar, A, Y, stats)
+        if not fits:
+            raise variance_overflow(Z)
         return LayerCache._made(
-            dict(O=O, W=W, gamma=gamma, beta=beta, Z=Z, mu=stats[0], var=stats[1],
-                 inv_std=stats[2], Obar=Obar, A=A, Y=Y), activation, eps, m_global, comm)
+            O=O, W=W, gamma=gamma, beta=beta, Z=Z, mu=stats[0], var=stats[1], inv_std=stats[2],
+            Obar=Obar, A=A, Y=Y, activation=activation, eps=eps, m_global=m_global, comm=comm)
     Z, Y = pool.empty((m, n), dt), pool.empty((m, n), dt)
     chunk_rows = rows.chunk_rows(n, dt.itemsize) if m >= 2 * rows.KERNEL_PART_ROWS else m
     WT = W.T
@@ -151,10 +160,12 @@ def forward(O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
         _forward_apply(Z[s], mu, inv_std, gamma, beta, act, None, Y[s], None)
 
     _parts(m, n, dt.itemsize, apply)
+    check_variance(inv_std, Z)
+    with np.errstate(over="ignore"):  # a float32 var_B beyond its range is inf, as stored
+        mu_dt, var_dt, inv_std_dt = mu.astype(dt), var.astype(dt), inv_std.astype(dt)
     return LayerCache._from_z(
-        (mu, inv_std), O=O, W=W, gamma=gamma, beta=beta, Z=Z,
-        mu=mu.astype(dt), var=var.astype(dt), inv_std=inv_std.astype(dt),
-        Y=Y, activation=activation, eps=eps, m_global=m_global, comm=comm,
+        (mu, inv_std), O=O, W=W, gamma=gamma, beta=beta, Z=Z, mu=mu_dt, var=var_dt,
+        inv_std=inv_std_dt, Y=Y, activation=activation, eps=eps, m_global=m_global, comm=comm,
     )
 
 
