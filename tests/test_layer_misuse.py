@@ -37,7 +37,7 @@ def test_the_cache_copies_inputs_that_share_memory_with_a_tensor(backend: str) -
 
 
 def test_memoryview_and_array_views_are_copied_too() -> None:
-    O, W, gamma, beta, dY = _layer()
+    O, W, gamma, beta, _ = _layer()
     mv = memoryview(W.copy())
     cache = bnprop.layer_forward(O[:, :], np.asarray(mv), gamma, beta)
     assert not np.shares_memory(cache.W, np.asarray(mv)) and not np.shares_memory(cache.O, O)
@@ -76,10 +76,10 @@ def test_a_hand_built_cache_that_does_not_fit_is_one_line(change: dict, match: s
     """The backward kernels trust the shapes (one that did not fit wrote uninitialized
     values into dW, or past it)."""
     fields = _fields(bnprop.layer_forward(*_layer()[:4]))
+    shapes = {"narrow": lambda a: a[:, :2].copy(), "short": lambda a: a[:5].copy(),
+              "long": lambda a: np.append(a, 1.0)}
     for name, how in change.items():
-        value = fields.get(name)
-        fields[name] = {"narrow": lambda a: a[:, :2].copy(), "short": lambda a: a[:5].copy(),
-                        "long": lambda a: np.append(a, 1.0)}.get(how, lambda a: how)(value)
+        fields[name] = shapes[how](fields[name]) if how in shapes else how
     with pytest.raises(InputError, match=match):
         bnprop.LayerCache(**fields)
 
