@@ -35,6 +35,21 @@ def rel_err(a: np.ndarray, b: np.ndarray, scale: float | None = None) -> float:
     return err / ref if ref > 0 else err
 
 
+def assert_grads_match_torch(net, X: np.ndarray, y: np.ndarray):  # type: ignore[no-untyped-def]
+    """``net.loss_and_grads(X, y)`` against PyTorch autograd of ``net.to_torch()``: the
+    loss within 1e-12, every gradient within 1e-10 (relative). Returns the torch net."""
+    import torch
+
+    tnet = net.to_torch()
+    loss, grads = net.loss_and_grads(X, y)
+    tloss = torch.nn.functional.cross_entropy(tnet(torch.tensor(X)), torch.tensor(y))
+    tloss.backward()
+    assert abs(loss - tloss.item()) <= 1e-12 * abs(loss)
+    for (name, g), t in zip(grads.items(), tnet.parameters(), strict=True):
+        assert rel_err(g, t.grad.numpy()) < 1e-10, name
+    return tnet
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip tests marked ``slow`` (full reproduction runs) unless ``-m`` names the marker."""
     if "slow" in (config.getoption("markexpr") or ""):

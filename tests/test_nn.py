@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import rel_err
+from conftest import assert_grads_match_torch, rel_err
 
 from bnprop import InputError, nn
 from bnprop.optim import SGD, Adam
@@ -87,13 +87,7 @@ def test_sequential_equals_torch_autograd_float64(backend: str) -> None:
     net_b = nn.Sequential(*net.modules, backend=backend)
     rng = np.random.default_rng(3)
     X, y = rng.standard_normal((20, 5)) * 3 + 2, rng.integers(0, 3, 20)
-    tnet = net_b.to_torch()
-    loss, grads = net_b.loss_and_grads(X, y)
-    tloss = torch.nn.functional.cross_entropy(tnet(torch.tensor(X)), torch.tensor(y))
-    tloss.backward()
-    assert abs(loss - tloss.item()) <= 1e-12 * abs(loss)
-    for (name, g), t in zip(grads.items(), tnet.parameters(), strict=True):
-        assert rel_err(g, t.grad.numpy()) < 1e-10, name
+    tnet = assert_grads_match_torch(net_b, X, y)
     for name, b in net_b.buffers().items():  # running statistics as torch's
         i, key = name.split(".")
         assert rel_err(np.asarray(b, float), getattr(tnet[int(i)], key).numpy().astype(float)) \
