@@ -74,6 +74,18 @@ def test_grad_range_limit_is_the_stated_one(tmp_path: Path, capsys: pytest.Captu
     assert "is too large for" in _err(["grad", str(tmp_path / "above.npz")], capsys)
 
 
+def test_grad_range_follows_the_dtype_the_layer_computes_in(tmp_path: Path) -> None:
+    """float32 O and W with a float64 gamma: the layer computes in float64, so values
+    beyond float32's limit are accepted (they were refused as "too large for float32")."""
+    arrays = _layer(tmp_path / "probe.npz", np.float32)
+    z_max = float(np.abs(arrays["O"].astype(float) @ arrays["W"].astype(float).T).max())
+    o = 10 * z_limit(8, np.dtype(np.float32)) / z_max  # 10x beyond float32's limit
+    _layer(tmp_path / "mixed.npz", np.float32, o=o, gamma=arrays["gamma"].astype(np.float64))
+    assert main(["grad", str(tmp_path / "mixed.npz"), "-o", str(tmp_path / "g.npz")]) == 0
+    with np.load(tmp_path / "g.npz") as g:
+        assert g["var"].dtype == np.float64 and all(np.isfinite(g[k]).all() for k in g.files)
+
+
 @pytest.mark.filterwarnings("error")
 def test_grad_refuses_a_non_finite_result_naming_it(tmp_path: Path,
                                                     capsys: pytest.CaptureFixture) -> None:

@@ -51,7 +51,7 @@ def compute(
     dict
         ``OUTPUT_KEYS`` mapped to arrays in the layer's dtype.
     """
-    check_range(arrays["O"], arrays["W"])
+    check_range(arrays["O"], arrays["W"], arrays["gamma"], arrays["beta"])
     with np.errstate(all="ignore"):  # an overflow is reported once, by check_outputs
         cache = layer_forward(arrays["O"], arrays["W"], arrays["gamma"], arrays["beta"],
                               activation=activation, eps=eps)
@@ -67,8 +67,10 @@ def z_limit(m: int, dtype: np.dtype) -> float:
     return math.sqrt(float(np.finfo(dtype).max) / (4 * m))
 
 
-def check_range(O: np.ndarray, W: np.ndarray) -> None:
-    """Refuse O and W whose ``Z = O W^T`` overflows the batch variance (module docstring).
+def check_range(O: np.ndarray, W: np.ndarray, *others: np.ndarray) -> None:
+    """Refuse O and W whose ``Z = O W^T`` overflows the batch variance (module docstring),
+    in the dtype the layer computes in: float32 only when O, W and ``others`` (gamma,
+    beta) all are.
 
     ``max|Z|`` is computed without overflow: ``max|O| max|W| max|(O/max|O|)(W/max|W|)^T|``.
     Arrays that are not real numbers (strings, bytes, dates, records, complex) are left to
@@ -81,7 +83,8 @@ def check_range(O: np.ndarray, W: np.ndarray) -> None:
     if O64.ndim != 2 or W64.ndim != 2 or O64.shape[1] != W64.shape[1] or not O64.size \
             or not W64.size or not (np.isfinite(O64).all() and np.isfinite(W64).all()):
         return  # the layer's own validation names these problems
-    dtype = np.result_type(O, W)
+    kinds = [np.asarray(a).dtype for a in others]
+    dtype = np.result_type(O, W, *(k for k in kinds if k.kind in "biuf"))
     dtype = np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
     o_max, w_max = float(np.abs(O64).max()), float(np.abs(W64).max())
     if o_max == 0 or w_max == 0:
