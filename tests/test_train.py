@@ -229,6 +229,8 @@ def test_cli_train_and_evaluate(data_root: tuple, tmp_path: Path,
      (["--steps", "0"], "steps: expected an integer >= 1"),
      (["--optimizer", "sgd", "--momentum", "1.5"], "momentum: expected a number in [0, 1)"),
      (["--momentum", "0.9"], "momentum: applies to --optimizer sgd only"),
+     (["--momentum", "nan"], "momentum: expected a number in [0, 1), got nan"),  # Adam too
+     (["--seed", "-1"], "seed: expected an integer >= 0"),
      (["--resume"], "--resume: needs --out DIR")],
 )
 def test_cli_bad_options(data_root: tuple, tmp_path: Path, capsys: pytest.CaptureFixture,

@@ -19,6 +19,7 @@ scalars.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -127,9 +128,30 @@ def load_checkpoint(
     meta = from_json_array(arrays.pop("meta"), f"{path}: meta")
     if not isinstance(meta, dict) or "step" not in meta or "config" not in meta:
         raise InputError(f"{path}: meta lacks 'step' or 'config'; the checkpoint is damaged.")
+    _check_meta(meta, path)
     model = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
     optim = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
     return model, optim, meta
+
+
+#: What ``meta`` holds besides ``config`` (a JSON object), and which values each may take.
+_META_FIELDS = {"step": "an integer >= 0", "loss_sum": "a number",
+                "loss_count": "an integer >= 0", "elapsed": "a number >= 0"}
+
+
+def _check_meta(meta: dict[str, Any], path: Path) -> None:
+    """One line naming the first field of a damaged ``meta`` (resume trusts them)."""
+    for key, want in _META_FIELDS.items():
+        value = meta.get(key)
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = number and (key == "loss_sum" or value >= 0) and (
+            isinstance(value, int) if "integer" in want else math.isfinite(value))
+        if not ok:
+            raise InputError(f"{path}: meta {key!r}: expected {want}, got {value!r}; the "
+                             "checkpoint is damaged.")
+    if not isinstance(meta["config"], dict):
+        raise InputError(f"{path}: meta 'config': expected a JSON object, got "
+                         f"{type(meta['config']).__name__}; the checkpoint is damaged.")
 
 
 def metrics_text(rows: list[dict[str, Any]]) -> str:
@@ -147,7 +169,12 @@ def read_metrics(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}: line {n} is not JSON ({exc.msg}).") from None
+        step = row.get("step") if isinstance(row, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise InputError(f"{path}: line {n}: expected a JSON object with an integer "
+                             f"'step' >= 0, got {line.strip()[:60]!r}.")
+        rows.append(row)
     return rows

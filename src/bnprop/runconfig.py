@@ -77,6 +77,25 @@ class TrainConfig:
         return cls(**d)
 
 
+def saved_config(d: object, where: str) -> TrainConfig:
+    """The config a checkpoint saved, checked as a fresh run's is; one line naming
+    ``where`` (the checkpoint) when it is damaged."""
+    try:
+        return check_config(TrainConfig.from_json(d))  # type: ignore[arg-type]
+    except (TypeError, ValueError, AttributeError) as exc:  # InputError is a ValueError
+        raise InputError(f"{where}: meta 'config': {exc}; the checkpoint is damaged.") from None
+
+
+def check_config_fits(config: TrainConfig, net: Any, where: str) -> None:
+    """The checkpoint's config describes its model: the dtype, and an MLP's widths."""
+    sizes = getattr(net, "sizes", None)
+    if str(net.dtype) != config.dtype or (
+            config.arch == "mlp" and sizes is not None and tuple(sizes[1:-1]) != config.hidden):
+        raise InputError(f"{where}: its config (dtype {config.dtype}, hidden "
+                         f"{list(config.hidden)}) does not describe its model (dtype "
+                         f"{net.dtype}, sizes {sizes}); the checkpoint is damaged.")
+
+
 #: model.npz also records the run's config under this key, so ``evaluate`` knows the data.
 TRAIN_CONFIG_KEY = "train_config"
 
@@ -118,13 +137,15 @@ def check_config(config: TrainConfig) -> TrainConfig:
             raise InputError(f"{name}: expected an integer >= 1, got {value!r} instead.")
     if not (config.lr > 0 and math.isfinite(config.lr)):
         raise InputError(f"lr: expected a finite number > 0, got {config.lr!r} instead.")
+    if not 0 <= config.momentum < 1:  # first: a NaN is out of range whatever the optimizer
+        raise InputError(f"momentum: expected a number in [0, 1), got {config.momentum!r}.")
     if config.optimizer != "sgd" and config.momentum != 0:
         raise InputError(
             f"momentum: applies to --optimizer sgd only, got momentum {config.momentum} with "
             f"{config.optimizer!r}."
         )
-    if not 0 <= config.momentum < 1:
-        raise InputError(f"momentum: expected a number in [0, 1), got {config.momentum!r}.")
+    if isinstance(config.seed, bool) or not isinstance(config.seed, int) or config.seed < 0:
+        raise InputError(f"seed: expected an integer >= 0, got {config.seed!r} instead.")
     if not (config.weight_decay >= 0 and math.isfinite(config.weight_decay)):
         raise InputError(f"weight_decay: expected a number >= 0, got {config.weight_decay!r}.")
     if not isinstance(config.sync_bn, bool):

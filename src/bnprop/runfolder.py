@@ -8,7 +8,10 @@
   too), so a lock is never stale. The file holds the owner's PID, which a second run,
   refused, names. The owner removes the file when it releases the lock; a run that locked
   a file just removed (its inode is no longer the path's) tries again;
-- checks that a new file can be created in the folder (a probe file, removed);
+- checks that a new file can be created in the folder (a probe file, removed), and that
+  each run file there is a regular file (a folder or a FIFO in its place would only fail
+  at the first save, after the training it was to keep; ``--overwrite`` would have removed
+  the other files first);
 - removes temporary files that writers killed mid-write left behind (``.NAME.*.tmp`` of
   the run's files: under the lock, no live writer owns them).
 
@@ -24,7 +27,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from bnprop._atomic import TMP_SUFFIX, temp_prefix
+from bnprop._atomic import TMP_SUFFIX, check_target, temp_prefix
 from bnprop._validate import InputError
 from bnprop.checkpoint import RUN_FILES
 
@@ -47,6 +50,8 @@ class RunFolder:
         try:
             self._lock()
             self._probe()
+            for name in RUN_FILES:  # a folder or FIFO there would only fail at the first save
+                check_target(self.path / name)
         except BaseException:
             self.release()
             raise

@@ -58,9 +58,11 @@ from bnprop.runconfig import (
     build_optimizer,
     check_batch_size,
     check_config,
+    check_config_fits,
     check_processes,
     merge_resume_config,
     parse_hidden,
+    saved_config,
 )
 from bnprop.runfolder import RunFolder
 from bnprop.threads import num_threads
@@ -323,13 +325,11 @@ def _train(config: TrainConfig, folder: RunFolder | None, out: Path, *, resume: 
 
 def _open_run(config: TrainConfig, folder: RunFolder, resume: bool, given: dict[str, Any],
               size: int, overwrite: bool) -> dict[str, Any]:
-    """Rank 0's part of the set-up: the config to run, and where to start from.
-
-    Claims the folder (lock, writable, stale temporary files removed). Fresh: checks the
-    config and that the folder holds no run (``net`` is None: every rank builds it from
-    the seed). Resume: reads the checkpoint, merges ``given`` into its config, and returns
-    the net and optimizer it holds, to be broadcast.
-    """
+    """Rank 0's part of the set-up: the config to run, and where to start from. Claims
+    the folder (lock, writable, stale temporary files removed). Fresh: checks the config
+    and that the folder holds no run (``net`` is None: every rank builds it from the
+    seed). Resume: reads and checks the checkpoint, merges ``given`` into its config, and
+    returns the net and optimizer it holds, to be broadcast."""
     from bnprop.model_cnn import load_net
 
     out = folder.path
@@ -352,7 +352,7 @@ def _open_run(config: TrainConfig, folder: RunFolder, resume: bool, given: dict[
         return {"config": config, "net": None, "optimizer": None, "start": 0, "metrics": [],
                 "loss_sum": 0.0, "loss_count": 0, "elapsed": 0.0}
     model_state, optim_state, meta = ckpt.load_checkpoint(out)
-    saved = TrainConfig.from_json(meta["config"])
+    saved = saved_config(meta["config"], where := str(out / ckpt.CHECKPOINT_FILE))
     config = merge_resume_config(saved, given)
     check_config(config)
     check_processes(config, size, saved)
@@ -363,7 +363,7 @@ def _open_run(config: TrainConfig, folder: RunFolder, resume: bool, given: dict[
             f"steps: the checkpoint in {out} is at step {start}; --steps {config.steps} "
             "would go backwards."
         )
-    net = load_net(model_state)
+    check_config_fits(config, net := load_net(model_state), where)
     optimizer = build_optimizer(config)
     optimizer.load_state_dict(optim_state)
     return {"config": config, "net": net, "optimizer": optimizer, "start": start,
