@@ -161,6 +161,19 @@ def test_huge_lr_is_one_line_and_says_nothing_was_saved(data_root: tuple, tmp_pa
     assert "training diverged at step" in result.stderr
     assert "no checkpoint was saved before it (the first is at step 5000)" in result.stderr
     assert "is kept" not in result.stderr
+    assert result.stderr.rstrip().endswith("Try a smaller --lr (now 1e+300).")
+
+
+def test_a_divergence_with_weight_decay_names_both_knobs(data_root: tuple,
+                                                         tmp_path: Path) -> None:
+    from bnprop._validate import InputError
+    from bnprop.train import TrainConfig, train
+
+    config = TrainConfig(hidden=(8,), batch_size=20, steps=30, weight_decay=1e308)
+    with pytest.raises(InputError, match=r"Try a smaller --lr \(now 0\.003\) or "
+                                         r"--weight-decay \(now 1e\+308\)\.$"), \
+            np.errstate(all="ignore"):
+        train(config, tmp_path / "r", progress=False)
 
 
 def test_divergence_after_a_checkpoint_names_its_step(data_root: tuple, tmp_path: Path,
@@ -228,3 +241,34 @@ def test_data_path_suggests_fetch_with_the_same_data_dir(tmp_path: Path,
     assert main(["data", "path", "--data-dir", str(folder)]) == 0
     out = capsys.readouterr().out
     assert f"bnprop data fetch --dataset mnist --data-dir '{folder}'" in out
+
+
+def test_data_path_says_which_file_is_damaged(data_root: tuple,
+                                              capsys: pytest.CaptureFixture) -> None:
+    """A file that is there but fails its SHA-256 is named as damaged, not "not
+    provisioned" (which would send the user to fetch what is already there)."""
+    root, _ = data_root
+    victim = sorted((root / "mnist").iterdir())[0]
+    data = victim.read_bytes()
+    victim.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # the last byte flipped
+    assert main(["data", "path"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("mnist:"))
+    assert line.startswith(f"mnist: damaged: {victim}: SHA-256 mismatch: expected ")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["train", "--steps", "1.5"], "bnprop train: error: argument --steps: invalid int value: "
+                                  "'1.5' (see bnprop train --help)."),
+    (["train", "--lr", "fast"], "bnprop train: error: argument --lr: expected a number, got 'fast'"),
+    (["trian"], "bnprop: error: argument COMMAND: invalid choice: 'trian'"),
+    (["reproduce", "fig1", "--steps", "x"], "bnprop reproduce fig1: error: argument --steps: "),
+    ([], "bnprop: error: the following arguments are required: COMMAND (see bnprop --help)."),
+])
+def test_an_argument_error_is_one_line(capsys: pytest.CaptureFixture, argv: list[str],
+                                       message: str) -> None:
+    """argparse prints its usage block before the error; bnprop prints the error alone."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(message), err

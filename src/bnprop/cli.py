@@ -11,6 +11,7 @@ import json
 import os
 import shlex
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -82,9 +83,10 @@ def _cmd_data(args: argparse.Namespace) -> int:
         try:
             datasets.verify(name, args.data_dir)
             state = "verified"
-        except InputError:
+        except InputError as exc:  # a file that is there but damaged: say which and why
             where = "" if args.data_dir is None else f" --data-dir {shlex.quote(args.data_dir)}"
-            state = f"not provisioned (bnprop data fetch --dataset {name}{where})"
+            state = (f"damaged: {exc}" if "SHA-256 mismatch" in str(exc) else
+                     f"not provisioned (bnprop data fetch --dataset {name}{where})")
         print(f"{name}: {state}")
     print(root)
     return 0
@@ -184,9 +186,17 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument error is one line (argparse prints the usage block before it): which
+    argument, what is wrong, and where the options are listed. Subcommands inherit it."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help).\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="bnprop",
         description="Batch-normalized networks with hand-derived, verified backpropagation.",
     )

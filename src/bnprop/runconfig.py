@@ -63,6 +63,11 @@ class TrainConfig:
         d["channels"] = list(self.channels)
         return d
 
+    def divergence_hint(self) -> str:
+        """What to make smaller when a run diverges: the rate, and the weight decay if any."""
+        decay = f" or --weight-decay (now {self.weight_decay})" if self.weight_decay else ""
+        return f"--lr (now {self.lr}){decay}"
+
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TrainConfig:
         """Inverse of :meth:`to_json`; unknown keys are an error."""

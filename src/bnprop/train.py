@@ -316,7 +316,7 @@ def _train(config: TrainConfig, folder: RunFolder | None, out: Path, *, resume: 
                 f"no checkpoint was saved before it (the first is at step "
                 f"{config.checkpoint_every})")
         message = (f"training diverged at step {diverged_at} (the loss is not finite); "
-                   f"{kept}. Try a smaller --lr (now {config.lr}).")
+                   f"{kept}. Try a smaller {config.divergence_hint()}.")
         if comm.size > 1:  # every rank saw the same global loss: end together, no abort
             raise CollectiveError(message, rank=0, origin="InputError")
         raise InputError(message)
