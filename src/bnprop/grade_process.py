@@ -19,6 +19,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ import numpy as np
 
 from bnprop._grade_child import ARGS, GRADIENT_KEYS, LearnerError, one_line
 from bnprop.grade_cases import Case
+from bnprop.interrupt import Interrupted
 
 CHILD = Path(__file__).with_name("_grade_child.py")
 #: The largest result.json read back (bytes); the honest one is a few kilobytes.
@@ -84,7 +87,8 @@ def run_file(path: str | os.PathLike[str], cases: tuple[Case, ...], timeout: flo
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True)  # its own process group: killed as a whole
             try:
-                code = proc.wait(timeout=timeout)
+                with _stop_on_signals():
+                    code = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 _kill_group(proc)
                 raise LearnerError(
@@ -101,6 +105,28 @@ def run_file(path: str | os.PathLike[str], cases: tuple[Case, ...], timeout: flo
             raise LearnerError(f"the process running it exited with status {code}"
                                f"{': ' + last if last else ''}.")
         return _read_results(folder, len(cases))
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """While the child runs, SIGTERM and SIGHUP raise :class:`~bnprop.interrupt.Interrupted`
+    (main thread only), so the cleanup runs however the grading is stopped: the child runs
+    in its own session, and a killed parent would leave it running (an endless loop at
+    100% CPU) and its folder behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Interrupted(f"{signal.Signals(signum).name}: grading stopped, the learner's "
+                          "process killed", signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
