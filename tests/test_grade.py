@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -236,6 +237,35 @@ def test_a_raising_function_shows_its_message(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
+def test_a_syntax_error_in_an_imported_helper_names_the_helper(tmp_path: Path) -> None:
+    """Not the learner's file with the helper's line number."""
+    (tmp_path / "helper_bad.py").write_text("\n" * 6 + "def f(:\n")
+    path = _file(tmp_path, "import helper_bad\n")
+    proc = _cli(str(path))
+    assert proc.returncode == 1
+    assert proc.stdout.strip() == (f"{path}: {tmp_path / 'helper_bad.py'}: line 7: syntax "
+                                   "error: invalid syntax (line 3).")
+
+
+def test_json_is_strict_when_an_error_overflows(tmp_path: Path) -> None:
+    """max|x - ref| / max|ref| overflows for huge values: null, never Infinity."""
+    path = _file(tmp_path, """
+        def gradients(O, W, gamma, beta, dY, eps):
+            return {"dbeta": np.full(len(gamma), 1.7e308)}
+    """)
+    proc = _cli(str(path), "--json")
+    out = json.loads(proc.stdout, parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    assert out["gradients"]["dbeta"]["max_rel_error"] is None and not out["passed"]
+
+
+def test_a_template_whose_name_is_not_utf8_is_written(tmp_path: Path) -> None:
+    name = os.fsdecode(b"\xff.py")
+    proc = subprocess.run([sys.executable, "-m", "bnprop", "grade", "--template",
+                           os.fsencode(tmp_path / name)], capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert b"\\udcff" in (tmp_path / name).read_bytes()  # shown escaped, the file is UTF-8
+
+
 @pytest.mark.parametrize(("body", "expected_line"), [
     ("def gradients(O, W:\n", r"line 3: syntax error"),
     ("import no_such_module_for_bnprop\n", r"import failed \(line 3\): No module named"),
@@ -256,6 +286,9 @@ def test_a_raising_function_shows_its_message(tmp_path: Path) -> None:
      r"still running after 1 s \(an endless loop\?\), so it was stopped"),
     ("while True:\n    pass\n", r"still running after 1 s"),
     ("while True:\n    print('x' * 10000)\n", r"raised OSError: \[Errno 27\] File too large \(line 4\)"),
+    ("def gradients(O, W, gamma, beta, dY, eps):\n    return {}\0\n",  # no line number
+     r"^\S+: syntax error: source code string cannot contain null bytes\.$"),
+    ("x = eval('1 +')\n", r"<string>: line 1: syntax error: .* \(line 3\)\.$"),
 ])
 def test_a_file_that_cannot_be_graded_gets_one_line(
         tmp_path: Path, body: str, expected_line: str, capsys: pytest.CaptureFixture[str]

@@ -69,8 +69,12 @@ def load(path: str) -> Callable[..., Any]:
     sys.modules["bnprop_learner"] = module
     try:
         spec.loader.exec_module(module)
-    except SyntaxError as exc:
-        raise LearnerError(f"line {exc.lineno}: syntax error: {one_line(exc.msg)}.") from None
+    except SyntaxError as exc:  # in this file, or in one it imports or compiles
+        where = ("" if exc.filename is None or os.path.realpath(exc.filename)
+                 == os.path.realpath(path) else f"{exc.filename}: ")
+        line = "" if exc.lineno is None else f"line {exc.lineno}: "
+        raise LearnerError(f"{where}{line}syntax error: {one_line(exc.msg)}"
+                           f"{_where(exc, path)}.") from None
     except ImportError as exc:
         raise LearnerError(f"import failed{_where(exc, path)}: {one_line(str(exc))}.") from None
     except BaseException as exc:  # SystemExit too: the learner's module ends here, not us

@@ -20,7 +20,7 @@ def _cmd_grade(args: argparse.Namespace) -> int:
         return 0
     report = grade(args.file, expect=args.expect, timeout=args.timeout)
     if args.json:
-        print(json.dumps(report.to_json()))
+        print(json.dumps(report.to_json(), allow_nan=False))
     else:
         print(report.to_text())
     return 0 if report.passed else 1

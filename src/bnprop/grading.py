@@ -96,10 +96,11 @@ class GradeReport:
 
     def to_json(self) -> dict[str, Any]:
         """``{"gradients": {"dA": {"verdict", "max_rel_error", "message"}, ...},
-        "passed": bool, "expect": str, "source": str, "error": str | None}``."""
+        "passed": bool, "expect": str, "source": str, "error": str | None}``; a
+        ``max_rel_error`` that overflowed is ``null`` (JSON has no Infinity)."""
         return {
-            "gradients": {k: {"verdict": g.verdict, "max_rel_error": g.max_rel_error,
-                              "message": g.message} for k, g in self.gradients.items()},
+            "gradients": {k: {"verdict": g.verdict, "max_rel_error": _json_number(
+                g.max_rel_error), "message": g.message} for k, g in self.gradients.items()},
             "passed": self.passed, "expect": self.expect, "source": self.source,
             "error": self.error,
         }
@@ -111,6 +112,11 @@ class GradeReport:
     def _repr_html_(self) -> str:
         """The table as HTML, for notebooks."""
         return render_html(self)
+
+
+def _json_number(x: float | None) -> float | None:
+    """``x``, or None when it is not finite (strict JSON has no Infinity or NaN)."""
+    return x if x is not None and np.isfinite(x) else None
 
 
 def _rel_error(x: np.ndarray, ref: np.ndarray) -> float:
@@ -332,8 +338,8 @@ def write_template(path: str | os.PathLike[str]) -> None:
     if os.path.exists(target):
         raise InputError(f"{target}: already exists; not overwritten (choose another name).")
     text = TEMPLATE.format(name=os.path.basename(target))
-    with atomic_writer(target) as f:
-        f.write(text.encode())
+    with atomic_writer(target) as f:  # a name that is not UTF-8 is shown escaped in the text
+        f.write(text.encode("utf-8", "backslashreplace"))
 
 
 __all__ = ["TOL", "GradeReport", "GradientVerdict", "grade", "one_line", "write_template"]
