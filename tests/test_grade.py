@@ -247,6 +247,25 @@ def test_a_syntax_error_in_an_imported_helper_names_the_helper(tmp_path: Path) -
                                    "error: invalid syntax (line 3).")
 
 
+def test_a_huge_array_or_many_extra_keys_are_graded(tmp_path: Path) -> None:
+    """A returned array far larger than its gradient is judged wrong-shape without being
+    sent back whole (it hit the child's file-size limit); 30,000 extra keys do not
+    overflow the results."""
+    path = _file(tmp_path, """
+        def gradients(O, W, gamma, beta, dY, eps):
+            out = {f"extra{i}": 0 for i in range(30000)}
+            out["dW"] = np.ones((3000, 3000))
+            return out
+    """)
+    proc = _cli(str(path), "--json")
+    out = json.loads(proc.stdout)
+    assert out["error"] is None, out["error"]
+    dW = out["gradients"]["dW"]
+    assert dW["verdict"] == "wrong-shape"
+    assert "it is an array of shape (3000, 3000), 9000000 entries where" in dW["message"]
+    assert dW["message"].endswith("are expected; return one of the expected shape.")
+
+
 def test_json_is_strict_when_an_error_overflows(tmp_path: Path) -> None:
     """max|x - ref| / max|ref| overflows for huge values: null, never Infinity."""
     path = _file(tmp_path, """
@@ -280,6 +299,8 @@ def test_a_template_whose_name_is_not_utf8_is_written(tmp_path: Path) -> None:
     ("import sys\nsys.exit(3)\n", r"raised SystemExit: 3 \(line 4\) while being imported"),
     ("import os\ndef gradients(O, W, gamma, beta, dY, eps):\n    os._exit(7)\n",
      r"the process running it exited with status 7"),
+    ("import os\ndef gradients(O, W, gamma, beta, dY, eps):\n    os._exit(0)\n",
+     r"exited with status 0 before sending back any result \(os\._exit\?\)\.$"),
     ("import os, signal\ndef gradients(O, W, gamma, beta, dY, eps):\n"
      "    os.kill(os.getpid(), signal.SIGSEGV)\n", r"killed by SIGSEGV"),
     ("def gradients(O, W, gamma, beta, dY, eps):\n    while True:\n        pass\n",

@@ -99,6 +99,10 @@ def check_signature(fn: Callable[..., Any]) -> None:
                            f"{sig}.") from None
 
 
+#: Names of returned keys that are not gradients, kept to report what was returned.
+MAX_IGNORED = 20
+
+
 def _as_array(value: Any) -> np.ndarray | str:
     """The returned value as float64, or why it is not an array of real numbers."""
     if hasattr(value, "detach") and callable(value.detach):  # a torch tensor
@@ -140,11 +144,18 @@ def collect(fn: Callable[..., Any], cases: list[dict[str, Any]], origin: str | N
         rec["mapping"] = isinstance(out, Mapping)
         if not rec["mapping"]:
             continue
+        m, n_in, n_out = args[0].shape[0], args[1].shape[1], args[1].shape[0]
+        sizes = {"dA": m * n_out, "dgamma": n_out, "dbeta": n_out, "dW": n_out * n_in,
+                 "dO": m * n_in}
         for key, value in out.items():
             if key not in GRADIENT_KEYS:
-                rec["ignored"].append(one_line(repr(key), 40))
+                if len(rec["ignored"]) < MAX_IGNORED:  # names enough to say what it was
+                    rec["ignored"].append(one_line(repr(key), 40))
                 continue
             arr = _as_array(value)
+            if not isinstance(arr, str) and arr.size > 4 * sizes[key]:  # not sent back whole
+                arr = (f"an array of shape {arr.shape}, {arr.size} entries where "
+                       f"{sizes[key]} are expected")
             if isinstance(arr, str):
                 rec["bad"][key] = arr
             else:

@@ -102,7 +102,8 @@ def run_file(path: str | os.PathLike[str], cases: tuple[Case, ...], timeout: flo
                 raise LearnerError(f"the process running it was killed by "
                                    f"{_signal_name(-code)} (a crash, or out of memory).")
             last = _last_line(log)
-            raise LearnerError(f"the process running it exited with status {code}"
+            early = " before sending back any result (os._exit?)" if code == 0 else ""
+            raise LearnerError(f"the process running it exited with status {code}{early}"
                                f"{': ' + last if last else ''}.")
         return _read_results(folder, len(cases))
 

@@ -145,8 +145,11 @@ def _judge(key: str, expect: str, cases: tuple[Case, ...], records: list[dict[st
             return GradientVerdict("unknown", None, f"returned on some cases only: missing on "
                                    f"case '{case.name}'; return it on every call.")
         if key in rec["bad"]:
+            what = rec["bad"][key]
+            fix = ("return one of the expected shape" if what.startswith("an array of shape")
+                   else "return a NumPy array of floats")
             return GradientVerdict("wrong-shape", None, f"on case '{case.name}' it is "
-                                   f"{rec['bad'][key]}; return a NumPy array of floats.")
+                                   f"{what}; {fix}.")
     xs = [arrays[f"c{k}_{key}"] for k in range(len(cases))]
     wants = [r[key] for r in refs]
     if any(x.shape != w.shape for x, w in zip(xs, wants, strict=True)):
