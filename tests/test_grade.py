@@ -266,6 +266,20 @@ def test_a_huge_array_or_many_extra_keys_are_graded(tmp_path: Path) -> None:
     assert dW["message"].endswith("are expected; return one of the expected shape.")
 
 
+def test_a_learner_raising_keyboardinterrupt_is_graded_as_raised(tmp_path: Path) -> None:
+    """It is the learner's exception (no terminal reaches the child), not a kill by
+    SIGINT; and the summary says nothing was returned."""
+    path = _file(tmp_path, """
+        def gradients(O, W, gamma, beta, dY, eps):
+            raise KeyboardInterrupt
+    """)
+    proc = _cli(str(path))
+    assert proc.returncode == 1
+    assert "raised" in proc.stdout and "KeyboardInterrupt (line 5)" in proc.stdout
+    assert "SIGINT" not in proc.stdout
+    assert "not passed: gradients raised an exception, so nothing was returned." in proc.stdout
+
+
 def test_json_is_strict_when_an_error_overflows(tmp_path: Path) -> None:
     """max|x - ref| / max|ref| overflows for huge values: null, never Infinity."""
     path = _file(tmp_path, """

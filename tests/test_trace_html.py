@@ -127,6 +127,13 @@ def test_html_file_is_written_atomically_and_replaced(tmp_path: Path, capsys) ->
     assert [p.name for p in tmp_path.iterdir()] == ["t.html"]
 
 
+def test_an_empty_page_name_is_named_as_such(capsys) -> None:  # type: ignore[no-untyped-def]
+    """Not as the current folder, which is what an empty path becomes."""
+    assert main(["trace", "--html", ""]) == 2
+    assert capsys.readouterr().err == ("bnprop trace: error: --html: expected the name of the "
+                                       "page to write, got an empty one.\n")
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -119,9 +119,11 @@ def _as_array(value: Any) -> np.ndarray | str:
     return np.array(arr, dtype=np.float64)
 
 
-def collect(fn: Callable[..., Any], cases: list[dict[str, Any]], origin: str | None
-            ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+def collect(fn: Callable[..., Any], cases: list[dict[str, Any]], origin: str | None,
+            isolated: bool = False) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """Call ``fn`` on each case; per-case records and the arrays ``c<k>_<key>``.
+    ``isolated``: this is the child process (its own session), where a KeyboardInterrupt
+    can only be the learner's own and is reported as raised.
 
     Each call gets fresh copies of the case's arrays, so a learner that writes into its
     inputs changes nothing for the next case or the grader.
@@ -135,8 +137,11 @@ def collect(fn: Callable[..., Any], cases: list[dict[str, Any]], origin: str | N
         args = [np.array(case[a], dtype=np.float64) for a in ARGS[:5]] + [float(case["eps"])]
         try:
             out = fn(*args)
-        except KeyboardInterrupt:
-            raise
+        except KeyboardInterrupt as exc:  # in the caller's process: its Ctrl-C stops grading
+            if not isolated:
+                raise
+            rec["raised"] = describe(exc, origin)  # the learner's (no terminal reaches it)
+            continue
         except BaseException as exc:
             rec["raised"] = describe(exc, origin)
             continue
@@ -184,7 +189,7 @@ def main(argv: list[str]) -> None:
     except LearnerError as exc:
         result["error"] = str(exc)
     else:
-        result["cases"], arrays = collect(fn, read_cases(cases_path), learner)
+        result["cases"], arrays = collect(fn, read_cases(cases_path), learner, isolated=True)
         np.savez(out / "arrays.tmp.npz", **arrays)
         os.replace(out / "arrays.tmp.npz", out / "arrays.npz")
     (out / "result.tmp.json").write_text(json.dumps(result))

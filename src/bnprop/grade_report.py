@@ -28,6 +28,8 @@ def _summary(report: GradeReport) -> str:
     wrong = sum(g.verdict != "correct" for g in report.gradients.values())
     if report.passed:
         return f"passed: all {len(report.gradients)} gradients returned are correct."
+    if all(g.verdict == "raised" for g in report.gradients.values()):
+        return "not passed: gradients raised an exception, so nothing was returned."
     return f"not passed: {wrong} of {len(report.gradients)} gradients returned are not correct."
 
 

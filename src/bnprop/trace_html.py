@@ -193,6 +193,8 @@ to {J_err:.1e}.</p>
 def check_page_path(path: str | os.PathLike[str]) -> Path:
     """``path`` as a :class:`~pathlib.Path` if a page can be written there: not a folder,
     in a folder that exists."""
+    if not os.fspath(path):
+        raise InputError("--html: expected the name of the page to write, got an empty one.")
     target = Path(path)
     if target.is_dir():
         raise InputError(f"{target}: is a folder; expected the name of the page to write.")
