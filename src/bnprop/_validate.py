@@ -68,8 +68,7 @@ def check_array(
             and (shape is None
                  or all(w is None or w == g for w, g in zip(shape, x.shape, strict=True)))):
         # Already what is asked for (the common case): only the values are left to test.
-        if not allow_nonfinite and not (np.isfinite(x).all() if all_finite is None
-                                        else all_finite(x)):
+        if not allow_nonfinite and not _finite(x, all_finite):
             _raise_nonfinite(x, name)
         return x
     if isinstance(x, np.ndarray):
@@ -111,12 +110,16 @@ def check_array(
     source = arr
     with np.errstate(over="ignore"):  # a value beyond dtype's range: named just below
         arr = np.ascontiguousarray(arr, dtype=dtype)
-    # isfinite(...).all() is the fast test (one boolean temporary, no inversion); only
-    # when it fails are the bad entries located for the message.
-    if not allow_nonfinite and not (np.isfinite(arr).all() if all_finite is None
-                                    else all_finite(arr)):
+    if not allow_nonfinite and not _finite(arr, all_finite):
         _raise_nonfinite(arr, name, source)
     return arr
+
+
+def _finite(arr: np.ndarray, all_finite: Callable[[np.ndarray], bool] | None) -> bool:
+    """The fast test of the values: ``isfinite(...).all()`` (one boolean temporary, no
+    inversion) or the caller's compiled pass; only when it fails are the bad entries
+    located, for the message (:func:`_raise_nonfinite`)."""
+    return bool(np.isfinite(arr).all() if all_finite is None else all_finite(arr))
 
 
 def _raise_nonfinite(arr: np.ndarray, name: str, source: np.ndarray | None = None) -> None:
@@ -132,6 +135,14 @@ def _raise_nonfinite(arr: np.ndarray, name: str, source: np.ndarray | None = Non
         f"{name}: contains NaN or inf ({int(bad.sum())} of {arr.size} entries, "
         f"first at index {where}{cast}); every input must be finite."
     )
+
+
+def check_seed(seed: object) -> int:
+    """An integer seed >= 0 (a NumPy integer too), else ``seed: expected an integer >= 0,
+    got -1 instead.``"""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise InputError(f"seed: expected an integer >= 0, got {seed!r} instead.")
+    return int(seed)
 
 
 def check_choice(value: object, name: str, choices: Sequence[str]) -> str:

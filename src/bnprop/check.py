@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from bnprop import jacobians as jac
-from bnprop._validate import InputError
+from bnprop._validate import InputError, check_seed
 from bnprop.activations import get_activation
 from bnprop.layer import LayerCache, _backward, _forward
 
@@ -145,14 +145,6 @@ def check_sizes(sizes: object) -> tuple[int, int, int]:
             f"n_in * n_out <= 4096, got m={m}, n_in * n_out={n_in * n_out}."
         )
     return m, n_in, n_out
-
-
-def check_seed(seed: object) -> int:
-    """An integer >= 0, else ``seed: expected an integer >= 0, got -1 instead.``
-    (:func:`bnprop.trace.check_seed`, which imports this module, so it is looked up here)."""
-    from bnprop.trace import check_seed as check
-
-    return check(seed)
 
 
 def run_check(

@@ -21,7 +21,7 @@ import numpy as np
 
 from bnprop import conv as ref
 from bnprop import jacobians as jac
-from bnprop._validate import InputError
+from bnprop._validate import InputError, check_seed
 from bnprop.activations import get_activation
 from bnprop.check import (
     CLAIMS,
@@ -30,7 +30,6 @@ from bnprop.check import (
     Statement,
     _measure,
     _torch_version,
-    check_seed,
 )
 from bnprop.layer import _backward, _forward
 

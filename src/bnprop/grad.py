@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from bnprop._atomic import check_target
-from bnprop._validate import InputError
+from bnprop._validate import InputError, common_float_dtype
 from bnprop.files import load_npz, save_npz
 from bnprop.layer import layer_backward, layer_forward
 
@@ -83,9 +83,8 @@ def check_range(O: np.ndarray, W: np.ndarray, *others: np.ndarray) -> None:
     if O64.ndim != 2 or W64.ndim != 2 or O64.shape[1] != W64.shape[1] or not O64.size \
             or not W64.size or not (np.isfinite(O64).all() and np.isfinite(W64).all()):
         return  # the layer's own validation names these problems
-    kinds = [np.asarray(a).dtype for a in others]
-    dtype = np.result_type(O, W, *(k for k in kinds if k.kind in "biuf"))
-    dtype = np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
+    dtype = common_float_dtype(O, W, *(a for a in map(np.asarray, others)
+                                       if a.dtype.kind in "biuf"))
     o_max, w_max = float(np.abs(O64).max()), float(np.abs(W64).max())
     if o_max == 0 or w_max == 0:
         return

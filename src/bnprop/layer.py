@@ -38,7 +38,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bnprop import batchnorm as bn
-from bnprop._validate import InputError, check_array, check_choice, check_positive
+from bnprop._validate import (
+    InputError,
+    check_array,
+    check_choice,
+    check_positive,
+    common_float_dtype,
+)
 from bnprop.activations import get_activation
 from bnprop.layer_cache import LayerCache, LayerGrads
 
@@ -86,8 +92,7 @@ def check_layer_inputs(
         raise InputError(f"O, W: empty arrays (O {O.shape}, W {W.shape}); every size must be >= 1.")
     if O.dtype == W.dtype == gamma.dtype == beta.dtype:  # one float dtype already
         return O, W, gamma, beta
-    dt = np.result_type(O, W, gamma, beta)
-    dt = np.dtype(np.float32) if dt == np.float32 else np.dtype(np.float64)
+    dt = common_float_dtype(O, W, gamma, beta)
     return (O.astype(dt, copy=False), W.astype(dt, copy=False),
             gamma.astype(dt, copy=False), beta.astype(dt, copy=False))
 

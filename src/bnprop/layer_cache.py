@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bnprop import batchnorm as bn
-from bnprop._validate import InputError
+from bnprop._validate import InputError, check_positive
 from bnprop.activations import ACTIVATIONS
 
 if TYPE_CHECKING:  # the math layer never imports the distributed one at run time
@@ -48,9 +48,7 @@ def _check_fields(arrays: dict[str, object], activation: object, eps: object,
     if activation not in ACTIVATIONS:
         raise InputError(f"activation: expected one of {', '.join(map(repr, ACTIVATIONS))}, "
                          f"got {activation!r} instead.")
-    if isinstance(eps, bool) or not isinstance(eps, int | float | np.floating) \
-            or not 0 < eps < np.inf:
-        raise InputError(f"eps: expected a finite number > 0, got {eps!r} instead.")
+    check_positive(eps, "eps")
     if m_global is not None and (isinstance(m_global, bool) or not isinstance(m_global, int)
                                  or m_global < m):
         raise InputError(f"m_global: expected None or an integer >= m = {m}, got "

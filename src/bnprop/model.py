@@ -69,7 +69,7 @@ from typing import Any
 import numpy as np
 
 from bnprop import batchnorm as bn
-from bnprop._validate import InputError, check_choice, check_positive
+from bnprop._validate import InputError, check_choice, check_positive, check_seed
 from bnprop.activations import get_activation
 from bnprop.folded import FoldedMLP
 from bnprop.nn.batchnorm import RUNNING_MODES, STATS_MODES, BatchNorm1d
@@ -124,8 +124,7 @@ def _check_config(
         raise InputError(f"sizes: expected >= 2 classes in sizes[-1], got {sizes_t[-1]} instead.")
     if not isinstance(batchnorm, bool | np.bool_):
         raise InputError(f"batchnorm: expected True or False, got {batchnorm!r} instead.")
-    if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
-        raise InputError(f"seed: expected an integer >= 0, got {seed!r} instead.")
+    check_seed(seed)
     momentum_f = check_positive(momentum, "momentum")
     if momentum_f > 1:
         raise InputError(f"momentum: expected a number in (0, 1], got {momentum!r} instead.")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bnprop._validate import InputError, check_choice
+from bnprop._validate import InputError, check_choice, check_seed
 
 #: Learning rate when none is given: measured best for the default run (README).
 DEFAULT_LR = {"adam": 3e-3, "sgd": 0.5}
@@ -149,8 +149,7 @@ def check_config(config: TrainConfig) -> TrainConfig:
             f"momentum: applies to --optimizer sgd only, got momentum {config.momentum} with "
             f"{config.optimizer!r}."
         )
-    if isinstance(config.seed, bool) or not isinstance(config.seed, int) or config.seed < 0:
-        raise InputError(f"seed: expected an integer >= 0, got {config.seed!r} instead.")
+    check_seed(config.seed)
     if not (config.weight_decay >= 0 and math.isfinite(config.weight_decay)):
         raise InputError(f"weight_decay: expected a number >= 0, got {config.weight_decay!r}.")
     if not isinstance(config.sync_bn, bool):

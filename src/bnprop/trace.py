@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bnprop._validate import InputError
+from bnprop._validate import check_seed as _check_seed
 from bnprop.activations import get_activation
 from bnprop.check import _random_layer
 from bnprop.jacobians import stated_dA_dZ_training
@@ -158,16 +159,9 @@ def check_trace_sizes(sizes: object) -> tuple[int, int, int]:
 
 
 def check_seed(seed: object) -> int:
-    """An integer >= 0 (or its decimal text, as the command line gives it)."""
-    try:
-        if isinstance(seed, bool | float) or (isinstance(seed, str) and not seed.isdigit()):
-            raise ValueError
-        value = int(seed)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        value = -1
-    if value < 0:
-        raise InputError(f"seed: expected an integer >= 0, got {seed!r} instead.")
-    return value
+    """An integer >= 0 (or its decimal text, as the command line gives it):
+    :func:`bnprop._validate.check_seed`."""
+    return _check_seed(int(seed) if isinstance(seed, str) and seed.isdigit() else seed)
 
 
 def run_trace(

@@ -120,23 +120,6 @@ def sequential_to_torch(net: Any) -> Any:
 mlp_to_torch = sequential_to_torch
 
 
-class _TorchNamed:
-    """The live arrays of a net keyed by their torch names, ``module[i].weight``, as
-    :func:`~bnprop.nn.convert.load_arrays` reads a net (``parameters()``, ``buffers()``)."""
-
-    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
-        self.arrays = arrays
-
-    def parameters(self) -> dict[str, np.ndarray]:
-        return self.arrays
-
-    def buffers(self) -> dict[str, np.ndarray]:
-        return {}
-
-    def __repr__(self) -> str:
-        return "the torch.nn.Sequential"
-
-
 def _torch_array(key: str, tensor: object) -> np.ndarray:
     """``tensor`` as a NumPy array, or one line naming ``key``."""
     from bnprop._validate import InputError
@@ -152,10 +135,10 @@ def _torch_array(key: str, tensor: object) -> np.ndarray:
 
 def _copy_from_torch(net: Any, module: Any) -> None:
     """Copy every parameter and buffer of the torch modules into ``net``'s, in order,
-    through :func:`~bnprop.nn.convert.load_arrays`: shapes checked, NaN or inf refused,
+    through :func:`~bnprop.nn.convert.copy_checked`: shapes checked, NaN or inf refused,
     variances >= 0; a message names ``module[i].<torch name>``, e.g.
     ``module[1].running_var``."""
-    from bnprop.nn.convert import load_arrays
+    from bnprop.nn.convert import copy_checked
 
     live: dict[str, np.ndarray] = {}
     state: dict[str, np.ndarray] = {}
@@ -164,7 +147,7 @@ def _copy_from_torch(net: Any, module: Any) -> None:
             tname = mod.torch_names.get(name, name)
             key = f"module[{i}].{tname}"
             live[key], state[key] = arr, _torch_array(key, getattr(t, tname, None))
-    load_arrays(_TorchNamed(live), state)
+    copy_checked(live, state, "the torch.nn.Sequential")
 
 
 def _norm_settings(i: int, t: Any) -> tuple[float, float | None]:

@@ -126,9 +126,15 @@ def from_state(state: dict[str, np.ndarray]) -> Any:
 
 
 def load_arrays(net: Any, state: dict[str, np.ndarray]) -> None:
-    """Copy ``state``'s arrays into the live ones; each key and shape is checked."""
-    expected = {**net.parameters(), **net.buffers()}
-    who = repr(net) if "\n" not in repr(net) else type(net).__name__
+    """Copy ``state``'s arrays into the net's live ones (:func:`copy_checked`)."""
+    copy_checked({**net.parameters(), **net.buffers()}, state,
+                 repr(net) if "\n" not in repr(net) else type(net).__name__)
+
+
+def copy_checked(expected: dict[str, np.ndarray], state: dict[str, np.ndarray],
+                 who: str) -> None:
+    """Copy ``state``'s arrays into the live ``expected`` ones of ``who``: each key, shape
+    and value checked (finite, variances >= 0, batch counters in range), one line each."""
     extra = sorted(set(state.keys()) - set(expected) - {"config"})
     if extra:
         raise InputError(f"state: unexpected key {extra[0]!r} for {who}.")

@@ -229,12 +229,13 @@ class _Activation(Module):
         super().__init__(dtype)
         self._act = get_activation(self.activation)
         self._code = kernels.ACTIVATION_CODES[self.activation]
+        self._Y_out: np.ndarray | None = None  # the kernels' output, kept per input shape
 
     def _forward(self, X: np.ndarray, training: bool) -> np.ndarray:
         self._remember(X, training)
         self._A = X
-        if self.backend == "numba" and X.flags.c_contiguous and X.ndim >= 1:
-            if getattr(self, "_Y_out", None) is None or self._Y_out.shape != X.shape \
+        if self.backend == "numba" and X.flags.c_contiguous:
+            if self._Y_out is None or self._Y_out.shape != X.shape \
                     or self._Y_out.dtype != X.dtype:
                 self._Y_out = np.empty_like(X)  # kept per input shape, as Linear's _Z
             kernels.activation_rows(self._code, _rows(X), _rows(self._Y_out))

@@ -169,11 +169,12 @@ def check_modules(modules: tuple[object, ...]) -> int | None:
     None when no module sets it."""
     if not modules:
         raise InputError("modules: expected at least one module, got none.")
+    place: dict[int, int] = {}  # id(module) -> its first index
     for i, mod in enumerate(modules):
         if not isinstance(mod, Module):
             raise InputError(f"modules[{i}]: expected a bnprop.nn module, got "
                              f"{type(mod).__name__} instead.")
-        first = next(j for j, other in enumerate(modules) if other is mod)
+        first = place.setdefault(id(mod), i)
         if first != i:
             raise InputError(f"modules[{i}]: the same {type(mod).__name__} object as "
                              f"modules[{first}]; each place needs its own module (it keeps its "
