@@ -299,14 +299,15 @@ class SGD(Optimizer):
 
     def _update_flat(self, p: np.ndarray, g: np.ndarray, flats: list[np.ndarray | None],
                      lr: float) -> None:
-        from bnprop.kernels.optim import sgd_flat
-
         (v,) = flats
         first = v is None
         if first:
             v = np.empty_like(p) if self.momentum != 0.0 else np.empty(0, p.dtype)
         coef = np.array([self.weight_decay, self.momentum, lr], p.dtype)
-        sgd_flat(p, g, v, coef, first, self.momentum != 0.0, self.nesterov)
+        from bnprop.kernels.optim import flat_update
+
+        flags = first + 2 * (self.momentum != 0.0) + 4 * bool(self.nesterov)
+        flat_update("sgd", p, g, v, v, coef, flags)
         if first and self.momentum != 0.0:
             self._adopt("momentum_buffer", p.dtype, v, self._layout_of(p))
 
@@ -369,8 +370,6 @@ class Adam(Optimizer):
 
     def _update_flat(self, p: np.ndarray, g: np.ndarray, flats: list[np.ndarray | None],
                      lr: float) -> None:
-        from bnprop.kernels.optim import adam_flat
-
         m, v = flats
         if m is None or v is None:
             m, v = np.zeros_like(p), np.zeros_like(p)
@@ -381,7 +380,9 @@ class Adam(Optimizer):
         coef = np.array([self.weight_decay, 1.0 - beta1, beta2, 1.0 - beta2,
                          lr / (1.0 - beta1**step), math.sqrt(1.0 - beta2**step), self.eps],
                         p.dtype)
-        adam_flat(p, g, m, v, coef)
+        from bnprop.kernels.optim import flat_update
+
+        flat_update("adam", p, g, m, v, coef, 0)
 
     def __repr__(self) -> str:
         return (f"Adam(lr={self.lr}, betas={self.betas}, eps={self.eps}, "

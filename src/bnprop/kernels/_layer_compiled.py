@@ -1,7 +1,7 @@
 """The public layer functions of a small batch in one compiled call each (one part of rows,
 one process): :mod:`bnprop.kernels.layer` calls these when its batch is not split.
 
-The same kernels and GEMMs (NumPy's, :mod:`bnprop.kernels._mlp_compiled`) in the same
+The same kernels and GEMMs (NumPy's, :mod:`bnprop.kernels._cblas`) in the same
 order as the split path with one part::
 
     forward    Z = O W^T;  (count, mean, M2) of Z;  var = M2 / count,
@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from bnprop.kernels import team
 from bnprop.kernels._bn_compiled import (
     _backward_apply,
     _backward_frozen,
@@ -27,20 +28,22 @@ from bnprop.kernels._bn_compiled import (
 )
 from bnprop.kernels._finite import _all_finite
 from bnprop.kernels._jit import JIT_OPTIONS
-from bnprop.kernels._mlp_compiled import gemm_nn, gemm_nt, gemm_tn
 from bnprop.kernels.activations import IDENTITY
 
 
 @njit(**JIT_OPTIONS)
-def forward(O, W, gamma, beta, act, eps, block_rows, Z, Obar, A, Y,
-            stats):  # pragma: no cover - compiled
+def forward(O, W, gamma, beta, act, eps, block_rows, Z, Obar, A, Y, stats, split, ctl,
+            use):  # pragma: no cover - compiled
     """The forward pass (module docstring) into the given arrays; ``stats`` (3, n) in the
     arrays' dtype gets ``mu_B, var_B, inv_std``, each rounded once from float64 (NumPy's
     ``astype``). Returns the row count and whether every float64 ``inv_std`` is > 0 (not
-    when ``var_B`` overflowed: :func:`bnprop.layer.variance_overflow`)."""
+    when ``var_B`` overflowed: :func:`bnprop.layer.variance_overflow`). ``split``: ``Z``'s
+    GEMM in two parts; ``ctl, use``: the helper thread (:mod:`bnprop.kernels.team`)."""
     n = Z.shape[1]
     mean, M2, var, inv_std = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
-    gemm_nt(O, W, Z)
+    owned = team.acquire(ctl, use)
+    team.gemm(team.nt(O, W, Z), ctl, owned, split)
+    team.release(ctl, owned)
     count = _moments(Z, block_rows, mean, M2)
     _var_inv_std(M2, count, eps, var, inv_std)
     _forward_apply(Z, mean, inv_std, gamma, beta, act, Obar, Y, A)
@@ -55,11 +58,12 @@ def forward(O, W, gamma, beta, act, eps, block_rows, Z, Obar, A, Y,
 
 @njit(**JIT_OPTIONS)
 def backward(dY, O, W, Y, Obar, gamma, inv_std, act, frozen, m_total, dA, dZ, dW, dO,
-             sums):  # pragma: no cover - compiled
+             sums, ctl, use):  # pragma: no cover - compiled
     """The backward pass (module docstring) into the given arrays; ``sums`` (2, n) in the
     arrays' dtype gets ``dbeta = sum_rows(dA)`` and ``dgamma = sum_rows(dA * Obar)``, each
     rounded once from float64. Returns whether the two sums are finite (a NaN or inf in
-    dY makes them not)."""
+    dY makes them not). ``dW`` and ``dO`` are independent: the helper thread may take
+    ``dW`` (``ctl, use``, :mod:`bnprop.kernels.team`)."""
     n = sums.shape[1]
     sum_G, sum_GObar = np.empty(n), np.empty(n)
     _backward_sums_into(dY, Y, Obar, act, sum_G, sum_GObar, dA)
@@ -67,8 +71,9 @@ def backward(dY, O, W, Y, Obar, gamma, inv_std, act, frozen, m_total, dA, dZ, dW
         _backward_frozen(dA, Y, Obar, gamma, inv_std, IDENTITY, np.empty(n), np.empty(n), dZ)
     else:
         _backward_apply(dA, Y, Obar, gamma, inv_std, sum_G, sum_GObar, m_total, IDENTITY, dZ)
-    gemm_tn(dZ, O, dW)
-    gemm_nn(dZ, W, dO)
+    owned = team.acquire(ctl, use)
+    team.gemm_beside(team.tn(dZ, O, dW), team.nn(dZ, W, dO), ctl, owned)
+    team.release(ctl, owned)
     for j in range(n):
         sums[0, j] = sum_G[j]
         sums[1, j] = sum_GObar[j]

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, types
-from numba.extending import intrinsic, overload
+from numba.extending import overload
 
-from bnprop.kernels import blas
+from bnprop.kernels import blas, team
 from bnprop.kernels._bn_compiled import (
     _backward_apply,
     _backward_frozen,
@@ -41,97 +41,41 @@ from bnprop.kernels._bn_compiled import (
     _moments,
     _var_inv_std,
 )
+from bnprop.kernels._cblas import gemm_nn, gemm_nt, gemm_tn  # noqa: F401 - re-exported
 from bnprop.kernels._finite import _all_finite
 from bnprop.kernels._jit import JIT_OPTIONS
 
 if not blas.available():  # pragma: no cover - the caller checks first
     raise ImportError("bnprop.kernels._mlp_compiled needs NumPy's scipy-openblas")
 
-_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
-
-
-def _signature(t: types.Type) -> types.Signature:
-    i32, i64, p = types.int32, types.int64, types.CPointer(t)
-    return types.void(i32, i32, i32, i64, i64, i64, t, p, i64, p, i64, t, p, i64)
-
-
-_sgemm = types.ExternalFunction(blas.SYMBOLS["float32"], _signature(types.float32))
-_dgemm = types.ExternalFunction(blas.SYMBOLS["float64"], _signature(types.float64))
-
-
-@intrinsic
-def _ptr(typingctx, arr):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
-    """The data pointer of an array (what ``arr.ctypes.data`` is, typed for a C call)."""
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        return context.make_array(arr)(context, builder, args[0]).data
-
-    return types.CPointer(arr.dtype)(arr), codegen
-
-
-def _xgemm(ta, tb, M, N, K, A, lda, B, ldb, C, ldc):  # pragma: no cover - compiled only
-    """``C = op(A) op(B)`` (row-major cblas ``?gemm``, alpha 1, beta 0)."""
-    raise NotImplementedError("_xgemm is only callable from Numba-compiled code")
-
-
-@overload(_xgemm, jit_options=JIT_OPTIONS)
-def _xgemm_overload(ta, tb, M, N, K, A, lda, B, ldb, C, ldc):  # type: ignore[no-untyped-def]
-    # Only C-contiguous operands of one dtype type-check: the pointers and leading
-    # dimensions below assume them (anything else would read the wrong memory).
-    if not (A.dtype == B.dtype == C.dtype and A.layout == B.layout == C.layout == "C"):
-        return None
-    if C.dtype == types.float32:
-        def impl32(ta, tb, M, N, K, A, lda, B, ldb, C, ldc):  # type: ignore[no-untyped-def]
-            _sgemm(_ROW_MAJOR, ta, tb, M, N, K, np.float32(1.0), _ptr(A), lda, _ptr(B), ldb,
-                   np.float32(0.0), _ptr(C), ldc)
-        return impl32
-    if C.dtype == types.float64:
-        def impl64(ta, tb, M, N, K, A, lda, B, ldb, C, ldc):  # type: ignore[no-untyped-def]
-            _dgemm(_ROW_MAJOR, ta, tb, M, N, K, 1.0, _ptr(A), lda, _ptr(B), ldb, 0.0,
-                   _ptr(C), ldc)
-        return impl64
-    return None
-
-
-@njit(**JIT_OPTIONS)
-def gemm_nt(A, B, C):  # pragma: no cover - compiled
-    """``C = A B^T``: A (M, K), B (N, K), C (M, N), all C-contiguous."""
-    M, K = A.shape
-    N = B.shape[0]
-    _xgemm(_NO_TRANS, _TRANS, M, N, K, A, K, B, K, C, N)
-
-
-@njit(**JIT_OPTIONS)
-def gemm_tn(A, B, C):  # pragma: no cover - compiled
-    """``C = A^T B``: A (K, M), B (K, N), C (M, N), all C-contiguous."""
-    K, M = A.shape
-    N = B.shape[1]
-    _xgemm(_TRANS, _NO_TRANS, M, N, K, A, M, B, N, C, N)
-
-
-@njit(**JIT_OPTIONS)
-def gemm_nn(A, B, C):  # pragma: no cover - compiled
-    """``C = A B``: A (M, K), B (K, N), C (M, N), all C-contiguous."""
-    M, K = A.shape
-    N = B.shape[1]
-    _xgemm(_NO_TRANS, _NO_TRANS, M, N, K, A, K, B, N, C, N)
+def modes(split_Z: list[bool], split_dW0: bool, use: bool) -> np.ndarray:
+    """The int64 flags of :func:`forward` and :func:`backward`: ``Z_l = Y_{l-1} W_l^T``
+    in two parts (``l = 0..L``, the output layer last), ``dW_1`` in two parts, and
+    whether the helper thread may take a share (:mod:`bnprop.kernels.team`). One array,
+    not three arguments: at exactly 20 arguments CPython keeps every call's argument
+    tuple in a free list that grows to 2000 entries (400 KB that tracemalloc counts)."""
+    return np.array([*split_Z, split_dW0, use], np.int64)
 
 
 @njit(**JIT_OPTIONS)
 def forward(X, Ws, gammas, betas, acts, eps, block_rows, Zs, Ys, means, M2s, variances,
-            inv_stds, W_out, b_out, has_bias, logits):  # pragma: no cover - compiled
-    """The training forward (module docstring) into the buffers; returns the row count."""
-    H = X
+            inv_stds, W_out, b_out, has_bias, logits, modes, ctl):  # pragma: no cover - compiled
+    """The training forward (module docstring) into the buffers; returns the row count.
+    ``modes``: :func:`modes`; ``ctl``: :func:`bnprop.kernels.team.for_call`'s array."""
+    L = len(Ws)
+    owned = team.acquire(ctl, modes[L + 2] != 0)
     count = 0
     for layer in range(len(Ws)):
         Z = Zs[layer]
-        gemm_nt(H, Ws[layer], Z)
+        H = X if layer == 0 else Ys[layer - 1]
+        team.gemm(team.nt(H, Ws[layer], Z), ctl, owned, modes[layer] != 0)
         count = _moments(Z, block_rows[layer], means[layer], M2s[layer])
         inv_std = inv_stds[layer]
         _var_inv_std(M2s[layer], count, eps[layer], variances[layer], inv_std)
         _forward_apply(Z, means[layer], inv_std, gammas[layer], betas[layer], acts[layer],
                        Z, Ys[layer], None)
-        H = Ys[layer]
-    gemm_nt(H, W_out, logits)
+    team.gemm(team.nt(Ys[L - 1], W_out, logits), ctl, owned, modes[L] != 0)
+    team.release(ctl, owned)
     if has_bias:
         for i in range(logits.shape[0]):
             row = logits[i]
@@ -142,11 +86,14 @@ def forward(X, Ws, gammas, betas, acts, eps, block_rows, Zs, Ys, means, M2s, var
 
 @njit(**JIT_OPTIONS)
 def backward(X, Ws, gammas, acts, frozen, Zs, Ys, dYs, inv_stds, sum_G, sum_GObar, count,
-             W_out, has_bias, dlogits, dWs, dgammas, dbetas, dW_out, db_out, db_acc,
-             ):  # pragma: no cover - compiled
-    """The backward pass (module docstring) into the gradient views."""
+             W_out, has_bias, dlogits, dWs, dgammas, dbetas, dW_out, db_out, db_acc, modes,
+             ctl):  # pragma: no cover - compiled
+    """The backward pass (module docstring) into the gradient views; each ``dW`` and
+    the ``dO`` beside it are independent, so the helper thread may take the ``dW``."""
     L = len(Ws)
-    gemm_tn(dlogits, Ys[L - 1], dW_out)
+    owned = team.acquire(ctl, modes[L + 2] != 0)
+    team.gemm_beside(team.tn(dlogits, Ys[L - 1], dW_out), team.nn(dlogits, W_out, dYs[L - 1]),
+                     ctl, owned)
     if has_bias:  # sum_rows in float64, rows in order, rounded once
         db_acc[:] = 0.0
         for i in range(dlogits.shape[0]):
@@ -155,7 +102,6 @@ def backward(X, Ws, gammas, acts, frozen, Zs, Ys, dYs, inv_stds, sum_G, sum_GOba
                 db_acc[k] += row[k]
         for k in range(db_out.shape[0]):
             db_out[k] = db_acc[k]
-    gemm_nn(dlogits, W_out, dYs[L - 1])
     for layer in range(L - 1, -1, -1):
         dY, Y, Obar = dYs[layer], Ys[layer], Zs[layer]
         sG, sGO = sum_G[layer], sum_GObar[layer]
@@ -166,14 +112,16 @@ def backward(X, Ws, gammas, acts, frozen, Zs, Ys, dYs, inv_stds, sum_G, sum_GOba
             _backward_sums(dY, Y, Obar, acts[layer], sG, sGO)
             _backward_apply(dY, Y, Obar, gammas[layer], inv_stds[layer], sG, sGO,
                             float(count), acts[layer], dY)
-        O = X if layer == 0 else Ys[layer - 1]
-        gemm_tn(dY, O, dWs[layer])                           # dW = dZ^T O
-        if layer > 0:
-            gemm_nn(dY, Ws[layer], dYs[layer - 1])           # dO = dZ W
+        if layer > 0:                                        # dW = dZ^T O, dO = dZ W
+            team.gemm_beside(team.tn(dY, Ys[layer - 1], dWs[layer]),
+                             team.nn(dY, Ws[layer], dYs[layer - 1]), ctl, owned)
+        else:
+            team.gemm(team.tn(dY, X, dWs[0]), ctl, owned, modes[L + 1] != 0)
         dg, dbeta = dgammas[layer], dbetas[layer]
         for j in range(dg.shape[0]):
             dg[j] = sGO[j]
             dbeta[j] = sG[j]
+    team.release(ctl, owned)
 
 
 def _cast_like(x, arr):  # pragma: no cover - compiled only

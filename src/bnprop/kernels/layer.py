@@ -124,12 +124,14 @@ def forward(O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
         O, W, gamma, beta = [copy_input(a) if may_share_input(a, g) else a
                              for a, g in zip((O, W, gamma, beta), given, strict=True)]
     if comm is None and _whole(m, n, dt.itemsize):  # one compiled call
-        from bnprop.kernels import _layer_compiled
+        from bnprop.kernels import _layer_compiled, team
 
         Z, Obar, A, Y = (np.empty((m, n), dt) for _ in range(4))
         stats = np.empty((3, n), dt)  # mu, var, inv_std
+        split = team.may_split(dt, team.NT, m, n, O.shape[1])
         m_global, fits = _layer_compiled.forward(O, W, gamma, beta, ACTIVATION_CODES[activation],
-                                                 eps, block_rows, Z, Obar, A, Y, stats)
+                                                 eps, block_rows, Z, Obar, A, Y, stats, split,
+                                                 *team.for_call())
         if not fits:
             raise variance_overflow(Z)
         return LayerCache._made(
@@ -190,11 +192,12 @@ def backward(dY: np.ndarray, cache: LayerCache, stats: str) -> tuple[LayerGrads,
     else:  # Obar's rows are formed from Z in the kernels
         Z, (mean64, inv_std64) = cache.Z, z_stats
     if whole:  # one compiled call
-        from bnprop.kernels import _layer_compiled
+        from bnprop.kernels import _layer_compiled, team
 
         dZ, dW, sums = np.empty((m, n), dt), np.empty((n, n_in), dt), np.empty((2, n), dt)
         finite = _layer_compiled.backward(dY, O, W, Y, Obar, gamma, inv_std, act,
-                                          stats == "frozen", m_total, dA, dZ, dW, dO, sums)
+                                          stats == "frozen", m_total, dA, dZ, dW, dO, sums,
+                                          *team.for_call())
         return LayerGrads(dA=dA, dgamma=sums[1], dbeta=sums[0], dZ=dZ, dW=dW, dO=dO), finite
 
     def sums(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:

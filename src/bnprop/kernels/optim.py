@@ -63,3 +63,23 @@ def _adam_pass(p, g, m, v, wd, c1, beta2, c2, step_size, bias2, eps):  # pragma:
 @njit(**JIT_OPTIONS)
 def adam_flat(p, g, m, v, coef):  # pragma: no cover - compiled
     _adam_pass(p, g, m, v, coef[0], coef[1], coef[2], coef[3], coef[4], coef[5], coef[6])
+
+
+def flat_update(kind: str, p: np.ndarray, g: np.ndarray, a: np.ndarray, b: np.ndarray,
+                coef: np.ndarray, flags: int) -> None:
+    """The fused update ``kind`` ("adam": ``a, b`` are ``m, v``; "sgd": ``a`` is the
+    momentum buffer, ``flags`` 1 first step, 2 momentum, 4 Nesterov). With two or more
+    threads (:func:`bnprop.threads.using`) its second half runs on the helper thread
+    (:func:`bnprop.kernels.team.update`): element-wise, the same bits."""
+    from bnprop.kernels import blas
+
+    if blas.available():
+        from bnprop.kernels import team
+
+        ctl, use = team.for_call()
+        team.update(team.ADAM if kind == "adam" else team.SGD, p, g, a, b, coef, flags, ctl,
+                    use)
+    elif kind == "adam":
+        adam_flat(p, g, a, b, coef)
+    else:
+        sgd_flat(p, g, a, coef, flags & 1 != 0, flags & 2 != 0, flags & 4 != 0)

@@ -102,7 +102,16 @@ class CompiledStep:
         self.m: int | None = None
 
     def _allocate(self, m: int) -> None:
+        from bnprop.kernels import _mlp_compiled as k
+        from bnprop.kernels import team
+
         dt, widths = self.dtype, [s.norm.num_features for s in self.hidden]
+        n_in = [s.stage.linear.in_features for s in self.hidden] + [widths[-1]]
+        n_out = [*widths, self.out.out_features]
+        # Which GEMMs run in two parts (the helper thread's share): by shape alone.
+        self.modes = k.modes([team.may_split(dt, team.NT, m, o, i)
+                              for i, o in zip(n_in, n_out, strict=True)],
+                             team.may_split(dt, team.TN, widths[0], n_in[0], m), False)
         self.Zs = tuple(np.empty((m, n), dt) for n in widths)
         self.Ys = tuple(np.empty((m, n), dt) for n in widths)
         self.dYs = tuple(np.empty((m, n), dt) for n in widths)
@@ -118,6 +127,7 @@ class CompiledStep:
         when everything is finite. Returns ``(loss, finite)``; nothing is committed when
         ``finite`` is False. ``grads`` is the flat array every gradient is a view of."""
         from bnprop.kernels import _mlp_compiled as k
+        from bnprop.kernels import team
 
         if self.m != X.shape[0]:
             self._allocate(X.shape[0])
@@ -126,16 +136,20 @@ class CompiledStep:
         means, M2s, variances, inv_stds, sum_G, sum_GObar = self.vectors
         out, bias = self.out, self.out.has_bias
         b = out.b if bias else out.W[0]
+        ctl, use = team.for_call()
+        self.modes[-1] = use
         count = k.forward(X, self.Ws, self.gammas, self.betas, self.acts,
                           np.array([n.eps for n in norms]), self.block_rows, self.Zs, self.Ys,
-                          means, M2s, variances, inv_stds, out.W, b, bias, self.logits)
+                          means, M2s, variances, inv_stds, out.W, b, bias, self.logits,
+                          self.modes, ctl)
         loss = softmax_cross_entropy_inplace(self.logits, y, X.shape[0], self.rowmax,
                                              self.total, self.S_y, self.log_total)
         k.backward(X, self.Ws, self.gammas, self.acts,
                    np.array([n.stats == "frozen" for n in norms]), self.Zs, self.Ys, self.dYs,
                    inv_stds, sum_G, sum_GObar, count, out.W, bias, self.logits, self.dWs,
                    self.dgammas, self.dbetas, out.grads["W"],
-                   out.grads["b"] if bias else out.grads["W"][0], self.db_acc)
+                   out.grads["b"] if bias else out.grads["W"][0], self.db_acc,
+                   self.modes, ctl)
         if not np.isfinite(loss):
             return loss, False
         momenta = np.array([n.momentum if n.running == "ema"

@@ -1,0 +1,138 @@
+"""What the helper thread of :mod:`bnprop.kernels.team` can be given: a task in one int64
+array, and the code that runs it.
+
+The shared array ``ctl`` holds, at the slots below (apart, so the caller's and the
+helper's writes do not share a cache line): the open or claimed task, its description (up
+to 15 integers, then its kind), the owner, the last task the helper finished, the helper's
+state, the caller's task counter, the stop request, and how many parts the helper has
+computed. A task is one of:
+
+* ``GEMM``: the rows or columns ``[r0, r1)`` of ``C = op(A) op(B)``, the 12 integers of
+  :func:`nt` / :func:`tn` / :func:`nn` (dtype, transposes, sizes, addresses, leading
+  dimensions: :func:`bnprop.kernels._cblas.gemm_part`'s arguments), then ``by_rows, r0, r1``;
+* ``ADAM`` / ``SGD``: elements ``[r0, r1)`` of a flat optimizer update
+  (:func:`update_part`), its arrays given by address and length.
+
+Import only when :func:`bnprop.kernels.blas.available` is True.
+"""
+
+from __future__ import annotations
+
+from numba import carray, njit, types
+from numba.extending import overload
+
+from bnprop.kernels._atomics import address, f32_at, f64_at
+from bnprop.kernels._cblas import _NO_TRANS, _TRANS, F32, F64, gemm_part
+from bnprop.kernels._jit import JIT_OPTIONS
+from bnprop.kernels.optim import _adam_pass, sgd_flat
+
+CLAIM, DESC, KIND, OWNER, DONE, STATE, SEQ, STOP, PARTS = 0, 1, 16, 24, 32, 40, 48, 56, 64
+SLOTS = 72
+#: Task kinds: a GEMM part (:func:`run`), a slice of an Adam or an SGD update.
+GEMM, ADAM, SGD = 0, 1, 2
+
+
+@njit(**JIT_OPTIONS)
+def _f32s(addr, n):  # pragma: no cover - compiled
+    return carray(f32_at(addr), n)
+
+
+@njit(**JIT_OPTIONS)
+def _f64s(addr, n):  # pragma: no cover - compiled
+    return carray(f64_at(addr), n)
+
+
+@njit(**JIT_OPTIONS)
+def update_part(kind, p, g, a, b, coef, flags, r0, r1):  # pragma: no cover - compiled
+    """Elements ``[r0, r1)`` of a flat optimizer update (:mod:`bnprop.kernels.optim`):
+    Adam (``a, b = m, v``) or SGD (``a`` = the momentum buffer, empty without momentum;
+    ``flags``: 1 first step, 2 momentum, 4 Nesterov). Element-wise, so any cut gives the
+    whole update's bits."""
+    if kind == ADAM:
+        _adam_pass(p[r0:r1], g[r0:r1], a[r0:r1], b[r0:r1], coef[0], coef[1], coef[2],
+                   coef[3], coef[4], coef[5], coef[6])
+    else:
+        sgd_flat(p[r0:r1], g[r0:r1], a[r0:r1], coef, flags & 1 != 0, flags & 2 != 0,
+                 flags & 4 != 0)
+
+
+@njit(**JIT_OPTIONS)
+def run_posted(ctl):  # pragma: no cover - compiled
+    d = DESC
+    if ctl[KIND] == GEMM:
+        gemm_part(ctl[d], ctl[d + 1], ctl[d + 2], ctl[d + 3], ctl[d + 4], ctl[d + 5],
+                  ctl[d + 6], ctl[d + 7], ctl[d + 8], ctl[d + 9], ctl[d + 10], ctl[d + 11],
+                  ctl[d + 12] != 0, ctl[d + 13], ctl[d + 14])
+    elif ctl[d] == F32:
+        update_part(ctl[KIND], _f32s(ctl[d + 1], ctl[d + 6]), _f32s(ctl[d + 2], ctl[d + 6]),
+                    _f32s(ctl[d + 3], ctl[d + 9]), _f32s(ctl[d + 4], ctl[d + 10]),
+                    _f32s(ctl[d + 5], ctl[d + 11]), ctl[d + 12], ctl[d + 7], ctl[d + 8])
+    else:
+        update_part(ctl[KIND], _f64s(ctl[d + 1], ctl[d + 6]), _f64s(ctl[d + 2], ctl[d + 6]),
+                    _f64s(ctl[d + 3], ctl[d + 9]), _f64s(ctl[d + 4], ctl[d + 10]),
+                    _f64s(ctl[d + 5], ctl[d + 11]), ctl[d + 12], ctl[d + 7], ctl[d + 8])
+
+
+def _dtype_code(A, B, C):  # pragma: no cover - compiled only
+    """``gemm_part``'s dtype code of three C-contiguous operands of one dtype."""
+    raise NotImplementedError("_dtype_code is only callable from Numba-compiled code")
+
+
+@overload(_dtype_code, jit_options=JIT_OPTIONS)
+def _dtype_code_overload(A, B, C):  # type: ignore[no-untyped-def]
+    # Only C-contiguous operands of one dtype type-check: the addresses and leading
+    # dimensions of the parts assume them (anything else would read the wrong memory).
+    if not (A.dtype == B.dtype == C.dtype and A.layout == B.layout == C.layout == "C"):
+        return None
+    if C.dtype == types.float32:
+        return lambda A, B, C: F32
+    if C.dtype == types.float64:
+        return lambda A, B, C: F64
+    return None
+
+
+def _code_of(p):  # pragma: no cover - compiled only
+    raise NotImplementedError("_code_of is only callable from Numba-compiled code")
+
+
+@overload(_code_of, jit_options=JIT_OPTIONS)
+def _code_of_overload(p):  # type: ignore[no-untyped-def]
+    if p.dtype == types.float32:
+        return lambda p: F32
+    if p.dtype == types.float64:
+        return lambda p: F64
+    return None
+
+
+@njit(**JIT_OPTIONS)
+def nt(A, B, C):  # pragma: no cover - compiled
+    """The GEMM ``C = A B^T`` (A (M, K), B (N, K)) as :func:`run`'s 12 integers."""
+    M, K = A.shape
+    N = B.shape[0]
+    return (_dtype_code(A, B, C), _NO_TRANS, _TRANS, M, N, K, address(A), K, address(B), K,
+            address(C), N)
+
+
+@njit(**JIT_OPTIONS)
+def tn(A, B, C):  # pragma: no cover - compiled
+    """The GEMM ``C = A^T B`` (A (K, M), B (K, N))."""
+    K, M = A.shape
+    N = B.shape[1]
+    return (_dtype_code(A, B, C), _TRANS, _NO_TRANS, M, N, K, address(A), M, address(B), N,
+            address(C), N)
+
+
+@njit(**JIT_OPTIONS)
+def nn(A, B, C):  # pragma: no cover - compiled
+    """The GEMM ``C = A B`` (A (M, K), B (K, N))."""
+    M, K = A.shape
+    N = B.shape[1]
+    return (_dtype_code(A, B, C), _NO_TRANS, _NO_TRANS, M, N, K, address(A), K, address(B), N,
+            address(C), N)
+
+
+@njit(**JIT_OPTIONS)
+def run(g, by_rows, r0, r1):  # pragma: no cover - compiled
+    """Rows (``by_rows``) or columns ``[r0, r1)`` of the GEMM ``g`` (``*_args``)."""
+    gemm_part(g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10], g[11],
+              by_rows, r0, r1)

@@ -1,0 +1,327 @@
+"""A second thread for the compiled calls: a helper that takes half of a GEMM or of an
+optimizer update, or the ``dW`` beside a ``dO``.
+
+The Ioffe net's step at batch 60 is 11 GEMMs of 2 to 130 us each, too short to hand to
+a worker through a queue (:func:`bnprop.threads.map_rows` costs ~50 us a part). The
+helper is one thread that, while steps are running, waits for work in a spin loop over
+a shared int64 array (:mod:`bnprop.kernels._tasks`), so a part reaches it in well under
+a microsecond. Measured here (float32, 1 BLAS thread each):
+
+* a GEMM of at least :data:`SPLIT_FLOPS` in two parts (:func:`gemm`, where
+  :func:`may_split`), the longer side of ``C`` cut in two: ``Z = O W^T`` at 60 x 784 ->
+  100 took 127 us whole, 70 us in two parts; its ``dW`` 95 and 58 us (smaller GEMMs
+  gain nothing: 60 x 100 -> 100 took 17 us whole and 17 to 21 in parts);
+* ``dW = dZ^T O`` beside ``dO = dZ W`` (:func:`gemm_beside`): independent, each whole;
+* a flat Adam update of 99k parameters (:func:`update`): 46 -> 27 us.
+
+The protocol keeps the calling thread's time bounded by what it would be alone:
+
+* the caller posts part 2 (its description, then ``ctl[CLAIM] = 2 s`` for task ``s``),
+  computes part 1, then tries to claim part 2 itself (compare-and-swap of ``2 s`` to
+  ``2 s + 1``): the helper, spinning, claims it the same way, and exactly one wins;
+* if the caller wins (the helper is asleep, busy or descheduled) it computes part 2; if
+  the helper won, the caller waits only for a part that is already running;
+* the parts are the same whatever thread computes them, and whether a GEMM is split
+  depends on its shape alone (also with one thread), so the numbers never depend on the
+  thread count or on whether the helper showed up. A GEMM is split only where its parts
+  give the whole call's bits (:func:`may_split`), so the compiled step keeps the Python
+  step's numbers.
+
+One caller at a time owns the helper (``ctl[OWNER]``, taken by compare-and-swap for the
+length of one compiled call); another caller meanwhile computes both parts itself. The
+helper spins for :data:`IDLE_SECONDS` after its last part, then sleeps on an event until
+a caller with two or more threads (:func:`bnprop.threads.using`) wakes it: a process that
+stops training stops using the second core within milliseconds. After a ``fork`` the
+child starts with a fresh, sleeping helper.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import time
+
+import numpy as np
+from numba import njit
+
+from bnprop import threads
+from bnprop.kernels._atomics import address, cas, load_acquire, pause, store_release
+from bnprop.kernels._jit import JIT_OPTIONS
+from bnprop.kernels._tasks import (  # noqa: F401 - nt, tn, nn, run: this module's API
+    ADAM,
+    CLAIM,
+    DESC,
+    DONE,
+    GEMM,
+    KIND,
+    OWNER,
+    PARTS,
+    SEQ,
+    SGD,
+    SLOTS,
+    STATE,
+    STOP,
+    _code_of,
+    nn,
+    nt,
+    run,
+    run_posted,
+    tn,
+    update_part,
+)
+
+ASLEEP, AWAKE = 0, 1
+#: Minimum flops (``2 M N K``) of a GEMM computed in two parts.
+SPLIT_FLOPS = 4_000_000
+#: Minimum elements of a flat optimizer update done in two parts.
+SPLIT_ELEMENTS = 16384
+#: Seconds the helper spins without work before it sleeps.
+IDLE_SECONDS = 0.002
+
+
+@njit(**JIT_OPTIONS)
+def update(kind, p, g, a, b, coef, flags, ctl, use):  # pragma: no cover - compiled
+    """The whole flat update (:func:`update_part`), its second half offered to the helper
+    when it has :data:`SPLIT_ELEMENTS` and this call owns the helper."""
+    n = p.size
+    owned = n >= SPLIT_ELEMENTS and acquire(ctl, use)
+    if not owned:
+        update_part(kind, p, g, a, b, coef, flags, 0, n)
+        return
+    h = (n // 2 + 8) // 16 * 16
+    seq = ctl[SEQ] + 1
+    ctl[SEQ] = seq
+    d = DESC
+    ctl[d], ctl[d + 1], ctl[d + 2], ctl[d + 3] = _code_of(p), address(p), address(g), address(a)
+    ctl[d + 4], ctl[d + 5], ctl[d + 6], ctl[d + 7] = address(b), address(coef), n, h
+    ctl[d + 8], ctl[d + 9], ctl[d + 10], ctl[d + 11] = n, a.size, b.size, coef.size
+    ctl[d + 12], ctl[KIND] = flags, kind
+    store_release(ctl, CLAIM, 2 * seq)
+    update_part(kind, p, g, a, b, coef, flags, 0, h)
+    if cas(ctl, CLAIM, 2 * seq, 2 * seq + 1):
+        update_part(kind, p, g, a, b, coef, flags, h, n)
+    else:
+        while load_acquire(ctl, DONE) != 2 * seq:
+            pause()
+    release(ctl, True)
+
+
+@njit(**JIT_OPTIONS)
+def helper_loop(ctl, idle_spins):  # pragma: no cover - compiled
+    """The helper's spin loop: claim and compute posted parts until ``idle_spins`` spins
+    pass without one (or a stop is requested); then mark itself asleep and return."""
+    idle = 0
+    while load_acquire(ctl, STOP) == 0:
+        c = load_acquire(ctl, CLAIM)
+        if c > 0 and c % 2 == 0 and cas(ctl, CLAIM, c, c + 1):
+            run_posted(ctl)            # the caller waits for DONE == c, so DESC holds
+            store_release(ctl, PARTS, ctl[PARTS] + 1)
+            store_release(ctl, DONE, c)
+            idle = 0
+        else:
+            idle += 1
+            if idle >= idle_spins:
+                break
+            pause()
+    store_release(ctl, STATE, ASLEEP)
+
+
+@njit(**JIT_OPTIONS)
+def _spin(n):  # pragma: no cover - compiled
+    for _ in range(n):
+        pause()
+
+
+@njit(**JIT_OPTIONS)
+def acquire(ctl, use):  # pragma: no cover - compiled
+    """Whether this call may post parts: ``use`` (two or more threads here), the helper is
+    awake, and no other caller owns it (then this call does, until :func:`release`)."""
+    return use and load_acquire(ctl, STATE) == AWAKE and cas(ctl, OWNER, 0, 1)
+
+
+@njit(**JIT_OPTIONS)
+def release(ctl, owned):  # pragma: no cover - compiled
+    if owned:
+        store_release(ctl, OWNER, 0)
+
+
+@njit(**JIT_OPTIONS)
+def post(ctl, g, by_rows, r0, r1):  # pragma: no cover - compiled
+    """Offer a part of ``g`` to the helper (the caller owns it); returns the task number
+    that :func:`finish` takes."""
+    seq = ctl[SEQ] + 1
+    ctl[SEQ] = seq
+    for i in range(12):
+        ctl[DESC + i] = g[i]
+    ctl[DESC + 12], ctl[DESC + 13], ctl[DESC + 14], ctl[KIND] = by_rows, r0, r1, GEMM
+    store_release(ctl, CLAIM, 2 * seq)
+    return seq
+
+
+@njit(**JIT_OPTIONS)
+def finish(ctl, seq, g, by_rows, r0, r1):  # pragma: no cover - compiled
+    """The posted part is done when this returns: computed here if the helper had not
+    claimed it, else waited for (it is running)."""
+    if cas(ctl, CLAIM, 2 * seq, 2 * seq + 1):
+        run(g, by_rows, r0, r1)
+    else:
+        while load_acquire(ctl, DONE) != 2 * seq:
+            pause()
+
+
+@njit(**JIT_OPTIONS)
+def _cut(g):  # pragma: no cover - compiled
+    """How :func:`gemm` splits ``g``: the longer side of ``C``, at a multiple of 8."""
+    M, N = g[3], g[4]
+    by_rows = M > N
+    total = M if by_rows else N
+    return by_rows, (total // 2 + 4) // 8 * 8, total
+
+
+@njit(**JIT_OPTIONS)
+def gemm(g, ctl, owned, split):  # pragma: no cover - compiled
+    """The GEMM ``g``; in two parts when ``split`` (:func:`may_split`), the second offered
+    to the helper when ``owned``."""
+    if not split:
+        run(g, False, 0, g[4])
+        return
+    by_rows, h, total = _cut(g)
+    if owned:
+        seq = post(ctl, g, by_rows, h, total)
+        run(g, by_rows, 0, h)
+        finish(ctl, seq, g, by_rows, h, total)
+    else:
+        run(g, by_rows, 0, h)
+        run(g, by_rows, h, total)
+
+
+@njit(**JIT_OPTIONS)
+def gemm_beside(g_helper, g_here, ctl, owned):  # pragma: no cover - compiled
+    """Two independent whole GEMMs (different outputs): ``g_helper`` offered to the helper
+    when ``owned`` while ``g_here`` runs here."""
+    if owned:
+        seq = post(ctl, g_helper, False, 0, g_helper[4])
+        run(g_here, False, 0, g_here[4])
+        finish(ctl, seq, g_helper, False, 0, g_helper[4])
+    else:
+        run(g_here, False, 0, g_here[4])
+        run(g_helper, False, 0, g_helper[4])
+
+
+@njit(**JIT_OPTIONS)
+def _parts_match(kind, A, B, whole, parts):  # pragma: no cover - compiled
+    g = nt(A, B, whole) if kind == 0 else (tn(A, B, whole) if kind == 1 else nn(A, B, whole))
+    run(g, False, 0, g[4])
+    g = nt(A, B, parts) if kind == 0 else (tn(A, B, parts) if kind == 1 else nn(A, B, parts))
+    gemm(g, np.zeros(1, np.int64), False, True)  # not owned: no ctl slot is read
+    for i in range(whole.shape[0]):
+        for j in range(whole.shape[1]):
+            if whole[i, j] != parts[i, j]:
+                return False
+    return True
+
+
+_verified: dict[tuple[str, int, int, int, int], bool] = {}
+
+
+#: :func:`may_split`'s ``kind``: ``C = A B^T``, ``C = A^T B``, ``C = A B``.
+
+
+NT, TN, NN = 0, 1, 2
+
+
+def may_split(dtype: np.dtype, kind: int, M: int, N: int, K: int) -> bool:
+    """Whether :func:`gemm` splits the GEMM of ``C`` (M, N) over ``K`` (``kind``: NT, TN,
+    NN): it has :data:`SPLIT_FLOPS`, and its two parts give the whole call's bits on this
+    BLAS, checked once per shape on random operands (OpenBLAS's kernels may take another
+    path for another size: here float64 parts of 60 x 100 over 784 differ from the whole
+    in 3% of the elements, by 1e-14, while float32 parts match at every size tried)."""
+    key = (np.dtype(dtype).str, kind, M, N, K)
+    ok = _verified.get(key)
+    if ok is None:
+        ok = 2.0 * M * N * K >= SPLIT_FLOPS and max(M, N) >= 16
+        if ok:
+            rng = np.random.default_rng(M * N + K)
+            A = rng.standard_normal((K, M) if kind == TN else (M, K)).astype(dtype)
+            B = rng.standard_normal((N, K) if kind == NT else (K, N)).astype(dtype)
+            # On 1 BLAS thread (where the helper runs) and on the current count (OpenBLAS's
+            # own default outside threads.using): each may take another path.
+            for n in sorted({1, threads.blas_threads() or 1}):
+                with threads.blas_threads_limited(n):
+                    ok = ok and bool(_parts_match(kind, A, B, np.empty((M, N), dtype),
+                                                  np.empty((M, N), dtype)))
+        _verified[key] = ok
+    return ok
+
+
+class _Helper:
+    """The helper thread and its shared array (one per process)."""
+
+    def __init__(self) -> None:
+        self.ctl = np.zeros(SLOTS, np.int64)
+        self.wake = threading.Event()
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        self.idle_spins = 0
+
+    def _main(self) -> None:
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            if self.ctl[STOP]:
+                return
+            helper_loop(self.ctl, self.idle_spins)
+
+    def start_or_wake(self) -> None:
+        with self.lock:
+            if self.ctl[STOP] or self.ctl[STATE] == AWAKE:
+                return
+            if self.thread is None:
+                _spin(1)
+                t0 = time.perf_counter()
+                _spin(20_000)
+                per_spin = max(1e-9, (time.perf_counter() - t0) / 20_000)
+                self.idle_spins = max(1000, int(IDLE_SECONDS / per_spin))
+                self.thread = threading.Thread(target=self._main, name="bnprop-helper",
+                                               daemon=True)
+                self.thread.start()
+            self.ctl[STATE] = AWAKE
+            self.wake.set()
+
+    def stop(self) -> None:
+        self.ctl[STOP] = 1
+        self.wake.set()
+        if self.thread is not None:
+            self.thread.join(timeout=1.0)
+
+
+_helper = _Helper()
+
+
+def _fresh_after_fork() -> None:
+    global _helper
+    _helper = _Helper()
+
+
+os.register_at_fork(after_in_child=_fresh_after_fork)
+
+
+atexit.register(lambda: _helper.stop())
+
+
+def for_call() -> tuple[np.ndarray, bool]:
+    """``(ctl, use)`` for a compiled call: ``use`` when this context has two or more
+    threads (:func:`bnprop.threads.num_threads`); the helper is then started or woken
+    (the call does not wait for it: parts it does not claim, the caller computes)."""
+    helper = _helper
+    if threads.num_threads() < 2:
+        return helper.ctl, False
+    if helper.ctl[STATE] != AWAKE:
+        helper.start_or_wake()
+    return helper.ctl, True
+
+
+def parts_done() -> int:
+    """How many parts the helper has computed in this process (for tests and the bench)."""
+    return int(_helper.ctl[PARTS])

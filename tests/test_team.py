@@ -1,0 +1,258 @@
+"""The helper thread (bnprop.kernels.team): parts give the whole result's bits, whoever
+computes them; the caller never waits for a part nobody runs; the helper sleeps when idle."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import bnprop
+from bnprop import threads
+from bnprop.kernels import blas
+
+pytestmark = pytest.mark.skipif(not blas.available(), reason="needs NumPy's scipy-openblas")
+
+if blas.available():
+    from numba import njit
+
+    from bnprop.kernels import _atomics, _cblas, optim, team
+
+    @njit
+    def _team_gemm(kind, A, B, C, ctl, use, split):  # type: ignore[no-untyped-def]
+        owned = team.acquire(ctl, use)
+        if kind == 0:
+            team.gemm(team.nt(A, B, C), ctl, owned, split)
+        elif kind == 1:
+            team.gemm(team.tn(A, B, C), ctl, owned, split)
+        else:
+            team.gemm(team.nn(A, B, C), ctl, owned, split)
+        team.release(ctl, owned)
+
+    @njit
+    def _team_beside(A, B, C, D, E, ctl, use):  # type: ignore[no-untyped-def]
+        owned = team.acquire(ctl, use)
+        team.gemm_beside(team.tn(A, B, C), team.nn(A, D, E), ctl, owned)
+        team.release(ctl, owned)
+
+    @njit
+    def _whole(kind, A, B, C):  # type: ignore[no-untyped-def]
+        if kind == 0:
+            _cblas.gemm_nt(A, B, C)
+        elif kind == 1:
+            _cblas.gemm_tn(A, B, C)
+        else:
+            _cblas.gemm_nn(A, B, C)
+
+    @njit
+    def _atomic_ops(a):  # type: ignore[no-untyped-def]
+        won = _atomics.cas(a, 0, 5, 7)        # a[0] == 5: swapped
+        lost = _atomics.cas(a, 0, 5, 9)       # a[0] == 7 now: not swapped
+        _atomics.store_release(a, 1, 11)
+        _atomics.pause()
+        return won, lost, _atomics.load_acquire(a, 0), _atomics.load_acquire(a, 1)
+
+
+SHAPES = [(60, 784, 100), (60, 100, 100), (61, 101, 99), (100, 60, 784), (17, 300, 5),
+          (300, 17, 400)]
+
+
+def _operands(kind: int, M: int, N: int, K: int, dtype: type, rng: np.random.Generator):
+    A = rng.standard_normal((K, M) if kind == 1 else (M, K)).astype(dtype)
+    B = rng.standard_normal((N, K) if kind == 0 else (K, N)).astype(dtype)
+    return A, B
+
+
+def test_atomics_do_what_they_say() -> None:
+    a = np.array([5, 0], np.int64)
+    assert _atomic_ops(a) == (True, False, 7, 11)
+    assert a.tolist() == [7, 11]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", [0, 1, 2], ids=["nt", "tn", "nn"])
+def test_a_gemm_is_split_only_where_the_parts_give_the_whole_bits(kind: int,
+                                                                  dtype: type) -> None:
+    """``may_split`` checked each shape on its own random operands; other operands (other
+    values, scales, signs) must give the whole call's bits too."""
+    rng = np.random.default_rng(kind)
+    ctl = np.zeros(team.SLOTS, np.int64)  # no helper behind it: the caller runs both parts
+    for M, N, K in SHAPES:
+        split = team.may_split(np.dtype(dtype), kind, M, N, K)
+        assert split == (team.may_split(np.dtype(dtype), kind, M, N, K))  # cached
+        if 2 * M * N * K < team.SPLIT_FLOPS:
+            assert not split
+        for scale in (1.0, 1e-3, 1e5):
+            A, B = _operands(kind, M, N, K, dtype, rng)
+            A *= dtype(scale)
+            whole, parts = np.empty((M, N), dtype), np.full((M, N), np.nan, dtype)
+            _whole(kind, A, B, whole)
+            _team_gemm(kind, A, B, parts, ctl, False, split)
+            np.testing.assert_array_equal(parts, whole, err_msg=f"{(M, N, K)}")
+            assert np.array_equal(whole, np.matmul(A.T if kind == 1 else A,
+                                                   B.T if kind == 0 else B))
+
+
+def test_the_first_layer_of_the_ioffe_step_is_split_in_float32() -> None:
+    """Where the speed comes from (if this BLAS ever stops matching, the step stays
+    correct and only loses the helper's share of its two largest GEMMs)."""
+    assert team.may_split(np.dtype(np.float32), team.NT, 60, 100, 784)
+    assert team.may_split(np.dtype(np.float32), team.TN, 100, 784, 60)
+    assert not team.may_split(np.dtype(np.float32), team.NT, 60, 10, 100)
+
+
+def test_an_awake_helper_that_never_comes_does_not_block_the_caller() -> None:
+    """``ctl`` says the helper is awake, but no thread reads it: every posted part is
+    claimed back by the caller."""
+    ctl = np.zeros(team.SLOTS, np.int64)
+    ctl[team.STATE] = team.AWAKE
+    rng = np.random.default_rng(1)
+    A, B = _operands(0, 60, 100, 784, np.float32, rng)
+    whole, parts = np.empty((60, 100), np.float32), np.empty((60, 100), np.float32)
+    _whole(0, A, B, whole)
+    _team_gemm(0, A, B, parts, ctl, True, True)
+    np.testing.assert_array_equal(parts, whole)
+    assert ctl[team.SEQ] == 1 and ctl[team.CLAIM] == 3 and ctl[team.OWNER] == 0
+
+
+def _until_helper_works(fn, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    start, deadline = team.parts_done(), time.monotonic() + timeout
+    while team.parts_done() == start:
+        assert time.monotonic() < deadline, "the helper never took a part"
+        fn()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_helper_takes_parts_and_the_bits_stay(dtype: type) -> None:
+    with threads.using(2):  # OpenBLAS on 1 thread: the whole GEMMs of the comparison too
+        _helper_takes_parts(dtype)
+
+
+def _helper_takes_parts(dtype: type) -> None:
+    rng = np.random.default_rng(2)
+    cases = []
+    for kind in (0, 1, 2):
+        A, B = _operands(kind, 60, 100, 784, dtype, rng)
+        whole = np.empty((60, 100), dtype)
+        _whole(kind, A, B, whole)
+        cases.append((kind, A, B, whole))
+    dZ, O = rng.standard_normal((60, 100)).astype(dtype), rng.standard_normal((60, 50))
+    O, W = O.astype(dtype), rng.standard_normal((100, 50)).astype(dtype)
+    dW_ref, dO_ref = np.empty((100, 50), dtype), np.empty((60, 50), dtype)
+    _whole(1, dZ, O, dW_ref)
+    _whole(2, dZ, W, dO_ref)
+
+    def work() -> None:
+        for kind, A, B, whole in cases:
+            ctl, use = team.for_call()
+            out = np.empty_like(whole)
+            split = team.may_split(np.dtype(dtype), kind, 60, 100, 784)
+            _team_gemm(kind, A, B, out, ctl, use, split)
+            np.testing.assert_array_equal(out, whole)
+        ctl, use = team.for_call()
+        dW, dO = np.empty((100, 50), dtype), np.empty((60, 50), dtype)
+        _team_beside(dZ, O, dW, W, dO, ctl, use)
+        np.testing.assert_array_equal(dW, dW_ref)
+        np.testing.assert_array_equal(dO, dO_ref)
+
+    _until_helper_works(work)
+    for _ in range(50):
+        work()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [10, team.SPLIT_ELEMENTS - 1, 99_131] if blas.available() else [])
+@pytest.mark.parametrize("kind", ["adam", "sgd", "sgd-nesterov-first"])
+def test_update_parts_give_the_whole_update_bits(kind: str, n: int, dtype: type) -> None:
+    rng = np.random.default_rng(n)
+    p, g = rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)
+    a, b = rng.standard_normal(n).astype(dtype), rng.random(n).astype(dtype)
+    if kind == "adam":
+        coef = np.array([0.01, 0.1, 0.999, 0.001, 0.003, 0.03, 1e-8], dtype)
+        code, flags = team.ADAM, 0
+        ref = [x.copy() for x in (p, g, a, b)]
+        optim.adam_flat(ref[0], ref[1], ref[2], ref[3], coef)
+    else:
+        coef = np.array([0.01, 0.9, 0.05], dtype)
+        code, flags = team.SGD, (2 if kind == "sgd" else 7)
+        ref = [x.copy() for x in (p, g, a, a)]
+        optim.sgd_flat(ref[0], ref[1], ref[2], coef, flags & 1 != 0, True, flags & 4 != 0)
+        ref[3] = ref[2]
+    with threads.using(2):
+        for _ in range(3):  # whether or not the helper is awake yet: the same bits
+            q, s, c, d = (x.copy() for x in (p, g, a, b))
+            if kind != "adam":
+                d = c
+            ctl, use = team.for_call()
+            team.update(code, q, s, c, d, coef, flags, ctl, use)
+            for got, want in zip((q, s, c, d), ref, strict=True):
+                np.testing.assert_array_equal(got, want)
+
+
+def _train(steps: int, n_threads: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.random((60, 784), dtype=np.float32)
+    y = rng.integers(0, 10, 60)
+    net = bnprop.MLP([784, 100, 100, 100, 10], seed=seed)
+    opt = bnprop.Adam(0.003)
+    with threads.using(n_threads):
+        for _ in range(steps):
+            net.train_step(X, y, opt)
+    return [p.copy() for _, p in net.named_parameters()] + [
+        b.copy() for _, b in net.named_buffers()]
+
+
+def test_the_thread_count_does_not_change_a_training_run() -> None:
+    one, two = _train(30, 1), _train(30, 2)
+    for a, b in zip(one, two, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_two_callers_at_once_get_their_own_bits() -> None:
+    """One owns the helper at a time; the other computes every part itself."""
+    want = [_train(40, 1, seed) for seed in (0, 1)]
+    got: dict[int, list[np.ndarray]] = {}
+    workers = [threading.Thread(target=lambda s=s: got.__setitem__(s, _train(40, 2, s)))
+               for s in (0, 1)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    for seed in (0, 1):
+        for a, b in zip(got[seed], want[seed], strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_the_helper_sleeps_when_idle_and_wakes_for_the_next_call() -> None:
+    _train(5, 2)
+    deadline = time.monotonic() + 5.0
+    while team._helper.ctl[team.STATE] != team.ASLEEP:  # IDLE_SECONDS after its last part
+        assert time.monotonic() < deadline, "the helper kept spinning"
+        time.sleep(0.01)
+    before = team.parts_done()
+    with threads.using(2):
+        team.for_call()
+        assert team._helper.ctl[team.STATE] == team.AWAKE
+    _until_helper_works(lambda: _train(2, 2))
+    assert team.parts_done() > before
+
+
+def _child_trains(queue) -> None:  # type: ignore[no-untyped-def]
+    params = _train(10, 2)
+    queue.put((float(sum(float(p.sum()) for p in params)), team.parts_done() >= 0))
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork")
+def test_a_forked_child_trains_with_a_fresh_helper() -> None:
+    _train(3, 2)  # the parent's helper is running
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_trains, args=(queue,))
+    child.start()
+    total, _ = queue.get(timeout=120)
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    assert total == float(sum(float(p.sum()) for p in _train(10, 1)))
