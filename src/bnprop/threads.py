@@ -70,6 +70,8 @@ _n_threads: ContextVar[int] = ContextVar("bnprop_threads", default=1)
 _pool_lock = threading.Lock()
 _executor: ThreadPoolExecutor | None = None
 _executor_workers = 0
+_using_blocks = 0  # `using` blocks open in any thread
+_blas_before_using: int | None = None
 
 # Symbol names across OpenBLAS builds: scipy-openblas (NumPy's wheels, 64-bit ints and a
 # "scipy_" prefix), plain OpenBLAS, and 64-bit-int OpenBLAS with the "64_" suffix.
@@ -176,7 +178,8 @@ def set_threads(n: int) -> int | None:
 @contextmanager
 def using(n: int) -> Iterator[None]:
     """Within the block, bnprop's work on this thread splits rows over ``n`` threads (BLAS
-    on 1 thread in each); the previous counts are restored after.
+    on 1 thread in each); the previous counts are restored after (OpenBLAS's, which is
+    the whole process's, when no block is open in any thread any more).
 
     >>> from bnprop import threads
     >>> with threads.using(2):
@@ -185,15 +188,23 @@ def using(n: int) -> Iterator[None]:
     >>> threads.num_threads()
     1
     """
+    global _using_blocks, _blas_before_using
     n = _check_n(n)
     token = _n_threads.set(n)
-    previous = set_blas_threads(1)
+    with _pool_lock:  # OpenBLAS's count is the process's: the last block out restores it
+        if _using_blocks == 0:
+            _blas_before_using = set_blas_threads(1)
+        else:
+            set_blas_threads(1)
+        _using_blocks += 1
     try:
         yield
     finally:
         _n_threads.reset(token)
-        if previous is not None:
-            set_blas_threads(previous)
+        with _pool_lock:
+            _using_blocks -= 1
+            if _using_blocks == 0 and _blas_before_using is not None:
+                set_blas_threads(_blas_before_using)
 
 
 def num_threads() -> int:
@@ -237,6 +248,20 @@ def _pool(workers: int) -> ThreadPoolExecutor:
             _executor = ThreadPoolExecutor(workers, thread_name_prefix="bnprop-rows")
             _executor_workers = workers
         return _executor
+
+
+def gemm_sequence(products: list) -> Callable[[], None] | None:  # type: ignore[type-arg]
+    """A call running ``out = a @ b`` for each ``(a, b, out, beside_next)`` the way bnprop's
+    compiled steps do with two or more threads (:mod:`bnprop.kernels.team`: a large GEMM
+    in two parts, a ``dW`` beside its ``dO`` on the helper thread); ``None`` where NumPy's
+    BLAS is not the scipy-openblas those steps call. Run it inside :func:`using`."""
+    from bnprop.kernels import blas
+
+    if not blas.available():
+        return None
+    from bnprop.kernels import team
+
+    return team.gemm_sequence(products)  # type: ignore[no-any-return]
 
 
 @contextmanager
