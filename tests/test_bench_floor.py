@@ -73,11 +73,14 @@ def test_floor_cases_run_every_way_of_the_cores_and_the_fastest_wins() -> None:
     calls, contexts = shape_floor.cases(gemms, np.float32, 2)
     two, one, parts = ("GEMMs, 2 BLAS threads", "GEMMs, 1 BLAS thread",
                        "GEMMs, 2 row parts x 1 BLAS thread")
-    assert list(calls) == [two, one, parts] and set(contexts) == set(calls)
+    helper = shape_floor.case_name(shape_floor.HELPER_WAY)
+    assert list(calls) == [two, one, parts, helper] and set(contexts) == set(calls)
     assert list(shape_floor.cases(gemms, np.float32, 1)[0]) == [one]
-    times = {one: 3.0, two: 2.0, parts: 2.5, "bnprop": 1.0}
+    times = {one: 3.0, two: 2.0, parts: 2.5, helper: 2.2, "bnprop": 1.0}
     assert shape_floor.best(times, 2) == (2.0, "2 BLAS threads")
-    assert shape_floor.best({**times, two: 4.0}, 2) == (2.5, "2 row parts x 1 BLAS thread")
+    assert shape_floor.best({**times, two: 4.0}, 2) == (2.2, shape_floor.HELPER_WAY)
+    assert shape_floor.best({**times, two: 4.0, helper: 9.0}, 2) == (
+        2.5, "2 row parts x 1 BLAS thread")
     assert shape_floor.best({one: 3.0}, 1) == (3.0, "1 BLAS thread")
     if threads.blas_threads() is None:
         pytest.skip("no OpenBLAS found to set")
@@ -85,6 +88,8 @@ def test_floor_cases_run_every_way_of_the_cores_and_the_fastest_wins() -> None:
     with contexts[two]():
         assert (threads.blas_threads(), threads.num_threads()) == (2, 1)
     with contexts[parts]():
+        assert (threads.blas_threads(), threads.num_threads()) == (1, 2)
+    with contexts[helper]():
         assert (threads.blas_threads(), threads.num_threads()) == (1, 2)
     assert (threads.blas_threads(), threads.num_threads()) == before
 
@@ -96,6 +101,22 @@ def test_row_parts_compute_the_same_products() -> None:
         shape_floor.sequence(gemms, arrays, parts=2)()
     for name, want in _products(gemms, arrays).items():
         np.testing.assert_allclose(arrays[name], want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_helper_way_computes_the_same_products(dtype) -> None:
+    gemms = shape_floor.step_gemms((784, 100, 100, 10), 60)  # a split GEMM and pairs
+    arrays = shape_floor.operands(gemms, dtype)
+    want = {g.out: np.empty_like(arrays[g.out]) for g in gemms}
+    with threads.using(2):
+        shape_floor.sequence(gemms, arrays)()  # whole GEMMs, OpenBLAS on 1 thread
+        for name in want:
+            want[name][...] = arrays[name]
+            arrays[name][...] = np.nan
+        for _ in range(20):  # the helper wakes up within these
+            shape_floor.sequence(gemms, arrays, parts=shape_floor.HELPER)()
+            for name, w in want.items():
+                np.testing.assert_array_equal(arrays[name], w)
 
 
 def test_interleaved_runs_each_case_inside_its_own_context() -> None:

@@ -256,3 +256,28 @@ def test_a_forked_child_trains_with_a_fresh_helper() -> None:
     child.join(timeout=30)
     assert child.exitcode == 0
     assert total == float(sum(float(p.sum()) for p in _train(10, 1)))
+
+
+def test_a_using_block_ending_in_one_thread_keeps_openblas_on_one_thread_in_another() -> None:
+    """OpenBLAS's thread count is the process's: the first block out used to restore it
+    while another thread was still inside its block (its GEMMs then ran on two OpenBLAS
+    threads, and some gave other bits)."""
+    if threads.blas_threads() is None:
+        pytest.skip("no OpenBLAS found to set")
+    before = threads.blas_threads()
+    inside, leave, seen = threading.Event(), threading.Event(), []
+
+    def second() -> None:
+        with threads.using(2):
+            inside.set()
+            leave.wait(10)
+            seen.append(threads.blas_threads())
+
+    worker = threading.Thread(target=second)
+    with threads.using(2):
+        worker.start()
+        inside.wait(10)
+    leave.set()  # this thread's block has ended; the worker's has not
+    worker.join(10)
+    assert seen == [1]
+    assert threads.blas_threads() == before

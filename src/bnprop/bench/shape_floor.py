@@ -25,10 +25,12 @@ the list equal :func:`bnprop.bench.floor.layer_flops` and
 The sequence is timed in the same :func:`~bnprop.bench.timing.interleaved` rounds as the
 case itself, in each way NumPy's BLAS can use the run's ``n`` cores (:func:`ways`):
 OpenBLAS on 1 thread, on ``n`` threads (:func:`bnprop.threads.blas_threads_limited`),
-and each GEMM's output rows split in ``n`` parts on 1 BLAS thread each (bnprop's own
-way, :func:`bnprop.threads.map_rows`; it keeps its speed when another process shares
-the cores, where ``n``-thread OpenBLAS can lose 10x). The fastest is the measured floor
-(:func:`best`): the least time NumPy's BLAS needs for these GEMMs alone.
+each GEMM's output rows split in ``n`` parts on 1 BLAS thread each
+(:func:`bnprop.threads.map_rows`; it keeps its speed when another process shares the
+cores, where ``n``-thread OpenBLAS can lose 10x), and as bnprop's compiled steps run
+them on two threads (a large GEMM in two parts, a ``dW`` beside its ``dO``, handed to a
+spinning helper thread: :func:`bnprop.threads.gemm_sequence`). The fastest is the
+measured floor (:func:`best`): the least time NumPy's BLAS needs for these GEMMs alone.
 """
 
 from __future__ import annotations
@@ -144,7 +146,13 @@ def sequence(gemms: Sequence[Gemm], arrays: dict[str, np.ndarray],
 
     calls = [(view(g.left, g.left_t), view(g.right, g.right_t), arrays[g.out])
              for g in gemms]
-    if parts == 1:
+    if parts == HELPER:  # a dW beside the dO that follows it (the same dZ), as the step
+        beside = [g.out.startswith("dW") and nxt.out.startswith("dO") and g.left == nxt.left
+                  for g, nxt in zip(gemms, [*gemms[1:], gemms[0]], strict=True)]
+        helper = threads.gemm_sequence([(*c, b) for c, b in zip(calls, beside, strict=True)])
+        if helper is not None:
+            return helper
+    if parts in (1, HELPER):
         def call() -> None:
             for a, b, c in calls:
                 np.matmul(a, b, out=c)
@@ -160,20 +168,27 @@ def sequence(gemms: Sequence[Gemm], arrays: dict[str, np.ndarray],
     return split_call
 
 
+#: ``parts`` of :func:`sequence` and :func:`ways` for the helper thread's way.
+HELPER = 0
+HELPER_WAY = "2 threads as the step (helper) x 1 BLAS thread"
+
+
 def ways(n_threads: int) -> dict[str, tuple[int, int]]:
     """The ways the floor runs the sequence on ``n_threads`` cores, each as ``(row parts,
-    BLAS threads)``: OpenBLAS on ``n_threads`` threads, on 1 thread, and ``n_threads``
-    row parts on 1 BLAS thread each (in the order they are timed: the idle workers of
-    ``n``-thread OpenBLAS spin down while the 1-thread sequence runs)."""
+    BLAS threads)``: OpenBLAS on ``n_threads`` threads, on 1 thread, ``n_threads`` row
+    parts on 1 BLAS thread each (in the order they are timed: the idle workers of
+    ``n``-thread OpenBLAS spin down while the 1-thread sequence runs), and the way
+    bnprop's compiled steps use two threads (``parts = HELPER``:
+    :func:`bnprop.threads.gemm_sequence`; on 1 BLAS thread where it is not available)."""
     if n_threads == 1:
         return {"1 BLAS thread": (1, 1)}
     return {f"{n_threads} BLAS threads": (1, n_threads), "1 BLAS thread": (1, 1),
-            f"{n_threads} row parts x 1 BLAS thread": (n_threads, 1)}
+            f"{n_threads} row parts x 1 BLAS thread": (n_threads, 1), HELPER_WAY: (HELPER, 1)}
 
 
 @contextmanager
 def _threads(parts: int, blas_threads: int) -> Iterator[None]:
-    with threads.using(parts), threads.blas_threads_limited(blas_threads):
+    with threads.using(parts or 2), threads.blas_threads_limited(blas_threads):
         yield
 
 

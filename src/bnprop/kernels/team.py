@@ -325,3 +325,48 @@ def for_call() -> tuple[np.ndarray, bool]:
 def parts_done() -> int:
     """How many parts the helper has computed in this process (for tests and the bench)."""
     return int(_helper.ctl[PARTS])
+
+
+@njit(**JIT_OPTIONS)
+def run_gemms(descs, ctl, use):  # pragma: no cover - compiled
+    """GEMMs in order, one per row of ``descs``: its 12 integers (:func:`nt`), then 1 to
+    split it (:func:`gemm`), then 1 to run it beside the next row (:func:`gemm_beside`)."""
+    owned = acquire(ctl, use)
+    i = 0
+    while i < descs.shape[0]:
+        d = descs[i]
+        g = (d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], d[9], d[10], d[11])
+        if d[13] != 0 and i + 1 < descs.shape[0]:
+            e = descs[i + 1]
+            g2 = (e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8], e[9], e[10], e[11])
+            gemm_beside(g, g2, ctl, owned)
+            i += 2
+        else:
+            gemm(g, ctl, owned, d[12] != 0)
+            i += 1
+    release(ctl, owned)
+
+
+def gemm_sequence(products: list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]):  # type: ignore[no-untyped-def]
+    """A call running ``out = a @ b`` for each ``(a, b, out, beside_next)`` the way the
+    compiled calls run their GEMMs: split where :func:`may_split`, or beside the next
+    product (its output must differ) when ``beside_next``. ``a`` and ``b`` are C-contiguous
+    arrays or transposed views of them (not both transposed), ``out`` C-contiguous; the
+    arrays must outlive the call, which reads them by address."""
+    rows = []
+    for a, b, out, beside in products:
+        if a.flags.c_contiguous and b.T.flags.c_contiguous and not b.flags.c_contiguous:
+            kind, g = NT, nt(a, b.T, out)
+        elif a.T.flags.c_contiguous and not a.flags.c_contiguous:
+            kind, g = TN, tn(a.T, b, out)
+        else:
+            kind, g = NN, nn(a, b, out)
+        split = may_split(out.dtype, kind, out.shape[0], out.shape[1], a.shape[1])
+        rows.append([*g, split, beside])
+    descs = np.array(rows, np.int64)
+
+    def call() -> None:
+        ctl, use = for_call()
+        run_gemms(descs, ctl, use)
+
+    return call
