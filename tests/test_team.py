@@ -16,6 +16,16 @@ from bnprop.kernels import blas
 
 pytestmark = pytest.mark.skipif(not blas.available(), reason="needs NumPy's scipy-openblas")
 
+
+@pytest.fixture(autouse=True)
+def _always_the_helper():  # type: ignore[no-untyped-def]
+    """The helper takes parts whatever this machine measures (its choice: a test below)."""
+    if blas.available():
+        team.prefer(True)
+    yield
+    if blas.available():
+        team.prefer(None)
+
 if blas.available():
     from numba import njit
 
@@ -229,13 +239,13 @@ def test_two_callers_at_once_get_their_own_bits() -> None:
 def test_the_helper_sleeps_when_idle_and_wakes_for_the_next_call() -> None:
     _train(5, 2)
     deadline = time.monotonic() + 5.0
-    while team._helper.ctl[team.STATE] != team.ASLEEP:  # IDLE_SECONDS after its last part
+    while team.helper().ctl[team.STATE] != team.ASLEEP:  # IDLE_SECONDS after its last part
         assert time.monotonic() < deadline, "the helper kept spinning"
         time.sleep(0.01)
     before = team.parts_done()
     with threads.using(2):
         team.for_call()
-        assert team._helper.ctl[team.STATE] == team.AWAKE
+        assert team.helper().ctl[team.STATE] == team.AWAKE
     _until_helper_works(lambda: _train(2, 2))
     assert team.parts_done() > before
 
@@ -281,3 +291,41 @@ def test_a_using_block_ending_in_one_thread_keeps_openblas_on_one_thread_in_anot
     worker.join(10)
     assert seen == [1]
     assert threads.blas_threads() == before
+
+
+def test_the_faster_way_is_kept_and_the_other_is_probed_every_cycle() -> None:
+    from bnprop.kernels._helper_thread import CYCLE, PROBE, _Choice
+
+    choice = _Choice()
+    slow_helper = {True: 2.0, False: 1.0}  # the helper's way takes twice as long
+    ways = []
+    for _ in range(3 * CYCLE):
+        used = choice.now()
+        ways.append(used)
+        choice.report(used, slow_helper[used])
+    assert choice.use is False  # switched after the first probe of both ways
+    assert ways[:PROBE] == [False] * PROBE  # it starts by probing the other way
+    # after the switch, the helper is only tried for PROBE calls a cycle
+    assert ways[2 * CYCLE:2 * CYCLE + PROBE] == [True] * PROBE
+    assert not any(ways[2 * CYCLE + PROBE:])
+    fast_again = {True: 0.5, False: 1.0}
+    for _ in range(2 * CYCLE):
+        used = choice.now()
+        choice.report(used, fast_again[used])
+    assert choice.use is True
+    same = _Choice()  # within 5 %: the kept way stays
+    for _ in range(2 * CYCLE):
+        used = same.now()
+        same.report(used, 1.0 if used else 0.97)
+    assert same.use is True
+
+
+def test_a_pinned_choice_holds_and_one_thread_never_uses_the_helper() -> None:
+    team.prefer(False)
+    with threads.using(2):
+        assert team.for_call()[1] is False
+    team.prefer(True)
+    with threads.using(2):
+        assert team.for_call()[1] is True
+    with threads.using(1):
+        assert team.for_call()[1] is False

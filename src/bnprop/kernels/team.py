@@ -37,16 +37,21 @@ child starts with a fresh, sleeping helper.
 
 from __future__ import annotations
 
-import atexit
-import os
-import threading
-import time
-
 import numpy as np
 from numba import njit
 
 from bnprop import threads
 from bnprop.kernels._atomics import address, cas, load_acquire, pause, store_release
+from bnprop.kernels._helper_thread import (  # noqa: F401 - this module's API
+    ASLEEP,
+    AWAKE,
+    IDLE_SECONDS,
+    for_call,
+    helper,
+    parts_done,
+    prefer,
+    report,
+)
 from bnprop.kernels._jit import JIT_OPTIONS
 from bnprop.kernels._tasks import (  # noqa: F401 - nt, tn, nn, run: this module's API
     ADAM,
@@ -71,13 +76,10 @@ from bnprop.kernels._tasks import (  # noqa: F401 - nt, tn, nn, run: this module
     update_part,
 )
 
-ASLEEP, AWAKE = 0, 1
 #: Minimum flops (``2 M N K``) of a GEMM computed in two parts.
 SPLIT_FLOPS = 4_000_000
 #: Minimum elements of a flat optimizer update done in two parts.
 SPLIT_ELEMENTS = 16384
-#: Seconds the helper spins without work before it sleeps.
-IDLE_SECONDS = 0.002
 
 
 @njit(**JIT_OPTIONS)
@@ -105,32 +107,6 @@ def update(kind, p, g, a, b, coef, flags, ctl, use):  # pragma: no cover - compi
         while load_acquire(ctl, DONE) != 2 * seq:
             pause()
     release(ctl, True)
-
-
-@njit(**JIT_OPTIONS)
-def helper_loop(ctl, idle_spins):  # pragma: no cover - compiled
-    """The helper's spin loop: claim and compute posted parts until ``idle_spins`` spins
-    pass without one (or a stop is requested); then mark itself asleep and return."""
-    idle = 0
-    while load_acquire(ctl, STOP) == 0:
-        c = load_acquire(ctl, CLAIM)
-        if c > 0 and c % 2 == 0 and cas(ctl, CLAIM, c, c + 1):
-            run_posted(ctl)            # the caller waits for DONE == c, so DESC holds
-            store_release(ctl, PARTS, ctl[PARTS] + 1)
-            store_release(ctl, DONE, c)
-            idle = 0
-        else:
-            idle += 1
-            if idle >= idle_spins:
-                break
-            pause()
-    store_release(ctl, STATE, ASLEEP)
-
-
-@njit(**JIT_OPTIONS)
-def _spin(n):  # pragma: no cover - compiled
-    for _ in range(n):
-        pause()
 
 
 @njit(**JIT_OPTIONS)
@@ -255,78 +231,6 @@ def may_split(dtype: np.dtype, kind: int, M: int, N: int, K: int) -> bool:
     return ok
 
 
-class _Helper:
-    """The helper thread and its shared array (one per process)."""
-
-    def __init__(self) -> None:
-        self.ctl = np.zeros(SLOTS, np.int64)
-        self.wake = threading.Event()
-        self.lock = threading.Lock()
-        self.thread: threading.Thread | None = None
-        self.idle_spins = 0
-
-    def _main(self) -> None:
-        while True:
-            self.wake.wait()
-            self.wake.clear()
-            if self.ctl[STOP]:
-                return
-            helper_loop(self.ctl, self.idle_spins)
-
-    def start_or_wake(self) -> None:
-        with self.lock:
-            if self.ctl[STOP] or self.ctl[STATE] == AWAKE:
-                return
-            if self.thread is None:
-                _spin(1)
-                t0 = time.perf_counter()
-                _spin(20_000)
-                per_spin = max(1e-9, (time.perf_counter() - t0) / 20_000)
-                self.idle_spins = max(1000, int(IDLE_SECONDS / per_spin))
-                self.thread = threading.Thread(target=self._main, name="bnprop-helper",
-                                               daemon=True)
-                self.thread.start()
-            self.ctl[STATE] = AWAKE
-            self.wake.set()
-
-    def stop(self) -> None:
-        self.ctl[STOP] = 1
-        self.wake.set()
-        if self.thread is not None:
-            self.thread.join(timeout=1.0)
-
-
-_helper = _Helper()
-
-
-def _fresh_after_fork() -> None:
-    global _helper
-    _helper = _Helper()
-
-
-os.register_at_fork(after_in_child=_fresh_after_fork)
-
-
-atexit.register(lambda: _helper.stop())
-
-
-def for_call() -> tuple[np.ndarray, bool]:
-    """``(ctl, use)`` for a compiled call: ``use`` when this context has two or more
-    threads (:func:`bnprop.threads.num_threads`); the helper is then started or woken
-    (the call does not wait for it: parts it does not claim, the caller computes)."""
-    helper = _helper
-    if threads.num_threads() < 2:
-        return helper.ctl, False
-    if helper.ctl[STATE] != AWAKE:
-        helper.start_or_wake()
-    return helper.ctl, True
-
-
-def parts_done() -> int:
-    """How many parts the helper has computed in this process (for tests and the bench)."""
-    return int(_helper.ctl[PARTS])
-
-
 @njit(**JIT_OPTIONS)
 def run_gemms(descs, ctl, use):  # pragma: no cover - compiled
     """GEMMs in order, one per row of ``descs``: its 12 integers (:func:`nt`), then 1 to
@@ -365,8 +269,14 @@ def gemm_sequence(products: list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]
         rows.append([*g, split, beside])
     descs = np.array(rows, np.int64)
 
-    def call() -> None:
-        ctl, use = for_call()
-        run_gemms(descs, ctl, use)
+    def call() -> None:  # the helper's way whatever the measured choice (_helper_thread)
+        h = helper()
+        if h.ctl[STATE] != AWAKE:
+            h.start_or_wake()
+        run_gemms(descs, h.ctl, threads.num_threads() >= 2)
 
     return call
+
+
+__all__ = ["for_call", "gemm", "gemm_beside", "gemm_sequence", "helper", "may_split",
+           "nn", "nt", "parts_done", "prefer", "report", "run", "tn", "update"]

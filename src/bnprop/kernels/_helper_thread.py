@@ -1,0 +1,180 @@
+"""The helper thread's life (:mod:`bnprop.kernels.team`): started by the first call that
+may use it, asleep when idle, fresh after ``fork``, stopped at exit; and whether calls
+use it at all, chosen by measuring.
+
+**Measured, not assumed.** On this project's 2-vCPU virtual machine the two vCPUs
+sometimes share one physical core (the host moves them): then the helper's parts run at
+half speed and its spinning slows the caller, and the Ioffe step took 560 us with the
+helper against 450 without (on separate cores: 335 against 450). So compiled steps
+report their time (:func:`report`), and every :data:`CYCLE` reports the way not in use
+is tried for :data:`PROBE` calls; the faster way (by the medians of the last
+:data:`PROBE` calls of each) is kept. Either way gives the same numbers (a GEMM's split
+does not depend on it), so switching costs nothing but the probe's time.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import statistics
+import threading
+import time
+
+import numpy as np
+from numba import njit
+
+from bnprop import threads
+from bnprop.kernels._atomics import cas, load_acquire, pause, store_release
+from bnprop.kernels._jit import JIT_OPTIONS
+from bnprop.kernels._tasks import CLAIM, DONE, PARTS, SLOTS, STATE, STOP, run_posted
+
+ASLEEP, AWAKE = 0, 1
+#: Seconds the helper spins without work before it sleeps.
+IDLE_SECONDS = 0.002
+
+#: Reports between two probes of the other way, and calls a probe lasts.
+CYCLE, PROBE = 256, 8
+
+
+@njit(**JIT_OPTIONS)
+def helper_loop(ctl, idle_spins):  # pragma: no cover - compiled
+    """The helper's spin loop: claim and compute posted parts until ``idle_spins`` spins
+    pass without one (or a stop is requested); then mark itself asleep and return."""
+    idle = 0
+    while load_acquire(ctl, STOP) == 0:
+        c = load_acquire(ctl, CLAIM)
+        if c > 0 and c % 2 == 0 and cas(ctl, CLAIM, c, c + 1):
+            run_posted(ctl)            # the caller waits for DONE == c, so DESC holds
+            store_release(ctl, PARTS, ctl[PARTS] + 1)
+            store_release(ctl, DONE, c)
+            idle = 0
+        else:
+            idle += 1
+            if idle >= idle_spins:
+                break
+            pause()
+    store_release(ctl, STATE, ASLEEP)
+
+
+@njit(**JIT_OPTIONS)
+def _spin(n):  # pragma: no cover - compiled
+    for _ in range(n):
+        pause()
+
+
+class _Helper:
+    """The helper thread and its shared array (one per process)."""
+
+    def __init__(self) -> None:
+        self.ctl = np.zeros(SLOTS, np.int64)
+        self.wake = threading.Event()
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        self.idle_spins = 0
+
+    def _main(self) -> None:
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            if self.ctl[STOP]:
+                return
+            helper_loop(self.ctl, self.idle_spins)
+
+    def start_or_wake(self) -> None:
+        with self.lock:
+            if self.ctl[STOP] or self.ctl[STATE] == AWAKE:
+                return
+            if self.thread is None:
+                _spin(1)
+                t0 = time.perf_counter()
+                _spin(20_000)
+                per_spin = max(1e-9, (time.perf_counter() - t0) / 20_000)
+                self.idle_spins = max(1000, int(IDLE_SECONDS / per_spin))
+                self.thread = threading.Thread(target=self._main, name="bnprop-helper",
+                                               daemon=True)
+                self.thread.start()
+            self.ctl[STATE] = AWAKE
+            self.wake.set()
+
+    def stop(self) -> None:
+        self.ctl[STOP] = 1
+        self.wake.set()
+        if self.thread is not None:
+            self.thread.join(timeout=1.0)
+
+
+_helper = _Helper()
+
+
+def _fresh_after_fork() -> None:
+    global _helper, _choice
+    _helper, _choice = _Helper(), _Choice()
+
+
+os.register_at_fork(after_in_child=_fresh_after_fork)
+
+
+atexit.register(lambda: _helper.stop())
+
+
+class _Choice:
+    """Whether calls use the helper (module docstring): the kept way, probes of the other."""
+
+    def __init__(self) -> None:
+        self.use, self.calls = True, 0
+        self.recent: dict[bool, list[float]] = {True: [], False: []}
+
+    def now(self) -> bool:
+        """The way for the next call: the other one during a probe."""
+        return self.use != (self.calls % CYCLE < PROBE)
+
+    def report(self, used: bool, seconds: float) -> None:
+        recent = self.recent[used]
+        recent.append(seconds)
+        del recent[:-PROBE]
+        self.calls += 1
+        if self.calls % CYCLE == PROBE and all(len(r) == PROBE for r in self.recent.values()):
+            other = statistics.median(self.recent[not self.use])
+            if other < 0.95 * statistics.median(self.recent[self.use]):
+                self.use = not self.use
+
+
+_choice = _Choice()
+
+
+def helper() -> _Helper:
+    """This process's helper."""
+    return _helper
+
+
+def for_call() -> tuple[np.ndarray, bool]:
+    """``(ctl, use)`` for a compiled call: ``use`` when this context has two or more
+    threads (:func:`bnprop.threads.num_threads`) and the helper is the faster way now
+    (module docstring); the helper is then started or woken (the call does not wait for
+    it: parts it does not claim, the caller computes)."""
+    h = _helper
+    if threads.num_threads() < 2 or not _choice.now():
+        return h.ctl, False
+    if h.ctl[STATE] != AWAKE:
+        h.start_or_wake()
+    return h.ctl, True
+
+
+def prefer(use: bool | None) -> None:
+    """Pin the choice (``True``: always the helper, ``False``: never), or ``None`` to
+    measure again (module docstring); for tests and measurements."""
+    global _choice
+    _choice = _Choice()
+    if use is not None:
+        _choice.use, _choice.calls = use, PROBE  # no probe until a report comes
+        _choice.report = lambda used, seconds: None  # type: ignore[method-assign]
+
+
+def report(used: bool, seconds: float) -> None:
+    """A compiled step's time, with (``used``) or without the helper."""
+    _choice.report(used, seconds)
+
+
+def parts_done() -> int:
+    """How many parts the helper has computed in this process (for tests and the bench)."""
+    return int(_helper.ctl[PARTS])
