@@ -45,6 +45,13 @@ threads 161 / 150 ms. On a busy machine the row split stays near the 1-thread ti
 
 With ``P`` processes on one machine (MPI ranks), give each ``cores // P`` threads:
 ``set_threads(1)`` for 2 ranks on 2 cores.
+
+Small batches are the exception to the queue: a compiled step of the Ioffe net at batch
+60 is GEMMs of 2 to 130 us, too short for a ~50 us hand-over. With two or more threads,
+its compiled calls give half of a large GEMM, a ``dW`` beside its ``dO`` and half of the
+optimizer update to one helper thread that spins for 2 ms after its last part
+(:mod:`bnprop.kernels.team`); the caller never waits for a part the helper has not
+started, and the helper is used only while the steps measure faster with it.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Network: hidden layers ``Y_l = sigma_l(BN_l(Y_{l-1} W_l^T))`` (``Y_0 = X``), the
 (:class:`bnprop.nn.stage.BNStage` on one part of rows), in the same order and dtypes,
 so the step gives the same bits::
 
-    forward   Z_l = Y_{l-1} W_l^T                       gemm_nt (NumPy's GEMM)
+    forward   Z_l = Y_{l-1} W_l^T                       NumPy's GEMM (team.gemm)
               (count, mean_l, M2_l) of Z_l               _moments, float64
               var_l = M2_l / count,  inv_std_l = 1 / sqrt(var_l + eps_l)    float64
               Obar_l (into Z_l), Y_l = sigma_l(gamma_l Obar_l + beta_l)     _forward_apply
@@ -20,8 +20,10 @@ so the step gives the same bits::
               running_var_l  = (1 - momentum_l) running_var_l + momentum_l m/(m-1) var_B,l
               (mu_B, var_B rounded to the dtype first, as BatchNorm1d.commit_running)
 
-The loss between the two calls is :func:`bnprop.kernels.loss.softmax_cross_entropy_inplace`
-(the reference's, with its small passes compiled), and the update is the optimizer's
+The GEMMs go through :mod:`bnprop.kernels.team`: in two parts where ``modes`` says so,
+each ``dW_l`` beside ``dY_{l-1}``, a part on the helper thread when the call owns it; the
+parts give the whole GEMM's bits. The loss between the two calls is
+:func:`bnprop.kernels.loss.softmax_cross_entropy_inplace` (the reference's, with its small passes compiled), and the update is the optimizer's
 flat kernel: neither is restated here.
 Import this module only when :func:`bnprop.kernels.blas.available` is True.
 """
