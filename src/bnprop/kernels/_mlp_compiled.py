@@ -23,7 +23,8 @@ so the step gives the same bits::
 The GEMMs go through :mod:`bnprop.kernels.team`: in two parts where ``modes`` says so,
 each ``dW_l`` beside ``dY_{l-1}``, a part on the helper thread when the call owns it; the
 parts give the whole GEMM's bits. The loss between the two calls is
-:func:`bnprop.kernels.loss.softmax_cross_entropy_inplace` (the reference's, with its small passes compiled), and the update is the optimizer's
+:func:`bnprop.kernels.loss.softmax_cross_entropy_inplace` (the reference's, with its
+small passes compiled), and the update is the optimizer's
 flat kernel: neither is restated here.
 Import this module only when :func:`bnprop.kernels.blas.available` is True.
 """
