@@ -15,9 +15,9 @@ JSON layout (``schema`` = 2; docs/bench.md describes every key)::
 
 ``ratio = bnprop_s / peer_s`` (below 1: bnprop is faster); ``*_floor_multiple = time /
 gemm_floor_s`` (:mod:`bnprop.bench.floor`). ``measured_gemm_s``: the case's own GEMMs
-alone through NumPy's BLAS, the fastest of 1 BLAS thread, n BLAS threads and n row parts
-(``measured_gemm_way`` says which), timed in the case's rounds
-(:mod:`bnprop.bench.shape_floor`);
+alone through NumPy's BLAS, the fastest of 1 BLAS thread, n BLAS threads, n row parts
+and as the compiled step runs them with its helper thread (``measured_gemm_way`` says
+which), timed in the case's rounds (:mod:`bnprop.bench.shape_floor`);
 ``measured_floor_multiple = bnprop_s / measured_gemm_s``; all three null for the CNN step.
 Every listed ratio is a positive float; a peer that could not run is in ``unavailable``
 with its reason. ``targets[]`` rows also carry ``floor_s``, the measured floor they were

@@ -6,9 +6,10 @@ installed, a section not run) is ``NOT RUN``, never met.
 
 A target not met is ``BLOCKED (floor)`` when the case's measured GEMM floor alone
 (:mod:`bnprop.bench.shape_floor`: its GEMMs through NumPy's BLAS, the fastest of 1 BLAS
-thread, n BLAS threads and n row parts) already takes longer than the target allows:
-for ``bnprop_s / peer_s <= L``, when ``measured_gemm_s > L peer_s``; for the train job's
-``bnprop steps/s / peer steps/s >= L``, when one step's floor ``> peer_step_s / L`` (the
+thread, n BLAS threads, n row parts and the compiled step's helper thread) already takes
+longer than the target allows: for ``bnprop_s / peer_s <= L``, when
+``measured_gemm_s > L peer_s``; for the train job's ``bnprop steps/s / peer steps/s >=
+L``, when one step's floor ``> peer_step_s / L`` (the
 Ioffe step's floor at the job's sizes and batch: Adam adds no GEMM). Such a row keeps
 ``met`` false and carries the floor in ``floor_s`` (every row has the key; null when the
 row has no measured floor). A row that is met stays ``MET``.
@@ -36,8 +37,8 @@ def _comparison(out: dict[str, Any], section: str, case_start: str, dtype: str,
 
 def _threads_text(out: dict[str, Any]) -> str:
     n = out.get("threads", 1)
-    return "on 1 BLAS thread" if n == 1 else (f"fastest of 1 BLAS thread, {n} BLAS threads "
-                                             f"and {n} row parts")
+    return "on 1 BLAS thread" if n == 1 else (f"fastest of 1 BLAS thread, {n} BLAS threads, "
+                                             f"{n} row parts and the helper thread")
 
 
 def _blocked(out: dict[str, Any], what: str, floor_s: float | None, allowance: str,
