@@ -304,7 +304,9 @@ def test_the_faster_way_is_kept_and_the_other_is_probed_every_cycle() -> None:
         ways.append(used)
         choice.report(used, slow_helper[used])
     assert choice.use is False  # switched after the first probe of both ways
-    assert ways[:PROBE] == [False] * PROBE  # it starts by probing the other way
+    assert ways[:PROBE] == [False] * PROBE  # it starts by probing the other way,
+    assert ways[PROBE:2 * PROBE] == [True] * PROBE  # then its own,
+    assert not any(ways[2 * PROBE:CYCLE])  # and decides
     # after the switch, the helper is only tried for PROBE calls a cycle
     assert ways[2 * CYCLE:2 * CYCLE + PROBE] == [True] * PROBE
     assert not any(ways[2 * CYCLE + PROBE:])

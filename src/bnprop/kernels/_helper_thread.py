@@ -7,8 +7,9 @@ sometimes share one physical core (the host moves them): then the helper's parts
 half speed and its spinning slows the caller, and the Ioffe step took 560 us with the
 helper against 450 without (on separate cores: 335 against 450). So compiled steps
 report their time (:func:`report`), and every :data:`CYCLE` reports the way not in use
-is tried for :data:`PROBE` calls; the faster way (by the medians of the last
-:data:`PROBE` calls of each) is kept. Either way gives the same numbers (a GEMM's split
+is tried for :data:`PROBE` calls (first at the start, decided after :data:`PROBE` calls
+of each way); the faster way (by the medians of the last :data:`PROBE` calls of each) is
+kept. Either way gives the same numbers (a GEMM's split
 does not depend on it), so switching costs nothing but the probe's time.
 """
 
@@ -133,7 +134,8 @@ class _Choice:
         recent.append(seconds)
         del recent[:-PROBE]
         self.calls += 1
-        if self.calls % CYCLE == PROBE and all(len(r) == PROBE for r in self.recent.values()):
+        decide = self.calls % CYCLE == PROBE or self.calls == 2 * PROBE  # the first: early
+        if decide and all(len(r) == PROBE for r in self.recent.values()):
             other = statistics.median(self.recent[not self.use])
             if other < 0.95 * statistics.median(self.recent[self.use]):
                 self.use = not self.use
