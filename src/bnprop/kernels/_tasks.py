@@ -107,30 +107,31 @@ def _code_of_overload(p):  # type: ignore[no-untyped-def]
 
 
 @njit(**JIT_OPTIONS)
+def _describe(ta, tb, A, B, C):  # pragma: no cover - compiled
+    """``C = op(A) op(B)`` of C-contiguous operands as :func:`run`'s 12 integers: dtype,
+    transposes, ``M, N, K``, then each operand's address and row length."""
+    M, K = (A.shape[1], A.shape[0]) if ta == _TRANS else (A.shape[0], A.shape[1])
+    N = B.shape[0] if tb == _TRANS else B.shape[1]
+    return (_dtype_code(A, B, C), ta, tb, M, N, K, address(A), A.shape[1], address(B),
+            B.shape[1], address(C), C.shape[1])
+
+
+@njit(**JIT_OPTIONS)
 def nt(A, B, C):  # pragma: no cover - compiled
-    """The GEMM ``C = A B^T`` (A (M, K), B (N, K)) as :func:`run`'s 12 integers."""
-    M, K = A.shape
-    N = B.shape[0]
-    return (_dtype_code(A, B, C), _NO_TRANS, _TRANS, M, N, K, address(A), K, address(B), K,
-            address(C), N)
+    """The GEMM ``C = A B^T`` (A (M, K), B (N, K))."""
+    return _describe(_NO_TRANS, _TRANS, A, B, C)
 
 
 @njit(**JIT_OPTIONS)
 def tn(A, B, C):  # pragma: no cover - compiled
     """The GEMM ``C = A^T B`` (A (K, M), B (K, N))."""
-    K, M = A.shape
-    N = B.shape[1]
-    return (_dtype_code(A, B, C), _TRANS, _NO_TRANS, M, N, K, address(A), M, address(B), N,
-            address(C), N)
+    return _describe(_TRANS, _NO_TRANS, A, B, C)
 
 
 @njit(**JIT_OPTIONS)
 def nn(A, B, C):  # pragma: no cover - compiled
     """The GEMM ``C = A B`` (A (M, K), B (K, N))."""
-    M, K = A.shape
-    N = B.shape[1]
-    return (_dtype_code(A, B, C), _NO_TRANS, _NO_TRANS, M, N, K, address(A), K, address(B), N,
-            address(C), N)
+    return _describe(_NO_TRANS, _NO_TRANS, A, B, C)
 
 
 @njit(**JIT_OPTIONS)
