@@ -244,8 +244,11 @@ def test_the_helper_sleeps_when_idle_and_wakes_for_the_next_call() -> None:
         time.sleep(0.01)
     before = team.parts_done()
     with threads.using(2):
-        team.for_call()
-        assert team.helper().ctl[team.STATE] == team.AWAKE
+        team.for_call()  # wakes it; the helper marks itself awake
+        deadline = time.monotonic() + 5.0
+        while team.helper().ctl[team.STATE] != team.AWAKE:
+            assert time.monotonic() < deadline, "the helper did not wake up"
+            time.sleep(0.001)
     _until_helper_works(lambda: _train(2, 2))
     assert team.parts_done() > before
 
@@ -256,6 +259,7 @@ def _child_trains(queue) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork")
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # jax, when another test loaded it
 def test_a_forked_child_trains_with_a_fresh_helper() -> None:
     _train(3, 2)  # the parent's helper is running
     ctx = multiprocessing.get_context("fork")
@@ -331,3 +335,136 @@ def test_a_pinned_choice_holds_and_one_thread_never_uses_the_helper() -> None:
         assert team.for_call()[1] is True
     with threads.using(1):
         assert team.for_call()[1] is False
+
+
+def test_set_threads_during_another_threads_using_block_keeps_openblas_on_one_thread() -> None:
+    if threads.blas_threads() is None:
+        pytest.skip("no OpenBLAS found to set")
+    before = threads.blas_threads()
+    entered, leave, seen = threading.Event(), threading.Event(), []
+
+    def other() -> None:
+        with threads.using(2):
+            entered.set()
+            leave.wait(10)
+
+    def main_thread_like() -> None:
+        threads.set_threads(2)  # this thread now wants OpenBLAS on 1 thread for good
+        worker = threading.Thread(target=other)
+        worker.start()
+        entered.wait(10)
+        leave.set()
+        worker.join(10)
+        seen.append(threads.blas_threads())
+
+    try:
+        entered.clear()
+        t = threading.Thread(target=main_thread_like)
+        t.start()
+        t.join(20)
+        assert seen == [1]
+    finally:
+        threads.set_blas_threads(before)
+
+
+def test_may_split_is_checked_at_the_current_openblas_count() -> None:
+    """Parts that match on 1 OpenBLAS thread need not match on several: the verdict is
+    kept per count (a verdict from a using(1) run was reused outside any block)."""
+    if threads.blas_threads() is None:
+        pytest.skip("no OpenBLAS found to set")
+    shape = (np.dtype(np.float64), team.NT, 61, 100, 784)
+    with threads.blas_threads_limited(1):
+        team.may_split(*shape)
+    with threads.blas_threads_limited(2):
+        team.may_split(*shape)
+    keys = {k[-1] for k in team._verified if k[:-1] == (shape[0].str, *shape[1:])}
+    assert keys == {1, 2}
+    rng = np.random.default_rng(5)
+    A, B = _operands(0, 61, 100, 784, np.float64, rng)
+    for count in (1, 2):
+        with threads.blas_threads_limited(count):
+            split = team.may_split(*shape)
+            whole, parts = np.empty((61, 100)), np.empty((61, 100))
+            _whole(0, A, B, whole)
+            _team_gemm(0, A, B, parts, np.zeros(team.SLOTS, np.int64), False, split)
+            np.testing.assert_array_equal(parts, whole)
+
+
+def _fork_child_uses_threads(queue) -> None:  # type: ignore[no-untyped-def]
+    with threads.using(2):
+        queue.put(threads.num_threads())
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork")
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # jax, when another test loaded it
+def test_a_child_forked_while_another_thread_holds_the_blas_lock_does_not_hang() -> None:
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            with threads.using(2):
+                pass
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    ctx = multiprocessing.get_context("fork")
+    try:
+        for _ in range(6):
+            queue = ctx.Queue()
+            child = ctx.Process(target=_fork_child_uses_threads, args=(queue,))
+            child.start()
+            child.join(timeout=20)
+            hung = child.exitcode is None
+            if hung:
+                child.kill()
+            assert not hung, "a forked child hung in threads.using"
+            assert queue.get(timeout=5) == 2
+    finally:
+        stop.set()
+        worker.join(10)
+
+
+def test_a_helper_made_but_not_started_is_started_by_the_next_call() -> None:
+    """An interrupt between making the thread and starting it (or before the event is set)
+    must not lose the helper for good."""
+    from bnprop.kernels import _helper_thread
+
+    h = _helper_thread._Helper()
+    h.start_or_wake()
+    h.stop()  # a started helper, stopped: the next one is made but left unstarted
+    h2 = _helper_thread._Helper()
+    h2.thread = threading.Thread(target=h2._main, daemon=True)
+    h2.idle_spins = 1000
+    h2.start_or_wake()
+    deadline = time.monotonic() + 5.0
+    while h2.ctl[team.STATE] != team.AWAKE and h2.ctl[team.PARTS] == 0:
+        if h2.thread.ident is not None and h2.ctl[team.STATE] == team.ASLEEP \
+                and not h2.wake.is_set():
+            break  # it ran and went back to sleep already
+        assert time.monotonic() < deadline, "the helper was never started"
+        time.sleep(0.001)
+    assert h2.thread.ident is not None
+    h2.stop()
+
+
+def test_gemm_sequence_refuses_products_that_do_not_fit() -> None:
+    from bnprop._validate import InputError
+
+    a = np.ones((60, 784), np.float32)
+    with pytest.raises(InputError, match=r"products\[0\]: a \(60, 784\) @ b \(700, 100\)"):
+        threads.gemm_sequence([(a, np.ones((700, 100), np.float32),
+                                np.empty((60, 100), np.float32), False)])
+    with pytest.raises(InputError, match="does not give out"):
+        threads.gemm_sequence([(a, np.ones((784, 100), np.float32),
+                                np.empty((60, 50), np.float32), False)])
+    with pytest.raises(InputError, match="one dtype"):
+        threads.gemm_sequence([(a, np.ones((784, 100)), np.empty((60, 100)), False)])
+    with pytest.raises(InputError, match="transposed"):
+        threads.gemm_sequence([(np.ones((784, 60), np.float32).T,
+                                np.ones((100, 784), np.float32).T,
+                                np.empty((60, 100), np.float32), False)])
+    out = np.empty((60, 100), np.float32)
+    call = threads.gemm_sequence([(a, np.ones((784, 100), np.float32), out, False)])
+    with threads.using(1):
+        call()
+    np.testing.assert_array_equal(out, np.full((60, 100), 784, np.float32))

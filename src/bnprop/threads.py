@@ -32,7 +32,14 @@ The rule, one owner:
   time, not a scheduler tick per call.
 * **BLAS runs on 1 thread** in each of them, set through the library's own
   ``openblas_set_num_threads`` (found with ctypes in the copy NumPy has loaded: the
-  environment variable is read only at load time).
+  environment variable is read only at load time). That count is the process's, not the
+  thread's: while any :func:`using` block is open, or after :func:`set_threads`,
+  OpenBLAS runs on 1 thread for every thread of the process, and OpenBLAS's own default
+  (the cores) holds only when neither was ever called. Some GEMMs round differently on
+  1 and on several OpenBLAS threads (float32 60 x 784 -> 100, by up to 1e-4 after a
+  training run), so a thread that trains outside any block beside one that trains
+  inside a block does not get the numbers of the same run alone: give every training
+  thread :func:`set_threads` or a :func:`using` block.
 * **Kernels are serial.** :mod:`bnprop.kernels` compiles without ``parallel=True`` and
   releases the GIL; Numba's pool is never started by bnprop.
 
@@ -77,8 +84,22 @@ _n_threads: ContextVar[int] = ContextVar("bnprop_threads", default=1)
 _pool_lock = threading.Lock()
 _executor: ThreadPoolExecutor | None = None
 _executor_workers = 0
-_using_blocks = 0  # `using` blocks open in any thread
+_blas_lock = threading.Lock()  # OpenBLAS's count and the open `using` blocks
+_open_blocks: dict[int, int] = {}  # thread ident -> `using` blocks it has open
 _blas_before_using: int | None = None
+
+
+def _after_fork_in_child() -> None:
+    """Only the forking thread lives on in the child: locks another thread held at the
+    fork would never be released, its pool's workers and its open blocks are gone."""
+    global _pool_lock, _blas_lock, _executor, _executor_workers, _open_blocks
+    _pool_lock, _blas_lock = threading.Lock(), threading.Lock()
+    _executor, _executor_workers = None, 0
+    me = threading.get_ident()
+    _open_blocks = {me: _open_blocks[me]} if me in _open_blocks else {}
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 # Symbol names across OpenBLAS builds: scipy-openblas (NumPy's wheels, 64-bit ints and a
 # "scipy_" prefix), plain OpenBLAS, and 64-bit-int OpenBLAS with the "64_" suffix.
@@ -171,8 +192,12 @@ def set_threads(n: int) -> int | None:
         The previous BLAS thread count (``None`` when no OpenBLAS was found: BLAS
         threads are then left as the environment set them).
     """
+    global _blas_before_using
     n = _check_n(n)
-    previous = set_blas_threads(1)
+    with _blas_lock:
+        previous = set_blas_threads(1)
+        if _open_blocks:  # the last using block out restores 1, not the count it found
+            _blas_before_using = 1
     numba_parallel = sys.modules.get("numba.np.ufunc.parallel")
     if numba_parallel is not None and getattr(numba_parallel, "_is_initialized", False):
         import numba
@@ -195,22 +220,25 @@ def using(n: int) -> Iterator[None]:
     >>> threads.num_threads()
     1
     """
-    global _using_blocks, _blas_before_using
+    global _blas_before_using
     n = _check_n(n)
     token = _n_threads.set(n)
-    with _pool_lock:  # OpenBLAS's count is the process's: the last block out restores it
-        if _using_blocks == 0:
+    me = threading.get_ident()
+    with _blas_lock:  # OpenBLAS's count is the process's: the last block out restores it
+        if not _open_blocks:
             _blas_before_using = set_blas_threads(1)
         else:
             set_blas_threads(1)
-        _using_blocks += 1
+        _open_blocks[me] = _open_blocks.get(me, 0) + 1
     try:
         yield
     finally:
         _n_threads.reset(token)
-        with _pool_lock:
-            _using_blocks -= 1
-            if _using_blocks == 0 and _blas_before_using is not None:
+        with _blas_lock:
+            _open_blocks[me] -= 1
+            if not _open_blocks[me]:
+                del _open_blocks[me]
+            if not _open_blocks and _blas_before_using is not None:
                 set_blas_threads(_blas_before_using)
 
 

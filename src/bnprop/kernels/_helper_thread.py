@@ -79,11 +79,14 @@ class _Helper:
             self.wake.clear()
             if self.ctl[STOP]:
                 return
-            helper_loop(self.ctl, self.idle_spins)
+            self.ctl[STATE] = AWAKE  # the helper alone writes its state: no lost wake-up
+            helper_loop(self.ctl, self.idle_spins)  # ends by storing ASLEEP
 
     def start_or_wake(self) -> None:
+        """Start the thread if it is not running yet, and wake it. Safe against an
+        interrupt anywhere: the next call finds the state asleep and does it again."""
         with self.lock:
-            if self.ctl[STOP] or self.ctl[STATE] == AWAKE:
+            if self.ctl[STOP]:
                 return
             if self.thread is None:
                 _spin(1)
@@ -93,9 +96,9 @@ class _Helper:
                 self.idle_spins = max(1000, int(IDLE_SECONDS / per_spin))
                 self.thread = threading.Thread(target=self._main, name="bnprop-helper",
                                                daemon=True)
+            if self.thread.ident is None:  # made, not started yet
                 self.thread.start()
-            self.ctl[STATE] = AWAKE
-            self.wake.set()
+        self.wake.set()
 
     def stop(self) -> None:
         self.ctl[STOP] = 1

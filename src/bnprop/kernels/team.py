@@ -209,11 +209,13 @@ NT, TN, NN = 0, 1, 2
 
 def may_split(dtype: np.dtype, kind: int, M: int, N: int, K: int) -> bool:
     """Whether :func:`gemm` splits the GEMM of ``C`` (M, N) over ``K`` (``kind``: NT, TN,
-    NN): it has :data:`SPLIT_FLOPS`, and its two parts give the whole call's bits on this
-    BLAS, checked once per shape on random operands (OpenBLAS's kernels may take another
-    path for another size: here float64 parts of 60 x 100 over 784 differ from the whole
-    in 3% of the elements, by 1e-14, while float32 parts match at every size tried)."""
-    key = (np.dtype(dtype).str, kind, M, N, K)
+    NN) now: it has :data:`SPLIT_FLOPS`, and its two parts give the whole call's bits on
+    this BLAS at its current thread count, checked once per shape and count on random
+    operands (OpenBLAS's kernels may take another path for another size or count: float64
+    parts of 60 x 100 over 784 differ from the whole in 3% of the elements, by 1e-14,
+    while float32 parts match at every size tried on 1 thread)."""
+    count = threads.blas_threads() or 1
+    key = (np.dtype(dtype).str, kind, M, N, K, count)
     ok = _verified.get(key)
     if ok is None:
         ok = 2.0 * M * N * K >= SPLIT_FLOPS and max(M, N) >= 16
@@ -221,12 +223,8 @@ def may_split(dtype: np.dtype, kind: int, M: int, N: int, K: int) -> bool:
             rng = np.random.default_rng(M * N + K)
             A = rng.standard_normal((K, M) if kind == TN else (M, K)).astype(dtype)
             B = rng.standard_normal((N, K) if kind == NT else (K, N)).astype(dtype)
-            # On 1 BLAS thread (where the helper runs) and on the current count (OpenBLAS's
-            # own default outside threads.using): each may take another path.
-            for n in sorted({1, threads.blas_threads() or 1}):
-                with threads.blas_threads_limited(n):
-                    ok = ok and bool(_parts_match(kind, A, B, np.empty((M, N), dtype),
-                                                  np.empty((M, N), dtype)))
+            ok = bool(_parts_match(kind, A, B, np.empty((M, N), dtype),
+                                   np.empty((M, N), dtype)))
         _verified[key] = ok
     return ok
 
@@ -251,30 +249,68 @@ def run_gemms(descs, ctl, use):  # pragma: no cover - compiled
     release(ctl, owned)
 
 
+def _check_product(i: int, a: object, b: object, out: object) -> int:
+    """The kind (NT, TN, NN) of product ``i``, or one line on what does not fit."""
+    from bnprop._validate import InputError
+
+    arrays = (a, b, out)
+    if not all(isinstance(x, np.ndarray) and x.ndim == 2 for x in arrays):
+        raise InputError(f"products[{i}]: expected three 2-d arrays (a, b, out).")
+    a, b, out = arrays  # type: ignore[assignment]
+    if not (a.dtype == b.dtype == out.dtype and out.dtype in (np.float32, np.float64)):
+        raise InputError(f"products[{i}]: expected one dtype, float32 or float64, got "
+                         f"{a.dtype}, {b.dtype} and {out.dtype} instead.")
+    if a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1]):
+        raise InputError(f"products[{i}]: a {a.shape} @ b {b.shape} does not give out "
+                         f"{out.shape}.")
+    if not out.flags.c_contiguous or np.shares_memory(out, a) or np.shares_memory(out, b):
+        raise InputError(f"products[{i}]: out must be C-contiguous and apart from a and b.")
+    if a.flags.c_contiguous and b.T.flags.c_contiguous and not b.flags.c_contiguous:
+        return NT
+    if a.T.flags.c_contiguous and not a.flags.c_contiguous and b.flags.c_contiguous:
+        return TN
+    if a.flags.c_contiguous and b.flags.c_contiguous:
+        return NN
+    raise InputError(f"products[{i}]: a and b must be C-contiguous arrays or a transposed "
+                     "view of one (not both).")
+
+
 def gemm_sequence(products: list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]):  # type: ignore[no-untyped-def]
     """A call running ``out = a @ b`` for each ``(a, b, out, beside_next)`` the way the
     compiled calls run their GEMMs: split where :func:`may_split`, or beside the next
-    product (its output must differ) when ``beside_next``. ``a`` and ``b`` are C-contiguous
-    arrays or transposed views of them (not both transposed), ``out`` C-contiguous; the
-    arrays must outlive the call, which reads them by address."""
-    rows = []
-    for a, b, out, beside in products:
-        if a.flags.c_contiguous and b.T.flags.c_contiguous and not b.flags.c_contiguous:
-            kind, g = NT, nt(a, b.T, out)
-        elif a.T.flags.c_contiguous and not a.flags.c_contiguous:
-            kind, g = TN, tn(a.T, b, out)
-        else:
-            kind, g = NN, nn(a, b, out)
-        split = may_split(out.dtype, kind, out.shape[0], out.shape[1], a.shape[1])
-        rows.append([*g, split, beside])
-    descs = np.array(rows, np.int64)
+    product (whose output must be apart) when ``beside_next``. ``a`` and ``b`` are
+    C-contiguous arrays or a transposed view of one, ``out`` C-contiguous (checked here,
+    one line each); the call keeps them alive (it reads them by address)."""
+    from bnprop._validate import InputError
+
+    rows, shapes = [], []
+    for i, (a, b, out, beside) in enumerate(products):
+        kind = _check_product(i, a, b, out)
+        g = nt(a, b.T, out) if kind == NT else (tn(a.T, b, out) if kind == TN
+                                                 else nn(a, b, out))
+        if beside and i + 1 < len(products) and any(
+                np.shares_memory(x, y) for x in (a, b, out) for y in products[i + 1][:3]
+                if x is out or y is products[i + 1][2]):
+            raise InputError(f"products[{i}]: its output and the next product's may not "
+                             "overlap the other's operands when they run beside each other.")
+        rows.append([*g, 0, bool(beside)])
+        shapes.append((out.dtype, kind, out.shape[0], out.shape[1], a.shape[1]))
+    descs = np.array(rows, np.int64).reshape(len(rows), 14)
+    by_count: dict[int | None, np.ndarray] = {}
+    arrays = [p[:3] for p in products]  # alive as long as the call: it reads them by address
 
     def call() -> None:  # the helper's way whatever the measured choice (_helper_thread)
+        count = threads.blas_threads()
+        if count not in by_count:  # the splits that keep the bits at this count
+            d = by_count[count] = descs.copy()
+            d[:, 12] = [may_split(*shape) for shape in shapes]
+        use = threads.num_threads() >= 2
         h = helper()
-        if h.ctl[STATE] != AWAKE:
+        if use and h.ctl[STATE] != AWAKE:
             h.start_or_wake()
-        run_gemms(descs, h.ctl, threads.num_threads() >= 2)
+        run_gemms(by_count[count], h.ctl, use)
 
+    call.arrays = arrays  # type: ignore[attr-defined]
     return call
 
 

@@ -114,10 +114,12 @@ class CompiledStep:
         dt, widths = self.dtype, [s.norm.num_features for s in self.hidden]
         n_in = [s.stage.linear.in_features for s in self.hidden] + [widths[-1]]
         n_out = [*widths, self.out.out_features]
-        # Which GEMMs run in two parts (the helper thread's share): by shape alone.
+        # Which GEMMs run in two parts (the helper thread's share): by shape, and where
+        # the parts give the whole GEMM's bits at OpenBLAS's thread count (step re-checks).
         self.modes = k.modes([team.may_split(dt, team.NT, m, o, i)
                               for i, o in zip(n_in, n_out, strict=True)],
                              team.may_split(dt, team.TN, widths[0], n_in[0], m), False)
+        self.modes_blas = threads.blas_threads()
         self.Zs = tuple(np.empty((m, n), dt) for n in widths)
         self.Ys = tuple(np.empty((m, n), dt) for n in widths)
         self.dYs = tuple(np.empty((m, n), dt) for n in widths)
@@ -135,7 +137,7 @@ class CompiledStep:
         from bnprop.kernels import _mlp_compiled as k
         from bnprop.kernels import team
 
-        if self.m != X.shape[0]:
+        if self.m != X.shape[0] or self.modes_blas != threads.blas_threads():
             self._allocate(X.shape[0])
         # Settings and buffers a user may change or replace between steps are read anew.
         norms = [s.norm for s in self.hidden]
