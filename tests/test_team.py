@@ -272,6 +272,23 @@ def test_a_forked_child_trains_with_a_fresh_helper() -> None:
     assert total == float(sum(float(p.sum()) for p in _train(10, 1)))
 
 
+def _using_block_elsewhere() -> tuple[threading.Event, list, threading.Thread]:  # type: ignore[type-arg]
+    """A thread inside a ``using(2)`` block: it stays in until ``leave`` is set, records
+    OpenBLAS's thread count in ``seen``, then leaves."""
+    entered, leave, seen = threading.Event(), threading.Event(), []
+
+    def inside() -> None:
+        with threads.using(2):
+            entered.set()
+            leave.wait(10)
+            seen.append(threads.blas_threads())
+
+    worker = threading.Thread(target=inside)
+    worker.start()
+    entered.wait(10)
+    return leave, seen, worker
+
+
 def test_a_using_block_ending_in_one_thread_keeps_openblas_on_one_thread_in_another() -> None:
     """OpenBLAS's thread count is the process's: the first block out used to restore it
     while another thread was still inside its block (its GEMMs then ran on two OpenBLAS
@@ -279,18 +296,8 @@ def test_a_using_block_ending_in_one_thread_keeps_openblas_on_one_thread_in_anot
     if threads.blas_threads() is None:
         pytest.skip("no OpenBLAS found to set")
     before = threads.blas_threads()
-    inside, leave, seen = threading.Event(), threading.Event(), []
-
-    def second() -> None:
-        with threads.using(2):
-            inside.set()
-            leave.wait(10)
-            seen.append(threads.blas_threads())
-
-    worker = threading.Thread(target=second)
     with threads.using(2):
-        worker.start()
-        inside.wait(10)
+        leave, seen, worker = _using_block_elsewhere()
     leave.set()  # this thread's block has ended; the worker's has not
     worker.join(10)
     assert seen == [1]
@@ -340,29 +347,20 @@ def test_a_pinned_choice_holds_and_one_thread_never_uses_the_helper() -> None:
 def test_set_threads_during_another_threads_using_block_keeps_openblas_on_one_thread() -> None:
     if threads.blas_threads() is None:
         pytest.skip("no OpenBLAS found to set")
-    before = threads.blas_threads()
-    entered, leave, seen = threading.Event(), threading.Event(), []
-
-    def other() -> None:
-        with threads.using(2):
-            entered.set()
-            leave.wait(10)
+    before, after = threads.blas_threads(), []
 
     def main_thread_like() -> None:
+        leave, _, worker = _using_block_elsewhere()
         threads.set_threads(2)  # this thread now wants OpenBLAS on 1 thread for good
-        worker = threading.Thread(target=other)
-        worker.start()
-        entered.wait(10)
-        leave.set()
+        leave.set()  # the other block ends after it
         worker.join(10)
-        seen.append(threads.blas_threads())
+        after.append(threads.blas_threads())
 
     try:
-        entered.clear()
         t = threading.Thread(target=main_thread_like)
         t.start()
         t.join(20)
-        assert seen == [1]
+        assert after == [1]
     finally:
         threads.set_blas_threads(before)
 

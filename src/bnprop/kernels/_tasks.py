@@ -86,11 +86,7 @@ def _dtype_code_overload(A, B, C):  # type: ignore[no-untyped-def]
     # dimensions of the parts assume them (anything else would read the wrong memory).
     if not (A.dtype == B.dtype == C.dtype and A.layout == B.layout == C.layout == "C"):
         return None
-    if C.dtype == types.float32:
-        return lambda A, B, C: F32
-    if C.dtype == types.float64:
-        return lambda A, B, C: F64
-    return None
+    return lambda A, B, C: _code_of(C)
 
 
 def _code_of(p):  # pragma: no cover - compiled only

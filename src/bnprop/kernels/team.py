@@ -92,20 +92,16 @@ def update(kind, p, g, a, b, coef, flags, ctl, use):  # pragma: no cover - compi
         update_part(kind, p, g, a, b, coef, flags, 0, n)
         return
     h = (n // 2 + 8) // 16 * 16
-    seq = ctl[SEQ] + 1
-    ctl[SEQ] = seq
+    seq = _next_task(ctl)
     d = DESC
     ctl[d], ctl[d + 1], ctl[d + 2], ctl[d + 3] = _code_of(p), address(p), address(g), address(a)
     ctl[d + 4], ctl[d + 5], ctl[d + 6], ctl[d + 7] = address(b), address(coef), n, h
     ctl[d + 8], ctl[d + 9], ctl[d + 10], ctl[d + 11] = n, a.size, b.size, coef.size
     ctl[d + 12], ctl[KIND] = flags, kind
-    store_release(ctl, CLAIM, 2 * seq)
+    _offer(ctl, seq)
     update_part(kind, p, g, a, b, coef, flags, 0, h)
-    if cas(ctl, CLAIM, 2 * seq, 2 * seq + 1):
+    if _taken_back(ctl, seq):
         update_part(kind, p, g, a, b, coef, flags, h, n)
-    else:
-        while load_acquire(ctl, DONE) != 2 * seq:
-            pause()
     release(ctl, True)
 
 
@@ -123,15 +119,39 @@ def release(ctl, owned):  # pragma: no cover - compiled
 
 
 @njit(**JIT_OPTIONS)
+def _next_task(ctl):  # pragma: no cover - compiled
+    """A new task number; the caller then writes its description and :func:`_offer`s it."""
+    seq = ctl[SEQ] + 1
+    ctl[SEQ] = seq
+    return seq
+
+
+@njit(**JIT_OPTIONS)
+def _offer(ctl, seq):  # pragma: no cover - compiled
+    """Task ``seq``, described in ``ctl``, may now be claimed (after everything written)."""
+    store_release(ctl, CLAIM, 2 * seq)
+
+
+@njit(**JIT_OPTIONS)
+def _taken_back(ctl, seq):  # pragma: no cover - compiled
+    """True when the caller claims the offered task back (it then runs it); otherwise the
+    helper has it, and this returns once the helper is done."""
+    if cas(ctl, CLAIM, 2 * seq, 2 * seq + 1):
+        return True
+    while load_acquire(ctl, DONE) != 2 * seq:
+        pause()
+    return False
+
+
+@njit(**JIT_OPTIONS)
 def post(ctl, g, by_rows, r0, r1):  # pragma: no cover - compiled
     """Offer a part of ``g`` to the helper (the caller owns it); returns the task number
     that :func:`finish` takes."""
-    seq = ctl[SEQ] + 1
-    ctl[SEQ] = seq
+    seq = _next_task(ctl)
     for i in range(12):
         ctl[DESC + i] = g[i]
     ctl[DESC + 12], ctl[DESC + 13], ctl[DESC + 14], ctl[KIND] = by_rows, r0, r1, GEMM
-    store_release(ctl, CLAIM, 2 * seq)
+    _offer(ctl, seq)
     return seq
 
 
@@ -139,11 +159,8 @@ def post(ctl, g, by_rows, r0, r1):  # pragma: no cover - compiled
 def finish(ctl, seq, g, by_rows, r0, r1):  # pragma: no cover - compiled
     """The posted part is done when this returns: computed here if the helper had not
     claimed it, else waited for (it is running)."""
-    if cas(ctl, CLAIM, 2 * seq, 2 * seq + 1):
+    if _taken_back(ctl, seq):
         run(g, by_rows, r0, r1)
-    else:
-        while load_acquire(ctl, DONE) != 2 * seq:
-            pause()
 
 
 @njit(**JIT_OPTIONS)
@@ -288,9 +305,9 @@ def gemm_sequence(products: list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]
         kind = _check_product(i, a, b, out)
         g = nt(a, b.T, out) if kind == NT else (tn(a.T, b, out) if kind == TN
                                                  else nn(a, b, out))
-        if beside and i + 1 < len(products) and any(
-                np.shares_memory(x, y) for x in (a, b, out) for y in products[i + 1][:3]
-                if x is out or y is products[i + 1][2]):
+        nxt = products[i + 1][:3] if beside and i + 1 < len(products) else ()
+        if nxt and (any(np.shares_memory(out, x) for x in nxt)
+                    or any(np.shares_memory(nxt[2], x) for x in (a, b))):
             raise InputError(f"products[{i}]: its output and the next product's may not "
                              "overlap the other's operands when they run beside each other.")
         rows.append([*g, 0, bool(beside)])
