@@ -448,6 +448,9 @@ def test_a_helper_made_but_not_started_is_started_by_the_next_call() -> None:
 def test_gemm_sequence_refuses_products_that_do_not_fit() -> None:
     from bnprop._validate import InputError
 
+    for bad in (None, 5, [(1, 2, 3)]):
+        with pytest.raises(InputError, match=r"products: expected a list of \(a, b, out"):
+            threads.gemm_sequence(bad)  # type: ignore[arg-type]
     a = np.ones((60, 784), np.float32)
     with pytest.raises(InputError, match=r"products\[0\]: a \(60, 784\) @ b \(700, 100\)"):
         threads.gemm_sequence([(a, np.ones((700, 100), np.float32),

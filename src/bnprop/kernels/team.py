@@ -300,6 +300,9 @@ def gemm_sequence(products: list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]
     one line each); the call keeps them alive (it reads them by address)."""
     from bnprop._validate import InputError
 
+    if not isinstance(products, (list, tuple)) or not all(
+            isinstance(p, (list, tuple)) and len(p) == 4 for p in products):
+        raise InputError("products: expected a list of (a, b, out, beside_next) tuples.")
     rows, shapes = [], []
     for i, (a, b, out, beside) in enumerate(products):
         kind = _check_product(i, a, b, out)
