@@ -34,7 +34,7 @@ ASLEEP, AWAKE = 0, 1
 IDLE_SECONDS = 0.002
 
 #: Reports between two probes of the other way, and calls a probe lasts.
-CYCLE, PROBE = 256, 8
+CYCLE, PROBE = 1024, 8
 
 
 @njit(**JIT_OPTIONS)

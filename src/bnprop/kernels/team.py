@@ -9,8 +9,8 @@ a microsecond. Measured here (float32, 1 BLAS thread each):
 
 * a GEMM of at least :data:`SPLIT_FLOPS` in two parts (:func:`gemm`, where
   :func:`may_split`), the longer side of ``C`` cut in two: ``Z = O W^T`` at 60 x 784 ->
-  100 took 127 us whole, 70 us in two parts; its ``dW`` 95 and 58 us (smaller GEMMs
-  gain nothing: 60 x 100 -> 100 took 17 us whole and 17 to 21 in parts);
+  100 took 127 us whole, 70 us in two parts; its ``dW`` 95 and 58 us; at 60 x 100 -> 100
+  (1.2 MFLOP) 16.9 and 11.5 us (one part alone: 10.1 us);
 * ``dW = dZ^T O`` beside ``dO = dZ W`` (:func:`gemm_beside`): independent, each whole;
 * a flat Adam update of 99k parameters (:func:`update`): 46 -> 27 us.
 
@@ -77,7 +77,7 @@ from bnprop.kernels._tasks import (  # noqa: F401 - nt, tn, nn, run: this module
 )
 
 #: Minimum flops (``2 M N K``) of a GEMM computed in two parts.
-SPLIT_FLOPS = 4_000_000
+SPLIT_FLOPS = 1_000_000
 #: Minimum elements of a flat optimizer update done in two parts.
 SPLIT_ELEMENTS = 16384
 
