@@ -22,10 +22,11 @@ so the step gives the same bits::
 
 The GEMMs go through :mod:`bnprop.kernels.team`: in two parts where ``modes`` says so,
 each ``dW_l`` beside ``dY_{l-1}``, a part on the helper thread when the call owns it; the
-parts give the whole GEMM's bits. The loss between the two calls is
-:func:`bnprop.kernels.loss.softmax_cross_entropy_inplace` (the reference's, with its
-small passes compiled), and the update is the optimizer's
-flat kernel: neither is restated here.
+parts give the whole GEMM's bits. So does the forward's row-wise BN pass (``Obar_l,
+Y_l``: :mod:`bnprop.kernels._team_bn`), whose rows are computed alone. The loss between
+the two calls is :func:`bnprop.kernels.loss.softmax_cross_entropy_inplace` (the
+reference's, with its small passes compiled), and the update is the optimizer's flat
+kernel: neither is restated here.
 Import this module only when :func:`bnprop.kernels.blas.available` is True.
 """
 
@@ -40,13 +41,13 @@ from bnprop.kernels._bn_compiled import (
     _backward_apply,
     _backward_frozen,
     _backward_sums,
-    _forward_apply,
     _moments,
     _var_inv_std,
 )
 from bnprop.kernels._cblas import gemm_nn, gemm_nt, gemm_tn  # noqa: F401 - re-exported
 from bnprop.kernels._finite import _all_finite
 from bnprop.kernels._jit import JIT_OPTIONS
+from bnprop.kernels._team_bn import forward_rows
 
 if not blas.available():  # pragma: no cover - the caller checks first
     raise ImportError("bnprop.kernels._mlp_compiled needs NumPy's scipy-openblas")
@@ -75,8 +76,8 @@ def forward(X, Ws, gammas, betas, acts, eps, block_rows, Zs, Ys, means, M2s, var
         count = _moments(Z, block_rows[layer], means[layer], M2s[layer])
         inv_std = inv_stds[layer]
         _var_inv_std(M2s[layer], count, eps[layer], variances[layer], inv_std)
-        _forward_apply(Z, means[layer], inv_std, gammas[layer], betas[layer], acts[layer],
-                       Z, Ys[layer], None)
+        forward_rows(Z, means[layer], inv_std, gammas[layer], betas[layer], acts[layer],
+                     Ys[layer], ctl, owned)
     team.gemm(team.nt(Ys[L - 1], W_out, logits), ctl, owned, modes[L] != 0)
     team.release(ctl, owned)
     if has_bias:

@@ -11,7 +11,9 @@ computed. A task is one of:
   :func:`nt` / :func:`tn` / :func:`nn` (dtype, transposes, sizes, addresses, leading
   dimensions: :func:`bnprop.kernels._cblas.gemm_part`'s arguments), then ``by_rows, r0, r1``;
 * ``ADAM`` / ``SGD``: elements ``[r0, r1)`` of a flat optimizer update
-  (:func:`update_part`), its arrays given by address and length.
+  (:func:`update_part`), its arrays given by address and length;
+* ``BN_FORWARD``: rows of a batch-norm layer's forward pass after its statistics, the
+  second half of :func:`bnprop.kernels._team_bn.forward_rows`.
 
 Import only when :func:`bnprop.kernels.blas.available` is True.
 """
@@ -22,6 +24,7 @@ from numba import carray, njit, types
 from numba.extending import overload
 
 from bnprop.kernels._atomics import address, f32_at, f64_at
+from bnprop.kernels._bn_compiled import _forward_apply
 from bnprop.kernels._cblas import _NO_TRANS, _TRANS, F32, F64, gemm_part
 from bnprop.kernels._jit import JIT_OPTIONS
 from bnprop.kernels.optim import _adam_pass, sgd_flat
@@ -30,8 +33,9 @@ from bnprop.kernels.optim import _adam_pass, sgd_flat
 # a change here needs their ``__pycache__`` cleared, Numba's cache only sees its own file.
 CLAIM, DESC, KIND, OWNER, DONE, STATE, SEQ, STOP, PARTS = 0, 1, 16, 24, 32, 40, 48, 56, 64
 SLOTS = 72
-#: Task kinds: a GEMM part (:func:`run`), a slice of an Adam or an SGD update.
-GEMM, ADAM, SGD = 0, 1, 2
+#: Task kinds: a GEMM part (:func:`run`), a slice of an Adam or an SGD update, rows of
+#: a BN layer's forward pass.
+GEMM, ADAM, SGD, BN_FORWARD = 0, 1, 2, 3
 
 
 @njit(**JIT_OPTIONS)
@@ -59,9 +63,29 @@ def update_part(kind, p, g, a, b, coef, flags, r0, r1):  # pragma: no cover - co
 
 
 @njit(**JIT_OPTIONS)
+def _bn_forward_posted(ctl):  # pragma: no cover - compiled
+    """The posted rows of :func:`bnprop.kernels._team_bn.forward_rows`: ``dtype, n, rows,
+    act``, then the addresses of ``Z, Y`` (the part's first row), ``gamma, beta`` and of
+    the float64 ``mu_B, inv_std``."""
+    d = DESC
+    n, rows, act = ctl[d + 1], ctl[d + 2], ctl[d + 3]
+    mean, inv_std = _f64s(ctl[d + 8], n), _f64s(ctl[d + 9], n)
+    if ctl[d] == F32:
+        Z, Y = carray(f32_at(ctl[d + 4]), (rows, n)), carray(f32_at(ctl[d + 5]), (rows, n))
+        _forward_apply(Z, mean, inv_std, _f32s(ctl[d + 6], n), _f32s(ctl[d + 7], n), act, Z,
+                       Y, None)
+    else:
+        Z, Y = carray(f64_at(ctl[d + 4]), (rows, n)), carray(f64_at(ctl[d + 5]), (rows, n))
+        _forward_apply(Z, mean, inv_std, _f64s(ctl[d + 6], n), _f64s(ctl[d + 7], n), act, Z,
+                       Y, None)
+
+
+@njit(**JIT_OPTIONS)
 def run_posted(ctl):  # pragma: no cover - compiled
     d = DESC
-    if ctl[KIND] == GEMM:
+    if ctl[KIND] == BN_FORWARD:
+        _bn_forward_posted(ctl)
+    elif ctl[KIND] == GEMM:
         gemm_part(ctl[d], ctl[d + 1], ctl[d + 2], ctl[d + 3], ctl[d + 4], ctl[d + 5],
                   ctl[d + 6], ctl[d + 7], ctl[d + 8], ctl[d + 9], ctl[d + 10], ctl[d + 11],
                   ctl[d + 12] != 0, ctl[d + 13], ctl[d + 14])
