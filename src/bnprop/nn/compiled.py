@@ -15,9 +15,9 @@ tests hold them bit-identical. (A second BLAS thread was measured too: no faster
 these sizes, 454 against 444 us a step, and on a busy machine 3.4 ms a forward pass;
 and the numbers would then depend on the thread count.) With two or more threads the
 second core comes from the helper thread of :mod:`bnprop.kernels.team` instead: half of
-``Z_1``'s and ``dW_1``'s GEMMs, each other ``dW`` beside its ``dO``, and half of the
-optimizer update (436 -> 335 us a step with SGD, where the two vCPUs are separate
-cores), on the same bits; the step reports its time so that the helper is used only
+each ``Z_l``'s GEMM and of ``dW_1``'s, each other ``dW`` beside its ``dO``, half of the
+rows of each forward BN pass, and half of the optimizer update (436 -> 315 us a step
+with SGD, where the two vCPUs are separate cores), on the same bits; the step reports its time so that the helper is used only
 while it is faster (:mod:`bnprop.kernels._helper_thread`).
 
 The Python step keeps every other case: other modules, ``comm``, ``backend="numpy"``,
