@@ -25,7 +25,8 @@ def _both(logits: np.ndarray, y: np.ndarray, m: float) -> tuple[float, np.ndarra
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(60, 10), (1, 1), (2, 3), (7, 1), (333, 17), (5, 130)])
+@pytest.mark.parametrize("shape", [(60, 10), (1, 1), (2, 3), (7, 1), (333, 17), (5, 130),
+                                   (128, 128), (129, 8), (16, 9), (100, 100)])
 def test_equals_the_reference_bit_for_bit(dtype: type, shape: tuple[int, int]) -> None:
     rng = np.random.default_rng(shape[0] * 1000 + shape[1])
     for scale in (1e-3, 1.0, 30.0, 1e4):
@@ -101,3 +102,20 @@ def test_a_bad_intp_label_in_a_step_is_one_line_naming_it(bad: int) -> None:
     y = np.array([0, 1, bad, 2, 3], dtype=np.intp)
     with pytest.raises(InputError, match=rf"^y: labels must lie in 0..9 \(10 classes\), got {bad} instead\.$"):
         net.train_step(X, y, bnprop.SGD(0.1))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_compiled_sums_take_numpys_order_for_every_width_up_to_a_block(dtype: type) -> None:
+    """Every row width and row count the compiled sums take gives np.sum's bits, on
+    values whose sum depends on the order; beyond a block NumPy's sum runs."""
+    rng = np.random.default_rng(7)
+    for n in range(1, kernel.PAIRWISE_BLOCK + 1):
+        E = (rng.standard_normal((3, n)) * 10.0 ** rng.integers(-6, 7, (3, n))).astype(dtype)
+        total = np.empty(3)
+        kernel._row_totals(E, total)
+        np.testing.assert_array_equal(total, np.sum(E, axis=1, dtype=np.float64))
+        a, b = rng.standard_normal(n) * 10.0 ** rng.integers(-6, 7, n), rng.standard_normal(n)
+        assert kernel._mean_loss(a.copy(), b, 7) == np.sum(a - b) / 7
+        assert kernel.sums_in_numpy_order(np.dtype(dtype), n, n)
+    assert not kernel.sums_in_numpy_order(np.dtype(dtype), kernel.PAIRWISE_BLOCK + 1, 10)
+    assert not kernel.sums_in_numpy_order(np.dtype(dtype), 60, kernel.PAIRWISE_BLOCK + 1)

@@ -17,8 +17,8 @@ and the numbers would then depend on the thread count.) With two or more threads
 second core comes from the helper thread of :mod:`bnprop.kernels.team` instead: half of
 each ``Z_l``'s GEMM and of ``dW_1``'s, each other ``dW`` beside its ``dO``, half of the
 rows of each forward BN pass, and half of the optimizer update (436 -> 315 us a step
-with SGD, where the two vCPUs are separate cores), on the same bits; the step reports its time so that the helper is used only
-while it is faster (:mod:`bnprop.kernels._helper_thread`).
+with SGD, where the two vCPUs are separate cores), on the same bits; the step reports
+its time so that the helper is used only while it is faster (:mod:`bnprop.kernels._helper_thread`).
 
 The Python step keeps every other case: other modules, ``comm``, ``backend="numpy"``,
 a width of 1 (NumPy calls GEMV there), and batches large enough that the Python step
