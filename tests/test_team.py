@@ -305,22 +305,25 @@ def test_a_using_block_ending_in_one_thread_keeps_openblas_on_one_thread_in_anot
 
 
 def test_the_faster_way_is_kept_and_the_other_is_probed_every_cycle() -> None:
-    from bnprop.kernels._helper_thread import CYCLE, PROBE, _Choice
+    from bnprop.kernels._helper_thread import CYCLE, PROBE, WARM, _Choice
 
     choice = _Choice()
     slow_helper = {True: 2.0, False: 1.0}  # the helper's way takes twice as long
     ways = []
-    for _ in range(3 * CYCLE):
+    for i in range(3 * CYCLE):
         used = choice.now()
         ways.append(used)
-        choice.report(used, slow_helper[used])
+        # the warm-up's times (the helper starting) are not measured: here, very slow
+        choice.report(used, 100.0 if i < WARM else slow_helper[used])
     assert choice.use is False  # switched after the first probe of both ways
-    assert ways[:PROBE] == [False] * PROBE  # it starts by probing the other way,
-    assert ways[PROBE:2 * PROBE] == [True] * PROBE  # then its own,
-    assert not any(ways[2 * PROBE:CYCLE])  # and decides
+    assert ways[:WARM] == [True] * WARM  # it warms up with the helper,
+    assert ways[WARM:WARM + PROBE] == [False] * PROBE  # probes the other way,
+    assert ways[WARM + PROBE:WARM + 2 * PROBE] == [True] * PROBE  # then its own,
+    assert not any(ways[WARM + 2 * PROBE:WARM + CYCLE])  # and decides
     # after the switch, the helper is only tried for PROBE calls a cycle
-    assert ways[2 * CYCLE:2 * CYCLE + PROBE] == [True] * PROBE
-    assert not any(ways[2 * CYCLE + PROBE:])
+    start = WARM + 2 * CYCLE
+    assert ways[start:start + PROBE] == [True] * PROBE
+    assert not any(ways[start + PROBE:])
     fast_again = {True: 0.5, False: 1.0}
     for _ in range(2 * CYCLE):
         used = choice.now()
@@ -469,3 +472,21 @@ def test_gemm_sequence_refuses_products_that_do_not_fit() -> None:
     with threads.using(1):
         call()
     np.testing.assert_array_equal(out, np.full((60, 100), 784, np.float32))
+
+
+def test_layer_calls_and_steps_keep_their_own_choice() -> None:
+    """A layer call's time (~30 us) never enters the step's medians (~0.3 ms), and the
+    layer functions measure their own way (unmeasured, they never used the helper)."""
+    from bnprop.kernels import _helper_thread
+
+    team.prefer(None)
+    rng = np.random.default_rng(3)
+    O, W = rng.random((60, 100), dtype=np.float32), rng.random((100, 100), dtype=np.float32)
+    gamma, beta = np.ones(100, np.float32), np.zeros(100, np.float32)
+    choices = _helper_thread._choices
+    with threads.using(2):
+        for _ in range(3):
+            cache = bnprop.layer_forward(O, W, gamma, beta)
+            bnprop.layer_backward(np.ones((60, 100), np.float32), cache)
+    assert choices["layer_forward"].calls == 3 and choices["layer_backward"].calls == 3
+    assert choices["step"].calls == 0

@@ -21,8 +21,17 @@ if blas.available():
 
     @njit
     def _rows(Z, mean, inv_std, gamma, beta, act, Y, ctl, use):  # type: ignore[no-untyped-def]
+        """The compiled step's way: Obar into Z, no A."""
         owned = team.acquire(ctl, use)
-        _team_bn.forward_rows(Z, mean, inv_std, gamma, beta, act, Y, ctl, owned)
+        _team_bn.forward_rows(Z, mean, inv_std, gamma, beta, act, Z, Y, None, ctl, owned)
+        team.release(ctl, owned)
+
+    @njit
+    def _rows_kept(Z, mean, inv_std, gamma, beta, act, Obar, Y, A, ctl,
+                   use):  # type: ignore[no-untyped-def]
+        """The layer functions' way: Z kept, Obar and A apart."""
+        owned = team.acquire(ctl, use)
+        _team_bn.forward_rows(Z, mean, inv_std, gamma, beta, act, Obar, Y, A, ctl, owned)
         team.release(ctl, owned)
 
 SHAPES = [(60, 100), (61, 99), (2, 4096), (3, 10)]
@@ -47,6 +56,12 @@ def _check(args, Obar, Y, ctl, use) -> None:  # type: ignore[no-untyped-def]
     _rows(got_Z, mean, inv_std, gamma, beta, act, got_Y, ctl, use)
     np.testing.assert_array_equal(got_Z, Obar)
     np.testing.assert_array_equal(got_Y, Y)
+    got_Obar, got_A = np.full_like(Z, np.nan), np.full_like(Z, np.nan)
+    got_Y[:] = np.nan
+    _rows_kept(Z, mean, inv_std, gamma, beta, act, got_Obar, got_Y, got_A, ctl, use)
+    np.testing.assert_array_equal(got_Obar, Obar)
+    np.testing.assert_array_equal(got_Y, Y)
+    np.testing.assert_array_equal(got_A, gamma * Obar + beta)  # A = gamma Obar + beta
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -60,8 +75,8 @@ def test_halves_taken_back_by_the_caller_give_the_whole_pass(act: str, dtype: ty
         args, Obar, Y = _case(m, n, dtype, act)
         _check(args, Obar, Y, ctl, True)
         split = m * n >= _team_bn.SPLIT_ROW_ELEMENTS
-        assert ctl[team.SEQ] == (1 if split else 0) and ctl[team.OWNER] == 0
-        assert ctl[team.CLAIM] == (3 if split else 0)  # posted, then claimed back
+        assert ctl[team.SEQ] == (2 if split else 0) and ctl[team.OWNER] == 0  # two calls
+        assert ctl[team.CLAIM] == (5 if split else 0)  # posted, then claimed back
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

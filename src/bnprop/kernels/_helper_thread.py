@@ -7,10 +7,13 @@ sometimes share one physical core (the host moves them): then the helper's parts
 half speed and its spinning slows the caller, and the Ioffe step took 560 us with the
 helper against 450 without (on separate cores: 335 against 450). So compiled steps
 report their time (:func:`report`), and every :data:`CYCLE` reports the way not in use
-is tried for :data:`PROBE` calls (first at the start, decided after :data:`PROBE` calls
-of each way); the faster way (by the medians of the last :data:`PROBE` calls of each) is
-kept. Either way gives the same numbers (a GEMM's split
-does not depend on it), so switching costs nothing but the probe's time.
+is tried for :data:`PROBE` calls (first after :data:`WARM` reports with the helper,
+decided after :data:`PROBE` calls of each way); the faster way (by the medians of the
+last :data:`PROBE` calls of each) is kept. The warm-up keeps the helper's start (a new
+thread, its compiled loop loaded: 0.1 to 0.4 ms for the first calls) out of the first
+decision, which without it chose the slower way for the public layer functions. Either
+way gives the same numbers (a GEMM's split does not depend on it), so switching costs
+nothing but the probe's time.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ IDLE_SECONDS = 0.002
 
 #: Reports between two probes of the other way, and calls a probe lasts.
 CYCLE, PROBE = 1024, 8
+#: Reports at the start that use the helper and are not measured.
+WARM = 64
 
 
 @njit(**JIT_OPTIONS)
@@ -130,21 +135,30 @@ class _Choice:
 
     def now(self) -> bool:
         """The way for the next call: the other one during a probe."""
-        return self.use != (self.calls % CYCLE < PROBE)
+        phase = self.calls - WARM
+        return self.use != (phase >= 0 and phase % CYCLE < PROBE)
 
     def report(self, used: bool, seconds: float) -> None:
+        self.calls += 1
+        phase = self.calls - WARM
+        if phase <= 0:
+            return
         recent = self.recent[used]
         recent.append(seconds)
         del recent[:-PROBE]
-        self.calls += 1
-        decide = self.calls % CYCLE == PROBE or self.calls == 2 * PROBE  # the first: early
+        decide = phase % CYCLE == PROBE or phase == 2 * PROBE  # the first: early
         if decide and all(len(r) == PROBE for r in self.recent.values()):
             other = statistics.median(self.recent[not self.use])
             if other < 0.95 * statistics.median(self.recent[self.use]):
                 self.use = not self.use
 
 
-_choice = _Choice()
+#: One measured choice per kind of call whose time is reported: the compiled train step
+#: ("step"; the optimizer's update after it follows it), and the public layer functions'
+#: forward and backward calls ("layer_forward", "layer_backward"). Kept apart, because
+#: their times differ (a 0.3 ms step, a 30 us layer call).
+KINDS = ("step", "layer_forward", "layer_backward")
+_choices: dict[str, _Choice] = {kind: _Choice() for kind in KINDS}
 
 
 def helper() -> _Helper:
@@ -152,13 +166,13 @@ def helper() -> _Helper:
     return _helper
 
 
-def for_call() -> tuple[np.ndarray, bool]:
-    """``(ctl, use)`` for a compiled call: ``use`` when this context has two or more
-    threads (:func:`bnprop.threads.num_threads`) and the helper is the faster way now
-    (module docstring); the helper is then started or woken (the call does not wait for
-    it: parts it does not claim, the caller computes)."""
+def for_call(kind: str = "step") -> tuple[np.ndarray, bool]:
+    """``(ctl, use)`` for a compiled call of ``kind`` (:data:`KINDS`): ``use`` when this
+    context has two or more threads (:func:`bnprop.threads.num_threads`) and the helper
+    is that kind's faster way now (module docstring); the helper is then started or woken
+    (the call does not wait for it: parts it does not claim, the caller computes)."""
     h = _helper
-    if threads.num_threads() < 2 or not _choice.now():
+    if threads.num_threads() < 2 or not _choices[kind].now():
         return h.ctl, False
     if h.ctl[STATE] != AWAKE:
         h.start_or_wake()
@@ -166,18 +180,18 @@ def for_call() -> tuple[np.ndarray, bool]:
 
 
 def prefer(use: bool | None) -> None:
-    """Pin the choice (``True``: always the helper, ``False``: never), or ``None`` to
-    measure again (module docstring); for tests and measurements."""
-    global _choice
-    _choice = _Choice()
-    if use is not None:
-        _choice.use, _choice.calls = use, PROBE  # no probe until a report comes
-        _choice.report = lambda used, seconds: None  # type: ignore[method-assign]
+    """Pin every kind's choice (``True``: always the helper, ``False``: never), or
+    ``None`` to measure again (module docstring); for tests and measurements."""
+    for kind in KINDS:
+        choice = _choices[kind] = _Choice()
+        if use is not None:
+            choice.use, choice.calls = use, WARM + PROBE  # no probe until a report comes
+            choice.report = lambda used, seconds: None  # type: ignore[method-assign]
 
 
-def report(used: bool, seconds: float) -> None:
-    """A compiled step's time, with (``used``) or without the helper."""
-    _choice.report(used, seconds)
+def report(used: bool, seconds: float, kind: str = "step") -> None:
+    """A compiled call's time, with (``used``) or without the helper."""
+    _choices[kind].report(used, seconds)
 
 
 def parts_done() -> int:

@@ -22,12 +22,12 @@ from bnprop.kernels._bn_compiled import (
     _backward_apply,
     _backward_frozen,
     _backward_sums_into,
-    _forward_apply,
     _moments,
     _var_inv_std,
 )
 from bnprop.kernels._finite import _all_finite
 from bnprop.kernels._jit import JIT_OPTIONS
+from bnprop.kernels._team_bn import forward_rows
 from bnprop.kernels.activations import IDENTITY
 
 
@@ -38,15 +38,16 @@ def forward(O, W, gamma, beta, act, eps, block_rows, Z, Obar, A, Y, stats, split
     arrays' dtype gets ``mu_B, var_B, inv_std``, each rounded once from float64 (NumPy's
     ``astype``). Returns the row count and whether every float64 ``inv_std`` is > 0 (not
     when ``var_B`` overflowed: :func:`bnprop.layer.variance_overflow`). ``split``: ``Z``'s
-    GEMM in two parts; ``ctl, use``: the helper thread (:mod:`bnprop.kernels.team`)."""
+    GEMM in two parts; ``ctl, use``: the helper thread (:mod:`bnprop.kernels.team`), which
+    may also take half of the rows of ``Obar, A, Y`` (:mod:`bnprop.kernels._team_bn`)."""
     n = Z.shape[1]
     mean, M2, var, inv_std = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
     owned = team.acquire(ctl, use)
     team.gemm(team.nt(O, W, Z), ctl, owned, split)
-    team.release(ctl, owned)
     count = _moments(Z, block_rows, mean, M2)
     _var_inv_std(M2, count, eps, var, inv_std)
-    _forward_apply(Z, mean, inv_std, gamma, beta, act, Obar, Y, A)
+    forward_rows(Z, mean, inv_std, gamma, beta, act, Obar, Y, A, ctl, owned)
+    team.release(ctl, owned)
     fits = True
     for j in range(n):
         stats[0, j] = mean[j]

@@ -76,8 +76,8 @@ def forward(X, Ws, gammas, betas, acts, eps, block_rows, Zs, Ys, means, M2s, var
         count = _moments(Z, block_rows[layer], means[layer], M2s[layer])
         inv_std = inv_stds[layer]
         _var_inv_std(M2s[layer], count, eps[layer], variances[layer], inv_std)
-        forward_rows(Z, means[layer], inv_std, gammas[layer], betas[layer], acts[layer],
-                     Ys[layer], ctl, owned)
+        forward_rows(Z, means[layer], inv_std, gammas[layer], betas[layer], acts[layer], Z,
+                     Ys[layer], None, ctl, owned)
     team.gemm(team.nt(Ys[L - 1], W_out, logits), ctl, owned, modes[L] != 0)
     team.release(ctl, owned)
     if has_bias:

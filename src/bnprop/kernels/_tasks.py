@@ -65,19 +65,28 @@ def update_part(kind, p, g, a, b, coef, flags, r0, r1):  # pragma: no cover - co
 @njit(**JIT_OPTIONS)
 def _bn_forward_posted(ctl):  # pragma: no cover - compiled
     """The posted rows of :func:`bnprop.kernels._team_bn.forward_rows`: ``dtype, n, rows,
-    act``, then the addresses of ``Z, Y`` (the part's first row), ``gamma, beta`` and of
-    the float64 ``mu_B, inv_std``."""
+    act``, then the addresses of ``Z, Y`` (the part's first row), ``gamma, beta``, the
+    float64 ``mu_B, inv_std``, and ``Obar, A`` (the part's first row; ``A`` 0: none)."""
+    d = DESC
+    if ctl[d] == F32:
+        _bn_forward_rows(ctl, f32_at(ctl[d + 4]), f32_at(ctl[d + 5]), f32_at(ctl[d + 6]),
+                         f32_at(ctl[d + 7]), f32_at(ctl[d + 10]), f32_at(ctl[d + 11]))
+    else:
+        _bn_forward_rows(ctl, f64_at(ctl[d + 4]), f64_at(ctl[d + 5]), f64_at(ctl[d + 6]),
+                         f64_at(ctl[d + 7]), f64_at(ctl[d + 10]), f64_at(ctl[d + 11]))
+
+
+@njit(**JIT_OPTIONS)
+def _bn_forward_rows(ctl, Z_at, Y_at, gamma_at, beta_at, Obar_at, A_at):  # pragma: no cover
     d = DESC
     n, rows, act = ctl[d + 1], ctl[d + 2], ctl[d + 3]
+    Z, Y, Obar = carray(Z_at, (rows, n)), carray(Y_at, (rows, n)), carray(Obar_at, (rows, n))
+    gamma, beta = carray(gamma_at, n), carray(beta_at, n)
     mean, inv_std = _f64s(ctl[d + 8], n), _f64s(ctl[d + 9], n)
-    if ctl[d] == F32:
-        Z, Y = carray(f32_at(ctl[d + 4]), (rows, n)), carray(f32_at(ctl[d + 5]), (rows, n))
-        _forward_apply(Z, mean, inv_std, _f32s(ctl[d + 6], n), _f32s(ctl[d + 7], n), act, Z,
-                       Y, None)
+    if ctl[d + 11] == 0:
+        _forward_apply(Z, mean, inv_std, gamma, beta, act, Obar, Y, None)
     else:
-        Z, Y = carray(f64_at(ctl[d + 4]), (rows, n)), carray(f64_at(ctl[d + 5]), (rows, n))
-        _forward_apply(Z, mean, inv_std, _f64s(ctl[d + 6], n), _f64s(ctl[d + 7], n), act, Z,
-                       Y, None)
+        _forward_apply(Z, mean, inv_std, gamma, beta, act, Obar, Y, carray(A_at, (rows, n)))
 
 
 @njit(**JIT_OPTIONS)
