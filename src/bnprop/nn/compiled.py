@@ -161,7 +161,7 @@ class CompiledStep:
                    self.modes, ctl)
         if threads.num_threads() >= 2:  # with or without the helper: which is faster now
             team.report(use, time.perf_counter() - start)
-        if not np.isfinite(loss):
+        if not math.isfinite(loss):
             return loss, False
         momenta = np.array([n.momentum if n.running == "ema"
                             else 1.0 / (int(n.num_batches_tracked) + 1) for n in norms])
