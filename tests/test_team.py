@@ -254,21 +254,26 @@ def test_the_helper_sleeps_when_idle_and_wakes_for_the_next_call() -> None:
 
 
 def _child_trains(queue) -> None:  # type: ignore[no-untyped-def]
+    from bnprop.kernels import _helper_thread
+
+    fresh = all(c.calls == 0 and c.use for c in _helper_thread._choices.values())
     params = _train(10, 2)
-    queue.put((float(sum(float(p.sum()) for p in params)), team.parts_done() >= 0))
+    queue.put((float(sum(float(p.sum()) for p in params)), fresh))
 
 
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork")
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # jax, when another test loaded it
 def test_a_forked_child_trains_with_a_fresh_helper() -> None:
     _train(3, 2)  # the parent's helper is running
+    team.prefer(False)  # and its choice is pinned: the child measures its own
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     child = ctx.Process(target=_child_trains, args=(queue,))
     child.start()
-    total, _ = queue.get(timeout=120)
+    total, fresh = queue.get(timeout=120)
     child.join(timeout=30)
     assert child.exitcode == 0
+    assert fresh
     assert total == float(sum(float(p.sum()) for p in _train(10, 1)))
 
 

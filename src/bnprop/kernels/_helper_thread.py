@@ -116,8 +116,12 @@ _helper = _Helper()
 
 
 def _fresh_after_fork() -> None:
-    global _helper, _choice
-    _helper, _choice = _Helper(), _Choice()
+    """A forked child: a new, sleeping helper, and every kind of call measured afresh
+    (the parent's pinned or measured choice was the parent's)."""
+    global _helper
+    _helper = _Helper()
+    for kind in KINDS:
+        _choices[kind] = _Choice()
 
 
 os.register_at_fork(after_in_child=_fresh_after_fork)

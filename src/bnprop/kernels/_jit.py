@@ -1,7 +1,9 @@
 """The one set of Numba options every kernel is compiled with, and why.
 
 * ``cache=True``: compiled code is written beside the source (``__pycache__``) and
-  loaded by later processes instead of recompiled.
+  loaded by later processes instead of recompiled; a change to any kernel file makes
+  every kernel's cache stale (:mod:`bnprop.kernels._cache_stamp`: a compiled function
+  carries the code of the functions it calls, which Numba's own stamp misses).
 * ``fastmath=False``: IEEE semantics. The kernels must equal their NumPy references to
   rounding: no reassociation of the float64 accumulations, no FMA contraction of
   ``gamma * Obar + beta`` (which NumPy rounds twice), no "no NaN" assumptions. Nothing is
@@ -16,5 +18,7 @@
 """
 
 from __future__ import annotations
+
+from bnprop.kernels import _cache_stamp  # noqa: F401 - installs the stamped cache locators
 
 JIT_OPTIONS = {"cache": True, "fastmath": False, "error_model": "numpy", "nogil": True}

@@ -29,8 +29,8 @@ from bnprop.kernels._cblas import _NO_TRANS, _TRANS, F32, F64, gemm_part
 from bnprop.kernels._jit import JIT_OPTIONS
 from bnprop.kernels.optim import _adam_pass, sgd_flat
 
-# Numba inlines these into every cached caller (``_mlp_compiled``, ``_layer_compiled``):
-# a change here needs their ``__pycache__`` cleared, Numba's cache only sees its own file.
+# Numba compiles these into every cached caller (``_mlp_compiled``, ``_layer_compiled``,
+# the helper's loop): a change here makes their caches stale (``_cache_stamp``).
 CLAIM, DESC, KIND, OWNER, DONE, STATE, SEQ, STOP, PARTS = 0, 1, 16, 24, 32, 40, 48, 56, 64
 SLOTS = 72
 #: Task kinds: a GEMM part (:func:`run`), a slice of an Adam or an SGD update, rows of
