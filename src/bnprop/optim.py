@@ -151,6 +151,8 @@ class Optimizer:
         named buffers, each checked against its parameter (None: none exist yet)."""
         bufs, key = self.buffers[kind], (kind, dt)
         flat = self._flats.get(key)
+        if flat is None and not bufs:  # none exists yet (plain SGD's momentum buffer)
+            return None
         kept_layout, views = self._views.get(key, (None, ()))
         # The cheap test, every step: the same layout object and the very arrays _adopt
         # stored, still views of flat (a copy or an unpickle of the optimizer keeps their

@@ -89,7 +89,7 @@ class CompiledStep:
     def __init__(self, steps: list[NormStep | ModuleStep]) -> None:
         self.hidden: list[NormStep] = steps[:-1]  # type: ignore[assignment]
         self.out: Linear = steps[-1].module  # type: ignore[union-attr, assignment]
-        norms = [s.norm for s in self.hidden]
+        self.norms = norms = [s.norm for s in self.hidden]  # the plan's modules, fixed
         self.dtype = norms[0].dtype
         self.acts = np.array([ACTIVATION_CODES[s.stage.activation] for s in self.hidden])
         self.block_rows = np.array([max(1, BLOCK_BYTES // (n.num_features * self.dtype.itemsize))
@@ -140,7 +140,7 @@ class CompiledStep:
         if self.m != X.shape[0] or self.modes_blas != threads.blas_threads():
             self._allocate(X.shape[0])
         # Settings and buffers a user may change or replace between steps are read anew.
-        norms = [s.norm for s in self.hidden]
+        norms = self.norms
         means, M2s, variances, inv_stds, sum_G, sum_GObar = self.vectors
         out, bias = self.out, self.out.has_bias
         b = out.b if bias else out.W[0]
