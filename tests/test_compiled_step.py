@@ -207,12 +207,21 @@ def test_finiteness_check_finds_any_bad_value(dtype: type, bad: float) -> None:
     from bnprop.kernels._mlp_compiled import _all_finite
 
     check = njit(lambda a: _all_finite(a))
-    a = np.linspace(-1e30, 1e30, 1001).astype(dtype)
-    assert check(a)
-    for i in (0, 500, 1000):
+    info = np.finfo(dtype)
+    edges = np.array([info.max, -info.max, info.tiny, -info.tiny, info.smallest_subnormal,
+                      -info.smallest_subnormal, 0.0, -0.0], dtype)
+    a = np.concatenate([np.linspace(-1e30, 1e30, 1001).astype(dtype), edges])
+    assert check(a) and check(a[:0])
+    for i in (0, 500, 1000, a.size - 1):
         b = a.copy()
         b[i] = bad
         assert not check(b)
+    nans = np.array([np.nan, -np.nan], dtype).view(np.uint32 if dtype == np.float32
+                                                     else np.uint64)
+    for payload in (nans[0] | 1, nans[1] | 1, nans[0] + 12345):  # other NaNs
+        b = a.copy()
+        b.view(nans.dtype)[3] = payload
+        assert np.isnan(b[3]) and not check(b)
 
 
 def test_without_numpys_openblas_the_python_paths_run(monkeypatch: pytest.MonkeyPatch) -> None:
