@@ -256,7 +256,7 @@ def test_the_helper_sleeps_when_idle_and_wakes_for_the_next_call() -> None:
 def _child_trains(queue) -> None:  # type: ignore[no-untyped-def]
     from bnprop.kernels import _helper_thread
 
-    fresh = all(c.calls == 0 and c.use for c in _helper_thread._choices.values())
+    fresh = not _helper_thread._choices and _helper_thread._pinned is None
     params = _train(10, 2)
     queue.put((float(sum(float(p.sum()) for p in params)), fresh))
 
@@ -479,19 +479,31 @@ def test_gemm_sequence_refuses_products_that_do_not_fit() -> None:
     np.testing.assert_array_equal(out, np.full((60, 100), 784, np.float32))
 
 
-def test_layer_calls_and_steps_keep_their_own_choice() -> None:
-    """A layer call's time (~30 us) never enters the step's medians (~0.3 ms), and the
-    layer functions measure their own way (unmeasured, they never used the helper)."""
+def test_each_kind_and_shape_of_call_keeps_its_own_choice() -> None:
+    """A layer call's time (~25 us) never enters a step's medians (~0.3 ms), nor one
+    shape's another's; the layer functions measure their own way (unmeasured, they had
+    never used the helper); the optimizer update follows the last measured call."""
     from bnprop.kernels import _helper_thread
 
     team.prefer(None)
     rng = np.random.default_rng(3)
-    O, W = rng.random((60, 100), dtype=np.float32), rng.random((100, 100), dtype=np.float32)
-    gamma, beta = np.ones(100, np.float32), np.zeros(100, np.float32)
     choices = _helper_thread._choices
     with threads.using(2):
-        for _ in range(3):
-            cache = bnprop.layer_forward(O, W, gamma, beta)
-            bnprop.layer_backward(np.ones((60, 100), np.float32), cache)
-    assert choices["layer_forward"].calls == 3 and choices["layer_backward"].calls == 3
-    assert choices["step"].calls == 0
+        for n_in in (100, 16):
+            O = rng.random((60, n_in), dtype=np.float32)
+            W = rng.random((100, n_in), dtype=np.float32)
+            gamma, beta = np.ones(100, np.float32), np.zeros(100, np.float32)
+            for _ in range(3):
+                cache = bnprop.layer_forward(O, W, gamma, beta)
+                bnprop.layer_backward(np.ones((60, 100), np.float32), cache)
+        _train(2, 2)
+    layer = {k: c.calls for k, c in choices.items() if k[0].startswith("layer")}
+    assert layer == {("layer_forward", "<f4", 60, 100, 100): 3,
+                     ("layer_backward", "<f4", 60, 100, 100): 3,
+                     ("layer_forward", "<f4", 60, 16, 100): 3,
+                     ("layer_backward", "<f4", 60, 16, 100): 3}
+    steps = [c.calls for k, c in choices.items() if k[0] == "step"]
+    assert steps == [2]
+    _helper_thread._last_use = False  # the last measured call went without the helper
+    with threads.using(2):
+        assert team.for_call()[1] is False

@@ -23,6 +23,7 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Hashable
 
 import numpy as np
 from numba import njit
@@ -116,12 +117,11 @@ _helper = _Helper()
 
 
 def _fresh_after_fork() -> None:
-    """A forked child: a new, sleeping helper, and every kind of call measured afresh
-    (the parent's pinned or measured choice was the parent's)."""
-    global _helper
-    _helper = _Helper()
-    for kind in KINDS:
-        _choices[kind] = _Choice()
+    """A forked child: a new, sleeping helper, and every call measured afresh (the
+    parent's pinned or measured choices were the parent's)."""
+    global _helper, _pinned, _last_use
+    _helper, _pinned, _last_use = _Helper(), None, True
+    _choices.clear()
 
 
 os.register_at_fork(after_in_child=_fresh_after_fork)
@@ -157,12 +157,16 @@ class _Choice:
                 self.use = not self.use
 
 
-#: One measured choice per kind of call whose time is reported: the compiled train step
-#: ("step"; the optimizer's update after it follows it), and the public layer functions'
-#: forward and backward calls ("layer_forward", "layer_backward"). Kept apart, because
-#: their times differ (a 0.3 ms step, a 30 us layer call).
-KINDS = ("step", "layer_forward", "layer_backward")
-_choices: dict[str, _Choice] = {kind: _Choice() for kind in KINDS}
+#: One measured choice per kind and shape of call whose time is reported: a compiled
+#: train step of one net and batch size, a public layer call of one shape. Kept apart
+#: because their times differ (a 0.3 ms step, a 25 us layer call): mixed, one shape's
+#: probe would be weighed against another's times.
+_choices: dict[Hashable, _Choice] = {}
+#: At most this many are kept (then all are measured afresh).
+MAX_CHOICES = 256
+#: ``prefer``'s pin (None: measured), and the way the last measured call took.
+_pinned: bool | None = None
+_last_use = True
 
 
 def helper() -> _Helper:
@@ -170,32 +174,48 @@ def helper() -> _Helper:
     return _helper
 
 
-def for_call(kind: str = "step") -> tuple[np.ndarray, bool]:
-    """``(ctl, use)`` for a compiled call of ``kind`` (:data:`KINDS`): ``use`` when this
-    context has two or more threads (:func:`bnprop.threads.num_threads`) and the helper
-    is that kind's faster way now (module docstring); the helper is then started or woken
-    (the call does not wait for it: parts it does not claim, the caller computes)."""
+def for_call(key: Hashable | None = None) -> tuple[np.ndarray, bool]:
+    """``(ctl, use)`` for a compiled call: ``use`` when this context has two or more
+    threads (:func:`bnprop.threads.num_threads`) and the helper is the faster way now
+    for calls of ``key`` (the kind and shape of the call, whose time :func:`report`
+    gets; ``None``: an unmeasured call, such as the optimizer update after a step, takes
+    the way of the last measured one) (module docstring). The helper is then started or
+    woken (the call does not wait for it: parts it does not claim, the caller computes)."""
+    global _last_use
     h = _helper
-    if threads.num_threads() < 2 or not _choices[kind].now():
+    if threads.num_threads() < 2:
         return h.ctl, False
-    if h.ctl[STATE] != AWAKE:
+    if _pinned is not None:
+        use = _pinned
+    elif key is None:
+        use = _last_use
+    else:
+        choice = _choices.get(key)
+        if choice is None:
+            if len(_choices) >= MAX_CHOICES:
+                _choices.clear()
+            choice = _choices[key] = _Choice()
+        use = _last_use = choice.now()
+    if use and h.ctl[STATE] != AWAKE:
         h.start_or_wake()
-    return h.ctl, True
+    return h.ctl, use
 
 
 def prefer(use: bool | None) -> None:
-    """Pin every kind's choice (``True``: always the helper, ``False``: never), or
-    ``None`` to measure again (module docstring); for tests and measurements."""
-    for kind in KINDS:
-        choice = _choices[kind] = _Choice()
-        if use is not None:
-            choice.use, choice.calls = use, WARM + PROBE  # no probe until a report comes
-            choice.report = lambda used, seconds: None  # type: ignore[method-assign]
+    """Pin every call's choice (``True``: always the helper, ``False``: never), or
+    ``None`` to measure again from the start (module docstring); for tests and
+    measurements."""
+    global _pinned, _last_use
+    _pinned, _last_use = use, True if use is None else use
+    _choices.clear()
 
 
-def report(used: bool, seconds: float, kind: str = "step") -> None:
-    """A compiled call's time, with (``used``) or without the helper."""
-    _choices[kind].report(used, seconds)
+def report(used: bool, seconds: float, key: Hashable) -> None:
+    """A compiled call's time, with (``used``) or without the helper, for calls of
+    ``key`` (:func:`for_call`); nothing while the choice is pinned."""
+    choice = _choices.get(key)
+    if _pinned is None and choice is not None:
+        choice.report(used, seconds)
 
 
 def parts_done() -> int:

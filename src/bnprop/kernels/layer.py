@@ -88,13 +88,13 @@ def _whole(m: int, n: int, itemsize: int) -> bool:
     return rows.unsplit(m, n, itemsize) and blas.available()
 
 
-def _report(used: bool, start: float, kind: str) -> None:
-    """The compiled call's time since ``start``, for the helper's measured choice
-    (:func:`bnprop.kernels.team.report`), with two or more threads."""
+def _report(used: bool, start: float, key: tuple[object, ...]) -> None:
+    """The compiled call's time since ``start``, for the helper's measured choice for
+    calls of ``key`` (:func:`bnprop.kernels.team.report`), with two or more threads."""
     if threads.num_threads() >= 2:
         from bnprop.kernels import team
 
-        team.report(used, time.perf_counter() - start, kind)
+        team.report(used, time.perf_counter() - start, key)
 
 
 def _merge(results: list[Moments]) -> Moments:
@@ -139,12 +139,13 @@ def forward(O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
         Z, Obar, A, Y = (np.empty((m, n), dt) for _ in range(4))
         stats = np.empty((3, n), dt)  # mu, var, inv_std
         split = team.may_split(dt, team.NT, m, n, O.shape[1])
-        ctl, use = team.for_call("layer_forward")
+        key = ("layer_forward", dt.str, m, O.shape[1], n)
+        ctl, use = team.for_call(key)
         start = time.perf_counter()
         m_global, fits = _layer_compiled.forward(O, W, gamma, beta, ACTIVATION_CODES[activation],
                                                  eps, block_rows, Z, Obar, A, Y, stats, split,
                                                  ctl, use)
-        _report(use, start, "layer_forward")
+        _report(use, start, key)
         if not fits:
             raise variance_overflow(Z)
         return LayerCache._made(
@@ -208,12 +209,13 @@ def backward(dY: np.ndarray, cache: LayerCache, stats: str) -> tuple[LayerGrads,
         from bnprop.kernels import _layer_compiled, team
 
         dZ, dW, sums = np.empty((m, n), dt), np.empty((n, n_in), dt), np.empty((2, n), dt)
-        ctl, use = team.for_call("layer_backward")
+        key = ("layer_backward", dt.str, m, n_in, n)
+        ctl, use = team.for_call(key)
         start = time.perf_counter()
         finite = _layer_compiled.backward(dY, O, W, Y, Obar, gamma, inv_std, act,
                                           stats == "frozen", m_total, dA, dZ, dW, dO, sums,
                                           ctl, use)
-        _report(use, start, "layer_backward")
+        _report(use, start, key)
         return LayerGrads(dA=dA, dgamma=sums[1], dbeta=sums[0], dZ=dZ, dW=dW, dO=dO), finite
 
     def sums(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:

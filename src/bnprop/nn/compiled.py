@@ -120,6 +120,8 @@ class CompiledStep:
                               for i, o in zip(n_in, n_out, strict=True)],
                              team.may_split(dt, team.TN, widths[0], n_in[0], m), False)
         self.modes_blas = threads.blas_threads()
+        # The helper's measured choice is kept per net shape and batch size.
+        self.choice_key = ("step", dt.str, m, *n_in, *n_out)
         self.Zs = tuple(np.empty((m, n), dt) for n in widths)
         self.Ys = tuple(np.empty((m, n), dt) for n in widths)
         self.dYs = tuple(np.empty((m, n), dt) for n in widths)
@@ -144,7 +146,7 @@ class CompiledStep:
         means, M2s, variances, inv_stds, sum_G, sum_GObar = self.vectors
         out, bias = self.out, self.out.has_bias
         b = out.b if bias else out.W[0]
-        ctl, use = team.for_call()
+        ctl, use = team.for_call(self.choice_key)
         self.modes[-1] = use
         start = time.perf_counter()
         count = k.forward(X, self.Ws, self.gammas, self.betas, self.acts,
@@ -160,7 +162,7 @@ class CompiledStep:
                    out.grads["b"] if bias else out.grads["W"][0], self.db_acc,
                    self.modes, ctl)
         if threads.num_threads() >= 2:  # with or without the helper: which is faster now
-            team.report(use, time.perf_counter() - start)
+            team.report(use, time.perf_counter() - start, self.choice_key)
         if not math.isfinite(loss):
             return loss, False
         momenta = np.array([n.momentum if n.running == "ema"
