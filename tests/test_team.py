@@ -4,6 +4,7 @@ computes them; the caller never waits for a part nobody runs; the helper sleeps 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 import time
 
@@ -507,3 +508,32 @@ def test_each_kind_and_shape_of_call_keeps_its_own_choice() -> None:
     _helper_thread._last_use = False  # the last measured call went without the helper
     with threads.using(2):
         assert team.for_call()[1] is False
+
+
+def _cpu_of(tid: int) -> int:
+    with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+        return int(f.read().rsplit(b")", 1)[1].split()[36])
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2
+                    or not os.path.exists("/proc/thread-self/stat"),
+                    reason="needs Linux and two CPUs")
+def test_a_woken_helper_is_kept_off_its_callers_cpu() -> None:
+    """Woken on its caller's CPU, it shared it until the scheduler moved one of them."""
+    from bnprop.kernels._helper_thread import WAKE_WAIT_SECONDS
+
+    h = team.helper()
+    with threads.using(2):
+        team.for_call()  # started
+        deadline = time.monotonic() + 5.0
+        while h.ctl[team.STATE] != team.ASLEEP:  # IDLE_SECONDS after its last part
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        start = time.perf_counter()
+        h.start_or_wake()
+        waited = time.perf_counter() - start
+        caller_cpu = _cpu_of(threading.get_native_id())
+        allowed = os.sched_getaffinity(h.thread.native_id)
+    assert allowed == os.sched_getaffinity(0) - {caller_cpu} or caller_cpu not in allowed
+    # the caller let it take the GIL: it is up, or the caller waited as long as it may
+    assert h.ctl[team.STATE] == team.AWAKE or waited >= WAKE_WAIT_SECONDS
