@@ -4,7 +4,6 @@ computes them; the caller never waits for a part nobody runs; the helper sleeps 
 from __future__ import annotations
 
 import multiprocessing
-import os
 import threading
 import time
 
@@ -310,49 +309,6 @@ def test_a_using_block_ending_in_one_thread_keeps_openblas_on_one_thread_in_anot
     assert threads.blas_threads() == before
 
 
-def test_the_faster_way_is_kept_and_the_other_is_probed_every_cycle() -> None:
-    from bnprop.kernels._helper_thread import CYCLE, PROBE, WARM, _Choice
-
-    choice = _Choice()
-    slow_helper = {True: 2.0, False: 1.0}  # the helper's way takes twice as long
-    ways = []
-    for i in range(3 * CYCLE):
-        used = choice.now()
-        ways.append(used)
-        # the warm-up's times (the helper starting) are not measured: here, very slow
-        choice.report(used, 100.0 if i < WARM else slow_helper[used])
-    assert choice.use is False  # switched after the first probe of both ways
-    assert ways[:WARM] == [True] * WARM  # it warms up with the helper,
-    assert ways[WARM:WARM + PROBE] == [False] * PROBE  # probes the other way,
-    assert ways[WARM + PROBE:WARM + 2 * PROBE] == [True] * PROBE  # then its own,
-    assert not any(ways[WARM + 2 * PROBE:WARM + CYCLE])  # and decides
-    # after the switch, the helper is only tried for PROBE calls a cycle
-    start = WARM + 2 * CYCLE
-    assert ways[start:start + PROBE] == [True] * PROBE
-    assert not any(ways[start + PROBE:])
-    fast_again = {True: 0.5, False: 1.0}
-    for _ in range(2 * CYCLE):
-        used = choice.now()
-        choice.report(used, fast_again[used])
-    assert choice.use is True
-    same = _Choice()  # within 5 %: the kept way stays
-    for _ in range(2 * CYCLE):
-        used = same.now()
-        same.report(used, 1.0 if used else 0.97)
-    assert same.use is True
-
-
-def test_a_pinned_choice_holds_and_one_thread_never_uses_the_helper() -> None:
-    team.prefer(False)
-    with threads.using(2):
-        assert team.for_call()[1] is False
-    team.prefer(True)
-    with threads.using(2):
-        assert team.for_call()[1] is True
-    with threads.using(1):
-        assert team.for_call()[1] is False
-
-
 def test_set_threads_during_another_threads_using_block_keeps_openblas_on_one_thread() -> None:
     if threads.blas_threads() is None:
         pytest.skip("no OpenBLAS found to set")
@@ -478,62 +434,3 @@ def test_gemm_sequence_refuses_products_that_do_not_fit() -> None:
     with threads.using(1):
         call()
     np.testing.assert_array_equal(out, np.full((60, 100), 784, np.float32))
-
-
-def test_each_kind_and_shape_of_call_keeps_its_own_choice() -> None:
-    """A layer call's time (~25 us) never enters a step's medians (~0.3 ms), nor one
-    shape's another's; the layer functions measure their own way (unmeasured, they had
-    never used the helper); the optimizer update follows the last measured call."""
-    from bnprop.kernels import _helper_thread
-
-    team.prefer(None)
-    rng = np.random.default_rng(3)
-    choices = _helper_thread._choices
-    with threads.using(2):
-        for n_in in (100, 16):
-            O = rng.random((60, n_in), dtype=np.float32)
-            W = rng.random((100, n_in), dtype=np.float32)
-            gamma, beta = np.ones(100, np.float32), np.zeros(100, np.float32)
-            for _ in range(3):
-                cache = bnprop.layer_forward(O, W, gamma, beta)
-                bnprop.layer_backward(np.ones((60, 100), np.float32), cache)
-        _train(2, 2)
-    layer = {k: c.calls for k, c in choices.items() if k[0].startswith("layer")}
-    assert layer == {("layer_forward", "<f4", 60, 100, 100): 3,
-                     ("layer_backward", "<f4", 60, 100, 100): 3,
-                     ("layer_forward", "<f4", 60, 16, 100): 3,
-                     ("layer_backward", "<f4", 60, 16, 100): 3}
-    steps = [c.calls for k, c in choices.items() if k[0] == "step"]
-    assert steps == [2]
-    _helper_thread._last_use = False  # the last measured call went without the helper
-    with threads.using(2):
-        assert team.for_call()[1] is False
-
-
-def _cpu_of(tid: int) -> int:
-    with open(f"/proc/self/task/{tid}/stat", "rb") as f:
-        return int(f.read().rsplit(b")", 1)[1].split()[36])
-
-
-@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2
-                    or not os.path.exists("/proc/thread-self/stat"),
-                    reason="needs Linux and two CPUs")
-def test_a_woken_helper_is_kept_off_its_callers_cpu() -> None:
-    """Woken on its caller's CPU, it shared it until the scheduler moved one of them."""
-    from bnprop.kernels._helper_thread import WAKE_WAIT_SECONDS
-
-    h = team.helper()
-    with threads.using(2):
-        team.for_call()  # started
-        deadline = time.monotonic() + 5.0
-        while h.ctl[team.STATE] != team.ASLEEP:  # IDLE_SECONDS after its last part
-            assert time.monotonic() < deadline
-            time.sleep(0.001)
-        start = time.perf_counter()
-        h.start_or_wake()
-        waited = time.perf_counter() - start
-        caller_cpu = _cpu_of(threading.get_native_id())
-        allowed = os.sched_getaffinity(h.thread.native_id)
-    assert allowed == os.sched_getaffinity(0) - {caller_cpu} or caller_cpu not in allowed
-    # the caller let it take the GIL: it is up, or the caller waited as long as it may
-    assert h.ctl[team.STATE] == team.AWAKE or waited >= WAKE_WAIT_SECONDS
