@@ -1,10 +1,10 @@
 """NumPy's own GEMM called from Numba code, whole or in two parts.
 
-``gemm_nt`` / ``gemm_tn`` / ``gemm_nn`` call ``cblas_sgemm`` / ``cblas_dgemm`` of the
-OpenBLAS that ``np.matmul`` calls, with the arguments ``np.matmul`` passes for the same
-operands (:mod:`bnprop.kernels.blas`), so they give its bits.
-
-``gemm_part`` computes one part of such a GEMM from raw addresses: the rows
+``gemm_part`` calls ``cblas_sgemm`` / ``cblas_dgemm`` of the OpenBLAS that ``np.matmul``
+calls, with the arguments ``np.matmul`` passes for the same operands
+(:mod:`bnprop.kernels.blas`), so it gives its bits; ``gemm_nt`` / ``gemm_tn`` /
+``gemm_nn`` are whole GEMMs of C-contiguous arrays through it. From raw addresses it
+computes the whole GEMM or one part of it: the rows
 ``[r0, r1)`` or the columns ``[r0, r1)`` of ``C = op(A) op(B)``, row-major::
 
     columns [r0, r1):  C[:, r0:r1] = op(A) op(B)[:, r0:r1]
@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, types
-from numba.extending import intrinsic, overload
+from numba.extending import overload
 
 from bnprop.kernels import blas
-from bnprop.kernels._atomics import f32_at, f64_at
+from bnprop.kernels._atomics import address, f32_at, f64_at
 from bnprop.kernels._jit import JIT_OPTIONS
 
 if not blas.available():  # pragma: no cover - the caller checks first
@@ -41,63 +41,6 @@ def _signature(t: types.Type) -> types.Signature:
 
 _sgemm = types.ExternalFunction(blas.SYMBOLS["float32"], _signature(types.float32))
 _dgemm = types.ExternalFunction(blas.SYMBOLS["float64"], _signature(types.float64))
-
-
-@intrinsic
-def _ptr(typingctx, arr):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
-    """The data pointer of an array (what ``arr.ctypes.data`` is, typed for a C call)."""
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        return context.make_array(arr)(context, builder, args[0]).data
-
-    return types.CPointer(arr.dtype)(arr), codegen
-
-
-def _xgemm(ta, tb, M, N, K, A, lda, B, ldb, C, ldc):  # pragma: no cover - compiled only
-    """``C = op(A) op(B)`` (row-major cblas ``?gemm``, alpha 1, beta 0)."""
-    raise NotImplementedError("_xgemm is only callable from Numba-compiled code")
-
-
-@overload(_xgemm, jit_options=JIT_OPTIONS)
-def _xgemm_overload(ta, tb, M, N, K, A, lda, B, ldb, C, ldc):  # type: ignore[no-untyped-def]
-    # Only C-contiguous operands of one dtype type-check: the pointers and leading
-    # dimensions below assume them (anything else would read the wrong memory).
-    if not (A.dtype == B.dtype == C.dtype and A.layout == B.layout == C.layout == "C"):
-        return None
-    if C.dtype == types.float32:
-        def impl32(ta, tb, M, N, K, A, lda, B, ldb, C, ldc):  # type: ignore[no-untyped-def]
-            _sgemm(_ROW_MAJOR, ta, tb, M, N, K, np.float32(1.0), _ptr(A), lda, _ptr(B), ldb,
-                   np.float32(0.0), _ptr(C), ldc)
-        return impl32
-    if C.dtype == types.float64:
-        def impl64(ta, tb, M, N, K, A, lda, B, ldb, C, ldc):  # type: ignore[no-untyped-def]
-            _dgemm(_ROW_MAJOR, ta, tb, M, N, K, 1.0, _ptr(A), lda, _ptr(B), ldb, 0.0,
-                   _ptr(C), ldc)
-        return impl64
-    return None
-
-
-@njit(**JIT_OPTIONS)
-def gemm_nt(A, B, C):  # pragma: no cover - compiled
-    """``C = A B^T``: A (M, K), B (N, K), C (M, N), all C-contiguous."""
-    M, K = A.shape
-    N = B.shape[0]
-    _xgemm(_NO_TRANS, _TRANS, M, N, K, A, K, B, K, C, N)
-
-
-@njit(**JIT_OPTIONS)
-def gemm_tn(A, B, C):  # pragma: no cover - compiled
-    """``C = A^T B``: A (K, M), B (K, N), C (M, N), all C-contiguous."""
-    K, M = A.shape
-    N = B.shape[1]
-    _xgemm(_TRANS, _NO_TRANS, M, N, K, A, M, B, N, C, N)
-
-
-@njit(**JIT_OPTIONS)
-def gemm_nn(A, B, C):  # pragma: no cover - compiled
-    """``C = A B``: A (M, K), B (K, N), C (M, N), all C-contiguous."""
-    M, K = A.shape
-    N = B.shape[1]
-    _xgemm(_NO_TRANS, _NO_TRANS, M, N, K, A, K, B, N, C, N)
 
 
 #: ``gemm_part``'s ``dtype_code``: 0 float32, 1 float64.
@@ -127,3 +70,57 @@ def gemm_part(dtype_code, ta, tb, M, N, K, a, lda, b, ldb, c, ldc, by_rows, r0, 
     else:
         _dgemm(_ROW_MAJOR, ta, tb, M, N, K, 1.0, f64_at(a), lda, f64_at(b), ldb, 0.0,
                f64_at(c), ldc)
+
+
+def _dtype_code(A, B, C):  # pragma: no cover - compiled only
+    """``gemm_part``'s dtype code of three C-contiguous operands of one dtype."""
+    raise NotImplementedError("_dtype_code is only callable from Numba-compiled code")
+
+
+@overload(_dtype_code, jit_options=JIT_OPTIONS)
+def _dtype_code_overload(A, B, C):  # type: ignore[no-untyped-def]
+    # Only C-contiguous operands of one dtype type-check: the addresses and leading
+    # dimensions of the calls assume them (anything else would read the wrong memory).
+    if not (A.dtype == B.dtype == C.dtype and A.layout == B.layout == C.layout == "C"):
+        return None
+    return lambda A, B, C: _code_of(C)
+
+
+def _code_of(p):  # pragma: no cover - compiled only
+    raise NotImplementedError("_code_of is only callable from Numba-compiled code")
+
+
+@overload(_code_of, jit_options=JIT_OPTIONS)
+def _code_of_overload(p):  # type: ignore[no-untyped-def]
+    if p.dtype == types.float32:
+        return lambda p: F32
+    if p.dtype == types.float64:
+        return lambda p: F64
+    return None
+
+
+@njit(**JIT_OPTIONS)
+def gemm_nt(A, B, C):  # pragma: no cover - compiled
+    """``C = A B^T``: A (M, K), B (N, K), C (M, N), all C-contiguous."""
+    M, K = A.shape
+    N = B.shape[0]
+    gemm_part(_dtype_code(A, B, C), _NO_TRANS, _TRANS, M, N, K, address(A), K, address(B),
+              K, address(C), N, False, 0, N)
+
+
+@njit(**JIT_OPTIONS)
+def gemm_tn(A, B, C):  # pragma: no cover - compiled
+    """``C = A^T B``: A (K, M), B (K, N), C (M, N), all C-contiguous."""
+    K, M = A.shape
+    N = B.shape[1]
+    gemm_part(_dtype_code(A, B, C), _TRANS, _NO_TRANS, M, N, K, address(A), M, address(B),
+              N, address(C), N, False, 0, N)
+
+
+@njit(**JIT_OPTIONS)
+def gemm_nn(A, B, C):  # pragma: no cover - compiled
+    """``C = A B``: A (M, K), B (K, N), C (M, N), all C-contiguous."""
+    M, K = A.shape
+    N = B.shape[1]
+    gemm_part(_dtype_code(A, B, C), _NO_TRANS, _NO_TRANS, M, N, K, address(A), K, address(B),
+              N, address(C), N, False, 0, N)

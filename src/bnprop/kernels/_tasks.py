@@ -20,12 +20,11 @@ Import only when :func:`bnprop.kernels.blas.available` is True.
 
 from __future__ import annotations
 
-from numba import carray, njit, types
-from numba.extending import overload
+from numba import carray, njit
 
 from bnprop.kernels._atomics import address, f32_at, f64_at
 from bnprop.kernels._bn_compiled import _forward_apply
-from bnprop.kernels._cblas import _NO_TRANS, _TRANS, F32, F64, gemm_part
+from bnprop.kernels._cblas import _NO_TRANS, _TRANS, F32, _dtype_code, gemm_part
 from bnprop.kernels._jit import JIT_OPTIONS
 from bnprop.kernels.optim import _adam_pass, sgd_flat
 
@@ -106,33 +105,6 @@ def run_posted(ctl):  # pragma: no cover - compiled
         update_part(ctl[KIND], _f64s(ctl[d + 1], ctl[d + 6]), _f64s(ctl[d + 2], ctl[d + 6]),
                     _f64s(ctl[d + 3], ctl[d + 9]), _f64s(ctl[d + 4], ctl[d + 10]),
                     _f64s(ctl[d + 5], ctl[d + 11]), ctl[d + 12], ctl[d + 7], ctl[d + 8])
-
-
-def _dtype_code(A, B, C):  # pragma: no cover - compiled only
-    """``gemm_part``'s dtype code of three C-contiguous operands of one dtype."""
-    raise NotImplementedError("_dtype_code is only callable from Numba-compiled code")
-
-
-@overload(_dtype_code, jit_options=JIT_OPTIONS)
-def _dtype_code_overload(A, B, C):  # type: ignore[no-untyped-def]
-    # Only C-contiguous operands of one dtype type-check: the addresses and leading
-    # dimensions of the parts assume them (anything else would read the wrong memory).
-    if not (A.dtype == B.dtype == C.dtype and A.layout == B.layout == C.layout == "C"):
-        return None
-    return lambda A, B, C: _code_of(C)
-
-
-def _code_of(p):  # pragma: no cover - compiled only
-    raise NotImplementedError("_code_of is only callable from Numba-compiled code")
-
-
-@overload(_code_of, jit_options=JIT_OPTIONS)
-def _code_of_overload(p):  # type: ignore[no-untyped-def]
-    if p.dtype == types.float32:
-        return lambda p: F32
-    if p.dtype == types.float64:
-        return lambda p: F64
-    return None
 
 
 @njit(**JIT_OPTIONS)

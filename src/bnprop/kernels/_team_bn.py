@@ -28,8 +28,9 @@ from numba import njit
 
 from bnprop.kernels._atomics import address
 from bnprop.kernels._bn_compiled import _forward_apply
+from bnprop.kernels._cblas import _code_of
 from bnprop.kernels._jit import JIT_OPTIONS
-from bnprop.kernels._tasks import BN_FORWARD, DESC, KIND, _code_of
+from bnprop.kernels._tasks import BN_FORWARD, DESC, KIND
 from bnprop.kernels.team import _next_task, _offer, _taken_back
 
 #: Minimum elements (rows x features) of a pass offered in two halves: below it, the

@@ -42,6 +42,7 @@ from numba import njit
 
 from bnprop import threads
 from bnprop.kernels._atomics import address, cas, load_acquire, pause, store_release
+from bnprop.kernels._cblas import _code_of
 from bnprop.kernels._helper_thread import (  # noqa: F401 - this module's API
     ASLEEP,
     AWAKE,
@@ -67,7 +68,6 @@ from bnprop.kernels._tasks import (  # noqa: F401 - nt, tn, nn, run: this module
     SLOTS,
     STATE,
     STOP,
-    _code_of,
     nn,
     nt,
     run,
