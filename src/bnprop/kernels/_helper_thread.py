@@ -116,6 +116,7 @@ class _Helper:
         # the helper for the interpreter's switch interval (5 ms; measured: 1 wake-up in
         # 5 after a 30 ms pause took 8 ms, 43 layer calls without the helper).
         self.awake.wait(WAKE_WAIT_SECONDS)
+        self._place()  # this thread may have come back on the helper's CPU after the wait
 
     def _place(self) -> None:
         """Keep the helper off the CPU the waking thread runs on (Linux): woken from
