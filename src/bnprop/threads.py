@@ -74,9 +74,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import cache
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from bnprop._validate import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 T = TypeVar("T")
 
@@ -298,6 +301,17 @@ def gemm_sequence(products: list) -> Callable[[], None] | None:  # type: ignore[
     from bnprop.kernels import team
 
     return team.gemm_sequence(products)  # type: ignore[no-any-return]
+
+
+def matmul_nt(a: np.ndarray, w: np.ndarray, out: np.ndarray, rows: int | None = None,
+              ) -> np.ndarray:
+    """``out = a @ w.T`` the way bnprop computes a layer's ``Z = O W^T``: a small float32
+    batch in the column blocks that OpenBLAS's small-matrix kernel takes, where that is
+    faster (:mod:`bnprop.kernels.small_gemm`); ``rows``: the whole product's rows when
+    ``a`` is a part of them."""
+    from bnprop.kernels.small_gemm import matmul_nt as blocked
+
+    return blocked(a, w, out, rows)
 
 
 @contextmanager

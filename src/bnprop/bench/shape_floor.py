@@ -4,8 +4,9 @@
 Small GEMMs never reach that rate (a ``(60, 784) @ (784, 100)`` product runs at a fraction
 of it), so for small shapes that floor is out of reach of any implementation. This module
 measures the floor that holds: the GEMMs the case must do, at their exact shapes and
-layouts as bnprop calls them, each ``np.matmul(A, B, out=C)`` into a preallocated ``C``,
-and nothing else.
+layouts as bnprop calls them, each ``np.matmul(A, B, out=C)`` into a preallocated ``C``
+(a ``Z = O W^T`` in the column blocks of :func:`bnprop.threads.matmul_nt`, as bnprop
+computes it), and nothing else.
 
 A BN layer ``(m, n_in) -> (m, n_out)``; rows are examples, ``W`` is ``(n_out, n_in)``
 C-contiguous, a ``^T`` is a transposed view (no copy)::
@@ -155,17 +156,26 @@ def sequence(gemms: Sequence[Gemm], arrays: dict[str, np.ndarray],
     if parts in (1, HELPER):
         def call() -> None:
             for a, b, c in calls:
-                np.matmul(a, b, out=c)
+                _product(a, b, c)
         return call
 
-    blocks = [(lambda s, e, a=a, b=b, c=c: np.matmul(a[s:e], b, out=c[s:e]), c.shape[0])
-              for a, b, c in calls]
+    blocks = [(lambda s, e, a=a, b=b, c=c: _product(a[s:e], b, c[s:e], c.shape[0]),
+               c.shape[0]) for a, b, c in calls]
 
     def split_call() -> None:
         for block, rows in blocks:
             threads.map_rows(block, rows, min_rows=1)
 
     return split_call
+
+
+def _product(a: np.ndarray, b: np.ndarray, c: np.ndarray, rows: int | None = None) -> None:
+    """``c = a @ b`` as bnprop computes it: a ``b`` that is a transposed view (``W^T``)
+    through :func:`bnprop.threads.matmul_nt` (``rows``: the whole product's)."""
+    if b.T.flags.c_contiguous and not b.flags.c_contiguous:
+        threads.matmul_nt(a, b.T, c, rows)
+    else:
+        np.matmul(a, b, out=c)
 
 
 #: ``parts`` of :func:`sequence` and :func:`ways` for the helper thread's way.

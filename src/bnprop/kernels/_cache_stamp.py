@@ -7,7 +7,8 @@ helper thread's loop (``_helper_thread.py``) running the old task code: measured
 task kind (the forward BN rows) was read as an optimizer update, the rows were never
 written, and the step's numbers changed with no error. Here every cached function of
 this folder is stamped with its own file's stamp and :func:`kernels_stamp`: a change to
-any ``.py`` file of ``bnprop/kernels`` recompiles them all on their next load.
+any ``.py`` file of ``bnprop/kernels`` recompiles them all on their next load. So does a
+change of what the kernels take from the process at compile time (:func:`_constants`).
 
 Mechanism: Numba picks a cache locator from ``CacheImpl._locator_classes`` (a class
 attribute, read by each cached function when it is decorated); :func:`install` puts in
@@ -47,12 +48,20 @@ def kernels_stamp(folder: str = KERNELS_DIR) -> str:
     return _digest(tuple(sorted(files)), folder)
 
 
+def _constants() -> tuple[object, ...]:
+    """What the kernels fix at compile time from this process: whether the GEMMs take
+    the small-matrix blocks (:data:`bnprop.kernels._cblas.SMALL_NT`, from the BLAS core)."""
+    from bnprop.kernels.small_gemm import enabled
+
+    return (enabled(),)
+
+
 def _stamped(base: type) -> type:
     class KernelsLocator(base):  # type: ignore[valid-type, misc]
         """``base``'s cache place for a kernel file, stamped with every kernel file."""
 
         def get_source_stamp(self) -> Any:
-            return (super().get_source_stamp(), kernels_stamp())
+            return (super().get_source_stamp(), kernels_stamp(), _constants())
 
         @classmethod
         def from_function(cls, py_func: Any, py_file: str) -> Any:

@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from bnprop.kernels import blas
+from bnprop.kernels import blas, small_gemm
 from bnprop.kernels._atomics import address, f32_at, f64_at
 from bnprop.kernels._jit import JIT_OPTIONS
 
@@ -45,6 +45,10 @@ _dgemm = types.ExternalFunction(blas.SYMBOLS["float64"], _signature(types.float6
 
 #: ``gemm_part``'s ``dtype_code``: 0 float32, 1 float64.
 F32, F64 = 0, 1
+#: :func:`bnprop.kernels.small_gemm.enabled`, fixed in the compiled code (the cache is
+#: stamped with the BLAS core: ``_cache_stamp``).
+SMALL_NT = small_gemm.enabled()
+_width = njit(**JIT_OPTIONS)(small_gemm.width)
 
 
 @njit(**JIT_OPTIONS)
@@ -53,6 +57,8 @@ def gemm_part(dtype_code, ta, tb, M, N, K, a, lda, b, ldb, c, ldc, by_rows, r0, 
     """Rows (``by_rows``) or columns ``[r0, r1)`` of ``C = op(A) op(B)`` (module
     docstring); ``a``, ``b``, ``c`` are the whole operands' addresses."""
     size = 4 if dtype_code == F32 else 8
+    # C = A B^T in the small kernel's column blocks, decided on the whole product.
+    w = _width(size, M, N, K, SMALL_NT) if ta == _NO_TRANS and tb == _TRANS else 0
     if by_rows:
         a_off = r0 * lda if ta == _NO_TRANS else r0     # A (M, K) or stored (K, M)
         b_off, c_off = 0, r0 * ldc
@@ -64,7 +70,15 @@ def gemm_part(dtype_code, ta, tb, M, N, K, a, lda, b, ldb, c, ldc, by_rows, r0, 
     if M <= 0 or N <= 0:
         return
     a, b, c = a + a_off * size, b + b_off * size, c + c_off * size
-    if dtype_code == F32:
+    if w > 0:  # float32 only; blocks at multiples of w of the whole C, whatever the part
+        first = 0 if by_rows else r0
+        s = 0
+        while s < N:
+            n = min(N - s, ((first + s) // w + 1) * w - (first + s))
+            _sgemm(_ROW_MAJOR, ta, tb, M, n, K, np.float32(1.0), f32_at(a), lda,
+                   f32_at(b + s * ldb * size), ldb, np.float32(0.0), f32_at(c + s * size), ldc)
+            s += n
+    elif dtype_code == F32:
         _sgemm(_ROW_MAJOR, ta, tb, M, N, K, np.float32(1.0), f32_at(a), lda, f32_at(b), ldb,
                np.float32(0.0), f32_at(c), ldc)
     else:

@@ -39,6 +39,23 @@ def library() -> str | None:
 
 
 @cache
+def corename() -> str | None:
+    """The core NumPy's OpenBLAS chose its kernels for (``openblas_get_corename``, e.g.
+    ``"SkylakeX"``; fixed for the process), or ``None`` without one."""
+    path = library()
+    if path is None:
+        return None
+    lib = ctypes.CDLL(path)
+    for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename"):
+        f = getattr(lib, name, None)
+        if f is not None:
+            f.argtypes, f.restype = [], ctypes.c_char_p
+            found = f()
+            return found.decode() if found else None
+    return None
+
+
+@cache
 def available() -> bool:
     """Whether the compiled step can call NumPy's GEMM (the library is loaded into
     Numba's symbol table on the first call)."""

@@ -60,6 +60,7 @@ from bnprop.kernels.activations import ACTIVATION_CODES
 from bnprop.kernels.bn import BLOCK_BYTES
 from bnprop.kernels.buffers import MIN_BYTES
 from bnprop.kernels.buffers import shared as pool
+from bnprop.kernels.small_gemm import matmul_nt
 from bnprop.layer import (
     LayerCache,
     LayerGrads,
@@ -153,12 +154,11 @@ def forward(O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
             Obar=Obar, A=A, Y=Y, activation=activation, eps=eps, m_global=m_global, comm=comm)
     Z, Y = pool.empty((m, n), dt), pool.empty((m, n), dt)
     chunk_rows = rows.chunk_rows(n, dt.itemsize) if m >= 2 * rows.KERNEL_PART_ROWS else m
-    WT = W.T
 
     def reduce(start: int, stop: int) -> Moments:
         found = []
         for c0, c1 in rows.chunks(start, stop, chunk_rows):
-            np.matmul(O[c0:c1], WT, out=Z[c0:c1])
+            matmul_nt(O[c0:c1], W, Z[c0:c1], rows=m)
             mean, M2 = np.empty(n), np.empty(n)
             found.append((int(_moments(Z[c0:c1], block_rows, mean, M2)), mean, M2))
         return _merge(found)

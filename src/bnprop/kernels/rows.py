@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from bnprop import threads
+from bnprop.kernels import small_gemm
 
 #: Minimum floating-point operations of one part of a split GEMM (smaller GEMMs run whole:
 #: handing a part to a worker thread costs ~50 us, a 32 MFLOP part takes ~0.3 ms).
@@ -34,11 +35,15 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out = a @ b`` into ``out`` (m, n), its rows split over :func:`bnprop.threads.map_rows`.
 
     ``a`` (m, k) may be a transposed view; each part computes ``out[r0:r1] = a[r0:r1] @ b``.
+    Unsplit, a ``b`` that is the transpose of a C-contiguous array goes through
+    :func:`bnprop.kernels.small_gemm.matmul_nt` (a split product is never blocked there).
     """
     m, k = a.shape
     n = b.shape[1]
     min_rows = max(1, math.ceil(GEMM_PART_FLOPS / max(1, 2 * k * n)))
     if m < 2 * min_rows or threads.num_threads() == 1:  # one part: no map_rows call
+        if b.T.flags.c_contiguous and not b.flags.c_contiguous:  # a B^T: maybe in blocks
+            return small_gemm.matmul_nt(a, b.T, out)
         return np.matmul(a, b, out=out)
 
     def part(start: int, stop: int) -> None:

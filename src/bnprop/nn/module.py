@@ -26,6 +26,7 @@ import numpy as np
 from bnprop._validate import InputError, check_array, check_choice, check_positive
 from bnprop.activations import get_activation
 from bnprop.kernels import activations as kernels
+from bnprop.kernels.small_gemm import matmul_nt
 
 DTYPES = ("float32", "float64")
 BACKENDS = ("numba", "numpy")
@@ -196,7 +197,7 @@ class Linear(Module):
             self._Z = np.empty((m, self.out_features), self.dtype)
         self._remember(X, training)
         self._X = X
-        np.matmul(X, self.W.T, out=self._Z)
+        matmul_nt(X, self.W, self._Z)
         if self.has_bias:
             self._Z += self.b
         return self._Z

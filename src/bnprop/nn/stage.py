@@ -45,6 +45,7 @@ from bnprop.activations import get_activation
 from bnprop.kernels import bn as bnk
 from bnprop.kernels.activations import ACTIVATION_CODES
 from bnprop.kernels.rows import CHUNK_BYTES, KERNEL_PART_BYTES, KERNEL_PART_ROWS, gemm
+from bnprop.kernels.small_gemm import matmul_nt
 from bnprop.layer import check_global_rows
 from bnprop.nn.widen import Plain, Widened, widening
 
@@ -190,7 +191,7 @@ class BNStage:
             total: tuple[int, np.ndarray, np.ndarray] | None = None
             for c0 in range(start, stop, self.chunk_rows):  # Z = O W^T, then its moments
                 c1 = min(stop, c0 + self.chunk_rows)
-                np.matmul(O[c0:c1], self.linear.W.T, out=Z[c0:c1])
+                matmul_nt(O[c0:c1], self.linear.W, Z[c0:c1], rows=O.shape[0])
                 n = int(self.kernels._moments(Z[c0:c1], self.block_rows, P.mean[p], P.M2[p]))
                 total = ((n, P.mean[p].copy(), P.M2[p].copy()) if total is None
                          else bn.chan_combine(*total, n, P.mean[p], P.M2[p]))

@@ -1,0 +1,124 @@
+"""Z = O W^T in the small-matrix kernel's column blocks (bnprop.kernels.small_gemm): the
+rule, and one result whatever part of the product a thread or a chunk computes."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import bnprop
+from bnprop import nn, threads
+from bnprop.kernels import blas, rows, small_gemm
+from bnprop.kernels.small_gemm import matmul_nt, width
+
+needs_blas = pytest.mark.skipif(not blas.available(), reason="NumPy's scipy-openblas not found")
+
+
+def test_the_width_rule() -> None:
+    assert width(4, 60, 100, 784, True) == 20     # the Ioffe net's first layer
+    assert width(4, 16, 100, 784, True) == 72     # 16 x 72 = 1152 <= 1200
+    assert width(4, 60, 100, 784, False) == 0     # not one of CORES
+    assert width(8, 60, 100, 784, True) == 0      # float64 keeps one call
+    assert width(4, 60, 100, 128, True) == 0      # K below MIN_K: no faster
+    assert width(4, 60, 10, 784, True) == 0       # the small kernel takes it whole
+    assert width(4, 128, 100, 784, True) == 0     # 8 columns: no faster
+    assert width(4, 60, 1024, 784, True) == 0     # may be split over threads by rows
+    assert width(4, 1, 100, 784, True) == 0       # one row: BLAS's GEMV
+    assert width(4, 60, 102, 784, True) == 0      # a tail of 2 columns: per row count
+    assert width(4, 60, 32, 784, True) == 20      # 20 + 12 columns
+
+
+def test_a_blocked_product_is_never_one_that_threads_split_by_rows() -> None:
+    for M, N, K in itertools.product((2, 8, 16, 33, 60, 64, 75), (17, 100, 256, 1000, 4096),
+                                     (256, 784, 1024, 3072)):
+        w = width(4, M, N, K, True)
+        if w:
+            assert 2 * M * N * K < rows.GEMM_PART_FLOPS
+            assert M * w <= small_gemm.SMALL_MN and M * w * K <= small_gemm.SMALL_MNK
+            assert w % 4 == 0 and N % 4 == 0 and w < N
+
+
+@needs_blas
+def test_enabled_follows_the_blas_core() -> None:
+    assert small_gemm.enabled() == (blas.corename() in small_gemm.CORES)
+    from bnprop.kernels import _cache_stamp
+
+    assert _cache_stamp._constants() == (small_gemm.enabled(),)  # compiled code is stamped
+
+
+def _operands(M: int, N: int, K: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((M, K)).astype(np.float32),
+            rng.standard_normal((N, K)).astype(np.float32))
+
+
+SHAPES = [(60, 100, 784), (60, 101, 784), (16, 300, 784), (33, 52, 400), (75, 40, 257),
+          (60, 32, 784), (60, 100, 100), (8, 10, 784), (2, 400, 1000)]
+
+
+@pytest.mark.parametrize(("M", "N", "K"), SHAPES)
+def test_matmul_nt_is_the_product_in_its_blocks(M: int, N: int, K: int) -> None:
+    A, B = _operands(M, N, K)
+    got = matmul_nt(A, B, np.full((M, N), np.nan, np.float32))
+    want = A.astype(np.float64) @ B.T.astype(np.float64)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+    w = width(4, M, N, K, small_gemm.enabled())
+    blocks = [A @ B[s:s + w].T for s in range(0, N, w)] if w else [A @ B.T]
+    np.testing.assert_array_equal(got, np.concatenate(blocks, axis=1))
+    if not w:
+        return
+    for s, e in ((0, 2), (3, M // 2), (M // 2, M)):  # a part of the rows, the whole's blocks
+        part = matmul_nt(A[s:e], B, np.empty((e - s, N), np.float32), rows=M)
+        np.testing.assert_array_equal(part, got[s:e])
+
+
+@needs_blas
+@pytest.mark.parametrize(("M", "N", "K"), SHAPES)
+def test_compiled_calls_and_their_parts_give_matmul_nts_bits(M: int, N: int, K: int) -> None:
+    from bnprop.kernels import _cblas, team
+
+    A, B = _operands(M, N, K, seed=1)
+    want = matmul_nt(A, B, np.empty((M, N), np.float32))
+    whole = np.full((M, N), np.nan, np.float32)
+    _cblas.gemm_nt(A, B, whole)
+    np.testing.assert_array_equal(whole, want)
+    if not width(4, M, N, K, small_gemm.enabled()):
+        return  # one call: team.may_split decides where its parts keep its bits
+    for by_rows in (False, True):  # the cuts team makes are multiples of 8
+        total = M if by_rows else N
+        for cut in (8, total // 2 // 8 * 8, (total - 1) // 8 * 8):
+            if not 0 < cut < total:
+                continue
+            parts = np.full((M, N), np.nan, np.float32)
+            g = team.nt(A, B, parts)
+            team.run(g, by_rows, 0, cut)
+            team.run(g, by_rows, cut, total)
+            np.testing.assert_array_equal(parts, want, err_msg=f"{by_rows=} {cut=}")
+
+
+def _ioffe(seed: int = 0) -> nn.Sequential:
+    return bnprop.MLP((784, 100, 100, 100, 10), seed=seed)
+
+
+@needs_blas
+def test_the_compiled_step_and_the_python_step_block_alike() -> None:
+    """At the Ioffe net's shapes (its Z_1 blocked where enabled), on 1 and 2 threads."""
+    rng = np.random.default_rng(5)
+    X = rng.random((60, 784), dtype=np.float32)
+    y = rng.integers(0, 10, 60)
+    nets = []
+    for n, python in ((1, False), (2, False), (1, True), (2, True)):
+        net = _ioffe()
+        if python:
+            net._compiled = None
+        opt = bnprop.SGD(0.1)
+        with threads.using(n):
+            losses = [net.train_step(X, y, opt) for _ in range(3)]
+        nets.append((net, losses))
+    for net, losses in nets[1:]:
+        assert losses == nets[0][1]
+        for (name, p), (_, q) in zip(net.named_parameters(), nets[0][0].named_parameters(),
+                                     strict=True):
+            np.testing.assert_array_equal(p, q, err_msg=name)
