@@ -204,7 +204,7 @@ def test_gemms_equal_numpy_matmul_bitwise(dtype: type) -> None:
 def test_finiteness_check_finds_any_bad_value(dtype: type, bad: float) -> None:
     from numba import njit
 
-    from bnprop.kernels._mlp_compiled import _all_finite
+    from bnprop.kernels._finite import _all_finite
 
     check = njit(lambda a: _all_finite(a))
     info = np.finfo(dtype)

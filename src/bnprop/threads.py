@@ -56,7 +56,8 @@ With ``P`` processes on one machine (MPI ranks), give each ``cores // P`` thread
 Small batches are the exception to the queue: a compiled step of the Ioffe net at batch
 60 is GEMMs of 2 to 130 us, too short for a ~50 us hand-over. With two or more threads,
 its compiled calls give half of each GEMM of 1 MFLOP or more, a ``dW`` beside its
-``dO``, half of the rows of each forward BN pass and half of the optimizer update to one
+``dO``, half of the rows of each forward BN pass, and half of the gradients' finiteness
+test and of the optimizer update (the same half) to one
 helper thread that spins for 2 ms after its last part (:mod:`bnprop.kernels.team`); the
 caller never waits for a part the helper has not started, and the helper is used only
 while the calls measure faster with it.

@@ -45,7 +45,6 @@ from bnprop.kernels._bn_compiled import (
     _var_inv_std,
 )
 from bnprop.kernels._cblas import gemm_nn, gemm_nt, gemm_tn  # noqa: F401 - re-exported
-from bnprop.kernels._finite import _all_finite
 from bnprop.kernels._jit import JIT_OPTIONS
 from bnprop.kernels._team_bn import forward_rows
 
@@ -142,11 +141,15 @@ def _cast_like_overload(x, arr):  # type: ignore[no-untyped-def]
 
 @njit(**JIT_OPTIONS)
 def commit(grads, means, variances, count, momenta, running_means, running_vars,
-           batches_tracked):  # pragma: no cover - compiled
+           batches_tracked, ctl, use):  # pragma: no cover - compiled
     """Whether every gradient and batch statistic is finite; if so, the running update
     (module docstring) and ``num_batches_tracked += 1`` (``batches_tracked``: the 0-d
-    counters). Nothing is written otherwise."""
-    if not _all_finite(grads):
+    counters). Nothing is written otherwise. The gradients are tested in the halves the
+    optimizer's update takes next (:func:`bnprop.kernels.team.all_finite`)."""
+    owned = team.acquire(ctl, use)
+    finite = team.all_finite(grads, ctl, owned)
+    team.release(ctl, owned)
+    if not finite:
         return False
     bessel = count / max(count - 1, 1)
     for layer in range(len(means)):

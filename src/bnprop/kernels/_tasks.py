@@ -13,7 +13,9 @@ computed. A task is one of:
 * ``ADAM`` / ``SGD``: elements ``[r0, r1)`` of a flat optimizer update
   (:func:`update_part`), its arrays given by address and length;
 * ``BN_FORWARD``: rows of a batch-norm layer's forward pass after its statistics, the
-  second half of :func:`bnprop.kernels._team_bn.forward_rows`.
+  second half of :func:`bnprop.kernels._team_bn.forward_rows`;
+* ``FINITE``: whether elements ``[r0, r1)`` of a flat float array hold no inf or NaN
+  (:func:`bnprop.kernels.team.all_finite`), the answer written into the description.
 
 Import only when :func:`bnprop.kernels.blas.available` is True.
 """
@@ -25,6 +27,7 @@ from numba import carray, njit
 from bnprop.kernels._atomics import address, f32_at, f64_at
 from bnprop.kernels._bn_compiled import _forward_apply
 from bnprop.kernels._cblas import _NO_TRANS, _TRANS, F32, _dtype_code, gemm_part
+from bnprop.kernels._finite import _all_finite
 from bnprop.kernels._jit import JIT_OPTIONS
 from bnprop.kernels.optim import _adam_pass, sgd_flat
 
@@ -33,8 +36,10 @@ from bnprop.kernels.optim import _adam_pass, sgd_flat
 CLAIM, DESC, KIND, OWNER, DONE, STATE, SEQ, STOP, PARTS = 0, 1, 16, 24, 32, 40, 48, 56, 64
 SLOTS = 72
 #: Task kinds: a GEMM part (:func:`run`), a slice of an Adam or an SGD update, rows of
-#: a BN layer's forward pass.
-GEMM, ADAM, SGD, BN_FORWARD = 0, 1, 2, 3
+#: a BN layer's forward pass, a finiteness test.
+GEMM, ADAM, SGD, BN_FORWARD, FINITE = 0, 1, 2, 3, 4
+#: Where a ``FINITE`` task's answer is written (1: finite), read after its ``DONE``.
+FINITE_ANSWER = DESC + 5
 
 
 @njit(**JIT_OPTIONS)
@@ -89,10 +94,24 @@ def _bn_forward_rows(ctl, Z_at, Y_at, gamma_at, beta_at, Obar_at, A_at):  # prag
 
 
 @njit(**JIT_OPTIONS)
+def _finite_posted(ctl):  # pragma: no cover - compiled
+    """``dtype, address, n, r0, r1`` of a flat array: the answer for ``[r0, r1)``."""
+    d = DESC
+    n, r0, r1 = ctl[d + 2], ctl[d + 3], ctl[d + 4]
+    if ctl[d] == F32:
+        ok = _all_finite(_f32s(ctl[d + 1], n)[r0:r1])
+    else:
+        ok = _all_finite(_f64s(ctl[d + 1], n)[r0:r1])
+    ctl[FINITE_ANSWER] = 1 if ok else 0
+
+
+@njit(**JIT_OPTIONS)
 def run_posted(ctl):  # pragma: no cover - compiled
     d = DESC
     if ctl[KIND] == BN_FORWARD:
         _bn_forward_posted(ctl)
+    elif ctl[KIND] == FINITE:
+        _finite_posted(ctl)
     elif ctl[KIND] == GEMM:
         gemm_part(ctl[d], ctl[d + 1], ctl[d + 2], ctl[d + 3], ctl[d + 4], ctl[d + 5],
                   ctl[d + 6], ctl[d + 7], ctl[d + 8], ctl[d + 9], ctl[d + 10], ctl[d + 11],

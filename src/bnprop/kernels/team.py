@@ -8,11 +8,13 @@ a shared int64 array (:mod:`bnprop.kernels._tasks`), so a part reaches it in wel
 a microsecond. Measured here (float32, 1 BLAS thread each):
 
 * a GEMM of at least :data:`SPLIT_FLOPS` in two parts (:func:`gemm`, where
-  :func:`may_split`), the longer side of ``C`` cut in two: ``Z = O W^T`` at 60 x 784 ->
-  100 took 127 us whole, 70 us in two parts; its ``dW`` 95 and 58 us; at 60 x 100 -> 100
-  (1.2 MFLOP) 16.9 and 11.5 us (one part alone: 10.1 us);
+  :func:`may_split`), ``C`` cut in two (:func:`_cut`): ``Z = O W^T`` at 60 x 784 -> 100
+  took 127 us whole, 70 us in two parts (before its column blocks,
+  :mod:`bnprop.kernels.small_gemm`); its ``dW`` 95 and 58 us; at 60 x 100 -> 100 (1.2
+  MFLOP) 16.9 and 11.5 us (one part alone: 10.1 us);
 * ``dW = dZ^T O`` beside ``dO = dZ W`` (:func:`gemm_beside`): independent, each whole;
-* a flat Adam update of 99k parameters (:func:`update`): 46 -> 27 us.
+* a flat Adam update of 99k parameters (:func:`update`): 46 -> 27 us; the finiteness
+  test of the gradients before it (:func:`all_finite`) in the same halves.
 
 The protocol keeps the calling thread's time bounded by what it would be alone:
 
@@ -42,7 +44,8 @@ from numba import njit
 
 from bnprop import threads
 from bnprop.kernels._atomics import address, cas, load_acquire, pause, store_release
-from bnprop.kernels._cblas import _code_of
+from bnprop.kernels._cblas import _NO_TRANS, _TRANS, _code_of
+from bnprop.kernels._finite import _all_finite
 from bnprop.kernels._helper_thread import (  # noqa: F401 - this module's API
     ASLEEP,
     AWAKE,
@@ -59,6 +62,8 @@ from bnprop.kernels._tasks import (  # noqa: F401 - nt, tn, nn, run: this module
     CLAIM,
     DESC,
     DONE,
+    FINITE,
+    FINITE_ANSWER,
     GEMM,
     KIND,
     OWNER,
@@ -91,7 +96,7 @@ def update(kind, p, g, a, b, coef, flags, ctl, use):  # pragma: no cover - compi
     if not owned:
         update_part(kind, p, g, a, b, coef, flags, 0, n)
         return
-    h = (n // 2 + 8) // 16 * 16
+    h = _flat_cut(n)
     seq = _next_task(ctl)
     d = DESC
     ctl[d], ctl[d + 1], ctl[d + 2], ctl[d + 3] = _code_of(p), address(p), address(g), address(a)
@@ -103,6 +108,33 @@ def update(kind, p, g, a, b, coef, flags, ctl, use):  # pragma: no cover - compi
     if _taken_back(ctl, seq):
         update_part(kind, p, g, a, b, coef, flags, h, n)
     release(ctl, True)
+
+
+@njit(**JIT_OPTIONS)
+def _flat_cut(n):  # pragma: no cover - compiled
+    """Where :func:`update` and :func:`all_finite` cut a flat array of ``n`` elements."""
+    return (n // 2 + 8) // 16 * 16
+
+
+@njit(**JIT_OPTIONS)
+def all_finite(p, ctl, owned):  # pragma: no cover - compiled
+    """Whether the flat array ``p`` holds no inf or NaN; with :data:`SPLIT_ELEMENTS` and
+    the helper ``owned``, its second half is tested there: the half :func:`update` gives
+    it next, so each thread reads the gradients it is about to update into its own cache
+    (one thread reading them all made the update that follows 13 us slower a step)."""
+    n = p.size
+    if not owned or n < SPLIT_ELEMENTS:
+        return _all_finite(p)
+    h = _flat_cut(n)
+    seq = _next_task(ctl)
+    d = DESC
+    ctl[d], ctl[d + 1], ctl[d + 2], ctl[d + 3], ctl[d + 4] = _code_of(p), address(p), n, h, n
+    ctl[KIND] = FINITE
+    _offer(ctl, seq)
+    ok = _all_finite(p[:h])
+    if _taken_back(ctl, seq):
+        return _all_finite(p[h:]) and ok
+    return ok and ctl[FINITE_ANSWER] != 0
 
 
 @njit(**JIT_OPTIONS)
@@ -165,9 +197,13 @@ def finish(ctl, seq, g, by_rows, r0, r1):  # pragma: no cover - compiled
 
 @njit(**JIT_OPTIONS)
 def _cut(g):  # pragma: no cover - compiled
-    """How :func:`gemm` splits ``g``: the longer side of ``C``, at a multiple of 8."""
+    """How :func:`gemm` splits ``g``, at a multiple of 8: ``C = A^T B`` (a ``dW = dZ^T O``)
+    by its rows from 16 on, any other by the longer side of ``C``. A ``dW``'s rows are
+    contiguous in the flat gradient, whose halves :func:`all_finite` and :func:`update`
+    give the two threads next: the Ioffe step's ``dW_1`` (100 x 784) by rows took
+    254-259 us a step, by columns 266-272."""
     M, N = g[3], g[4]
-    by_rows = M > N
+    by_rows = M >= 16 if g[1] == _TRANS and g[2] == _NO_TRANS else M > N
     total = M if by_rows else N
     return by_rows, (total // 2 + 4) // 8 * 8, total
 

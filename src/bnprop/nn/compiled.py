@@ -16,8 +16,10 @@ these sizes, 454 against 444 us a step, and on a busy machine 3.4 ms a forward p
 and the numbers would then depend on the thread count.) With two or more threads the
 second core comes from the helper thread of :mod:`bnprop.kernels.team` instead: half of
 each ``Z_l``'s GEMM and of ``dW_1``'s, each other ``dW`` beside its ``dO``, half of the
-rows of each forward BN pass, and half of the optimizer update (436 -> 315 us a step
-with SGD, where the two vCPUs are separate cores), on the same bits; the step reports
+rows of each forward BN pass, half of the gradients' finiteness test, and half of the
+optimizer update (436 -> 315 us a step with SGD, where the two vCPUs are separate cores;
+then 254-258 us with ``Z_1`` in small blocks, :mod:`bnprop.kernels.small_gemm`, ``dW_1``
+cut by rows and the finiteness test in the update's halves), on the same bits; the step reports
 its time so that the helper is used only while it is faster (:mod:`bnprop.kernels._helper_thread`).
 
 The Python step keeps every other case: other modules, ``comm``, ``backend="numpy"``,
@@ -170,7 +172,7 @@ class CompiledStep:
         finite = k.commit(grads, means, variances, count, momenta,
                           tuple([n.running_mean for n in norms]),
                           tuple([n.running_var for n in norms]),
-                          tuple([n.num_batches_tracked for n in norms]))
+                          tuple([n.num_batches_tracked for n in norms]), ctl, use)
         return loss, bool(finite)
 
 
