@@ -18,7 +18,7 @@ LAYERS = {
     "data": ["data"],
     "kernels": ["kernels", "threads"],
     "nn": ["nn"],
-    "model": ["model", "model_cnn", "folded", "optim", "schedule"],
+    "model": ["model", "model_cnn", "folded", "optim", "optim_flat", "schedule"],
     "distributed": ["distributed"],
     "runs": ["train", "runconfig", "runfolder", "checkpoint", "check", "check_bn2d", "arch",
              "grad", "grade_cases",

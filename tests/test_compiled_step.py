@@ -166,6 +166,33 @@ def test_non_finite_step_changes_nothing() -> None:
         np.testing.assert_array_equal(net.buffers()[k], v)
 
 
+@pytest.mark.parametrize("opt", ["adam", "momentum-wd"])
+@pytest.mark.parametrize("first", [True, False])
+def test_a_refused_step_leaves_the_optimizer_as_it_was(opt: str, first: bool) -> None:
+    """The compiled step runs the optimizer's update in its last call: a step refused
+    for a non-finite value neither counts it nor keeps new buffers, and the next step
+    equals the Python step's."""
+    fast, slow = _net(), _python(_net())
+    o_fast, o_slow = OPTIMIZERS[opt](), OPTIMIZERS[opt]()
+    X, y = _batch()
+    if not first:
+        assert fast.train_step(X, y, o_fast) == slow.train_step(X, y, o_slow)
+    state = {k: v.copy() for k, v in o_fast.state_dict().items()}
+    huge = np.full((32, 10), 3e38, np.float32)
+    huge[::2] = -3e38
+    with pytest.raises(nn.NonFiniteError):
+        fast.train_step(huge, y, o_fast)
+    assert o_fast.state_dict().keys() == state.keys()
+    for k, v in state.items():
+        np.testing.assert_array_equal(o_fast.state_dict()[k], v, err_msg=k)
+    X2, y2 = _batch(seed=7)
+    assert fast.train_step(X2, y2, o_fast) == slow.train_step(X2, y2, o_slow)
+    assert isinstance(fast._compiled, CompiledStep) and o_fast.t == o_slow.t
+    _assert_same(fast, slow)
+    for k, v in o_slow.state_dict().items():
+        np.testing.assert_array_equal(o_fast.state_dict()[k], v, err_msg=k)
+
+
 @pytest.mark.parametrize("clone", [copy.deepcopy, lambda n: pickle.loads(pickle.dumps(n))])
 def test_a_copy_trains_on_its_own_arrays(clone) -> None:  # type: ignore[no-untyped-def]
     net = _net()

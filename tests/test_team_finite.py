@@ -77,13 +77,16 @@ def test_a_second_half_on_the_helper_gives_the_whole_answer(dtype: type) -> None
 @pytest.mark.parametrize("where", [0, 99_999])
 def test_the_compiled_commit_writes_nothing_after_a_non_finite_gradient(where: int) -> None:
     """The compiled step's commit (kernels/_mlp_compiled.py) on the helper's second half
-    or the caller's first: False, and no running statistic or counter moves."""
+    or the caller's first: False, and no running statistic, counter or parameter moves;
+    once finite, all of them (the SGD update in halves: p -= g * lr)."""
     from bnprop.kernels import _mlp_compiled
 
     grads = np.random.default_rng(1).standard_normal(100_010).astype(np.float32)
     grads[where] = np.nan
     means, variances = (np.ones(4),), (np.full(4, 2.0),)
     rm, rv, tracked = np.zeros(4, np.float32), np.ones(4, np.float32), np.array(3)
+    p = np.ones(100_010, np.float32)
+    sgd = (team.SGD, p, grads, p[:0], p[:0], np.array([0, 0, 0.5], np.float32), 0)
     team.prefer(True)
     try:
         with threads.using(2):
@@ -91,11 +94,14 @@ def test_the_compiled_commit_writes_nothing_after_a_non_finite_gradient(where: i
             while team.parts_done() == start:
                 assert time.monotonic() < deadline, "the helper never took a half"
                 assert not _mlp_compiled.commit(grads, means, variances, 60, np.array([0.1]),
-                                                (rm,), (rv,), (tracked,), *team.for_call())
+                                                (rm,), (rv,), (tracked,), *team.for_call(),
+                                                sgd)
             assert (rm == 0).all() and (rv == 1).all() and int(tracked) == 3
+            assert (p == 1).all()
             grads[where] = 0.0
             assert _mlp_compiled.commit(grads, means, variances, 60, np.array([0.1]), (rm,),
-                                        (rv,), (tracked,), *team.for_call())
+                                        (rv,), (tracked,), *team.for_call(), sgd)
             assert int(tracked) == 4 and (rm == np.float32(0.1)).all()
+            np.testing.assert_array_equal(p, np.float32(1) - grads * np.float32(0.5))
     finally:
         team.prefer(None)

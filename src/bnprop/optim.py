@@ -26,12 +26,12 @@ holds ``t`` and the buffers; ``load_state_dict`` of it continues bit for bit.
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any
 
 import numpy as np
 
 from bnprop._validate import InputError, check_positive
+from bnprop.optim_flat import FlatState, FlatUpdate
 from bnprop.schedule import SCHEDULE_KINDS, Schedule, _check_schedule
 
 __all__ = ["SCHEDULE_KINDS", "SGD", "Adam", "Optimizer", "Schedule"]
@@ -69,8 +69,9 @@ def _check_step_args(params: object, grads: object) -> None:
             )
 
 
-class Optimizer:
-    """Shared parts: learning rate and schedule, step count, state (de)serialization."""
+class Optimizer(FlatState):
+    """Shared parts: learning rate and schedule, step count, state (de)serialization; the
+    flat buffers and the fused update come from :class:`bnprop.optim_flat.FlatState`."""
 
     #: Names of the per-parameter buffers, e.g. ``("momentum_buffer",)``.
     buffer_names: tuple[str, ...] = ()
@@ -117,80 +118,6 @@ class Optimizer:
         self.t += 1
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray, lr: float) -> None:
-        raise NotImplementedError
-
-    def step_flat(self, params: dict[np.dtype, np.ndarray], grads: dict[np.dtype, np.ndarray],
-                  layout: dict[np.dtype, list[tuple[str, int, int, tuple[int, ...]]]]) -> None:
-        """The same update as :meth:`step` on every parameter, in one fused pass per dtype
-        over flat arrays (a :class:`~bnprop.nn.Sequential`'s), bit for bit; then ``t += 1``.
-
-        ``layout[dtype]`` names the ``(name, start, stop, shape)`` slices. The buffers
-        become one flat array per kind, of which ``buffers[kind][name]`` are views, so
-        :meth:`state_dict` is unchanged.
-        """
-        lr = self.current_lr
-        self._layouts = layout
-        for dt, p in params.items():
-            flats = [self._flat_buffer(kind, dt, p, layout[dt]) for kind in self.buffer_names]
-            self._update_flat(p, grads[dt], flats, lr)
-        self.t += 1
-
-    def check_flat(self, params: dict[np.dtype, np.ndarray],
-                   layout: dict[np.dtype, list[tuple[str, int, int, tuple[int, ...]]]]) -> None:
-        """Raise :class:`~bnprop.InputError` (one line) when the state does not fit these
-        flat parameters, e.g. an optimizer of another network; :meth:`step_flat` would.
-        A step calls it first, so that it fails before anything is updated."""
-        for dt, p in params.items():
-            for kind in self.buffer_names:
-                self._flat_buffer(kind, dt, p, layout[dt])
-
-    def _flat_buffer(self, kind: str, dt: np.dtype, p: np.ndarray,
-                     layout: list[tuple[str, int, int, tuple[int, ...]]]) -> np.ndarray | None:
-        """The flat buffer of ``kind`` for ``p``: the kept one while every named buffer is
-        still its view and the layout is the one it was made for, else assembled from the
-        named buffers, each checked against its parameter (None: none exist yet)."""
-        bufs, key = self.buffers[kind], (kind, dt)
-        flat = self._flats.get(key)
-        if flat is None and not bufs:  # none exists yet (plain SGD's momentum buffer)
-            return None
-        kept_layout, views = self._views.get(key, (None, ()))
-        # The cheap test, every step: the same layout object and the very arrays _adopt
-        # stored, still views of flat (a copy or an unpickle of the optimizer keeps their
-        # identity, but not their base).
-        if layout is kept_layout and flat is not None and views[0].base is flat \
-                and len(bufs) == len(views) and all(map(operator.is_, bufs.values(), views)):
-            return flat
-        if flat is not None and flat.size == p.size and layout == kept_layout \
-                and all(bufs.get(name) is not None and bufs[name].base is flat
-                        for name, *_ in layout):
-            return flat
-        have = [name for name, *_ in layout if name in bufs]
-        if not have:
-            return None
-        if len(have) != len(layout):
-            missing = next(name for name, *_ in layout if name not in bufs)
-            raise InputError(f"{kind}.{missing}: the optimizer state holds {kind} for some "
-                             "parameters but not for this one.")
-        flat = np.empty_like(p)
-        for name, start, stop, shape in layout:
-            ref = self._buffer(kind, name, flat[start:stop].reshape(shape))
-            flat[start:stop] = ref.reshape(-1)  # type: ignore[union-attr]
-        self._adopt(kind, dt, flat, layout)
-        return flat
-
-    def _adopt(self, kind: str, dt: np.dtype, flat: np.ndarray,
-               layout: list[tuple[str, int, int, tuple[int, ...]]]) -> None:
-        """Keep ``flat`` and point the named buffers at its slices."""
-        self._flats[(kind, dt)] = flat
-        for name, start, stop, shape in layout:
-            self.buffers[kind][name] = flat[start:stop].reshape(shape)
-        self._views[(kind, dt)] = (layout, tuple(self.buffers[kind].values()))
-
-    def _layout_of(self, p: np.ndarray) -> list[tuple[str, int, int, tuple[int, ...]]]:
-        return self._layouts[p.dtype]
-
-    def _update_flat(self, p: np.ndarray, g: np.ndarray, flats: list[np.ndarray | None],
-                     lr: float) -> None:
         raise NotImplementedError
 
     def _buffer(self, kind: str, name: str, p: np.ndarray) -> np.ndarray | None:
@@ -299,19 +226,16 @@ class SGD(Optimizer):
             d = d + v * self.momentum if self.nesterov else v
         p -= np.multiply(d, lr, out=self._work(p))
 
-    def _update_flat(self, p: np.ndarray, g: np.ndarray, flats: list[np.ndarray | None],
-                     lr: float) -> None:
+    def _flat_args(self, p: np.ndarray, g: np.ndarray, flats: list[np.ndarray | None],
+                   lr: float) -> FlatUpdate:
         (v,) = flats
         first = v is None
         if first:
             v = np.empty_like(p) if self.momentum != 0.0 else np.empty(0, p.dtype)
         coef = np.array([self.weight_decay, self.momentum, lr], p.dtype)
-        from bnprop.kernels.optim import flat_update
-
         flags = first + 2 * (self.momentum != 0.0) + 4 * bool(self.nesterov)
-        flat_update("sgd", p, g, v, v, coef, flags)
-        if first and self.momentum != 0.0:
-            self._adopt("momentum_buffer", p.dtype, v, self._layout_of(p))
+        adopt = (("momentum_buffer", v),) if first and self.momentum != 0.0 else ()
+        return FlatUpdate("sgd", p, g, v, v, coef, flags, adopt)
 
     def __repr__(self) -> str:
         return (f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, "
@@ -370,21 +294,19 @@ class Adam(Optimizer):
         denom += self.eps
         p -= np.multiply(np.divide(m, denom, out=work), step_size, out=work)
 
-    def _update_flat(self, p: np.ndarray, g: np.ndarray, flats: list[np.ndarray | None],
-                     lr: float) -> None:
+    def _flat_args(self, p: np.ndarray, g: np.ndarray, flats: list[np.ndarray | None],
+                   lr: float) -> FlatUpdate:
         m, v = flats
+        adopt: tuple[tuple[str, np.ndarray], ...] = ()
         if m is None or v is None:
             m, v = np.zeros_like(p), np.zeros_like(p)
-            self._adopt("exp_avg", p.dtype, m, self._layout_of(p))
-            self._adopt("exp_avg_sq", p.dtype, v, self._layout_of(p))
+            adopt = (("exp_avg", m), ("exp_avg_sq", v))
         beta1, beta2 = self.betas
         step = self.t + 1
         coef = np.array([self.weight_decay, 1.0 - beta1, beta2, 1.0 - beta2,
                          lr / (1.0 - beta1**step), math.sqrt(1.0 - beta2**step), self.eps],
                         p.dtype)
-        from bnprop.kernels.optim import flat_update
-
-        flat_update("adam", p, g, m, v, coef, 0)
+        return FlatUpdate("adam", p, g, m, v, coef, 0, adopt)
 
     def __repr__(self) -> str:
         return (f"Adam(lr={self.lr}, betas={self.betas}, eps={self.eps}, "

@@ -141,16 +141,28 @@ def _cast_like_overload(x, arr):  # type: ignore[no-untyped-def]
 
 @njit(**JIT_OPTIONS)
 def commit(grads, means, variances, count, momenta, running_means, running_vars,
-           batches_tracked, ctl, use):  # pragma: no cover - compiled
+           batches_tracked, ctl, use, update):  # pragma: no cover - compiled
     """Whether every gradient and batch statistic is finite; if so, the running update
-    (module docstring) and ``num_batches_tracked += 1`` (``batches_tracked``: the 0-d
-    counters). Nothing is written otherwise. The gradients are tested in the halves the
-    optimizer's update takes next (:func:`bnprop.kernels.team.all_finite`)."""
+    (module docstring), ``num_batches_tracked += 1`` (``batches_tracked``: the 0-d
+    counters) and the optimizer's flat update ``update`` (``kind, p, g, a, b, coef,
+    flags`` of :func:`bnprop.kernels.team.update`; ``kind < 0``: none). Nothing is written
+    otherwise. The gradients are tested in the halves the update then takes
+    (:func:`bnprop.kernels.team.all_finite`), so each thread updates what it has just
+    read."""
     owned = team.acquire(ctl, use)
-    finite = team.all_finite(grads, ctl, owned)
+    finite = team.all_finite(grads, ctl, owned) and _running(
+        grads, means, variances, count, momenta, running_means, running_vars, batches_tracked)
+    kind, p, g, a, b, coef, flags = update
+    if finite and kind >= 0:
+        team.update_owned(kind, p, g, a, b, coef, flags, ctl, owned)
     team.release(ctl, owned)
-    if not finite:
-        return False
+    return finite
+
+
+@njit(**JIT_OPTIONS)
+def _running(grads, means, variances, count, momenta, running_means, running_vars,
+             batches_tracked):  # pragma: no cover - compiled
+    """The running update of :func:`commit` when every batch statistic is finite."""
     bessel = count / max(count - 1, 1)
     for layer in range(len(means)):
         mu, var = means[layer], variances[layer]

@@ -90,10 +90,17 @@ SPLIT_ELEMENTS = 16384
 @njit(**JIT_OPTIONS)
 def update(kind, p, g, a, b, coef, flags, ctl, use):  # pragma: no cover - compiled
     """The whole flat update (:func:`update_part`), its second half offered to the helper
-    when it has :data:`SPLIT_ELEMENTS` and this call owns the helper."""
+    when it has :data:`SPLIT_ELEMENTS` and this call gets the helper (:func:`acquire`)."""
+    owned = p.size >= SPLIT_ELEMENTS and acquire(ctl, use)
+    update_owned(kind, p, g, a, b, coef, flags, ctl, owned)
+    release(ctl, owned)
+
+
+@njit(**JIT_OPTIONS)
+def update_owned(kind, p, g, a, b, coef, flags, ctl, owned):  # pragma: no cover - compiled
+    """:func:`update` in a call that already owns the helper (``owned``) or not."""
     n = p.size
-    owned = n >= SPLIT_ELEMENTS and acquire(ctl, use)
-    if not owned:
+    if not owned or n < SPLIT_ELEMENTS:
         update_part(kind, p, g, a, b, coef, flags, 0, n)
         return
     h = _flat_cut(n)
@@ -107,7 +114,6 @@ def update(kind, p, g, a, b, coef, flags, ctl, use):  # pragma: no cover - compi
     update_part(kind, p, g, a, b, coef, flags, 0, h)
     if _taken_back(ctl, seq):
         update_part(kind, p, g, a, b, coef, flags, h, n)
-    release(ctl, True)
 
 
 @njit(**JIT_OPTIONS)

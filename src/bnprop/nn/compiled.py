@@ -45,7 +45,8 @@ from bnprop.nn.batchnorm import BatchNorm1d
 from bnprop.nn.module import Linear
 
 if TYPE_CHECKING:
-    from bnprop.nn.plan import ModuleStep, NormStep
+    from bnprop.nn.plan import FlatBuffers, ModuleStep, NormStep
+    from bnprop.optim_flat import FlatUpdate
 
 
 def _eligible_plan(steps: list[Any]) -> bool:
@@ -134,8 +135,22 @@ class CompiledStep:
         self.S_y, self.log_total = np.empty(m), np.empty(m)
         self.m = m
 
-    def step(self, X: np.ndarray, y: np.ndarray, grads: np.ndarray) -> tuple[float, bool]:
+    def train_step(self, X: np.ndarray, y: np.ndarray, flat: FlatBuffers,
+                   optimizer: Any) -> tuple[float, bool, bool]:
+        """:meth:`step` with the update of one of bnprop's optimizers run in its last
+        call (:meth:`bnprop.optim.Optimizer.flat_update_args`), and counted once committed.
+        Returns ``(loss, finite, whether the optimizer has updated)``."""
+        update = (optimizer.flat_update_args(flat.params, flat.grads, flat.layout)
+                  if hasattr(optimizer, "flat_update_args") else None)
+        loss, finite = self.step(X, y, next(iter(flat.grads.values())), update)
+        if finite and update is not None:
+            optimizer.finish_flat(update, flat.layout)
+        return loss, finite, update is not None
+
+    def step(self, X: np.ndarray, y: np.ndarray, grads: np.ndarray,
+             update: FlatUpdate | None = None) -> tuple[float, bool]:
         """Forward, loss, backward into the modules' gradient views; the running update
+        and ``update`` (the optimizer's, :meth:`bnprop.optim.Optimizer.flat_update_args`)
         when everything is finite. Returns ``(loss, finite)``; nothing is committed when
         ``finite`` is False. ``grads`` is the flat array every gradient is a view of."""
         from bnprop.kernels import _mlp_compiled as k
@@ -167,12 +182,17 @@ class CompiledStep:
             team.report(use, time.perf_counter() - start, self.choice_key)
         if not math.isfinite(loss):
             return loss, False
+        if update is None:
+            run = (-1, grads, grads, grads, grads, grads, 0)
+        else:
+            run = (team.ADAM if update.kind == "adam" else team.SGD, update.p, update.g,
+                   update.a, update.b, update.coef, update.flags)
         momenta = np.array([n.momentum if n.running == "ema"
                             else 1.0 / (int(n.num_batches_tracked) + 1) for n in norms])
         finite = k.commit(grads, means, variances, count, momenta,
                           tuple([n.running_mean for n in norms]),
                           tuple([n.running_var for n in norms]),
-                          tuple([n.num_batches_tracked for n in norms]), ctl, use)
+                          tuple([n.num_batches_tracked for n in norms]), ctl, use, run)
         return loss, bool(finite)
 
 

@@ -314,10 +314,12 @@ class Sequential:
         X, y, comm, m_global = self._prepare(X, y, comm, m_global, sync_bn)
         self.flat.check_optimizer(optimizer)  # before anything is updated
         fast = compiled_step(self, X) if comm is None else None
-        if fast is not None:  # the same numbers, in two compiled calls (nn/compiled.py)
-            loss, finite = fast.step(X, y, next(iter(self.flat.grads.values())))
+        if fast is not None:  # the same numbers, in compiled calls (nn/compiled.py)
+            loss, finite, updated = fast.train_step(X, y, self.flat, optimizer)
             if not finite:
                 raise NonFiniteError.of_step(loss)
+            if updated:
+                return loss
         else:
             loss = self._step(X, y, comm, sync_bn, m_global)
             self._commit_running()
