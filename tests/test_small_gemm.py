@@ -69,7 +69,7 @@ def test_matmul_nt_is_the_product_in_its_blocks(M: int, N: int, K: int) -> None:
     np.testing.assert_array_equal(got, np.concatenate(blocks, axis=1))
     if not w:
         return
-    for s, e in ((0, 2), (3, M // 2), (M // 2, M)):  # a part of the rows, the whole's blocks
+    for s, e in ((0, 1), (0, 2), (3, M // 2), (M // 2, M), (M - 1, M)):  # the whole's blocks
         part = matmul_nt(A[s:e], B, np.empty((e - s, N), np.float32), rows=M)
         np.testing.assert_array_equal(part, got[s:e])
 
@@ -122,3 +122,18 @@ def test_the_compiled_step_and_the_python_step_block_alike() -> None:
         for (name, p), (_, q) in zip(net.named_parameters(), nets[0][0].named_parameters(),
                                      strict=True):
             np.testing.assert_array_equal(p, q, err_msg=name)
+
+
+def test_the_public_matmul_nt_names_a_misfit_in_one_line() -> None:
+    A, B = _operands(60, 40, 784)
+    assert np.array_equal(threads.matmul_nt(A, B, np.empty((60, 40), np.float32)),
+                          matmul_nt(A, B, np.empty((60, 40), np.float32)))
+    with pytest.raises(bnprop.InputError, match=r"out: a \(60, 784\) @ w.T \(784, 40\) "
+                       r"gives \(60, 40\), not out \(60, 44\)"):
+        threads.matmul_nt(A, B, np.empty((60, 44), np.float32))
+    with pytest.raises(bnprop.InputError, match="w: expected a 2-d float32"):
+        threads.matmul_nt(A, B.astype(np.float64), np.empty((60, 40), np.float32))
+    with pytest.raises(bnprop.InputError, match="out: expected"):
+        threads.matmul_nt(A, B, [[0.0]])
+    with pytest.raises(ValueError):  # the internal function: NumPy's own error, no garbage
+        matmul_nt(A, B, np.empty((60, 44), np.float32))

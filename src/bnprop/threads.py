@@ -310,8 +310,21 @@ def matmul_nt(a: np.ndarray, w: np.ndarray, out: np.ndarray, rows: int | None = 
     batch in the column blocks that OpenBLAS's small-matrix kernel takes, where that is
     faster (:mod:`bnprop.kernels.small_gemm`); ``rows``: the whole product's rows when
     ``a`` is a part of them."""
+    import numpy as np
+
     from bnprop.kernels.small_gemm import matmul_nt as blocked
 
+    dtype = getattr(out, "dtype", None)
+    for name, x in {"out": out, "a": a, "w": w}.items():
+        if not (isinstance(x, np.ndarray) and x.ndim == 2 and x.dtype == dtype
+                and dtype in (np.float32, np.float64)):
+            raise InputError(f"{name}: expected a 2-d float32 or float64 array of out's "
+                             "dtype, got "
+                             f"{getattr(x, 'dtype', type(x).__name__)} of shape "
+                             f"{getattr(x, 'shape', None)} instead.")
+    if a.shape[1] != w.shape[1] or out.shape != (a.shape[0], w.shape[0]):
+        raise InputError(f"out: a {a.shape} @ w.T {w.shape[::-1]} gives "
+                         f"{(a.shape[0], w.shape[0])}, not out {out.shape}.")
     return blocked(a, w, out, rows)
 
 

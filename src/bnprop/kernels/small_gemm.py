@@ -83,8 +83,13 @@ def matmul_nt(A: np.ndarray, B: np.ndarray, out: np.ndarray, rows: int | None = 
     a part of them (default: ``A``'s)."""
     M = A.shape[0] if rows is None else rows
     w = width(out.dtype.itemsize, M, B.shape[0], A.shape[1], enabled())
-    if w == 0:
+    if w == 0 or out.shape != (A.shape[0], B.shape[0]):  # a misfit: NumPy's error
         return np.matmul(A, B.T, out=out)
+    if A.shape[0] == 1:  # NumPy takes one row as a GEMV: two rows keep the kernel
+        two = np.empty((2, B.shape[0]), out.dtype)
+        matmul_nt(np.concatenate([A, A]), B, two, M)
+        out[...] = two[:1]
+        return out
     for s in range(0, B.shape[0], w):
         np.matmul(A, B[s:s + w].T, out=out[:, s:s + w])
     return out
