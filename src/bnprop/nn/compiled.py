@@ -107,6 +107,8 @@ class CompiledStep:
         self.dWs = tuple([lin.grads["W"] for lin in linears])
         self.dgammas = tuple([n.grads["gamma"] for n in norms])
         self.dbetas = tuple([n.grads["beta"] for n in norms])
+        self.settings = (np.empty(len(norms)), np.empty(len(norms), bool),
+                         np.empty(len(norms)))  # eps, frozen, momentum of each layer
         self.one_part: dict[tuple[int, int], bool] = {}  # (rows, threads) -> _one_part
         self.m: int | None = None
 
@@ -158,22 +160,26 @@ class CompiledStep:
 
         if self.m != X.shape[0] or self.modes_blas != threads.blas_threads():
             self._allocate(X.shape[0])
-        # Settings and buffers a user may change or replace between steps are read anew.
-        norms = self.norms
+        # Settings and buffers a user may change or replace between steps are read anew,
+        # in one loop into kept arrays (three np.array calls took 1.5 us of a step).
+        norms, (eps, frozen, momenta) = self.norms, self.settings
+        for i, n in enumerate(norms):
+            eps[i], frozen[i] = n.eps, n.stats == "frozen"
+            momenta[i] = (n.momentum if n.running == "ema"
+                          else 1.0 / (int(n.num_batches_tracked) + 1))
         means, M2s, variances, inv_stds, sum_G, sum_GObar = self.vectors
         out, bias = self.out, self.out.has_bias
         b = out.b if bias else out.W[0]
         ctl, use = team.for_call(self.choice_key)
         self.modes[-1] = use
         start = time.perf_counter()
-        count = k.forward(X, self.Ws, self.gammas, self.betas, self.acts,
-                          np.array([n.eps for n in norms]), self.block_rows, self.Zs, self.Ys,
+        count = k.forward(X, self.Ws, self.gammas, self.betas, self.acts, eps,
+                          self.block_rows, self.Zs, self.Ys,
                           means, M2s, variances, inv_stds, out.W, b, bias, self.logits,
                           self.modes, ctl)
         loss = softmax_cross_entropy_inplace(self.logits, y, X.shape[0], self.rowmax,
                                              self.total, self.S_y, self.log_total)
-        k.backward(X, self.Ws, self.gammas, self.acts,
-                   np.array([n.stats == "frozen" for n in norms]), self.Zs, self.Ys, self.dYs,
+        k.backward(X, self.Ws, self.gammas, self.acts, frozen, self.Zs, self.Ys, self.dYs,
                    inv_stds, sum_G, sum_GObar, count, out.W, bias, self.logits, self.dWs,
                    self.dgammas, self.dbetas, out.grads["W"],
                    out.grads["b"] if bias else out.grads["W"][0], self.db_acc,
@@ -187,8 +193,6 @@ class CompiledStep:
         else:
             run = (team.ADAM if update.kind == "adam" else team.SGD, update.p, update.g,
                    update.a, update.b, update.coef, update.flags)
-        momenta = np.array([n.momentum if n.running == "ema"
-                            else 1.0 / (int(n.num_batches_tracked) + 1) for n in norms])
         finite = k.commit(grads, means, variances, count, momenta,
                           tuple([n.running_mean for n in norms]),
                           tuple([n.running_var for n in norms]),
