@@ -60,6 +60,7 @@ def test_quick_bench_writes_json_with_positive_ratios(
                 "first_step_s", "train_job", "gemm_peak_flops_per_s", "jax_threads"):
         assert key in out, key
     assert isinstance(out["machine"]["busy"], bool)
+    assert out["machine"]["two_core_speedup"] == []  # one thread: no probe
     assert set(out["gemm_peak_flops_per_s"]) == {"float32", "float64"}
     assert all(_positive(v) for v in out["gemm_peak_flops_per_s"].values())
     assert {c["section"] for c in out["comparisons"]} == {"layer", "step"}
@@ -265,6 +266,19 @@ def test_table_warns_when_the_machine_was_busy() -> None:
     assert "WARNING: load average 4.0" in text and "| MET (busy machine) |" in text
     out["machine"]["busy"] = False
     assert "WARNING" not in table(out) and "| MET |" in table(out)
+    out["machine"]["two_core_speedup"] = [{"before": "layer", "speedup": 1.93},
+                                          {"before": "step", "speedup": 1.04}]
+    assert "WARNING: the two cores ran as one during this run (a GEMM on 2 BLAS threads " \
+           "against 1: before step x1.04; below x1.5)" in table(out)
+    out["machine"]["two_core_speedup"][1]["speedup"] = 1.8
+    assert "WARNING" not in table(out)
+
+
+def test_the_two_core_probe_measures_a_speedup(restore_threads: None) -> None:
+    from bnprop.bench import machine
+
+    speedup = machine.two_core_speedup(k=128, repeats=2)
+    assert 0.2 < speedup < 4.0
 
 
 def test_cli_passes_threads_and_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -97,6 +97,16 @@ def gemm_peak(k: int, blas_threads: int, dtype: Any, repeats: int) -> float:
 #: A 1-minute load average above this before a run: the machine was not quiet.
 BUSY_LOAD = 0.5
 
+#: Below this speed-up of a GEMM on 2 BLAS threads over 1, the two cores ran as one.
+CORES_APART = 1.5
+
+
+def two_core_speedup(k: int = 512, repeats: int = 5) -> float:
+    """How much faster a float32 ``(k, k)`` GEMM runs on 2 BLAS threads than on 1 (about 2
+    on two cores of their own; about 1 when a VM's two vCPUs share a physical core, which
+    a host may do for minutes at a time). About 20 ms."""
+    return gemm_peak(k, 2, np.float32, repeats) / gemm_peak(k, 1, np.float32, repeats)
+
 
 def load_average() -> list[float] | None:
     """The 1, 5 and 15 minute load averages (``None`` where the OS has none)."""

@@ -279,19 +279,30 @@ def run(*, quick: bool = False, n_threads: int = 2, sizes: Sizes | None = None,
         log(f"bench: {no_torch}: bnprop only, no ratios against PyTorch.")
     if out["machine"]["jax"] is None:
         log(f"bench: jax jit peer skipped: {JAX_MISSING}.")
+    probes = out["machine"]["two_core_speedup"] = []
+
+    def section(name: str) -> None:  # whether the two cores are apart, before each part
+        if n_threads >= 2:
+            probes.append({"before": name, "speedup": round(machine.two_core_speedup(), 2)})
+
     log("bench: machine limits (copy bandwidth, GEMM peak) ...")
     run_limits(sizes, out, n_threads)
     log("bench: layer_forward + layer_backward ...")
+    section("layer")
     run_layers(sizes, out, no_torch)
     log("bench: train steps ...")
+    section("step")
     run_steps(sizes, out, no_torch)
     log("bench: the default train job ...")
+    section("train job")
     run_job(sizes, out, no_torch, data_dir)
     log("bench: CNN step and its phases ...")
+    section("CNN step")
     cnn.run_cnn(out, quick=quick, rounds=sizes.rounds, budget=sizes.budget, no_torch=no_torch)
     log("bench: memory ...")
     run_memory(sizes, out)
     log("bench: GEMM peak again ...")
+    section("end")
     measure_gemm_peak(sizes, out, n_threads)
     apply_floors(out)
     out["machine"]["load_average_end"] = machine.load_average()

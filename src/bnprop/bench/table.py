@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from bnprop.bench import cnn
+from bnprop.bench.machine import CORES_APART
 
 
 def _ms(seconds: float) -> str:
@@ -86,6 +87,14 @@ def table(out: dict[str, Any]) -> str:
                      "the cores. PyTorch's OpenMP threads lose most under contention (each "
                      "parallel op waits for a descheduled thread), so the ratios of this run "
                      "are not those of a quiet machine.")
+    shared = [p for p in m.get("two_core_speedup", []) if p["speedup"] < CORES_APART]
+    if shared:
+        where = ", ".join(f"before {p['before']} x{p['speedup']}" for p in shared)
+        lines.append(f"- WARNING: the two cores ran as one during this run (a GEMM on 2 BLAS "
+                     f"threads against 1: {where}; below x{CORES_APART}). A VM's host "
+                     "can put its vCPUs on one physical core for minutes: every two-thread "
+                     "side then slows down, bnprop's most, so those sections' ratios are "
+                     "not those of two cores.")
     lines.append("")
     lines += _comparisons(out)
     lines += _job(out)
