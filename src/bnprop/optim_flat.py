@@ -77,7 +77,8 @@ class FlatState:
                          layout: dict[np.dtype, Layout]) -> FlatUpdate | None:
         """The update :meth:`step_flat` would run now on the one flat array of a
         single-dtype network, without running it (``None`` for several dtypes); after it
-        has run, :meth:`finish_flat`. Nothing of the optimizer changes here."""
+        has run, :meth:`finish_flat`. No value of the optimizer's state changes here (named
+        buffers may be gathered into a flat array of the same values)."""
         if len(params) != 1:
             return None
         ((dt, p),) = params.items()
