@@ -166,6 +166,36 @@ def test_non_finite_step_changes_nothing() -> None:
         np.testing.assert_array_equal(net.buffers()[k], v)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [(0, 0), (16, 5), (31, 9)])
+def test_a_non_finite_x_is_named_after_the_refused_step(bad: float, where: tuple) -> None:
+    """The compiled step tests X's values last: an inf or NaN in X makes its BN
+    statistics non-finite, the step is refused, and X is then named in one line, as
+    the Python step names it first. Nothing is updated."""
+    fast, slow = _net(), _python(_net())
+    o_fast, o_slow = bnprop.Adam(0.01), bnprop.Adam(0.01)
+    X, y = _batch()
+    assert fast.train_step(X, y, o_fast) == slow.train_step(X, y, o_slow)
+    before = {k: v.copy() for k, v in fast.parameters().items()}
+    state = {k: v.copy() for k, v in o_fast.state_dict().items()}
+    bad_X = X.copy()
+    bad_X[where] = bad
+    messages = []
+    for net, opt in ((fast, o_fast), (slow, o_slow)):
+        with pytest.raises(bnprop.InputError, match=r"^X: contains NaN or inf \(1 of 320 entries, "
+                           rf"first at index \({where[0]}, {where[1]}\)\)") as err:
+            net.train_step(bad_X, y, opt)
+        assert not isinstance(err.value, nn.NonFiniteError)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
+    for k, v in before.items():
+        np.testing.assert_array_equal(fast.parameters()[k], v, err_msg=k)
+    for k, v in state.items():
+        np.testing.assert_array_equal(o_fast.state_dict()[k], v, err_msg=k)
+    assert fast.train_step(X, y, o_fast) == slow.train_step(X, y, o_slow)
+    _assert_same(fast, slow)
+
+
 @pytest.mark.parametrize("opt", ["adam", "momentum-wd"])
 @pytest.mark.parametrize("first", [True, False])
 def test_a_refused_step_leaves_the_optimizer_as_it_was(opt: str, first: bool) -> None:

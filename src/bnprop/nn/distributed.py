@@ -1,4 +1,5 @@
-"""Checks of a data-parallel step's arguments (:class:`~bnprop.nn.Sequential`, ``comm``).
+"""Checks of a step's batch and of a data-parallel step's arguments
+(:class:`~bnprop.nn.Sequential`, ``comm``).
 
 Every process calls with its rows ``X_p`` of a global batch of ``m_global = sum_p m_p``
 rows. What is wrong is the same on every process (the global row count, the arguments)
@@ -16,6 +17,23 @@ from bnprop.loss import check_labels
 
 if TYPE_CHECKING:
     from bnprop.distributed import Communicator
+
+
+def prepare_batch(
+    net: Any, X: object, y: object, comm: Communicator | None, m_global: int | None,
+    sync_bn: bool, values: bool = True,
+) -> tuple[np.ndarray, np.ndarray, Communicator | None, int | None]:
+    """A step's batch validated (and the data-parallel arguments); ``comm`` of one process
+    is the same as none. ``values=False``: :meth:`~bnprop.nn.Sequential._check_X` leaves
+    the values of a matrix needing no conversion to the caller (one process only)."""
+    net.flat.check_views()
+    if comm is None or getattr(comm, "size", None) == 1:
+        X, y = net._check_batch(X, y, values)
+        if m_global is not None and m_global != X.shape[0]:
+            raise InputError(f"m_global: expected the {X.shape[0]} rows of X in one "
+                             f"process, got {m_global!r} instead.")
+        return X, y, None, None
+    return check_distributed_batch(net, X, y, comm, m_global, sync_bn)
 
 
 def check_distributed_batch(

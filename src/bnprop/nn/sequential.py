@@ -38,7 +38,7 @@ from bnprop.kernels._finite import array_all_finite
 from bnprop.loss import check_labels, softmax_cross_entropy_inplace
 from bnprop.nn.compiled import compiled_step
 from bnprop.nn.convert import PREDICT_BLOCK_ROWS, blocked_proba
-from bnprop.nn.distributed import check_global_rows, reduce_step
+from bnprop.nn.distributed import check_global_rows, prepare_batch, reduce_step
 from bnprop.nn.module import Module, check_backend
 from bnprop.nn.plan import FlatBuffers, NormStep, build_plan, check_modules
 
@@ -145,8 +145,9 @@ class Sequential:
         return f"{type(self).__name__}(\n{inner}\n)"
 
     # ------------------------------------------------------------------ checks
-    def _check_X(self, X: object, *, training: bool) -> np.ndarray:
-        """``X`` checked, in the internal layout (images: NHWC)."""
+    def _check_X(self, X: object, *, training: bool, values: bool = True) -> np.ndarray:
+        """``X`` checked, in the internal layout (images: NHWC); ``values=False``: a matrix
+        already of the net's dtype, C-contiguous, keeps its values for the caller to test."""
         if self.input_ndim == 4:
             from bnprop.conv import to_nhwc
             from bnprop.nn.spatial import check_images
@@ -154,9 +155,12 @@ class Sequential:
             X = to_nhwc(check_images(X, "X", self.in_features, self.dtype))
             self._shapes(X.shape)  # the spatial sizes fit every module, or one line
         else:
+            later = not values and type(X) is np.ndarray and X.dtype == self.dtype \
+                and X.flags.c_contiguous  # no conversion: its message needs no source
             X = check_array(X, "X", ndim=2, axes=("m", "n_features"),
                             shape=(None, self.in_features), dtype=self.dtype,
-                            all_finite=array_all_finite if self.backend == "numba" else None)
+                            all_finite=(lambda a: True) if later else
+                            array_all_finite if self.backend == "numba" else None)
         if training and X.shape[0] < 2:
             raise InputError(
                 f"X: got a training batch of {X.shape[0]} example"
@@ -166,8 +170,8 @@ class Sequential:
             )
         return X
 
-    def _check_batch(self, X: object, y: object) -> tuple[np.ndarray, np.ndarray]:
-        X = self._check_X(X, training=True)
+    def _check_batch(self, X: object, y: object, values: bool) -> tuple[np.ndarray, np.ndarray]:
+        X = self._check_X(X, training=True, values=values)
         n_classes = self._classes(X)
         if (self.backend == "numba" and type(y) is np.ndarray and y.dtype == np.intp
                 and y.shape == (X.shape[0],)
@@ -251,22 +255,6 @@ class Sequential:
         for step in self.steps:
             step.commit_running()
 
-    def _prepare(self, X: object, y: object, comm: Communicator | None,
-                 m_global: int | None, sync_bn: bool,
-                 ) -> tuple[np.ndarray, np.ndarray, Communicator | None, int | None]:
-        """Validate a batch (and the data-parallel arguments); ``comm`` of one process is
-        the same as none."""
-        self.flat.check_views()
-        if comm is None or getattr(comm, "size", None) == 1:
-            X, y = self._check_batch(X, y)
-            if m_global is not None and m_global != X.shape[0]:
-                raise InputError(f"m_global: expected the {X.shape[0]} rows of X in one "
-                                 f"process, got {m_global!r} instead.")
-            return X, y, None, None
-        from bnprop.nn.distributed import check_distributed_batch
-
-        return check_distributed_batch(self, X, y, comm, m_global, sync_bn)
-
     def loss_and_grads(
         self, X: object, y: object, *, comm: Communicator | None = None,
         m_global: int | None = None, sync_bn: bool = True,
@@ -296,7 +284,7 @@ class Sequential:
         grads : dict of str to ndarray
             Copies, keyed and ordered as :meth:`named_parameters`.
         """
-        X, y, comm, m_global = self._prepare(X, y, comm, m_global, sync_bn)
+        X, y, comm, m_global = prepare_batch(self, X, y, comm, m_global, sync_bn)
         loss = self._step(X, y, comm, sync_bn, m_global)
         self._commit_running()
         return loss, {k: g.copy() for k, g in self._grad_views().items()}
@@ -311,12 +299,16 @@ class Sequential:
         Returns the batch loss (before the update). ``comm``, ``m_global``, ``sync_bn``: a
         data-parallel step; every process takes the same update, so replicas stay equal.
         """
-        X, y, comm, m_global = self._prepare(X, y, comm, m_global, sync_bn)
+        X, y, comm, m_global = prepare_batch(self, X, y, comm, m_global, sync_bn,
+                                             values=False)
         self.flat.check_optimizer(optimizer)  # before anything is updated
         fast = compiled_step(self, X) if comm is None else None
+        if fast is None and comm is None and self.input_ndim == 2:
+            self._check_X(X, training=True)  # X's values, before anything is computed
         if fast is not None:  # the same numbers, in compiled calls (nn/compiled.py)
             loss, finite, updated = fast.train_step(X, y, self.flat, optimizer)
-            if not finite:
+            if not finite:  # an inf or NaN in X makes the step so (BN's statistics):
+                self._check_X(X, training=True)  # then X is named, as before the step
                 raise NonFiniteError.of_step(loss)
             if updated:
                 return loss
