@@ -133,4 +133,5 @@ def test_a_woken_helper_is_kept_off_its_callers_cpu() -> None:
         allowed = os.sched_getaffinity(h.thread.native_id)
     assert allowed == os.sched_getaffinity(0) - {before}
     # the caller let it take the GIL: it is up, or the caller waited as long as it may
-    assert h.ctl[team.STATE] == team.AWAKE or waited >= WAKE_WAIT_SECONDS
+    # (Event.wait's clock is not perf_counter's: measured, it returned 17 us early once)
+    assert h.ctl[team.STATE] == team.AWAKE or waited >= 0.9 * WAKE_WAIT_SECONDS
