@@ -159,8 +159,8 @@ class Sequential:
                 and X.flags.c_contiguous  # no conversion: its message needs no source
             X = check_array(X, "X", ndim=2, axes=("m", "n_features"),
                             shape=(None, self.in_features), dtype=self.dtype,
-                            all_finite=(lambda a: True) if later else
-                            array_all_finite if self.backend == "numba" else None)
+                            allow_nonfinite=later,
+                            all_finite=array_all_finite if self.backend == "numba" else None)
         if training and X.shape[0] < 2:
             raise InputError(
                 f"X: got a training batch of {X.shape[0]} example"
