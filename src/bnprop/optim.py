@@ -38,6 +38,18 @@ __all__ = ["SCHEDULE_KINDS", "SGD", "Adam", "Optimizer", "Schedule"]
 
 
 
+#: Plain SGD's momentum argument, an empty array per dtype that the kernel never reads
+#: (one allocation less a step).
+_EMPTY: dict[np.dtype, np.ndarray] = {}
+
+
+def _no_buffer(dtype: np.dtype) -> np.ndarray:
+    empty = _EMPTY.get(dtype)
+    if empty is None:
+        empty = _EMPTY[dtype] = np.empty(0, dtype)
+    return empty
+
+
 def _check_nonnegative(value: object, name: str, *, below_one: bool = False) -> float:
     try:
         v = float(value)  # type: ignore[arg-type]
@@ -231,7 +243,7 @@ class SGD(Optimizer):
         (v,) = flats
         first = v is None
         if first:
-            v = np.empty_like(p) if self.momentum != 0.0 else np.empty(0, p.dtype)
+            v = np.empty_like(p) if self.momentum != 0.0 else _no_buffer(p.dtype)
         coef = np.array([self.weight_decay, self.momentum, lr], p.dtype)
         flags = first + 2 * (self.momentum != 0.0) + 4 * bool(self.nesterov)
         adopt = (("momentum_buffer", v),) if first and self.momentum != 0.0 else ()

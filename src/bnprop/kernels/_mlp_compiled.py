@@ -23,10 +23,11 @@ so the step gives the same bits::
 The GEMMs go through :mod:`bnprop.kernels.team`: in two parts where ``modes`` says so,
 each ``dW_l`` beside ``dY_{l-1}``, a part on the helper thread when the call owns it; the
 parts give the whole GEMM's bits. So does the forward's row-wise BN pass (``Obar_l,
-Y_l``: :mod:`bnprop.kernels._team_bn`), whose rows are computed alone. The loss between
-the two calls is :func:`bnprop.kernels.loss.softmax_cross_entropy_inplace` (the
-reference's, with its small passes compiled), and the update is the optimizer's flat
-kernel: neither is restated here.
+Y_l``: :mod:`bnprop.kernels._team_bn`), whose rows are computed alone. The loss is
+:func:`bnprop.kernels.loss.softmax_cross_entropy_inplace`'s passes (the reference's),
+its compiled ones inside the two calls (the shift at the end of ``forward``, the row
+totals and ``dlogits`` at the start of ``backward``) and NumPy's ``exp`` and ``log``
+between them; the update is the optimizer's flat kernel: neither is restated here.
 Import this module only when :func:`bnprop.kernels.blas.available` is True.
 """
 
@@ -47,6 +48,7 @@ from bnprop.kernels._bn_compiled import (
 from bnprop.kernels._cblas import gemm_nn, gemm_nt, gemm_tn  # noqa: F401 - re-exported
 from bnprop.kernels._jit import JIT_OPTIONS
 from bnprop.kernels._team_bn import forward_rows
+from bnprop.kernels.loss import _finish_rows, _row_totals, _shift_rows
 
 if not blas.available():  # pragma: no cover - the caller checks first
     raise ImportError("bnprop.kernels._mlp_compiled needs NumPy's scipy-openblas")
@@ -62,9 +64,12 @@ def modes(split_Z: list[bool], split_dW0: bool, use: bool) -> np.ndarray:
 
 @njit(**JIT_OPTIONS)
 def forward(X, Ws, gammas, betas, acts, eps, block_rows, Zs, Ys, means, M2s, variances,
-            inv_stds, W_out, b_out, has_bias, logits, modes, ctl):  # pragma: no cover - compiled
-    """The training forward (module docstring) into the buffers; returns the row count.
-    ``modes``: :func:`modes`; ``ctl``: :func:`bnprop.kernels.team.for_call`'s array."""
+            inv_stds, W_out, b_out, has_bias, logits, modes, ctl, y,
+            S_y):  # pragma: no cover - compiled
+    """The training forward (module docstring) into the buffers, and the loss's first
+    pass (``S = logits - rowmax``, ``S_y``: :func:`bnprop.kernels.loss._shift_rows`);
+    returns the row count. ``modes``: :func:`modes`; ``ctl``:
+    :func:`bnprop.kernels.team.for_call`'s array."""
     L = len(Ws)
     owned = team.acquire(ctl, modes[L + 2] != 0)
     count = 0
@@ -84,15 +89,21 @@ def forward(X, Ws, gammas, betas, acts, eps, block_rows, Zs, Ys, means, M2s, var
             row = logits[i]
             for k in range(row.shape[0]):
                 row[k] += b_out[k]
+    _shift_rows(logits, y, S_y)
     return count
 
 
 @njit(**JIT_OPTIONS)
 def backward(X, Ws, gammas, acts, frozen, Zs, Ys, dYs, inv_stds, sum_G, sum_GObar, count,
              W_out, has_bias, dlogits, dWs, dgammas, dbetas, dW_out, db_out, db_acc, modes,
-             ctl):  # pragma: no cover - compiled
-    """The backward pass (module docstring) into the gradient views; each ``dW`` and
-    the ``dO`` beside it are independent, so the helper thread may take the ``dW``."""
+             ctl, y, total, rowmax, totals_here):  # pragma: no cover - compiled
+    """The backward pass (module docstring) into the gradient views, from ``dlogits``
+    holding ``E = exp(S)``: first the loss's last passes (``total``, unless given
+    (``totals_here`` False), then ``dlogits``: :mod:`bnprop.kernels.loss`). Each ``dW``
+    and the ``dO`` beside it are independent, so the helper thread may take the ``dW``."""
+    if totals_here:
+        _row_totals(dlogits, total)
+    _finish_rows(dlogits, y, total, rowmax, _cast_like(float(count), dlogits))
     L = len(Ws)
     owned = team.acquire(ctl, modes[L + 2] != 0)
     team.gemm_beside(team.tn(dlogits, Ys[L - 1], dW_out), team.nn(dlogits, W_out, dYs[L - 1]),

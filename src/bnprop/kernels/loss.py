@@ -141,22 +141,39 @@ def softmax_cross_entropy_inplace(logits: np.ndarray, y: np.ndarray, m: float,
                                   log_total: np.ndarray) -> float:
     """The loss (module docstring); ``logits`` (m_local, K), K >= 1, C-contiguous, is overwritten by
     ``dlogits``. ``y``: intp labels in range. Work buffers: ``rowmax`` ((m_local, 1), the
-    logits' dtype), ``total``, ``S_y`` and ``log_total`` ((m_local,), float64)."""
+    logits' dtype), ``total``, ``S_y`` and ``log_total`` ((m_local,), float64).
+
+    In stages, which the compiled train step (:mod:`bnprop.nn.compiled`) runs around its
+    own calls: :func:`_shift_rows`, :func:`exp_rows`, :func:`_finish_rows`,
+    :func:`mean_loss` (the last two are independent)."""
     _shift_rows(logits, y, S_y)
+    compiled = exp_rows(logits, total)
+    _finish_rows(logits, y, total, rowmax, logits.dtype.type(m))
+    return mean_loss(total, S_y, log_total, m, compiled)
+
+
+def exp_rows(logits: np.ndarray, total: np.ndarray, totals_later: bool = False) -> bool:
+    """``E = exp(S)`` in place (NumPy's exp), and ``total_i = sum_k E_ik`` (float64) into
+    ``total``; returns whether the sums are the compiled ones (:func:`sums_in_numpy_order`),
+    whose pass :func:`_row_totals` is left to the caller when ``totals_later``."""
     np.exp(logits, out=logits)
     compiled = sums_in_numpy_order(logits.dtype, logits.shape[0], logits.shape[1])
-    if compiled:
-        _row_totals(logits, total)
-    else:
+    if not compiled:
         np.sum(logits, axis=1, dtype=np.float64, out=total)
+    elif not totals_later:
+        _row_totals(logits, total)
+    return compiled
+
+
+def mean_loss(total: np.ndarray, S_y: np.ndarray, log_total: np.ndarray, m: float,
+              compiled: bool) -> float:
+    """``loss = (1/m) sum_i (log total_i - S_{i,y_i})``: NumPy's log, the sum in NumPy's
+    order (compiled when :func:`exp_rows` said so)."""
     np.log(total, out=log_total)
     if compiled:
-        loss = float(_mean_loss(log_total, S_y, m))
-    else:
-        log_total -= S_y
-        loss = float(np.sum(log_total) / m)
-    _finish_rows(logits, y, total, rowmax, logits.dtype.type(m))
-    return loss
+        return float(_mean_loss(log_total, S_y, m))
+    log_total -= S_y
+    return float(np.sum(log_total) / m)
 
 
 @njit(**JIT_OPTIONS)

@@ -40,7 +40,7 @@ from bnprop import threads
 from bnprop.kernels import blas, rows
 from bnprop.kernels.activations import ACTIVATION_CODES
 from bnprop.kernels.bn import BLOCK_BYTES
-from bnprop.kernels.loss import softmax_cross_entropy_inplace
+from bnprop.kernels.loss import exp_rows, mean_loss
 from bnprop.nn.batchnorm import BatchNorm1d
 from bnprop.nn.module import Linear
 
@@ -173,19 +173,21 @@ class CompiledStep:
         ctl, use = team.for_call(self.choice_key)
         self.modes[-1] = use
         start = time.perf_counter()
+        # The loss (kernels/loss.py) in its stages: the shift at the end of forward, then
+        # NumPy's exp, the totals and dlogits at the start of backward, then NumPy's log.
         count = k.forward(X, self.Ws, self.gammas, self.betas, self.acts, eps,
                           self.block_rows, self.Zs, self.Ys,
                           means, M2s, variances, inv_stds, out.W, b, bias, self.logits,
-                          self.modes, ctl)
-        loss = softmax_cross_entropy_inplace(self.logits, y, X.shape[0], self.rowmax,
-                                             self.total, self.S_y, self.log_total)
+                          self.modes, ctl, y, self.S_y)
+        compiled = exp_rows(self.logits, self.total, totals_later=True)
         k.backward(X, self.Ws, self.gammas, self.acts, frozen, self.Zs, self.Ys, self.dYs,
                    inv_stds, sum_G, sum_GObar, count, out.W, bias, self.logits, self.dWs,
                    self.dgammas, self.dbetas, out.grads["W"],
                    out.grads["b"] if bias else out.grads["W"][0], self.db_acc,
-                   self.modes, ctl)
+                   self.modes, ctl, y, self.total, self.rowmax, compiled)
         if threads.num_threads() >= 2:  # with or without the helper: which is faster now
             team.report(use, time.perf_counter() - start, self.choice_key)
+        loss = mean_loss(self.total, self.S_y, self.log_total, X.shape[0], compiled)
         if not math.isfinite(loss):
             return loss, False
         if update is None:
