@@ -115,6 +115,19 @@ def test_the_first_layer_of_the_ioffe_step_is_split_in_float32() -> None:
     assert not team.may_split(np.dtype(np.float32), team.NT, 60, 10, 100)
 
 
+@pytest.mark.parametrize(("M", "h"), [(100, 52), (16, 8), (18, 8), (20, 12), (784, 392),
+                                      (101, 52), (99, 48)])
+def test_a_dw_is_cut_by_rows_near_the_middle_the_caller_taking_the_larger_part(
+        M: int, h: int) -> None:
+    """``C = A^T B`` split by rows at the multiple of 4 nearest ``M / 2`` (upper on a
+    tie): the calling thread, which starts first, computes rows ``[0, h)``."""
+    A = np.zeros((60, M), np.float32)
+    B, C = np.zeros((60, 784), np.float32), np.zeros((M, 784), np.float32)
+    assert team._cut(team.tn(A, B, C)) == (True, h, M)
+    Z = np.zeros((60, 100), np.float32)  # Z = O W^T (60 x 100): by columns, at 48
+    assert team._cut(team.nt(B, np.zeros((100, 784), np.float32), Z)) == (False, 48, 100)
+
+
 def test_an_awake_helper_that_never_comes_does_not_block_the_caller() -> None:
     """``ctl`` says the helper is awake, but no thread reads it: every posted part is
     claimed back by the caller."""
