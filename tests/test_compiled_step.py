@@ -72,6 +72,24 @@ def test_bit_identical_to_the_python_step(dtype: str, opt: str, act: str, stats:
     _assert_same(fast, slow)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(("m", "k"), [(17, 130), (150, 4), (140, 135)])
+def test_the_loss_sums_outside_the_compiled_order_keep_the_python_steps_bits(
+        dtype: str, m: int, k: int) -> None:
+    """More than 128 classes or rows: the loss's sums are NumPy's own (not the compiled
+    pairwise order), between and after the compiled calls."""
+    from bnprop.kernels.loss import sums_in_numpy_order
+
+    assert not sums_in_numpy_order(np.dtype(dtype), m, k)
+    fast, slow = _net(dtype, k=k), _python(_net(dtype, k=k))
+    o_fast, o_slow = bnprop.SGD(0.3, momentum=0.9), bnprop.SGD(0.3, momentum=0.9)
+    for step in range(3):
+        X, y = _batch(m, k=k, dtype=dtype, seed=step)
+        assert fast.train_step(X, y, o_fast) == slow.train_step(X, y, o_slow)
+        assert compiled_step(fast, X) is not None  # the compiled step ran
+    _assert_same(fast, slow)
+
+
 def test_settings_and_buffers_changed_between_steps_are_followed() -> None:
     """The step keeps the views of the flat arrays, but reads each BatchNorm1d's eps,
     momentum, stats, running and its running buffers anew: a user may change them."""
