@@ -39,7 +39,8 @@ any more are written again instead of faulting in fresh pages.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -89,13 +90,20 @@ def _whole(m: int, n: int, itemsize: int) -> bool:
     return rows.unsplit(m, n, itemsize) and blas.available()
 
 
+@cache
+def _compiled() -> tuple[Any, Any]:
+    """``(_layer_compiled, team)``, imported on first use: only where
+    :func:`bnprop.kernels.blas.available` (an import statement in each call costs 0.3 us)."""
+    from bnprop.kernels import _layer_compiled, team
+
+    return _layer_compiled, team
+
+
 def _report(used: bool, start: float, key: tuple[object, ...]) -> None:
     """The compiled call's time since ``start``, for the helper's measured choice for
     calls of ``key`` (:func:`bnprop.kernels.team.report`), with two or more threads."""
     if threads.num_threads() >= 2:
-        from bnprop.kernels import team
-
-        team.report(used, time.perf_counter() - start, key)
+        _compiled()[1].report(used, time.perf_counter() - start, key)
 
 
 def _merge(results: list[Moments]) -> Moments:
@@ -135,8 +143,7 @@ def forward(O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
         O, W, gamma, beta = [copy_input(a) if may_share_input(a, g) else a
                              for a, g in zip((O, W, gamma, beta), given, strict=True)]
     if comm is None and _whole(m, n, dt.itemsize):  # one compiled call
-        from bnprop.kernels import _layer_compiled, team
-
+        _layer_compiled, team = _compiled()
         Z, Obar, A, Y = (np.empty((m, n), dt) for _ in range(4))
         stats = np.empty((3, n), dt)  # mu, var, inv_std
         split = team.may_split(dt, team.NT, m, n, O.shape[1])
@@ -206,8 +213,7 @@ def backward(dY: np.ndarray, cache: LayerCache, stats: str) -> tuple[LayerGrads,
     else:  # Obar's rows are formed from Z in the kernels
         Z, (mean64, inv_std64) = cache.Z, z_stats
     if whole:  # one compiled call
-        from bnprop.kernels import _layer_compiled, team
-
+        _layer_compiled, team = _compiled()
         dZ, dW, sums = np.empty((m, n), dt), np.empty((n, n_in), dt), np.empty((2, n), dt)
         key = ("layer_backward", dt.str, m, n_in, n)
         ctl, use = team.for_call(key)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -47,6 +48,15 @@ from bnprop.nn.module import Linear
 if TYPE_CHECKING:
     from bnprop.nn.plan import FlatBuffers, ModuleStep, NormStep
     from bnprop.optim_flat import FlatUpdate
+
+
+@cache
+def _kernels() -> tuple[Any, Any]:
+    """``(_mlp_compiled, team)``, imported on first use (they need NumPy's OpenBLAS; an
+    import statement in the step itself costs 0.3 us a call)."""
+    from bnprop.kernels import _mlp_compiled, team
+
+    return _mlp_compiled, team
 
 
 def _eligible_plan(steps: list[Any]) -> bool:
@@ -113,9 +123,7 @@ class CompiledStep:
         self.m: int | None = None
 
     def _allocate(self, m: int) -> None:
-        from bnprop.kernels import _mlp_compiled as k
-        from bnprop.kernels import team
-
+        k, team = _kernels()
         dt, widths = self.dtype, [s.norm.num_features for s in self.hidden]
         n_in = [s.stage.linear.in_features for s in self.hidden] + [widths[-1]]
         n_out = [*widths, self.out.out_features]
@@ -155,9 +163,7 @@ class CompiledStep:
         and ``update`` (the optimizer's, :meth:`bnprop.optim.Optimizer.flat_update_args`)
         when everything is finite. Returns ``(loss, finite)``; nothing is committed when
         ``finite`` is False. ``grads`` is the flat array every gradient is a view of."""
-        from bnprop.kernels import _mlp_compiled as k
-        from bnprop.kernels import team
-
+        k, team = _kernels()
         if self.m != X.shape[0] or self.modes_blas != threads.blas_threads():
             self._allocate(X.shape[0])
         # Settings and buffers a user may change or replace between steps are read anew,
