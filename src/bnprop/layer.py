@@ -33,8 +33,7 @@ rounding, except ``dW``, which the model all-reduces with its other parameter gr
 
 from __future__ import annotations
 
-from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -54,15 +53,6 @@ if TYPE_CHECKING:  # the math layer never imports the distributed one at run tim
 
 STATS_MODES = ("exact", "frozen")
 BACKENDS = ("numba", "numpy")
-
-
-@cache
-def _kernel_layer() -> Any:
-    """:mod:`bnprop.kernels.layer`, imported on first use (it compiles with Numba; an
-    import statement in each call costs 0.3 us)."""
-    from bnprop.kernels import layer
-
-    return layer
 
 
 def check_layer_inputs(
@@ -186,7 +176,8 @@ def layer_forward(
         O, W, gamma, beta = (a.copy() if may_share_input(a, g) else a
                              for a, g in zip(arrays, given, strict=True))
         return _forward(O, W, gamma, beta, act.name, eps, comm=comm)
-    kernel_layer = _kernel_layer()
+    from bnprop.kernels import layer as kernel_layer
+
     # The four finiteness tests in one compiled call; the usual checks name a bad array.
     arrays = check_layer_inputs(O, W, gamma, beta, distributed=distributed, allow_nonfinite=True)
     if not kernel_layer.inputs_finite(*arrays):
@@ -291,7 +282,8 @@ def layer_backward(dY: object, cache: LayerCache, *, stats: str = "exact",
                      dtype=cache.Y.dtype, allow_nonfinite=kernels)
     if backend == "numpy":
         return _backward(dY, cache, stats)
-    kernel_layer = _kernel_layer()
+    from bnprop.kernels import layer as kernel_layer
+
     grads, sums_finite = kernel_layer.backward(dY, cache, stats)
     if kernels and not sums_finite:  # raises if dY is not finite, naming what the caller gave
         check_array(given, "dY", ndim=2, dtype=cache.Y.dtype)
