@@ -62,26 +62,58 @@ def modes(split_Z: list[bool], split_dW0: bool, use: bool) -> np.ndarray:
     return np.array([*split_Z, split_dW0, use], np.int64)
 
 
+#: Columns of ``plan``, one row per hidden layer: where its ``W`` (``N_OUT x N_IN``),
+#: ``gamma`` and ``beta`` start in the flat parameter array; their gradients start at the
+#: same places in the flat gradient array (:class:`bnprop.nn.plan.FlatBuffers`).
+W_AT, N_OUT, N_IN, GAMMA_AT, BETA_AT = 0, 1, 2, 3, 4
+#: The float64 per-feature vectors of ``V`` (6, L, widest layer): each layer's first
+#: ``N_OUT`` elements of row ``V[kind, layer]``.
+MEAN, M2, VAR, INV_STD, SUM_G, SUM_GOBAR = 0, 1, 2, 3, 4, 5
+
+
 @njit(**JIT_OPTIONS)
-def forward(X, Ws, gammas, betas, acts, eps, block_rows, Zs, Ys, means, M2s, variances,
-            inv_stds, W_out, b_out, has_bias, logits, modes, ctl, y,
-            S_y):  # pragma: no cover - compiled
+def _matrix(flat, plan, layer):  # pragma: no cover - compiled
+    """Layer ``layer``'s ``W`` (or ``dW``) as a view of the flat array."""
+    o, n, k = plan[layer, W_AT], plan[layer, N_OUT], plan[layer, N_IN]
+    return flat[o:o + n * k].reshape((n, k))
+
+
+@njit(**JIT_OPTIONS)
+def _vector(flat, plan, layer, column):  # pragma: no cover - compiled
+    """Layer ``layer``'s ``gamma`` or ``beta`` (``column``), or its gradient, as a view."""
+    o = plan[layer, column]
+    return flat[o:o + plan[layer, N_OUT]]
+
+
+@njit(**JIT_OPTIONS)
+def _stat(V, kind, plan, layer):  # pragma: no cover - compiled
+    return V[kind, layer, :plan[layer, N_OUT]]
+
+
+@njit(**JIT_OPTIONS)
+def forward(X, params, plan, acts, eps, block_rows, Zs, Ys, V, W_out, b_out, has_bias, logits,
+            modes, ctl, y, S_y):  # pragma: no cover - compiled
     """The training forward (module docstring) into the buffers, and the loss's first
     pass (``S = logits - rowmax``, ``S_y``: :func:`bnprop.kernels.loss._shift_rows`);
-    returns the row count. ``modes``: :func:`modes`; ``ctl``:
-    :func:`bnprop.kernels.team.for_call`'s array."""
-    L = len(Ws)
+    returns the row count. ``params``, ``plan``: the flat parameters and where each
+    layer's are (:data:`W_AT`); ``V``: the statistics (:data:`MEAN`); ``modes``:
+    :func:`modes`; ``ctl``: :func:`bnprop.kernels.team.for_call`'s array. (Arrays
+    packed this way, not as tuples of per-layer views: Numba unboxes each array argument
+    of a call, 0.05-0.07 us each.)"""
+    L = plan.shape[0]
     owned = team.acquire(ctl, modes[L + 2] != 0)
     count = 0
-    for layer in range(len(Ws)):
+    for layer in range(L):
         Z = Zs[layer]
         H = X if layer == 0 else Ys[layer - 1]
-        team.gemm(team.nt(H, Ws[layer], Z), ctl, owned, modes[layer] != 0)
-        count = _moments(Z, block_rows[layer], means[layer], M2s[layer])
-        inv_std = inv_stds[layer]
-        _var_inv_std(M2s[layer], count, eps[layer], variances[layer], inv_std)
-        forward_rows(Z, means[layer], inv_std, gammas[layer], betas[layer], acts[layer], Z,
-                     Ys[layer], None, ctl, owned)
+        team.gemm(team.nt(H, _matrix(params, plan, layer), Z), ctl, owned, modes[layer] != 0)
+        mean, M2_l = _stat(V, MEAN, plan, layer), _stat(V, M2, plan, layer)
+        count = _moments(Z, block_rows[layer], mean, M2_l)
+        inv_std = _stat(V, INV_STD, plan, layer)
+        _var_inv_std(M2_l, count, eps[layer], _stat(V, VAR, plan, layer), inv_std)
+        forward_rows(Z, mean, inv_std, _vector(params, plan, layer, GAMMA_AT),
+                     _vector(params, plan, layer, BETA_AT), acts[layer], Z, Ys[layer], None,
+                     ctl, owned)
     team.gemm(team.nt(Ys[L - 1], W_out, logits), ctl, owned, modes[L] != 0)
     team.release(ctl, owned)
     if has_bias:
@@ -94,17 +126,18 @@ def forward(X, Ws, gammas, betas, acts, eps, block_rows, Zs, Ys, means, M2s, var
 
 
 @njit(**JIT_OPTIONS)
-def backward(X, Ws, gammas, acts, frozen, Zs, Ys, dYs, inv_stds, sum_G, sum_GObar, count,
-             W_out, has_bias, dlogits, dWs, dgammas, dbetas, dW_out, db_out, db_acc, modes,
-             ctl, y, total, rowmax, totals_here):  # pragma: no cover - compiled
-    """The backward pass (module docstring) into the gradient views, from ``dlogits``
-    holding ``E = exp(S)``: first the loss's last passes (``total``, unless given
-    (``totals_here`` False), then ``dlogits``: :mod:`bnprop.kernels.loss`). Each ``dW``
-    and the ``dO`` beside it are independent, so the helper thread may take the ``dW``."""
+def backward(X, params, grads, plan, acts, frozen, Zs, Ys, dYs, V, count, W_out, has_bias,
+             dlogits, dW_out, db_out, db_acc, modes, ctl, y, total, rowmax,
+             totals_here):  # pragma: no cover - compiled
+    """The backward pass (module docstring) into the flat gradients ``grads``, from
+    ``dlogits`` holding ``E = exp(S)``: first the loss's last passes (``total``, unless
+    given (``totals_here`` False), then ``dlogits``: :mod:`bnprop.kernels.loss`). Each
+    ``dW`` and the ``dO`` beside it are independent, so the helper thread may take the
+    ``dW``. The arguments are :func:`forward`'s."""
     if totals_here:
         _row_totals(dlogits, total)
     _finish_rows(dlogits, y, total, rowmax, _cast_like(float(count), dlogits))
-    L = len(Ws)
+    L = plan.shape[0]
     owned = team.acquire(ctl, modes[L + 2] != 0)
     team.gemm_beside(team.tn(dlogits, Ys[L - 1], dW_out), team.nn(dlogits, W_out, dYs[L - 1]),
                      ctl, owned)
@@ -118,20 +151,22 @@ def backward(X, Ws, gammas, acts, frozen, Zs, Ys, dYs, inv_stds, sum_G, sum_GOba
             db_out[k] = db_acc[k]
     for layer in range(L - 1, -1, -1):
         dY, Y, Obar = dYs[layer], Ys[layer], Zs[layer]
-        sG, sGO = sum_G[layer], sum_GObar[layer]
+        gamma, inv_std = _vector(params, plan, layer, GAMMA_AT), _stat(V, INV_STD, plan, layer)
+        sG, sGO = _stat(V, SUM_G, plan, layer), _stat(V, SUM_GOBAR, plan, layer)
         if frozen[layer]:
-            _backward_frozen(dY, Y, Obar, gammas[layer], inv_stds[layer], acts[layer], sG, sGO,
-                             dY)
+            _backward_frozen(dY, Y, Obar, gamma, inv_std, acts[layer], sG, sGO, dY)
         else:
             _backward_sums(dY, Y, Obar, acts[layer], sG, sGO)
-            _backward_apply(dY, Y, Obar, gammas[layer], inv_stds[layer], sG, sGO,
-                            float(count), acts[layer], dY)
+            _backward_apply(dY, Y, Obar, gamma, inv_std, sG, sGO, float(count), acts[layer],
+                            dY)
+        dW = _matrix(grads, plan, layer)
         if layer > 0:                                        # dW = dZ^T O, dO = dZ W
-            team.gemm_beside(team.tn(dY, Ys[layer - 1], dWs[layer]),
-                             team.nn(dY, Ws[layer], dYs[layer - 1]), ctl, owned)
+            team.gemm_beside(team.tn(dY, Ys[layer - 1], dW),
+                             team.nn(dY, _matrix(params, plan, layer), dYs[layer - 1]), ctl,
+                             owned)
         else:
-            team.gemm(team.tn(dY, X, dWs[0]), ctl, owned, modes[L + 1] != 0)
-        dg, dbeta = dgammas[layer], dbetas[layer]
+            team.gemm(team.tn(dY, X, dW), ctl, owned, modes[L + 1] != 0)
+        dg, dbeta = _vector(grads, plan, layer, GAMMA_AT), _vector(grads, plan, layer, BETA_AT)
         for j in range(dg.shape[0]):
             dg[j] = sGO[j]
             dbeta[j] = sG[j]
@@ -151,8 +186,8 @@ def _cast_like_overload(x, arr):  # type: ignore[no-untyped-def]
 
 
 @njit(**JIT_OPTIONS)
-def commit(grads, means, variances, count, momenta, running_means, running_vars,
-           batches_tracked, ctl, use, update):  # pragma: no cover - compiled
+def commit(grads, V, count, momenta, running_means, running_vars, batches_tracked, ctl, use,
+           update):  # pragma: no cover - compiled
     """Whether every gradient and batch statistic is finite; if so, the running update
     (module docstring), ``num_batches_tracked += 1`` (``batches_tracked``: the 0-d
     counters) and the optimizer's flat update ``update`` (``kind, p, g, a, b, coef,
@@ -162,7 +197,7 @@ def commit(grads, means, variances, count, momenta, running_means, running_vars,
     read."""
     owned = team.acquire(ctl, use)
     finite = team.all_finite(grads, ctl, owned) and _running(
-        grads, means, variances, count, momenta, running_means, running_vars, batches_tracked)
+        grads, V, count, momenta, running_means, running_vars, batches_tracked)
     kind, p, g, a, b, coef, flags = update
     if finite and kind >= 0:
         team.update_owned(kind, p, g, a, b, coef, flags, ctl, owned)
@@ -171,19 +206,22 @@ def commit(grads, means, variances, count, momenta, running_means, running_vars,
 
 
 @njit(**JIT_OPTIONS)
-def _running(grads, means, variances, count, momenta, running_means, running_vars,
+def _running(grads, V, count, momenta, running_means, running_vars,
              batches_tracked):  # pragma: no cover - compiled
     """The running update of :func:`commit` when every batch statistic is finite."""
     bessel = count / max(count - 1, 1)
-    for layer in range(len(means)):
-        mu, var = means[layer], variances[layer]
+    L = len(running_means)
+    for layer in range(L):
+        n = running_means[layer].shape[0]
+        mu, var = V[MEAN, layer, :n], V[VAR, layer, :n]
         for j in range(mu.shape[0]):
             if not (np.isfinite(_cast_like(mu[j], grads))
                     and np.isfinite(_cast_like(var[j] * bessel, grads))):
                 return False
-    for layer in range(len(means)):
-        mu, var = means[layer], variances[layer]
+    for layer in range(L):
         rm, rv = running_means[layer], running_vars[layer]
+        n = rm.shape[0]
+        mu, var = V[MEAN, layer, :n], V[VAR, layer, :n]
         keep = _cast_like(1.0 - momenta[layer], rm)
         take = _cast_like(momenta[layer], rm)
         unbias = _cast_like(count / (count - 1), rm)

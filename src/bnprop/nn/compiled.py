@@ -109,16 +109,18 @@ class CompiledStep:
         self.acts = np.array([ACTIVATION_CODES[s.stage.activation] for s in self.hidden])
         self.block_rows = np.array([max(1, BLOCK_BYTES // (n.num_features * self.dtype.itemsize))
                                     for n in norms])
-        # Views of the flat parameter and gradient arrays, which live as long as the plan
-        # (a copy or an unpickle of the Sequential builds a new CompiledStep), so built once.
-        # Tuples from lists, not generators: Numba keeps a generator-built tuple argument
-        # alive until the cyclic GC runs (measured: 64 B a call, 31 KiB over 500 steps).
+        # The flat parameter and gradient arrays, which live as long as the plan (a copy
+        # or an unpickle of the Sequential builds a new CompiledStep), and where each
+        # layer's parameters lie in them (_mlp_compiled.W_AT): 3 arrays instead of 15 views
+        # to unbox a call.
         linears = [s.stage.linear for s in self.hidden]
-        self.Ws = tuple([lin.W for lin in linears])
-        self.gammas, self.betas = tuple([n.gamma for n in norms]), tuple([n.beta for n in norms])
-        self.dWs = tuple([lin.grads["W"] for lin in linears])
-        self.dgammas = tuple([n.grads["gamma"] for n in norms])
-        self.dbetas = tuple([n.grads["beta"] for n in norms])
+        self.params, self.plan = _flat_plan(
+            [(lin.W, n.gamma, n.beta) for lin, n in zip(linears, norms, strict=True)])
+        self.grads, grad_plan = _flat_plan(
+            [(lin.grads["W"], n.grads["gamma"], n.grads["beta"])
+             for lin, n in zip(linears, norms, strict=True)])
+        if not np.array_equal(grad_plan, self.plan):  # FlatBuffers lays both out alike
+            raise AssertionError("the flat gradients are not laid out as the parameters")
         self.settings = (np.empty(len(norms)), np.empty(len(norms), bool),
                          np.empty(len(norms)))  # eps, frozen, momentum of each layer
         self.one_part: dict[tuple[int, int], bool] = {}  # (rows, threads) -> _one_part
@@ -140,7 +142,7 @@ class CompiledStep:
         self.Zs = tuple(np.empty((m, n), dt) for n in widths)
         self.Ys = tuple(np.empty((m, n), dt) for n in widths)
         self.dYs = tuple(np.empty((m, n), dt) for n in widths)
-        self.vectors = [tuple(np.empty(n) for n in widths) for _ in range(6)]
+        self.V = np.empty((6, len(widths), max(widths)))  # _mlp_compiled.MEAN, ...
         self.logits = np.empty((m, self.out.out_features), dt)
         self.db_acc = np.empty(self.out.out_features)
         self.total, self.rowmax = np.empty(m), np.empty((m, 1), dt)
@@ -166,6 +168,8 @@ class CompiledStep:
         when everything is finite. Returns ``(loss, finite)``; nothing is committed when
         ``finite`` is False. ``grads`` is the flat array every gradient is a view of."""
         k, team = _kernels()
+        if grads is not self.grads:  # the backward call writes where self.plan says
+            raise AssertionError("grads: not the flat gradient array of this plan")
         if self.m != X.shape[0] or self.modes_blas != threads.blas_threads():
             self._allocate(X.shape[0])
         # Settings and buffers a user may change or replace between steps are read anew,
@@ -175,7 +179,6 @@ class CompiledStep:
             eps[i], frozen[i] = n.eps, n.stats == "frozen"
             momenta[i] = (n.momentum if n.running == "ema"
                           else 1.0 / (int(n.num_batches_tracked) + 1))
-        means, M2s, variances, inv_stds, sum_G, sum_GObar = self.vectors
         out, bias = self.out, self.out.has_bias
         b = out.b if bias else out.W[0]
         ctl, use = team.for_call(self.choice_key)
@@ -183,14 +186,12 @@ class CompiledStep:
         start = time.perf_counter()
         # The loss (kernels/loss.py) in its stages: the shift at the end of forward, then
         # NumPy's exp, the totals and dlogits at the start of backward, then NumPy's log.
-        count = k.forward(X, self.Ws, self.gammas, self.betas, self.acts, eps,
-                          self.block_rows, self.Zs, self.Ys,
-                          means, M2s, variances, inv_stds, out.W, b, bias, self.logits,
-                          self.modes, ctl, y, self.S_y)
+        count = k.forward(X, self.params, self.plan, self.acts, eps, self.block_rows,
+                          self.Zs, self.Ys, self.V, out.W, b, bias, self.logits, self.modes,
+                          ctl, y, self.S_y)
         compiled = exp_rows(self.logits, self.total, totals_later=True)
-        k.backward(X, self.Ws, self.gammas, self.acts, frozen, self.Zs, self.Ys, self.dYs,
-                   inv_stds, sum_G, sum_GObar, count, out.W, bias, self.logits, self.dWs,
-                   self.dgammas, self.dbetas, out.grads["W"],
+        k.backward(X, self.params, grads, self.plan, self.acts, frozen, self.Zs, self.Ys,
+                   self.dYs, self.V, count, out.W, bias, self.logits, out.grads["W"],
                    out.grads["b"] if bias else out.grads["W"][0], self.db_acc,
                    self.modes, ctl, y, self.total, self.rowmax, compiled)
         if threads.num_threads() >= 2:  # with or without the helper: which is faster now
@@ -203,11 +204,30 @@ class CompiledStep:
         else:
             run = (team.ADAM if update.kind == "adam" else team.SGD, update.p, update.g,
                    update.a, update.b, update.coef, update.flags)
-        finite = k.commit(grads, means, variances, count, momenta,
+        finite = k.commit(grads, self.V, count, momenta,
                           tuple([n.running_mean for n in norms]),
                           tuple([n.running_var for n in norms]),
                           tuple([n.num_batches_tracked for n in norms]), ctl, use, run)
         return loss, bool(finite)
+
+
+def _flat_plan(layers: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The flat array that every layer's ``(W, gamma, beta)`` (or their gradients) are
+    views of, and the ``plan`` of :mod:`bnprop.kernels._mlp_compiled` (``W_AT, N_OUT,
+    N_IN, GAMMA_AT, BETA_AT`` a layer): where each starts in it, in elements."""
+    flat = layers[0][0].base
+    if not (isinstance(flat, np.ndarray) and flat.ndim == 1 and flat.flags.c_contiguous):
+        raise AssertionError("the parameters are not views of one flat array")
+
+    def at(view: np.ndarray) -> int:
+        if view.base is not flat or not view.flags.c_contiguous:
+            raise AssertionError("the parameters are not views of one flat array")
+        return (view.__array_interface__["data"][0]
+                - flat.__array_interface__["data"][0]) // flat.itemsize
+
+    return flat, np.array([[at(W), W.shape[0], W.shape[1], at(gamma), at(beta)]
+                           for W, gamma, beta in layers], np.int64)
 
 
 def compiled_step(seq: Any, X: np.ndarray) -> CompiledStep | None:
