@@ -152,12 +152,15 @@ def softmax_cross_entropy_inplace(logits: np.ndarray, y: np.ndarray, m: float,
     return mean_loss(total, S_y, log_total, m, compiled)
 
 
-def exp_rows(logits: np.ndarray, total: np.ndarray, totals_later: bool = False) -> bool:
+def exp_rows(logits: np.ndarray, total: np.ndarray, totals_later: bool = False,
+             compiled: bool | None = None) -> bool:
     """``E = exp(S)`` in place (NumPy's exp), and ``total_i = sum_k E_ik`` (float64) into
-    ``total``; returns whether the sums are the compiled ones (:func:`sums_in_numpy_order`),
-    whose pass :func:`_row_totals` is left to the caller when ``totals_later``."""
+    ``total``; returns whether the sums are the compiled ones (:func:`sums_in_numpy_order`,
+    unless the caller kept its answer for this shape in ``compiled``), whose pass
+    :func:`_row_totals` is left to the caller when ``totals_later``."""
     np.exp(logits, out=logits)
-    compiled = sums_in_numpy_order(logits.dtype, logits.shape[0], logits.shape[1])
+    if compiled is None:
+        compiled = sums_in_numpy_order(logits.dtype, logits.shape[0], logits.shape[1])
     if not compiled:
         np.sum(logits, axis=1, dtype=np.float64, out=total)
     elif not totals_later:

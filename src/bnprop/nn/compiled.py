@@ -43,7 +43,7 @@ from bnprop import threads
 from bnprop.kernels import blas, rows
 from bnprop.kernels.activations import ACTIVATION_CODES
 from bnprop.kernels.bn import BLOCK_BYTES
-from bnprop.kernels.loss import exp_rows, mean_loss
+from bnprop.kernels.loss import exp_rows, mean_loss, sums_in_numpy_order
 from bnprop.nn.batchnorm import BatchNorm1d
 from bnprop.nn.module import Linear
 
@@ -147,6 +147,7 @@ class CompiledStep:
         self.db_acc = np.empty(self.out.out_features)
         self.total, self.rowmax = np.empty(m), np.empty((m, 1), dt)
         self.S_y, self.log_total = np.empty(m), np.empty(m)
+        self.sums_compiled = sums_in_numpy_order(dt, m, self.out.out_features)
         self.m = m
 
     def train_step(self, X: np.ndarray, y: np.ndarray, flat: FlatBuffers,
@@ -189,7 +190,8 @@ class CompiledStep:
         count = k.forward(X, self.params, self.plan, self.acts, eps, self.block_rows,
                           self.Zs, self.Ys, self.V, out.W, b, bias, self.logits, self.modes,
                           ctl, y, self.S_y)
-        compiled = exp_rows(self.logits, self.total, totals_later=True)
+        compiled = exp_rows(self.logits, self.total, totals_later=True,
+                            compiled=self.sums_compiled)
         k.backward(X, self.params, grads, self.plan, self.acts, frozen, self.Zs, self.Ys,
                    self.dYs, self.V, count, out.W, bias, self.logits, out.grads["W"],
                    out.grads["b"] if bias else out.grads["W"][0], self.db_acc,
