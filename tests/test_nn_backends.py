@@ -107,7 +107,7 @@ def test_ragged_batches_reallocate_per_shape() -> None:
         loss_ref = ref.train_step(X, y, SGD(0.2))
         loss = fast.train_step(X, y, SGD(0.2))
         assert loss == pytest.approx(loss_ref, rel=1e-12)
-        buffers.append(fast._compiled.Ys[0])  # small batches of an MLP: the compiled step
+        buffers.append(fast._compiled.buf)  # small batches of an MLP: the compiled step
     assert buffers[0] is buffers[1] and buffers[2] is buffers[3]  # kept per batch shape
     assert buffers[1] is not buffers[2]
     for name, p in ref.parameters().items():

@@ -85,6 +85,7 @@ def test_the_compiled_commit_writes_nothing_after_a_non_finite_gradient(where: i
     grads[where] = np.nan
     V = np.zeros((6, 1, 4))  # _mlp_compiled.MEAN, M2, VAR, ... of one layer of 4
     V[_mlp_compiled.MEAN], V[_mlp_compiled.VAR] = 1.0, 2.0
+    settings = np.array([[1e-5], [0.1]])  # _mlp_compiled.EPS, MOMENTUM of the layer
     rm, rv, tracked = np.zeros(4, np.float32), np.ones(4, np.float32), np.array(3)
     p = np.ones(100_010, np.float32)
     sgd = (team.SGD, p, grads, p[:0], p[:0], np.array([0, 0, 0.5], np.float32), 0)
@@ -94,12 +95,12 @@ def test_the_compiled_commit_writes_nothing_after_a_non_finite_gradient(where: i
             start, deadline = team.parts_done(), time.monotonic() + 10.0
             while team.parts_done() == start:
                 assert time.monotonic() < deadline, "the helper never took a half"
-                assert not _mlp_compiled.commit(grads, V, 60, np.array([0.1]), (rm,), (rv,),
+                assert not _mlp_compiled.commit(grads, V, 60, settings, (rm,), (rv,),
                                                 (tracked,), *team.for_call(), sgd)
             assert (rm == 0).all() and (rv == 1).all() and int(tracked) == 3
             assert (p == 1).all()
             grads[where] = 0.0
-            assert _mlp_compiled.commit(grads, V, 60, np.array([0.1]), (rm,), (rv,),
+            assert _mlp_compiled.commit(grads, V, 60, settings, (rm,), (rv,),
                                         (tracked,), *team.for_call(), sgd)
             assert int(tracked) == 4 and (rm == np.float32(0.1)).all()
             np.testing.assert_array_equal(p, np.float32(1) - grads * np.float32(0.5))

@@ -63,12 +63,27 @@ def modes(split_Z: list[bool], split_dW0: bool, use: bool) -> np.ndarray:
 
 
 #: Columns of ``plan``, one row per hidden layer: where its ``W`` (``N_OUT x N_IN``),
-#: ``gamma`` and ``beta`` start in the flat parameter array; their gradients start at the
-#: same places in the flat gradient array (:class:`bnprop.nn.plan.FlatBuffers`).
-W_AT, N_OUT, N_IN, GAMMA_AT, BETA_AT = 0, 1, 2, 3, 4
+#: ``gamma`` and ``beta`` start in the flat parameter array (their gradients start at the
+#: same places in the flat gradient array, :class:`bnprop.nn.plan.FlatBuffers`), its
+#: activation code, its ``_moments`` block rows, 1 for frozen statistics, and where its
+#: ``Z``, ``Y`` and ``dY`` (each ``m x N_OUT``, one after the other) start in ``buf``.
+W_AT, N_OUT, N_IN, GAMMA_AT, BETA_AT, ACT, BLOCK_ROWS, FROZEN, BUF_AT = range(9)
 #: The float64 per-feature vectors of ``V`` (6, L, widest layer): each layer's first
 #: ``N_OUT`` elements of row ``V[kind, layer]``.
-MEAN, M2, VAR, INV_STD, SUM_G, SUM_GOBAR = 0, 1, 2, 3, 4, 5
+MEAN, M2, VAR, INV_STD, SUM_G, SUM_GOBAR = range(6)
+#: Rows of ``settings`` (2, L): each layer's ``eps`` and running-statistics momentum.
+EPS, MOMENTUM = 0, 1
+#: :func:`_rows`'s arrays.
+Z_ROWS, Y_ROWS, DY_ROWS = 0, 1, 2
+
+
+@njit(**JIT_OPTIONS)
+def _rows(buf, plan, layer, which, m):  # pragma: no cover - compiled
+    """Layer ``layer``'s ``Z`` (``Obar`` after the forward pass), ``Y`` or ``dY``
+    (``which``), an ``(m, N_OUT)`` view of ``buf``."""
+    n = plan[layer, N_OUT]
+    o = plan[layer, BUF_AT] + which * m * n
+    return buf[o:o + m * n].reshape((m, n))
 
 
 @njit(**JIT_OPTIONS)
@@ -91,30 +106,31 @@ def _stat(V, kind, plan, layer):  # pragma: no cover - compiled
 
 
 @njit(**JIT_OPTIONS)
-def forward(X, params, plan, acts, eps, block_rows, Zs, Ys, V, W_out, b_out, has_bias, logits,
-            modes, ctl, y, S_y):  # pragma: no cover - compiled
+def forward(X, params, plan, settings, buf, V, W_out, b_out, has_bias, logits, modes, ctl, y,
+            S_y):  # pragma: no cover - compiled
     """The training forward (module docstring) into the buffers, and the loss's first
     pass (``S = logits - rowmax``, ``S_y``: :func:`bnprop.kernels.loss._shift_rows`);
-    returns the row count. ``params``, ``plan``: the flat parameters and where each
-    layer's are (:data:`W_AT`); ``V``: the statistics (:data:`MEAN`); ``modes``:
-    :func:`modes`; ``ctl``: :func:`bnprop.kernels.team.for_call`'s array. (Arrays
-    packed this way, not as tuples of per-layer views: Numba unboxes each array argument
-    of a call, 0.05-0.07 us each.)"""
-    L = plan.shape[0]
+    returns the row count. ``params``, ``plan``: the flat parameters and each layer's
+    place in them and in ``buf`` (:data:`W_AT`); ``settings``: :data:`EPS`; ``V``: the
+    statistics (:data:`MEAN`); ``modes``: :func:`modes`; ``ctl``:
+    :func:`bnprop.kernels.team.for_call`'s array. (Packed this way, not as tuples of
+    per-layer arrays: Numba unboxes every array argument of a call.)"""
+    L, m = plan.shape[0], X.shape[0]
     owned = team.acquire(ctl, modes[L + 2] != 0)
     count = 0
     for layer in range(L):
-        Z = Zs[layer]
-        H = X if layer == 0 else Ys[layer - 1]
+        Z = _rows(buf, plan, layer, Z_ROWS, m)
+        H = X if layer == 0 else _rows(buf, plan, layer - 1, Y_ROWS, m)
         team.gemm(team.nt(H, _matrix(params, plan, layer), Z), ctl, owned, modes[layer] != 0)
         mean, M2_l = _stat(V, MEAN, plan, layer), _stat(V, M2, plan, layer)
-        count = _moments(Z, block_rows[layer], mean, M2_l)
+        count = _moments(Z, plan[layer, BLOCK_ROWS], mean, M2_l)
         inv_std = _stat(V, INV_STD, plan, layer)
-        _var_inv_std(M2_l, count, eps[layer], _stat(V, VAR, plan, layer), inv_std)
+        _var_inv_std(M2_l, count, settings[EPS, layer], _stat(V, VAR, plan, layer), inv_std)
         forward_rows(Z, mean, inv_std, _vector(params, plan, layer, GAMMA_AT),
-                     _vector(params, plan, layer, BETA_AT), acts[layer], Z, Ys[layer], None,
-                     ctl, owned)
-    team.gemm(team.nt(Ys[L - 1], W_out, logits), ctl, owned, modes[L] != 0)
+                     _vector(params, plan, layer, BETA_AT), plan[layer, ACT], Z,
+                     _rows(buf, plan, layer, Y_ROWS, m), None, ctl, owned)
+    team.gemm(team.nt(_rows(buf, plan, L - 1, Y_ROWS, m), W_out, logits), ctl, owned,
+              modes[L] != 0)
     team.release(ctl, owned)
     if has_bias:
         for i in range(logits.shape[0]):
@@ -126,9 +142,8 @@ def forward(X, params, plan, acts, eps, block_rows, Zs, Ys, V, W_out, b_out, has
 
 
 @njit(**JIT_OPTIONS)
-def backward(X, params, grads, plan, acts, frozen, Zs, Ys, dYs, V, count, W_out, has_bias,
-             dlogits, dW_out, db_out, db_acc, modes, ctl, y, total, rowmax,
-             totals_here):  # pragma: no cover - compiled
+def backward(X, params, grads, plan, buf, V, count, W_out, has_bias, dlogits, dW_out, db_out,
+             db_acc, modes, ctl, y, total, rowmax, totals_here):  # pragma: no cover - compiled
     """The backward pass (module docstring) into the flat gradients ``grads``, from
     ``dlogits`` holding ``E = exp(S)``: first the loss's last passes (``total``, unless
     given (``totals_here`` False), then ``dlogits``: :mod:`bnprop.kernels.loss`). Each
@@ -137,10 +152,10 @@ def backward(X, params, grads, plan, acts, frozen, Zs, Ys, dYs, V, count, W_out,
     if totals_here:
         _row_totals(dlogits, total)
     _finish_rows(dlogits, y, total, rowmax, _cast_like(float(count), dlogits))
-    L = plan.shape[0]
+    L, m = plan.shape[0], X.shape[0]
     owned = team.acquire(ctl, modes[L + 2] != 0)
-    team.gemm_beside(team.tn(dlogits, Ys[L - 1], dW_out), team.nn(dlogits, W_out, dYs[L - 1]),
-                     ctl, owned)
+    team.gemm_beside(team.tn(dlogits, _rows(buf, plan, L - 1, Y_ROWS, m), dW_out),
+                     team.nn(dlogits, W_out, _rows(buf, plan, L - 1, DY_ROWS, m)), ctl, owned)
     if has_bias:  # sum_rows in float64, rows in order, rounded once
         db_acc[:] = 0.0
         for i in range(dlogits.shape[0]):
@@ -150,20 +165,21 @@ def backward(X, params, grads, plan, acts, frozen, Zs, Ys, dYs, V, count, W_out,
         for k in range(db_out.shape[0]):
             db_out[k] = db_acc[k]
     for layer in range(L - 1, -1, -1):
-        dY, Y, Obar = dYs[layer], Ys[layer], Zs[layer]
+        dY = _rows(buf, plan, layer, DY_ROWS, m)
+        Y, Obar = _rows(buf, plan, layer, Y_ROWS, m), _rows(buf, plan, layer, Z_ROWS, m)
         gamma, inv_std = _vector(params, plan, layer, GAMMA_AT), _stat(V, INV_STD, plan, layer)
         sG, sGO = _stat(V, SUM_G, plan, layer), _stat(V, SUM_GOBAR, plan, layer)
-        if frozen[layer]:
-            _backward_frozen(dY, Y, Obar, gamma, inv_std, acts[layer], sG, sGO, dY)
+        act = plan[layer, ACT]
+        if plan[layer, FROZEN] != 0:
+            _backward_frozen(dY, Y, Obar, gamma, inv_std, act, sG, sGO, dY)
         else:
-            _backward_sums(dY, Y, Obar, acts[layer], sG, sGO)
-            _backward_apply(dY, Y, Obar, gamma, inv_std, sG, sGO, float(count), acts[layer],
-                            dY)
+            _backward_sums(dY, Y, Obar, act, sG, sGO)
+            _backward_apply(dY, Y, Obar, gamma, inv_std, sG, sGO, float(count), act, dY)
         dW = _matrix(grads, plan, layer)
         if layer > 0:                                        # dW = dZ^T O, dO = dZ W
-            team.gemm_beside(team.tn(dY, Ys[layer - 1], dW),
-                             team.nn(dY, _matrix(params, plan, layer), dYs[layer - 1]), ctl,
-                             owned)
+            team.gemm_beside(team.tn(dY, _rows(buf, plan, layer - 1, Y_ROWS, m), dW),
+                             team.nn(dY, _matrix(params, plan, layer),
+                                     _rows(buf, plan, layer - 1, DY_ROWS, m)), ctl, owned)
         else:
             team.gemm(team.tn(dY, X, dW), ctl, owned, modes[L + 1] != 0)
         dg, dbeta = _vector(grads, plan, layer, GAMMA_AT), _vector(grads, plan, layer, BETA_AT)
@@ -186,7 +202,7 @@ def _cast_like_overload(x, arr):  # type: ignore[no-untyped-def]
 
 
 @njit(**JIT_OPTIONS)
-def commit(grads, V, count, momenta, running_means, running_vars, batches_tracked, ctl, use,
+def commit(grads, V, count, settings, running_means, running_vars, batches_tracked, ctl, use,
            update):  # pragma: no cover - compiled
     """Whether every gradient and batch statistic is finite; if so, the running update
     (module docstring), ``num_batches_tracked += 1`` (``batches_tracked``: the 0-d
@@ -197,7 +213,7 @@ def commit(grads, V, count, momenta, running_means, running_vars, batches_tracke
     read."""
     owned = team.acquire(ctl, use)
     finite = team.all_finite(grads, ctl, owned) and _running(
-        grads, V, count, momenta, running_means, running_vars, batches_tracked)
+        grads, V, count, settings[MOMENTUM], running_means, running_vars, batches_tracked)
     kind, p, g, a, b, coef, flags = update
     if finite and kind >= 0:
         team.update_owned(kind, p, g, a, b, coef, flags, ctl, owned)

@@ -106,23 +106,23 @@ class CompiledStep:
         self.out: Linear = steps[-1].module  # type: ignore[union-attr, assignment]
         self.norms = norms = [s.norm for s in self.hidden]  # the plan's modules, fixed
         self.dtype = norms[0].dtype
-        self.acts = np.array([ACTIVATION_CODES[s.stage.activation] for s in self.hidden])
-        self.block_rows = np.array([max(1, BLOCK_BYTES // (n.num_features * self.dtype.itemsize))
-                                    for n in norms])
         # The flat parameter and gradient arrays, which live as long as the plan (a copy
         # or an unpickle of the Sequential builds a new CompiledStep), and where each
-        # layer's parameters lie in them (_mlp_compiled.W_AT): 3 arrays instead of 15 views
-        # to unbox a call.
+        # layer's parameters lie in them, its activation, block rows and buffers
+        # (_mlp_compiled.W_AT, ...): a handful of arrays to unbox a call, not 15 views.
         linears = [s.stage.linear for s in self.hidden]
-        self.params, self.plan = _flat_plan(
+        self.params, plan = _flat_plan(
             [(lin.W, n.gamma, n.beta) for lin, n in zip(linears, norms, strict=True)])
         self.grads, grad_plan = _flat_plan(
             [(lin.grads["W"], n.grads["gamma"], n.grads["beta"])
              for lin, n in zip(linears, norms, strict=True)])
-        if not np.array_equal(grad_plan, self.plan):  # FlatBuffers lays both out alike
+        if not np.array_equal(grad_plan, plan):  # FlatBuffers lays both out alike
             raise AssertionError("the flat gradients are not laid out as the parameters")
-        self.settings = (np.empty(len(norms)), np.empty(len(norms), bool),
-                         np.empty(len(norms)))  # eps, frozen, momentum of each layer
+        self.plan = np.array(
+            [[*row, ACTIVATION_CODES[s.stage.activation],
+              max(1, BLOCK_BYTES // (n.num_features * self.dtype.itemsize)), 0, 0]
+             for row, s, n in zip(plan.tolist(), self.hidden, norms, strict=True)], np.int64)
+        self.settings = np.empty((2, len(norms)))  # _mlp_compiled.EPS, MOMENTUM
         self.one_part: dict[tuple[int, int], bool] = {}  # (rows, threads) -> _one_part
         self.m: int | None = None
 
@@ -139,9 +139,9 @@ class CompiledStep:
         self.modes_blas = threads.blas_threads()
         # The helper's measured choice is kept per net shape and batch size.
         self.choice_key = ("step", dt.str, m, *n_in, *n_out)
-        self.Zs = tuple(np.empty((m, n), dt) for n in widths)
-        self.Ys = tuple(np.empty((m, n), dt) for n in widths)
-        self.dYs = tuple(np.empty((m, n), dt) for n in widths)
+        # Z, Y, dY of each layer, one after the other (_mlp_compiled._rows).
+        self.plan[:, k.BUF_AT] = np.cumsum([0] + [3 * m * n for n in widths[:-1]])
+        self.buf = np.empty(3 * m * sum(widths), dt)
         self.V = np.empty((6, len(widths), max(widths)))  # _mlp_compiled.MEAN, ...
         self.logits = np.empty((m, self.out.out_features), dt)
         self.db_acc = np.empty(self.out.out_features)
@@ -175,11 +175,13 @@ class CompiledStep:
             self._allocate(X.shape[0])
         # Settings and buffers a user may change or replace between steps are read anew,
         # in one loop into kept arrays (three np.array calls took 1.5 us of a step).
-        norms, (eps, frozen, momenta) = self.norms, self.settings
+        norms, settings, plan = self.norms, self.settings, self.plan
+        EPS, MOMENTUM, FROZEN = k.EPS, k.MOMENTUM, k.FROZEN
         for i, n in enumerate(norms):
-            eps[i], frozen[i] = n.eps, n.stats == "frozen"
-            momenta[i] = (n.momentum if n.running == "ema"
-                          else 1.0 / (int(n.num_batches_tracked) + 1))
+            settings[EPS, i] = n.eps
+            settings[MOMENTUM, i] = (n.momentum if n.running == "ema"
+                                     else 1.0 / (int(n.num_batches_tracked) + 1))
+            plan[i, FROZEN] = n.stats == "frozen"
         out, bias = self.out, self.out.has_bias
         b = out.b if bias else out.W[0]
         ctl, use = team.for_call(self.choice_key)
@@ -187,15 +189,13 @@ class CompiledStep:
         start = time.perf_counter()
         # The loss (kernels/loss.py) in its stages: the shift at the end of forward, then
         # NumPy's exp, the totals and dlogits at the start of backward, then NumPy's log.
-        count = k.forward(X, self.params, self.plan, self.acts, eps, self.block_rows,
-                          self.Zs, self.Ys, self.V, out.W, b, bias, self.logits, self.modes,
-                          ctl, y, self.S_y)
+        count = k.forward(X, self.params, plan, settings, self.buf, self.V, out.W, b, bias,
+                          self.logits, self.modes, ctl, y, self.S_y)
         compiled = exp_rows(self.logits, self.total, totals_later=True,
                             compiled=self.sums_compiled)
-        k.backward(X, self.params, grads, self.plan, self.acts, frozen, self.Zs, self.Ys,
-                   self.dYs, self.V, count, out.W, bias, self.logits, out.grads["W"],
-                   out.grads["b"] if bias else out.grads["W"][0], self.db_acc,
-                   self.modes, ctl, y, self.total, self.rowmax, compiled)
+        k.backward(X, self.params, grads, plan, self.buf, self.V, count, out.W, bias,
+                   self.logits, out.grads["W"], out.grads["b"] if bias else out.grads["W"][0],
+                   self.db_acc, self.modes, ctl, y, self.total, self.rowmax, compiled)
         if threads.num_threads() >= 2:  # with or without the helper: which is faster now
             team.report(use, time.perf_counter() - start, self.choice_key)
         loss = mean_loss(self.total, self.S_y, self.log_total, X.shape[0], compiled)
@@ -206,7 +206,7 @@ class CompiledStep:
         else:
             run = (team.ADAM if update.kind == "adam" else team.SGD, update.p, update.g,
                    update.a, update.b, update.coef, update.flags)
-        finite = k.commit(grads, self.V, count, momenta,
+        finite = k.commit(grads, self.V, count, settings,
                           tuple([n.running_mean for n in norms]),
                           tuple([n.running_var for n in norms]),
                           tuple([n.num_batches_tracked for n in norms]), ctl, use, run)
