@@ -68,6 +68,7 @@ def modes(split_Z: list[bool], split_dW0: bool, use: bool) -> np.ndarray:
 #: activation code, its ``_moments`` block rows, 1 for frozen statistics, and where its
 #: ``Z``, ``Y`` and ``dY`` (each ``m x N_OUT``, one after the other) start in ``buf``.
 W_AT, N_OUT, N_IN, GAMMA_AT, BETA_AT, ACT, BLOCK_ROWS, FROZEN, BUF_AT = range(9)
+#: (:func:`bnprop.nn.compiled._flat_plan` gives the first five, in this order.)
 #: The float64 per-feature vectors of ``V`` (6, L, widest layer): each layer's first
 #: ``N_OUT`` elements of row ``V[kind, layer]``.
 MEAN, M2, VAR, INV_STD, SUM_G, SUM_GOBAR = range(6)

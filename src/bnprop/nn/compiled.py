@@ -109,19 +109,23 @@ class CompiledStep:
         # The flat parameter and gradient arrays, which live as long as the plan (a copy
         # or an unpickle of the Sequential builds a new CompiledStep), and where each
         # layer's parameters lie in them, its activation, block rows and buffers
-        # (_mlp_compiled.W_AT, ...): a handful of arrays to unbox a call, not 15 views.
+        # (_mlp_compiled.W_AT, ...): a handful of arrays to unbox a call, not a view per
+        # layer and parameter.
+        k, _ = _kernels()
         linears = [s.stage.linear for s in self.hidden]
-        self.params, plan = _flat_plan(
+        self.params, places = _flat_plan(
             [(lin.W, n.gamma, n.beta) for lin, n in zip(linears, norms, strict=True)])
-        self.grads, grad_plan = _flat_plan(
+        self.grads, grad_places = _flat_plan(
             [(lin.grads["W"], n.grads["gamma"], n.grads["beta"])
              for lin, n in zip(linears, norms, strict=True)])
-        if not np.array_equal(grad_plan, plan):  # FlatBuffers lays both out alike
+        if not np.array_equal(grad_places, places):  # FlatBuffers lays both out alike
             raise AssertionError("the flat gradients are not laid out as the parameters")
-        self.plan = np.array(
-            [[*row, ACTIVATION_CODES[s.stage.activation],
-              max(1, BLOCK_BYTES // (n.num_features * self.dtype.itemsize)), 0, 0]
-             for row, s, n in zip(plan.tolist(), self.hidden, norms, strict=True)], np.int64)
+        self.plan = np.zeros((len(norms), k.BUF_AT + 1), np.int64)
+        self.plan[:, :k.ACT] = places
+        self.plan[:, k.ACT] = [ACTIVATION_CODES[s.stage.activation] for s in self.hidden]
+        self.plan[:, k.BLOCK_ROWS] = [max(1, BLOCK_BYTES // (n.num_features
+                                                             * self.dtype.itemsize))
+                                      for n in norms]
         self.settings = np.empty((2, len(norms)))  # _mlp_compiled.EPS, MOMENTUM
         self.one_part: dict[tuple[int, int], bool] = {}  # (rows, threads) -> _one_part
         self.m: int | None = None
