@@ -135,5 +135,12 @@ def test_the_public_matmul_nt_names_a_misfit_in_one_line() -> None:
         threads.matmul_nt(A, B.astype(np.float64), np.empty((60, 40), np.float32))
     with pytest.raises(bnprop.InputError, match="out: expected"):
         threads.matmul_nt(A, B, [[0.0]])
+    for bad in ("60", 59, 1.5, True):
+        with pytest.raises(bnprop.InputError, match=r"rows: expected None or the whole "
+                           r"product's row count, an int >= a's 60 rows, got"):
+            threads.matmul_nt(A, B, np.empty((60, 40), np.float32), rows=bad)
+    assert np.array_equal(threads.matmul_nt(A, B, np.empty((60, 40), np.float32),
+                                            rows=np.int64(120)),
+                          matmul_nt(A, B, np.empty((60, 40), np.float32), rows=120))
     with pytest.raises(ValueError):  # the internal function: NumPy's own error, no garbage
         matmul_nt(A, B, np.empty((60, 44), np.float32))

@@ -325,7 +325,11 @@ def matmul_nt(a: np.ndarray, w: np.ndarray, out: np.ndarray, rows: int | None = 
     if a.shape[1] != w.shape[1] or out.shape != (a.shape[0], w.shape[0]):
         raise InputError(f"out: a {a.shape} @ w.T {w.shape[::-1]} gives "
                          f"{(a.shape[0], w.shape[0])}, not out {out.shape}.")
-    return blocked(a, w, out, rows)
+    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int | np.integer)
+                             or rows < a.shape[0]):
+        raise InputError(f"rows: expected None or the whole product's row count, an int >= "
+                         f"a's {a.shape[0]} rows, got {rows!r} instead.")
+    return blocked(a, w, out, None if rows is None else int(rows))
 
 
 @contextmanager
