@@ -345,3 +345,61 @@ def test_the_flat_step_follows_buffers_replaced_or_copied_between_steps(change: 
     step()
     for key, value in opt_ref.state_dict().items():
         np.testing.assert_array_equal(opt.state_dict()[key], value, err_msg=key)
+
+
+
+def _flat_and_named_steps(nets: list, opt: SGD, opt_ref: SGD):  # type: ignore[no-untyped-def]
+    """A step of net ``i``: the same random gradients through ``opt.step_flat`` and
+    ``opt_ref.step`` on a copy of its parameters; the two must agree bit for bit."""
+    refs = [{k: v.copy() for k, v in net.parameters().items()} for net in nets]
+    rng = np.random.default_rng(7)
+
+    def step(i: int = 0) -> None:
+        net, ref = nets[i], refs[i]
+        grads = {k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in ref.items()}
+        views = net._grad_views()
+        for k, g in grads.items():
+            views[k][...] = g
+        opt_ref.step(ref, grads)
+        opt.step_flat(net.flat.params, net.flat.grads, net.flat.layout)
+        for k, v in net.parameters().items():
+            np.testing.assert_array_equal(v, ref[k], err_msg=f"net {i} {k}, t={opt.t}")
+
+    return step
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_flat_step_follows_its_numbers_changed_between_steps(momentum: float) -> None:
+    """SGD gives the last flat update that adopted nothing again only for the same arrays
+    and numbers: a schedule's next factor, a changed lr, weight_decay, momentum or
+    nesterov, or a replaced buffer each give a new one (every step equals the
+    per-parameter one)."""
+    from bnprop.nn import Linear, Sequential
+
+    net = Sequential(Linear(3, 4, rng=0), Linear(4, 2, rng=1))
+    opt, opt_ref = (SGD(0.1, momentum=momentum, schedule="step", total_steps=12)
+                    for _ in range(2))
+    step = _flat_and_named_steps([net], opt, opt_ref)
+    for _ in range(6):  # the schedule's factor moves after step 4
+        step()
+    for change in ({"lr": 0.05}, {"weight_decay": 0.01}, {"momentum": 0.5} if momentum else {},
+                   {"nesterov": True} if momentum else {}):
+        for o in (opt, opt_ref):
+            o.__dict__.update(change)
+        step()
+        step()
+    if momentum:
+        opt.buffers["momentum_buffer"]["0.W"] = opt.buffers["momentum_buffer"]["0.W"] * 2
+        opt_ref.buffers["momentum_buffer"]["0.W"] *= 2
+        step()
+
+
+def test_one_plain_sgd_updates_two_nets_each_with_its_own_arrays() -> None:
+    """Plain SGD keeps no state, so one may step two nets of the same shape: its kept
+    update is for one net's arrays, never given for the other's."""
+    from bnprop.nn import Linear, Sequential
+
+    nets = [Sequential(Linear(3, 4, rng=i), Linear(4, 2, rng=i + 5)) for i in range(2)]
+    step = _flat_and_named_steps(nets, SGD(0.1), SGD(0.1))
+    for i in (0, 0, 1, 1, 0, 1, 0):
+        step(i)

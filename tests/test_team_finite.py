@@ -78,7 +78,8 @@ def test_a_second_half_on_the_helper_gives_the_whole_answer(dtype: type) -> None
 def test_the_compiled_commit_writes_nothing_after_a_non_finite_gradient(where: int) -> None:
     """The compiled step's commit (kernels/_mlp_compiled.py) on the helper's second half
     or the caller's first: False, and no running statistic, counter or parameter moves;
-    once finite, all of them (the SGD update in halves: p -= g * lr)."""
+    nor with finite gradients and a loss that is not finite (given, or computed there);
+    once all are finite, all of them (the SGD update in halves: p -= g * lr)."""
     from bnprop.kernels import _mlp_compiled
 
     grads = np.random.default_rng(1).standard_normal(100_010).astype(np.float32)
@@ -89,19 +90,29 @@ def test_the_compiled_commit_writes_nothing_after_a_non_finite_gradient(where: i
     rm, rv, tracked = np.zeros(4, np.float32), np.ones(4, np.float32), np.array(3)
     p = np.ones(100_010, np.float32)
     sgd = (team.SGD, p, grads, p[:0], p[:0], np.array([0, 0, 0.5], np.float32), 0)
+    log_total, S_y = np.array([4.0, 2.0]), np.ones(2)  # the loss's terms (two rows)
+
+    def commit(loss: float) -> tuple[float, bool]:
+        return _mlp_compiled.commit(grads, V, 60, settings, (rm,), (rv,), (tracked,),
+                                    *team.for_call(), sgd, log_total, S_y, 60.0, loss)
+
     team.prefer(True)
     try:
         with threads.using(2):
             start, deadline = team.parts_done(), time.monotonic() + 10.0
             while team.parts_done() == start:
                 assert time.monotonic() < deadline, "the helper never took a half"
-                assert not _mlp_compiled.commit(grads, V, 60, settings, (rm,), (rv,),
-                                                (tracked,), *team.for_call(), sgd)
+                assert commit(0.5) == (0.5, False)
             assert (rm == 0).all() and (rv == 1).all() and int(tracked) == 3
             assert (p == 1).all()
             grads[where] = 0.0
-            assert _mlp_compiled.commit(grads, V, 60, settings, (rm,), (rv,),
-                                        (tracked,), *team.for_call(), sgd)
+            for loss in (np.inf, -np.inf):  # a loss that is not finite: nothing either
+                assert commit(loss) == (loss, False)
+            log_total[0] = np.inf  # NaN: the mean of log_total - S_y, computed there
+            assert commit(np.nan) == (np.inf, False)
+            assert (rm == 0).all() and int(tracked) == 3 and (p == 1).all()
+            log_total[:] = 4.0, 2.0  # (the call subtracted S_y in place)
+            assert commit(np.nan) == ((4.0 - 1.0 + 2.0 - 1.0) / 60, True)
             assert int(tracked) == 4 and (rm == np.float32(0.1)).all()
             np.testing.assert_array_equal(p, np.float32(1) - grads * np.float32(0.5))
     finally:

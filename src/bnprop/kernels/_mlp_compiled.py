@@ -48,7 +48,7 @@ from bnprop.kernels._bn_compiled import (
 from bnprop.kernels._cblas import gemm_nn, gemm_nt, gemm_tn  # noqa: F401 - re-exported
 from bnprop.kernels._jit import JIT_OPTIONS
 from bnprop.kernels._team_bn import forward_rows
-from bnprop.kernels.loss import _finish_rows, _row_totals, _shift_rows
+from bnprop.kernels.loss import _finish_rows, _mean_loss, _row_totals, _shift_rows
 
 if not blas.available():  # pragma: no cover - the caller checks first
     raise ImportError("bnprop.kernels._mlp_compiled needs NumPy's scipy-openblas")
@@ -204,14 +204,20 @@ def _cast_like_overload(x, arr):  # type: ignore[no-untyped-def]
 
 @njit(**JIT_OPTIONS)
 def commit(grads, V, count, settings, running_means, running_vars, batches_tracked, ctl, use,
-           update):  # pragma: no cover - compiled
-    """Whether every gradient and batch statistic is finite; if so, the running update
-    (module docstring), ``num_batches_tracked += 1`` (``batches_tracked``: the 0-d
-    counters) and the optimizer's flat update ``update`` (``kind, p, g, a, b, coef,
-    flags`` of :func:`bnprop.kernels.team.update`; ``kind < 0``: none). Nothing is written
-    otherwise. The gradients are tested in the halves the update then takes
-    (:func:`bnprop.kernels.team.all_finite`), so each thread updates what it has just
-    read."""
+           update, log_total, S_y, m, loss):  # pragma: no cover - compiled
+    """``(loss, finite)``: the loss (``loss`` NaN: :func:`bnprop.kernels.loss._mean_loss`
+    of NumPy's ``log_total`` and ``S_y``, as :func:`bnprop.kernels.loss.mean_loss` with
+    compiled sums), and whether it, every gradient and every batch statistic is finite;
+    if so, the running update (module docstring), ``num_batches_tracked += 1``
+    (``batches_tracked``: the 0-d counters) and the optimizer's flat update ``update``
+    (``kind, p, g, a, b, coef, flags`` of :func:`bnprop.kernels.team.update`; ``kind <
+    0``: none). Nothing is written otherwise. The gradients are tested in the halves the
+    update then takes (:func:`bnprop.kernels.team.all_finite`), so each thread updates
+    what it has just read."""
+    if np.isnan(loss):
+        loss = _mean_loss(log_total, S_y, m)
+    if not np.isfinite(loss):
+        return loss, False
     owned = team.acquire(ctl, use)
     finite = team.all_finite(grads, ctl, owned) and _running(
         grads, V, count, settings[MOMENTUM], running_means, running_vars, batches_tracked)
@@ -219,7 +225,7 @@ def commit(grads, V, count, settings, running_means, running_vars, batches_track
     if finite and kind >= 0:
         team.update_owned(kind, p, g, a, b, coef, flags, ctl, owned)
     team.release(ctl, owned)
-    return finite
+    return loss, finite
 
 
 @njit(**JIT_OPTIONS)

@@ -234,16 +234,17 @@ class FlatBuffers:
                     f"another Sequential, or the array was replaced); assign values in place "
                     f"({pname}[...] = value), and give each Sequential its own modules.")
 
-    def check_optimizer(self, optimizer: object) -> None:
+    def check_optimizer(self, optimizer: object, state: bool = True) -> None:
         """One line unless ``optimizer`` is an instance with ``step(params, grads)`` whose
-        state (if it keeps flat buffers: ``check_flat``) fits these arrays."""
+        state (if it keeps flat buffers: ``check_flat``; ``state=False``: left to the
+        caller) fits these arrays."""
         if isinstance(optimizer, type) or not callable(getattr(optimizer, "step", None)):
             got = (f"the class {optimizer.__name__}" if isinstance(optimizer, type)
                    else type(optimizer).__name__)
             raise InputError(f"optimizer: expected an instance such as bnprop.SGD(0.1) or "
                              f"bnprop.Adam(1e-3), or an object with step(params, grads), got "
                              f"{got} instead.")
-        if callable(getattr(optimizer, "check_flat", None)):
+        if state and callable(getattr(optimizer, "check_flat", None)):
             optimizer.check_flat(self.params, self.layout)
 
     def all_finite(self) -> bool:
