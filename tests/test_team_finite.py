@@ -84,17 +84,19 @@ def test_the_compiled_commit_writes_nothing_after_a_non_finite_gradient(where: i
 
     grads = np.random.default_rng(1).standard_normal(100_010).astype(np.float32)
     grads[where] = np.nan
-    V = np.zeros((6, 1, 4))  # _mlp_compiled.MEAN, M2, VAR, ... of one layer of 4
+    V = np.zeros((8, 1, 4))  # _mlp_compiled.MEAN, M2, VAR, ... of one layer of 4
     V[_mlp_compiled.MEAN], V[_mlp_compiled.VAR] = 1.0, 2.0
-    settings = np.array([[1e-5], [0.1]])  # _mlp_compiled.EPS, MOMENTUM of the layer
+    V[_mlp_compiled.EPS, 0, 0], V[_mlp_compiled.MOMENTUM, 0, 0] = 1e-5, 0.1
     rm, rv, tracked = np.zeros(4, np.float32), np.ones(4, np.float32), np.array(3)
     p = np.ones(100_010, np.float32)
     sgd = (team.SGD, p, grads, p[:0], p[:0], np.array([0, 0, 0.5], np.float32), 0)
-    log_total, S_y = np.array([4.0, 2.0]), np.ones(2)  # the loss's terms (two rows)
+    F = np.zeros(3 * 2 + 4)  # _mlp_compiled.S_Y, TOTAL, LOG_TOTAL of two rows, DB_ACC
+    S_y, log_total = F[0:2], F[4:6]
+    S_y[:], log_total[:] = 1.0, (4.0, 2.0)  # the loss's terms
 
     def commit(loss: float) -> tuple[float, bool]:
-        return _mlp_compiled.commit(grads, V, 60, settings, (rm,), (rv,), (tracked,),
-                                    *team.for_call(), sgd, log_total, S_y, 60.0, loss)
+        return _mlp_compiled.commit(grads, V, 60, (rm,), (rv,), (tracked,),
+                                    *team.for_call(), sgd, F, 2, loss)
 
     team.prefer(True)
     try:
@@ -112,7 +114,7 @@ def test_the_compiled_commit_writes_nothing_after_a_non_finite_gradient(where: i
             assert commit(np.nan) == (np.inf, False)
             assert (rm == 0).all() and int(tracked) == 3 and (p == 1).all()
             log_total[:] = 4.0, 2.0  # (the call subtracted S_y in place)
-            assert commit(np.nan) == ((4.0 - 1.0 + 2.0 - 1.0) / 60, True)
+            assert commit(np.nan) == ((4.0 - 1.0 + 2.0 - 1.0) / 2, True)
             assert int(tracked) == 4 and (rm == np.float32(0.1)).all()
             np.testing.assert_array_equal(p, np.float32(1) - grads * np.float32(0.5))
     finally:

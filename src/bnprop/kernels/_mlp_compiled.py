@@ -20,7 +20,7 @@ so the step gives the same bits::
               running_var_l  = (1 - momentum_l) running_var_l + momentum_l m/(m-1) var_B,l
               (mu_B, var_B rounded to the dtype first, as BatchNorm1d.commit_running)
 
-The GEMMs go through :mod:`bnprop.kernels.team`: in two parts where ``modes`` says so,
+The GEMMs go through :mod:`bnprop.kernels.team`: in two parts where ``plan`` says so,
 each ``dW_l`` beside ``dY_{l-1}``, a part on the helper thread when the call owns it; the
 parts give the whole GEMM's bits. So does the forward's row-wise BN pass (``Obar_l,
 Y_l``: :mod:`bnprop.kernels._team_bn`), whose rows are computed alone. The loss is
@@ -53,29 +53,34 @@ from bnprop.kernels.loss import _finish_rows, _mean_loss, _row_totals, _shift_ro
 if not blas.available():  # pragma: no cover - the caller checks first
     raise ImportError("bnprop.kernels._mlp_compiled needs NumPy's scipy-openblas")
 
-def modes(split_Z: list[bool], split_dW0: bool, use: bool) -> np.ndarray:
-    """The int64 flags of :func:`forward` and :func:`backward`: ``Z_l = Y_{l-1} W_l^T``
-    in two parts (``l = 0..L``, the output layer last), ``dW_1`` in two parts, and
-    whether the helper thread may take a share (:mod:`bnprop.kernels.team`). One array,
-    not three arguments: at exactly 20 arguments CPython keeps every call's argument
-    tuple in a free list that grows to 2000 entries (400 KB that tracemalloc counts)."""
-    return np.array([*split_Z, split_dW0, use], np.int64)
-
-
-#: Columns of ``plan``, one row per hidden layer: where its ``W`` (``N_OUT x N_IN``),
-#: ``gamma`` and ``beta`` start in the flat parameter array (their gradients start at the
-#: same places in the flat gradient array, :class:`bnprop.nn.plan.FlatBuffers`), its
-#: activation code, its ``_moments`` block rows, 1 for frozen statistics, and where its
-#: ``Z``, ``Y`` and ``dY`` (each ``m x N_OUT``, one after the other) start in ``buf``.
-W_AT, N_OUT, N_IN, GAMMA_AT, BETA_AT, ACT, BLOCK_ROWS, FROZEN, BUF_AT = range(9)
+#: Columns of ``plan``, one row per hidden layer and a last one for the output ``Linear``:
+#: where its ``W`` (``N_OUT x N_IN``), ``gamma`` and ``beta`` start in the flat parameter
+#: array (their gradients start at the same places in the flat gradient array,
+#: :class:`bnprop.nn.plan.FlatBuffers`; the output layer's bias ``b`` at ``BETA_AT``, -1
+#: for none, and no ``gamma``), its activation code, its ``_moments`` block rows, 1 for
+#: frozen statistics, where its ``Z``, ``Y`` and ``dY`` (each ``m x N_OUT``, one after the
+#: other) start in ``buf``; 1 where ``Z = Y_prev W^T`` runs in two parts, and (first row)
+#: ``dW_1`` (the helper thread's share, :mod:`bnprop.kernels.team`).
+W_AT, N_OUT, N_IN, GAMMA_AT, BETA_AT, ACT, BLOCK_ROWS, FROZEN, BUF_AT, SPLIT_Z, SPLIT_DW = \
+    range(11)
 #: (:func:`bnprop.nn.compiled._flat_plan` gives the first five, in this order.)
-#: The float64 per-feature vectors of ``V`` (6, L, widest layer): each layer's first
-#: ``N_OUT`` elements of row ``V[kind, layer]``.
-MEAN, M2, VAR, INV_STD, SUM_G, SUM_GOBAR = range(6)
-#: Rows of ``settings`` (2, L): each layer's ``eps`` and running-statistics momentum.
-EPS, MOMENTUM = 0, 1
+#: The float64 per-feature vectors of ``V`` (8, L, widest layer): each layer's first
+#: ``N_OUT`` elements of row ``V[kind, layer]``; then each layer's ``eps`` and
+#: running-statistics momentum, at ``V[EPS, layer, 0]`` and ``V[MOMENTUM, layer, 0]``.
+MEAN, M2, VAR, INV_STD, SUM_G, SUM_GOBAR, EPS, MOMENTUM = range(8)
 #: :func:`_rows`'s arrays.
 Z_ROWS, Y_ROWS, DY_ROWS = 0, 1, 2
+#: The float64 vectors of ``F`` (:func:`_scratch`): the loss's ``S_{i,y_i}``, row totals and
+#: their logs (``m`` each), then the output bias's float64 sums (``K``).
+S_Y, TOTAL, LOG_TOTAL, DB_ACC = range(4)
+
+
+@njit(**JIT_OPTIONS)
+def _scratch(F, which, m):  # pragma: no cover - compiled
+    """``F``'s vector ``which`` (:data:`S_Y`) for ``m`` rows."""
+    if which == DB_ACC:
+        return F[3 * m:]
+    return F[which * m:(which + 1) * m]
 
 
 @njit(**JIT_OPTIONS)
@@ -107,57 +112,61 @@ def _stat(V, kind, plan, layer):  # pragma: no cover - compiled
 
 
 @njit(**JIT_OPTIONS)
-def forward(X, params, plan, settings, buf, V, W_out, b_out, has_bias, logits, modes, ctl, y,
-            S_y):  # pragma: no cover - compiled
+def forward(X, params, plan, buf, V, logits, ctl, use, y, F):  # pragma: no cover - compiled
     """The training forward (module docstring) into the buffers, and the loss's first
     pass (``S = logits - rowmax``, ``S_y``: :func:`bnprop.kernels.loss._shift_rows`);
     returns the row count. ``params``, ``plan``: the flat parameters and each layer's
-    place in them and in ``buf`` (:data:`W_AT`); ``settings``: :data:`EPS`; ``V``: the
-    statistics (:data:`MEAN`); ``modes``: :func:`modes`; ``ctl``:
-    :func:`bnprop.kernels.team.for_call`'s array. (Packed this way, not as tuples of
-    per-layer arrays: Numba unboxes every array argument of a call.)"""
-    L, m = plan.shape[0], X.shape[0]
-    owned = team.acquire(ctl, modes[L + 2] != 0)
+    place in them and in ``buf`` (:data:`W_AT`); ``V``: the statistics and settings
+    (:data:`MEAN`); ``ctl``, ``use``: :func:`bnprop.kernels.team.for_call`'s; ``F``: the
+    loss's float64 vectors (:data:`S_Y`). (Packed this way, not as tuples of per-layer
+    arrays: Numba unboxes every array argument of a call.)"""
+    L, m = plan.shape[0] - 1, X.shape[0]
+    owned = team.acquire(ctl, use)
     count = 0
     for layer in range(L):
         Z = _rows(buf, plan, layer, Z_ROWS, m)
         H = X if layer == 0 else _rows(buf, plan, layer - 1, Y_ROWS, m)
-        team.gemm(team.nt(H, _matrix(params, plan, layer), Z), ctl, owned, modes[layer] != 0)
+        team.gemm(team.nt(H, _matrix(params, plan, layer), Z), ctl, owned,
+                  plan[layer, SPLIT_Z] != 0)
         mean, M2_l = _stat(V, MEAN, plan, layer), _stat(V, M2, plan, layer)
         count = _moments(Z, plan[layer, BLOCK_ROWS], mean, M2_l)
         inv_std = _stat(V, INV_STD, plan, layer)
-        _var_inv_std(M2_l, count, settings[EPS, layer], _stat(V, VAR, plan, layer), inv_std)
+        _var_inv_std(M2_l, count, V[EPS, layer, 0], _stat(V, VAR, plan, layer), inv_std)
         forward_rows(Z, mean, inv_std, _vector(params, plan, layer, GAMMA_AT),
                      _vector(params, plan, layer, BETA_AT), plan[layer, ACT], Z,
                      _rows(buf, plan, layer, Y_ROWS, m), None, ctl, owned)
-    team.gemm(team.nt(_rows(buf, plan, L - 1, Y_ROWS, m), W_out, logits), ctl, owned,
-              modes[L] != 0)
+    team.gemm(team.nt(_rows(buf, plan, L - 1, Y_ROWS, m), _matrix(params, plan, L), logits),
+              ctl, owned, plan[L, SPLIT_Z] != 0)
     team.release(ctl, owned)
-    if has_bias:
+    if plan[L, BETA_AT] >= 0:
+        b_out = _vector(params, plan, L, BETA_AT)
         for i in range(logits.shape[0]):
             row = logits[i]
             for k in range(row.shape[0]):
                 row[k] += b_out[k]
-    _shift_rows(logits, y, S_y)
+    _shift_rows(logits, y, _scratch(F, S_Y, m))
     return count
 
 
 @njit(**JIT_OPTIONS)
-def backward(X, params, grads, plan, buf, V, count, W_out, has_bias, dlogits, dW_out, db_out,
-             db_acc, modes, ctl, y, total, rowmax, totals_here):  # pragma: no cover - compiled
+def backward(X, params, grads, plan, buf, V, count, dlogits, ctl, use, y, F, rowmax,
+             totals_here):  # pragma: no cover - compiled
     """The backward pass (module docstring) into the flat gradients ``grads``, from
-    ``dlogits`` holding ``E = exp(S)``: first the loss's last passes (``total``, unless
-    given (``totals_here`` False), then ``dlogits``: :mod:`bnprop.kernels.loss`). Each
-    ``dW`` and the ``dO`` beside it are independent, so the helper thread may take the
-    ``dW``. The arguments are :func:`forward`'s."""
+    ``dlogits`` holding ``E = exp(S)``: first the loss's last passes (the row totals into
+    ``F``, unless given (``totals_here`` False), then ``dlogits``:
+    :mod:`bnprop.kernels.loss`). Each ``dW`` and the ``dO`` beside it are independent, so
+    the helper thread may take the ``dW``. The arguments are :func:`forward`'s."""
+    L, m = plan.shape[0] - 1, X.shape[0]
+    total = _scratch(F, TOTAL, m)
     if totals_here:
         _row_totals(dlogits, total)
     _finish_rows(dlogits, y, total, rowmax, _cast_like(float(count), dlogits))
-    L, m = plan.shape[0], X.shape[0]
-    owned = team.acquire(ctl, modes[L + 2] != 0)
-    team.gemm_beside(team.tn(dlogits, _rows(buf, plan, L - 1, Y_ROWS, m), dW_out),
-                     team.nn(dlogits, W_out, _rows(buf, plan, L - 1, DY_ROWS, m)), ctl, owned)
-    if has_bias:  # sum_rows in float64, rows in order, rounded once
+    owned = team.acquire(ctl, use)
+    team.gemm_beside(team.tn(dlogits, _rows(buf, plan, L - 1, Y_ROWS, m), _matrix(grads, plan, L)),
+                     team.nn(dlogits, _matrix(params, plan, L),
+                             _rows(buf, plan, L - 1, DY_ROWS, m)), ctl, owned)
+    if plan[L, BETA_AT] >= 0:  # sum_rows in float64, rows in order, rounded once
+        db_acc, db_out = _scratch(F, DB_ACC, m), _vector(grads, plan, L, BETA_AT)
         db_acc[:] = 0.0
         for i in range(dlogits.shape[0]):
             row = dlogits[i]
@@ -182,7 +191,7 @@ def backward(X, params, grads, plan, buf, V, count, W_out, has_bias, dlogits, dW
                              team.nn(dY, _matrix(params, plan, layer),
                                      _rows(buf, plan, layer - 1, DY_ROWS, m)), ctl, owned)
         else:
-            team.gemm(team.tn(dY, X, dW), ctl, owned, modes[L + 1] != 0)
+            team.gemm(team.tn(dY, X, dW), ctl, owned, plan[0, SPLIT_DW] != 0)
         dg, dbeta = _vector(grads, plan, layer, GAMMA_AT), _vector(grads, plan, layer, BETA_AT)
         for j in range(dg.shape[0]):
             dg[j] = sGO[j]
@@ -203,11 +212,12 @@ def _cast_like_overload(x, arr):  # type: ignore[no-untyped-def]
 
 
 @njit(**JIT_OPTIONS)
-def commit(grads, V, count, settings, running_means, running_vars, batches_tracked, ctl, use,
-           update, log_total, S_y, m, loss):  # pragma: no cover - compiled
+def commit(grads, V, count, running_means, running_vars, batches_tracked, ctl, use, update, F,
+           m, loss):  # pragma: no cover - compiled
     """``(loss, finite)``: the loss (``loss`` NaN: :func:`bnprop.kernels.loss._mean_loss`
-    of NumPy's ``log_total`` and ``S_y``, as :func:`bnprop.kernels.loss.mean_loss` with
-    compiled sums), and whether it, every gradient and every batch statistic is finite;
+    of NumPy's logs of the row totals and ``S_y`` in ``F``, as
+    :func:`bnprop.kernels.loss.mean_loss` with compiled sums; ``m`` rows), and whether
+    it, every gradient and every batch statistic is finite;
     if so, the running update (module docstring), ``num_batches_tracked += 1``
     (``batches_tracked``: the 0-d counters) and the optimizer's flat update ``update``
     (``kind, p, g, a, b, coef, flags`` of :func:`bnprop.kernels.team.update`; ``kind <
@@ -215,12 +225,12 @@ def commit(grads, V, count, settings, running_means, running_vars, batches_track
     update then takes (:func:`bnprop.kernels.team.all_finite`), so each thread updates
     what it has just read."""
     if np.isnan(loss):
-        loss = _mean_loss(log_total, S_y, m)
+        loss = _mean_loss(_scratch(F, LOG_TOTAL, m), _scratch(F, S_Y, m), m)
     if not np.isfinite(loss):
         return loss, False
     owned = team.acquire(ctl, use)
     finite = team.all_finite(grads, ctl, owned) and _running(
-        grads, V, count, settings[MOMENTUM], running_means, running_vars, batches_tracked)
+        grads, V, count, V[MOMENTUM, :, 0], running_means, running_vars, batches_tracked)
     kind, p, g, a, b, coef, flags = update
     if finite and kind >= 0:
         team.update_owned(kind, p, g, a, b, coef, flags, ctl, owned)

@@ -108,25 +108,29 @@ class CompiledStep:
         self.dtype = norms[0].dtype
         # The flat parameter and gradient arrays, which live as long as the plan (a copy
         # or an unpickle of the Sequential builds a new CompiledStep), and where each
-        # layer's parameters lie in them, its activation, block rows and buffers
-        # (_mlp_compiled.W_AT, ...): a handful of arrays to unbox a call, not a view per
-        # layer and parameter.
+        # layer's parameters lie in them (the output layer's last), its activation, block
+        # rows and buffers (_mlp_compiled.W_AT, ...): a handful of arrays to unbox a
+        # call, not a view per layer and parameter.
         k, _ = _kernels()
-        linears = [s.stage.linear for s in self.hidden]
+        linears, out = [s.stage.linear for s in self.hidden], self.out
         self.params, places = _flat_plan(
-            [(lin.W, n.gamma, n.beta) for lin, n in zip(linears, norms, strict=True)])
+            [(lin.W, n.gamma, n.beta) for lin, n in zip(linears, norms, strict=True)]
+            + [(out.W, None, out.b if out.has_bias else None)])
         self.grads, grad_places = _flat_plan(
             [(lin.grads["W"], n.grads["gamma"], n.grads["beta"])
-             for lin, n in zip(linears, norms, strict=True)])
+             for lin, n in zip(linears, norms, strict=True)]
+            + [(out.grads["W"], None, out.grads["b"] if out.has_bias else None)])
         if not np.array_equal(grad_places, places):  # FlatBuffers lays both out alike
             raise AssertionError("the flat gradients are not laid out as the parameters")
-        self.plan = np.zeros((len(norms), k.BUF_AT + 1), np.int64)
+        L = len(norms)
+        self.plan = np.zeros((L + 1, k.SPLIT_DW + 1), np.int64)
         self.plan[:, :k.ACT] = places
-        self.plan[:, k.ACT] = [ACTIVATION_CODES[s.stage.activation] for s in self.hidden]
-        self.plan[:, k.BLOCK_ROWS] = [max(1, BLOCK_BYTES // (n.num_features
-                                                             * self.dtype.itemsize))
-                                      for n in norms]
-        self.settings = np.empty((2, len(norms)))  # _mlp_compiled.EPS, MOMENTUM
+        self.plan[:L, k.ACT] = [ACTIVATION_CODES[s.stage.activation] for s in self.hidden]
+        self.plan[:L, k.BLOCK_ROWS] = [max(1, BLOCK_BYTES // (n.num_features
+                                                              * self.dtype.itemsize))
+                                       for n in norms]
+        # The statistics, then eps and the momenta (_mlp_compiled.MEAN, ..., MOMENTUM).
+        self.V = np.empty((k.MOMENTUM + 1, L, max(n.num_features for n in norms)))
         self.kept_settings: tuple[list[float], list[float], list[bool]] | None = None
         self.one_part: dict[tuple[int, int], bool] = {}  # (rows, threads) -> _one_part
         self.m: int | None = None
@@ -138,20 +142,20 @@ class CompiledStep:
         n_out = [*widths, self.out.out_features]
         # Which GEMMs run in two parts (the helper thread's share): by shape, and where
         # the parts give the whole GEMM's bits at OpenBLAS's thread count (step re-checks).
-        self.modes = k.modes([team.may_split(dt, team.NT, m, o, i)
-                              for i, o in zip(n_in, n_out, strict=True)],
-                             team.may_split(dt, team.TN, widths[0], n_in[0], m), False)
+        self.plan[:, k.SPLIT_Z] = [team.may_split(dt, team.NT, m, o, i)
+                                   for i, o in zip(n_in, n_out, strict=True)]
+        self.plan[0, k.SPLIT_DW] = team.may_split(dt, team.TN, widths[0], n_in[0], m)
         self.modes_blas = threads.blas_threads()
         # The helper's measured choice is kept per net shape and batch size.
         self.choice_key = ("step", dt.str, m, *n_in, *n_out)
         # Z, Y, dY of each layer, one after the other (_mlp_compiled._rows).
-        self.plan[:, k.BUF_AT] = np.cumsum([0] + [3 * m * n for n in widths[:-1]])
+        self.plan[:-1, k.BUF_AT] = np.cumsum([0] + [3 * m * n for n in widths[:-1]])
         self.buf = np.empty(3 * m * sum(widths), dt)
-        self.V = np.empty((6, len(widths), max(widths)))  # _mlp_compiled.MEAN, ...
         self.logits = np.empty((m, self.out.out_features), dt)
-        self.db_acc = np.empty(self.out.out_features)
-        self.total, self.rowmax = np.empty(m), np.empty((m, 1), dt)
-        self.S_y, self.log_total = np.empty(m), np.empty(m)
+        self.rowmax = np.empty((m, 1), dt)
+        # The loss's float64 vectors, one array (_mlp_compiled.S_Y, ...).
+        self.F = np.empty(3 * m + self.out.out_features)
+        self.S_y, self.total, self.log_total = (self.F[i * m:(i + 1) * m] for i in range(3))
         self.sums_compiled = sums_in_numpy_order(dt, m, self.out.out_features)
         self.m = m
 
@@ -189,24 +193,19 @@ class CompiledStep:
             means.append(n.running_mean)
             variances.append(n.running_var)
             tracked.append(n.num_batches_tracked)
-        settings, plan = self.settings, self.plan
+        plan, V = self.plan, self.V
         if (eps, momenta, frozen) != self.kept_settings:
-            settings[k.EPS], settings[k.MOMENTUM], plan[:, k.FROZEN] = eps, momenta, frozen
+            V[k.EPS, :, 0], V[k.MOMENTUM, :, 0], plan[:-1, k.FROZEN] = eps, momenta, frozen
             self.kept_settings = (eps, momenta, frozen)
-        out, bias = self.out, self.out.has_bias
-        b = out.b if bias else out.W[0]
         ctl, use = team.for_call(self.choice_key)
-        self.modes[-1] = use
         start = time.perf_counter()
         # The loss (kernels/loss.py) in its stages: the shift at the end of forward, then
         # NumPy's exp, the totals and dlogits at the start of backward, then NumPy's log.
-        count = k.forward(X, self.params, plan, settings, self.buf, self.V, out.W, b, bias,
-                          self.logits, self.modes, ctl, y, self.S_y)
-        compiled = exp_rows(self.logits, self.total, totals_later=True,
-                            compiled=self.sums_compiled)
-        k.backward(X, self.params, grads, plan, self.buf, self.V, count, out.W, bias,
-                   self.logits, out.grads["W"], out.grads["b"] if bias else out.grads["W"][0],
-                   self.db_acc, self.modes, ctl, y, self.total, self.rowmax, compiled)
+        params, buf, logits, F = self.params, self.buf, self.logits, self.F
+        count = k.forward(X, params, plan, buf, V, logits, ctl, use, y, F)
+        compiled = exp_rows(logits, self.total, totals_later=True, compiled=self.sums_compiled)
+        k.backward(X, params, grads, plan, buf, V, count, logits, ctl, use, y, F, self.rowmax,
+                   compiled)
         if threads.num_threads() >= 2:  # with or without the helper: which is faster now
             team.report(use, time.perf_counter() - start, self.choice_key)
         if compiled:  # NumPy's log; the commit call takes the mean (kernels/loss.py)
@@ -219,22 +218,24 @@ class CompiledStep:
         else:
             run = (team.ADAM if update.kind == "adam" else team.SGD, update.p, update.g,
                    update.a, update.b, update.coef, update.flags)
-        loss, finite = k.commit(grads, self.V, count, settings, tuple(means),
-                                tuple(variances), tuple(tracked), ctl, use, run,
-                                self.log_total, self.S_y, float(X.shape[0]), loss)
+        loss, finite = k.commit(grads, V, count, tuple(means), tuple(variances),
+                                tuple(tracked), ctl, use, run, F, X.shape[0], loss)
         return float(loss), bool(finite)
 
 
-def _flat_plan(layers: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+def _flat_plan(layers: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]],
                ) -> tuple[np.ndarray, np.ndarray]:
-    """The flat array that every layer's ``(W, gamma, beta)`` (or their gradients) are
-    views of, and the ``plan`` of :mod:`bnprop.kernels._mlp_compiled` (``W_AT, N_OUT,
-    N_IN, GAMMA_AT, BETA_AT`` a layer): where each starts in it, in elements."""
+    """The flat array that every layer's ``(W, gamma, beta)`` (or their gradients; the
+    output layer's ``(W, None, b or None)``) are views of, and the ``plan`` of
+    :mod:`bnprop.kernels._mlp_compiled` (``W_AT, N_OUT, N_IN, GAMMA_AT, BETA_AT`` a
+    layer): where each starts in it, in elements (-1: none)."""
     flat = layers[0][0].base
     if not (isinstance(flat, np.ndarray) and flat.ndim == 1 and flat.flags.c_contiguous):
         raise AssertionError("the parameters are not views of one flat array")
 
-    def at(view: np.ndarray) -> int:
+    def at(view: np.ndarray | None) -> int:
+        if view is None:
+            return -1
         if view.base is not flat or not view.flags.c_contiguous:
             raise AssertionError("the parameters are not views of one flat array")
         return (view.__array_interface__["data"][0]
