@@ -132,6 +132,7 @@ class CompiledStep:
         # The statistics, then eps and the momenta (_mlp_compiled.MEAN, ..., MOMENTUM).
         self.V = np.empty((k.MOMENTUM + 1, L, max(n.num_features for n in norms)))
         self.kept_settings: tuple[list[float], list[float], list[bool]] | None = None
+        self.kept_run: tuple[FlatUpdate | None, tuple[Any, ...]] = (None, ())
         self.one_part: dict[tuple[int, int], bool] = {}  # (rows, threads) -> _one_part
         self.m: int | None = None
 
@@ -215,9 +216,12 @@ class CompiledStep:
             loss = mean_loss(self.total, self.S_y, self.log_total, X.shape[0], compiled)
         if update is None:
             run = (-1, grads, grads, grads, grads, grads, 0)
+        elif update is self.kept_run[0]:  # the optimizer gave the same update again
+            run = self.kept_run[1]
         else:
             run = (team.ADAM if update.kind == "adam" else team.SGD, update.p, update.g,
                    update.a, update.b, update.coef, update.flags)
+            self.kept_run = (update, run)
         loss, finite = k.commit(grads, V, count, tuple(means), tuple(variances),
                                 tuple(tracked), ctl, use, run, F, X.shape[0], loss)
         return float(loss), bool(finite)
