@@ -315,19 +315,11 @@ def test_the_flat_step_follows_buffers_replaced_or_copied_between_steps(change: 
     from bnprop.nn import Linear, Sequential
 
     net = Sequential(Linear(3, 4, rng=0), Linear(4, 2, rng=1))
-    rng = np.random.default_rng(5)
-    ref = {k: v.copy() for k, v in net.parameters().items()}
     opt, opt_ref = Adam(1e-2), Adam(1e-2)
+    flat_step = _flat_and_named_steps([net], opt_ref)
 
     def step() -> None:
-        grads = {k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in ref.items()}
-        views = net._grad_views()
-        for k, g in grads.items():
-            views[k][...] = g
-        opt_ref.step(ref, grads)
-        opt.step_flat(net.flat.params, net.flat.grads, net.flat.layout)
-        for k, v in net.parameters().items():
-            np.testing.assert_array_equal(v, ref[k], err_msg=k)
+        flat_step(opt)
 
     step()
     step()
@@ -348,13 +340,14 @@ def test_the_flat_step_follows_buffers_replaced_or_copied_between_steps(change: 
 
 
 
-def _flat_and_named_steps(nets: list, opt: SGD, opt_ref: SGD):  # type: ignore[no-untyped-def]
-    """A step of net ``i``: the same random gradients through ``opt.step_flat`` and
-    ``opt_ref.step`` on a copy of its parameters; the two must agree bit for bit."""
+def _flat_and_named_steps(nets: list, opt_ref):  # type: ignore[no-untyped-def]
+    """``step(opt, i)``, a step of net ``i``: the same random gradients through
+    ``opt.step_flat`` and ``opt_ref.step`` on a copy of its parameters; the two must
+    agree bit for bit."""
     refs = [{k: v.copy() for k, v in net.parameters().items()} for net in nets]
     rng = np.random.default_rng(7)
 
-    def step(i: int = 0) -> None:
+    def step(opt, i: int = 0) -> None:  # type: ignore[no-untyped-def]
         net, ref = nets[i], refs[i]
         grads = {k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in ref.items()}
         views = net._grad_views()
@@ -379,19 +372,19 @@ def test_sgd_flat_step_follows_its_numbers_changed_between_steps(momentum: float
     net = Sequential(Linear(3, 4, rng=0), Linear(4, 2, rng=1))
     opt, opt_ref = (SGD(0.1, momentum=momentum, schedule="step", total_steps=12)
                     for _ in range(2))
-    step = _flat_and_named_steps([net], opt, opt_ref)
+    step = _flat_and_named_steps([net], opt_ref)
     for _ in range(6):  # the schedule's factor moves after step 4
-        step()
+        step(opt)
     for change in ({"lr": 0.05}, {"weight_decay": 0.01}, {"momentum": 0.5} if momentum else {},
                    {"nesterov": True} if momentum else {}):
         for o in (opt, opt_ref):
             o.__dict__.update(change)
-        step()
-        step()
+        step(opt)
+        step(opt)
     if momentum:
         opt.buffers["momentum_buffer"]["0.W"] = opt.buffers["momentum_buffer"]["0.W"] * 2
         opt_ref.buffers["momentum_buffer"]["0.W"] *= 2
-        step()
+        step(opt)
 
 
 def test_one_plain_sgd_updates_two_nets_each_with_its_own_arrays() -> None:
@@ -400,6 +393,6 @@ def test_one_plain_sgd_updates_two_nets_each_with_its_own_arrays() -> None:
     from bnprop.nn import Linear, Sequential
 
     nets = [Sequential(Linear(3, 4, rng=i), Linear(4, 2, rng=i + 5)) for i in range(2)]
-    step = _flat_and_named_steps(nets, SGD(0.1), SGD(0.1))
+    step, opt = _flat_and_named_steps(nets, SGD(0.1)), SGD(0.1)
     for i in (0, 0, 1, 1, 0, 1, 0):
-        step(i)
+        step(opt, i)
