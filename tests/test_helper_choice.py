@@ -135,3 +135,52 @@ def test_a_woken_helper_is_kept_off_its_callers_cpu() -> None:
     # the caller let it take the GIL: it is up, or the caller waited as long as it may
     # (Event.wait's clock is not perf_counter's: measured, it returned 17 us early once)
     assert h.ctl[team.STATE] == team.AWAKE or waited >= 0.9 * WAKE_WAIT_SECONDS
+
+
+def test_timing_only_the_calls_a_decision_reads_keeps_every_decision() -> None:
+    """A choice that is told the time of only the calls ``timed()`` names (the rest
+    counted by ``skip()``) takes the same way at every call, over cycles in which either
+    way is the faster, as one told the time of every call."""
+    from bnprop.kernels._helper_thread import CYCLE, _Choice
+
+    every, some = _Choice(), _Choice()
+    rng = np.random.default_rng(0)
+    told, ways = 0, set()
+    for cycle in range(8):
+        helper_faster = cycle % 3 != 1
+        for _ in range(CYCLE):
+            used = every.now()
+            assert some.now() == used
+            seconds = (1.0 if used == helper_faster else 1.3) * (1 + 0.05 * rng.random())
+            every.report(used, seconds)
+            if some.timed():
+                some.report(used, seconds)
+                told += 1
+            else:
+                some.skip()
+            assert some.use == every.use and some.calls == every.calls
+            ways.add(every.use)
+    assert told < 8 * CYCLE // 20  # 2 x PROBE calls a cycle, not every one
+    assert ways == {True, False}  # the kept way switched as the times did
+
+
+def test_a_step_reports_its_time_only_when_a_decision_reads_it() -> None:
+    """The compiled step asks ``for_timed_call``: its choice counts every step, and keeps
+    times only of the calls that ``timed()`` named."""
+    from bnprop.kernels import _helper_thread
+    from bnprop.kernels._helper_thread import PROBE, WARM
+
+    team.prefer(None)
+    rng = np.random.default_rng(5)
+    net = bnprop.MLP([784, 100, 100, 100, 10], seed=0)
+    X, opt = rng.random((60, 784), dtype=np.float32), bnprop.SGD(0.1)
+    kept: list[int] = []
+    with threads.using(2):
+        for _ in range(WARM + 3 * PROBE):
+            net.train_step(X, rng.integers(0, 10, 60), opt)
+            (choice,) = [c for k, c in _helper_thread._choices.items() if k[0] == "step"]
+            kept.append(len(choice.recent[True]) + len(choice.recent[False]))
+    assert choice.calls == WARM + 3 * PROBE
+    assert kept[WARM - 1] == 0  # the warm-up is not timed
+    assert kept[WARM + 2 * PROBE - 1] == 2 * PROBE  # the first probe and the calls after it
+    assert kept[-1] == 2 * PROBE  # then nothing until the calls before the next probe

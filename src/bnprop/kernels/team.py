@@ -51,6 +51,7 @@ from bnprop.kernels._helper_thread import (  # noqa: F401 - this module's API
     AWAKE,
     IDLE_SECONDS,
     for_call,
+    for_timed_call,
     helper,
     parts_done,
     prefer,
@@ -380,5 +381,5 @@ def gemm_sequence(products: list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]
     return call
 
 
-__all__ = ["for_call", "gemm", "gemm_beside", "gemm_sequence", "helper", "may_split",
-           "nn", "nt", "parts_done", "prefer", "report", "run", "tn", "update"]
+__all__ = ["for_call", "for_timed_call", "gemm", "gemm_beside", "gemm_sequence", "helper",
+           "may_split", "nn", "nt", "parts_done", "prefer", "report", "run", "tn", "update"]

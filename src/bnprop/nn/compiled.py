@@ -198,8 +198,9 @@ class CompiledStep:
         if (eps, momenta, frozen) != self.kept_settings:
             V[k.EPS, :, 0], V[k.MOMENTUM, :, 0], plan[:-1, k.FROZEN] = eps, momenta, frozen
             self.kept_settings = (eps, momenta, frozen)
-        ctl, use = team.for_call(self.choice_key)
-        start = time.perf_counter()
+        # The step's time goes to the helper's choice only where a decision reads it.
+        ctl, use, timed = team.for_timed_call(self.choice_key)
+        start = time.perf_counter() if timed else 0.0
         # The loss (kernels/loss.py) in its stages: the shift at the end of forward, then
         # NumPy's exp, the totals and dlogits at the start of backward, then NumPy's log.
         params, buf, logits, F = self.params, self.buf, self.logits, self.F
@@ -207,7 +208,7 @@ class CompiledStep:
         compiled = exp_rows(logits, self.total, totals_later=True, compiled=self.sums_compiled)
         k.backward(X, params, grads, plan, buf, V, count, logits, ctl, use, y, F, self.rowmax,
                    compiled)
-        if threads.num_threads() >= 2:  # with or without the helper: which is faster now
+        if timed:  # with or without the helper: which is faster now
             team.report(use, time.perf_counter() - start, self.choice_key)
         if compiled:  # NumPy's log; the commit call takes the mean (kernels/loss.py)
             np.log(self.total, out=self.log_total)
