@@ -230,8 +230,8 @@ def for_call(key: Hashable | None = None) -> tuple[np.ndarray, bool]:
 def for_timed_call(key: Hashable) -> tuple[np.ndarray, bool, bool]:
     """:func:`for_call` of a call of ``key`` that :func:`report`s its time only when the
     third value says so: ``(ctl, use, timed)``. A call not timed is counted here
-    (:meth:`_Choice.skip`) and must not be reported; a step so saves its two clock reads
-    and the report, on all but 2 x :data:`PROBE` calls a cycle."""
+    (:meth:`_Choice.skip`) and must not be reported; a compiled step or layer call so
+    saves its two clock reads and the report, on all but 2 x :data:`PROBE` calls a cycle."""
     ctl, use, choice = _way(key)
     if choice is None:  # pinned, or one thread: nothing is measured
         return ctl, use, False

@@ -99,10 +99,11 @@ def _compiled() -> tuple[Any, Any]:
     return _layer_compiled, team
 
 
-def _report(used: bool, start: float, key: tuple[object, ...]) -> None:
+def _report(timed: bool, used: bool, start: float, key: tuple[object, ...]) -> None:
     """The compiled call's time since ``start``, for the helper's measured choice for
-    calls of ``key`` (:func:`bnprop.kernels.team.report`), with two or more threads."""
-    if threads.num_threads() >= 2:
+    calls of ``key`` (:func:`bnprop.kernels.team.report`), when a decision reads it
+    (``timed``: :func:`bnprop.kernels.team.for_timed_call`)."""
+    if timed:
         _compiled()[1].report(used, time.perf_counter() - start, key)
 
 
@@ -148,12 +149,12 @@ def forward(O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
         stats = np.empty((3, n), dt)  # mu, var, inv_std
         split = team.may_split(dt, team.NT, m, n, O.shape[1])
         key = ("layer_forward", dt.str, m, O.shape[1], n)
-        ctl, use = team.for_call(key)
-        start = time.perf_counter()
+        ctl, use, timed = team.for_timed_call(key)
+        start = time.perf_counter() if timed else 0.0
         m_global, fits = _layer_compiled.forward(O, W, gamma, beta, ACTIVATION_CODES[activation],
                                                  eps, block_rows, Z, Obar, A, Y, stats, split,
                                                  ctl, use)
-        _report(use, start, key)
+        _report(timed, use, start, key)
         if not fits:
             raise variance_overflow(Z)
         return LayerCache._made(
@@ -216,12 +217,12 @@ def backward(dY: np.ndarray, cache: LayerCache, stats: str) -> tuple[LayerGrads,
         _layer_compiled, team = _compiled()
         dZ, dW, sums = np.empty((m, n), dt), np.empty((n, n_in), dt), np.empty((2, n), dt)
         key = ("layer_backward", dt.str, m, n_in, n)
-        ctl, use = team.for_call(key)
-        start = time.perf_counter()
+        ctl, use, timed = team.for_timed_call(key)
+        start = time.perf_counter() if timed else 0.0
         finite = _layer_compiled.backward(dY, O, W, Y, Obar, gamma, inv_std, act,
                                           stats == "frozen", m_total, dA, dZ, dW, dO, sums,
                                           ctl, use)
-        _report(use, start, key)
+        _report(timed, use, start, key)
         return LayerGrads(dA=dA, dgamma=sums[1], dbeta=sums[0], dZ=dZ, dW=dW, dO=dO), finite
 
     def sums(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:

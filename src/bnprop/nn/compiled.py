@@ -156,7 +156,8 @@ class CompiledStep:
         self.rowmax = np.empty((m, 1), dt)
         # The loss's float64 vectors, one array (_mlp_compiled.S_Y, ...).
         self.F = np.empty(3 * m + self.out.out_features)
-        self.S_y, self.total, self.log_total = (self.F[i * m:(i + 1) * m] for i in range(3))
+        self.S_y, self.total, self.log_total = (self.F[i * m:(i + 1) * m]
+                                                 for i in (k.S_Y, k.TOTAL, k.LOG_TOTAL))
         self.sums_compiled = sums_in_numpy_order(dt, m, self.out.out_features)
         self.m = m
 
