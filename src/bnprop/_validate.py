@@ -10,6 +10,7 @@ received, in one line, e.g.::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -170,3 +171,22 @@ def common_float_dtype(*arrays: np.ndarray) -> np.dtype:
     """The dtype the layer computes in: float32 only when every array is float32."""
     dt = np.result_type(*arrays)
     return np.dtype(np.float32) if dt == np.float32 else np.dtype(np.float64)
+
+
+class CheckedSettings:
+    """Settings checked every time they are set: in ``__init__`` and by a user later.
+
+    ``opt.lr = -1`` or ``bn.eps = float("nan")`` fails at the assignment, in one line that
+    names the setting, instead of training on garbage or failing a step later with a
+    message about the loss. ``setting_checks`` maps a setting's name to
+    ``check(obj, value, name)``, which returns the value to store (a float, a choice) or
+    raises :class:`InputError`; ``obj`` lets a check read the other settings (SGD's
+    ``nesterov`` needs ``momentum > 0``). Reading a setting is a plain attribute read:
+    only assignment pays for the check.
+    """
+
+    setting_checks: ClassVar[dict[str, Callable[[Any, object, str], object]]] = {}
+
+    def __setattr__(self, name: str, value: object) -> None:
+        check = self.setting_checks.get(name)
+        object.__setattr__(self, name, value if check is None else check(self, value, name))

@@ -26,11 +26,12 @@ holds ``t`` and the buffers; ``load_state_dict`` of it continues bit for bit.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 
-from bnprop._validate import InputError, check_positive
+from bnprop._validate import CheckedSettings, InputError, check_positive
 from bnprop.optim_flat import FlatState, FlatUpdate
 from bnprop.schedule import SCHEDULE_KINDS, Schedule, _check_schedule
 
@@ -61,6 +62,41 @@ def _check_nonnegative(value: object, name: str, *, below_one: bool = False) -> 
     return v
 
 
+def _positive(obj: object, value: object, name: str) -> float:
+    return check_positive(value, name)
+
+
+def _nonnegative(obj: object, value: object, name: str) -> float:
+    return _check_nonnegative(value, name)
+
+
+def _schedule(obj: object, value: object, name: str) -> Schedule:
+    return _check_schedule(value, None)
+
+
+def _momentum(obj: object, value: object, name: str) -> float:
+    v = _check_nonnegative(value, name, below_one=True)
+    if v == 0 and getattr(obj, "nesterov", False):
+        raise InputError(f"{name}: Nesterov momentum needs momentum > 0, got {value!r}; set "
+                         "nesterov = False first.")
+    return v
+
+
+def _nesterov(obj: object, value: object, name: str) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise InputError(f"{name}: expected True or False, got {value!r} instead.")
+    if value and getattr(obj, "momentum", 0.0) == 0:
+        raise InputError(f"{name}: Nesterov momentum needs momentum > 0, got momentum 0.")
+    return bool(value)
+
+
+def _betas(obj: object, value: object, name: str) -> tuple[float, float]:
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        raise InputError(f"{name}: expected a pair (beta1, beta2), got {value!r} instead.")
+    return (_check_nonnegative(value[0], f"{name}[0]", below_one=True),
+            _check_nonnegative(value[1], f"{name}[1]", below_one=True))
+
+
 def _check_step_args(params: object, grads: object) -> None:
     """Every gradient has a parameter of its shape and dtype (cheap: no data is read)."""
     if not isinstance(params, dict) or not isinstance(grads, dict):
@@ -81,9 +117,17 @@ def _check_step_args(params: object, grads: object) -> None:
             )
 
 
-class Optimizer(FlatState):
+class Optimizer(CheckedSettings, FlatState):
     """Shared parts: learning rate and schedule, step count, state (de)serialization; the
-    flat buffers and the fused update come from :class:`bnprop.optim_flat.FlatState`."""
+    flat buffers and the fused update come from :class:`bnprop.optim_flat.FlatState`.
+
+    The hyperparameters (``lr``, ``weight_decay``, ``schedule`` and each optimizer's own)
+    may be changed between steps by assignment, ``opt.lr = 0.01``; each assignment is
+    checked as the constructor's argument is (:class:`~bnprop._validate.CheckedSettings`).
+    """
+
+    setting_checks: ClassVar[dict[str, Callable[[Any, object, str], object]]] = {
+        "lr": _positive, "weight_decay": _nonnegative, "schedule": _schedule}
 
     #: Names of the per-parameter buffers, e.g. ``("momentum_buffer",)``.
     buffer_names: tuple[str, ...] = ()
@@ -91,8 +135,8 @@ class Optimizer(FlatState):
     def __init__(
         self, lr: float, weight_decay: float, schedule: object, total_steps: int | None,
     ) -> None:
-        self.lr = check_positive(lr, "lr")
-        self.weight_decay = _check_nonnegative(weight_decay, "weight_decay")
+        self.lr = lr
+        self.weight_decay = weight_decay
         self.schedule = _check_schedule(schedule, total_steps)
         self.t = 0
         self.buffers: dict[str, dict[str, np.ndarray]] = {k: {} for k in self.buffer_names}
@@ -213,6 +257,8 @@ class SGD(Optimizer):
     """
 
     buffer_names = ("momentum_buffer",)
+    setting_checks: ClassVar[dict[str, Callable[[Any, object, str], object]]] = {
+        **Optimizer.setting_checks, "momentum": _momentum, "nesterov": _nesterov}
     #: ``(numbers, momentum buffer, update)`` of the last update that adopted nothing.
     _kept: tuple[tuple[float, float, float, bool], np.ndarray | None, FlatUpdate] | None = None
 
@@ -221,12 +267,8 @@ class SGD(Optimizer):
         schedule: object = None, *, total_steps: int | None = None, nesterov: bool = False,
     ) -> None:
         super().__init__(lr, weight_decay, schedule, total_steps)
-        self.momentum = _check_nonnegative(momentum, "momentum", below_one=True)
-        if not isinstance(nesterov, bool | np.bool_):
-            raise InputError(f"nesterov: expected True or False, got {nesterov!r} instead.")
-        if nesterov and self.momentum == 0:
-            raise InputError("nesterov: Nesterov momentum needs momentum > 0, got momentum 0.")
-        self.nesterov = bool(nesterov)
+        self.momentum = momentum
+        self.nesterov = nesterov
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray, lr: float) -> None:
         d = self._decayed(p, g)
@@ -285,17 +327,16 @@ class Adam(Optimizer):
     """
 
     buffer_names = ("exp_avg", "exp_avg_sq")
+    setting_checks: ClassVar[dict[str, Callable[[Any, object, str], object]]] = {
+        **Optimizer.setting_checks, "betas": _betas, "eps": _positive}
 
     def __init__(
         self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
         weight_decay: float = 0.0, schedule: object = None, *, total_steps: int | None = None,
     ) -> None:
         super().__init__(lr, weight_decay, schedule, total_steps)
-        if not isinstance(betas, tuple | list) or len(betas) != 2:
-            raise InputError(f"betas: expected a pair (beta1, beta2), got {betas!r} instead.")
-        self.betas = (_check_nonnegative(betas[0], "betas[0]", below_one=True),
-                      _check_nonnegative(betas[1], "betas[1]", below_one=True))
-        self.eps = check_positive(eps, "eps")
+        self.betas = betas
+        self.eps = eps
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray, lr: float) -> None:
         beta1, beta2 = self.betas

@@ -28,12 +28,13 @@ both equations. The work is done by :class:`~bnprop.nn.stage.BNStage`.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 
 from bnprop import batchnorm as bn
-from bnprop._validate import InputError, check_choice, check_positive
+from bnprop._validate import CheckedSettings, InputError, check_choice, check_positive
 from bnprop.nn.module import Module, _check_width
 from bnprop.nn.stage import BNStage
 
@@ -41,7 +42,14 @@ STATS_MODES = ("exact", "frozen")
 RUNNING_MODES = ("ema", "average")
 
 
-class BatchNorm1d(Module):
+def _momentum(obj: object, value: object, name: str) -> float:
+    v = check_positive(value, name)
+    if v > 1:
+        raise InputError(f"{name}: expected a number in (0, 1], got {value!r} instead.")
+    return v
+
+
+class BatchNorm1d(CheckedSettings, Module):
     """Batch normalization of ``(m, num_features)`` inputs (module docstring).
 
     Parameters
@@ -59,18 +67,22 @@ class BatchNorm1d(Module):
     param_names = ("gamma", "beta")
     buffer_names = ("running_mean", "running_var", "num_batches_tracked")
     torch_names: ClassVar[dict[str, str]] = {"gamma": "weight", "beta": "bias"}
+    #: ``eps``, ``momentum``, ``running`` and ``stats`` may be changed between steps by
+    #: assignment; each assignment is checked as the constructor's argument is.
+    setting_checks: ClassVar[dict[str, Callable[[Any, object, str], object]]] = {
+        "eps": lambda obj, v, name: check_positive(v, name), "momentum": _momentum,
+        "running": lambda obj, v, name: check_choice(v, name, RUNNING_MODES),
+        "stats": lambda obj, v, name: check_choice(v, name, STATS_MODES)}
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, *,
                  running: str = "ema", stats: str = "exact", dtype: str = "float32") -> None:
         super().__init__(dtype)
         self.num_features = _check_width(num_features, "num_features")
         self.in_features = self.out_features = self.num_features
-        self.eps = check_positive(eps, "eps")
-        self.momentum = check_positive(momentum, "momentum")
-        if self.momentum > 1:
-            raise InputError(f"momentum: expected a number in (0, 1], got {momentum!r} instead.")
-        self.running = check_choice(running, "running", RUNNING_MODES)
-        self.stats = check_choice(stats, "stats", STATS_MODES)
+        self.eps = eps
+        self.momentum = momentum
+        self.running = running
+        self.stats = stats
         n, dt = self.num_features, self.dtype
         self.gamma = np.ones(n, dt)
         self.beta = np.zeros(n, dt)
