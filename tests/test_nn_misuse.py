@@ -54,14 +54,31 @@ def test_a_module_given_to_a_second_sequential_stops_the_first_with_one_line() -
     np.testing.assert_array_equal(first.predict_proba(X), second.predict_proba(X))
 
 
-def test_a_replaced_parameter_array_is_named() -> None:
-    net = bnprop.MLP((4, 5, 3))
+@pytest.mark.parametrize("steps_before", [0, 2])
+def test_a_replaced_parameter_array_is_named(steps_before: int) -> None:
+    """Also after steps that passed the check (it is then skipped until a parameter
+    attribute of some module is assigned): the replacement is caught at the next step."""
+    net, opt = bnprop.MLP((4, 5, 3)), bnprop.Adam(0.01)
+    for _ in range(steps_before):
+        net.train_step(*_batch(), opt)
     net.modules[1].gamma = np.ones(5, np.float32)  # not a view of the flat array any more
     with pytest.raises(InputError, match=r"^hidden\.0\.gamma: no longer this Sequential's "
                                          r"parameter .* assign values in place \(gamma\[\.\.\.\]"):
-        net.train_step(*_batch(), bnprop.Adam(0.01))
+        net.train_step(*_batch(), opt)
     net.modules[1].gamma = net.flat.params[np.dtype(np.float32)][20:25]  # a view again
-    net.train_step(*_batch(), bnprop.Adam(0.01))
+    net.train_step(*_batch(), opt)
+    net.modules[0].W = net.modules[0].W.copy()
+    with pytest.raises(InputError, match=r"^hidden\.0\.W: no longer"):
+        net.loss_and_grads(*_batch())
+
+
+def test_modules_taken_by_a_second_sequential_after_steps_stop_the_first() -> None:
+    mods = [nn.Linear(4, 5, dtype=D, rng=0), nn.Tanh(dtype=D), nn.Linear(5, 3, dtype=D, rng=1)]
+    first, opt = nn.Sequential(*mods), bnprop.SGD(0.1)
+    first.train_step(*_batch(), opt)
+    nn.Sequential(*mods)
+    with pytest.raises(InputError, match=r"^0\.W: no longer this Sequential's parameter"):
+        first.train_step(*_batch(), opt)
 
 
 def _bn_first() -> nn.Sequential:  # not a compiled plan: the Python step

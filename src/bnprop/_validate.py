@@ -189,4 +189,4 @@ class CheckedSettings:
 
     def __setattr__(self, name: str, value: object) -> None:
         check = self.setting_checks.get(name)
-        object.__setattr__(self, name, value if check is None else check(self, value, name))
+        super().__setattr__(name, value if check is None else check(self, value, name))

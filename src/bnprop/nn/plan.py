@@ -212,6 +212,7 @@ class FlatBuffers:
             dt: [] for dt in sizes}
         offsets = dict.fromkeys(sizes, 0)
         self._views: list[tuple[str, Module, str, np.ndarray]] = []
+        self._epoch = -1  # Module.param_epoch at the last check that passed
         for name, module, pname in named:
             p = getattr(module, pname)
             dt, start = p.dtype, offsets[p.dtype]
@@ -227,12 +228,16 @@ class FlatBuffers:
         """One line unless every module's parameter is still a view of these arrays (a
         module given to another Sequential, or an array replaced, would silently not train:
         the optimizer updates these arrays, the forward pass reads the module's)."""
+        epoch = Module.param_epoch  # read first: an assignment during the check bumps it
+        if epoch == self._epoch:
+            return
         for name, module, pname, flat in self._views:
             if getattr(module, pname).base is not flat:
                 raise InputError(
                     f"{name}: no longer this Sequential's parameter (its module was given to "
                     f"another Sequential, or the array was replaced); assign values in place "
                     f"({pname}[...] = value), and give each Sequential its own modules.")
+        self._epoch = epoch
 
     def check_optimizer(self, optimizer: object, state: bool = True) -> None:
         """One line unless ``optimizer`` is an instance with ``step(params, grads)`` whose
