@@ -191,3 +191,59 @@ def test_a_batch_counter_out_of_range_is_one_line(value: np.ndarray) -> None:
     with pytest.raises(InputError, match=r"^hidden\.0\.num_batches_tracked: expected an integer "
                                          rf"scalar from 0 to 2\*\*63 - 1, got {int(value)} "):
         bnprop.MLP.from_state(state)
+
+
+@pytest.mark.parametrize(("make", "name", "value", "match"), [
+    (lambda: nn.Linear(4, 5), "W", np.ones((3, 3), np.float32),
+     r"W: expected an array of shape \(5, 4\) and dtype float32 \(assign values in place: "
+     r"W\[\.\.\.\] = values\), got an array of shape \(3, 3\) and dtype float32 instead\.$"),
+    (lambda: nn.Linear(4, 5), "b", np.ones(4, np.float32), r"b: expected an array of shape \(5,\)"),
+    (lambda: nn.Conv2d(2, 3, 3), "W", np.ones((3, 2, 2, 2), np.float32),
+     r"W: expected an array of shape \(3, 2, 3, 3\)"),
+    (lambda: nn.BatchNorm1d(4), "gamma", np.ones(7, np.float32), r"gamma: expected .* \(4,\)"),
+    (lambda: nn.BatchNorm1d(4), "beta", np.ones(4, complex), r"got an array .* complex128"),
+    (lambda: nn.BatchNorm1d(4), "beta", None, r"beta: expected .* got NoneType instead\.$"),
+    (lambda: nn.BatchNorm1d(4), "running_var", "x", r"running_var: expected .* got str"),
+    (lambda: nn.BatchNorm1d(4), "running_var", -np.ones(4), r"expected variances >= 0, got -1"),
+    (lambda: nn.BatchNorm2d(4), "running_mean", [0, 1, np.nan, 0], r"expected finite values"),
+    (lambda: nn.BatchNorm1d(4), "num_batches_tracked", -1, r"expected an integer from 0 to"),
+    (lambda: nn.BatchNorm1d(4), "num_batches_tracked", 2.5, r"got 2\.5 instead\.$"),
+])
+def test_a_parameter_or_buffer_assigned_anew_keeps_its_shape_and_dtype(make, name, value,
+                                                                        match) -> None:  # type: ignore[no-untyped-def]
+    """A wrong shape used to fail deep in a product (W), be read past its end by a kernel
+    (a longer gamma gave an output), or divide by zero (a counter of -1)."""
+    mod = make()
+    before = getattr(mod, name)
+    with pytest.raises(InputError, match=match) as info:
+        setattr(mod, name, value)
+    assert str(info.value).startswith(f"{name}: ") and "\n" not in str(info.value)
+    assert getattr(mod, name) is before
+
+
+def test_an_array_of_the_shape_and_dtype_is_kept_and_other_numbers_are_cast() -> None:
+    lin = nn.Linear(4, 5, dtype="float32")
+    W = np.ones((5, 4), np.float32)
+    lin.W = W
+    assert lin.W is W  # a view given by FlatBuffers stays that view
+    lin.W = np.full((5, 4), 0.1)  # float64 values: a float32 copy
+    assert lin.W.dtype == np.float32 and lin.W.flags.c_contiguous
+    np.testing.assert_array_equal(lin.W, np.float32(0.1))
+    bn = nn.BatchNorm1d(3)
+    bn.num_batches_tracked = 7
+    assert bn.num_batches_tracked.shape == () and bn.num_batches_tracked.dtype == np.int64
+    bn.running_var = [1, 2, 3]
+    np.testing.assert_array_equal(bn.running_var, np.array([1, 2, 3], np.float32))
+
+
+def test_a_net_whose_buffer_was_assigned_anew_trains_and_infers_with_it() -> None:
+    net = bnprop.MLP((4, 5, 3), dtype=D)
+    X, y = _batch()
+    net.train_step(X, y, bnprop.SGD(0.1))
+    net.modules[1].running_var = np.full(5, 4.0)
+    net.modules[1].num_batches_tracked = 0
+    before = net.predict_proba(X)
+    net.modules[1].running_var[...] = 1.0
+    assert not np.array_equal(before, net.predict_proba(X))
+    net.train_step(X, y, bnprop.SGD(0.1))
+    assert int(net.modules[1].num_batches_tracked) == 1

@@ -49,6 +49,32 @@ def _momentum(obj: object, value: object, name: str) -> float:
     return v
 
 
+def _running(obj: object, value: object, name: str) -> object:
+    """A running statistic assigned anew holds finite values (variances >= 0); its shape
+    and dtype are checked next (:func:`bnprop.nn.module._replacement`)."""
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return value  # not numbers: the shape and dtype check names it
+    if not np.isfinite(arr).all():
+        raise InputError(f"{name}: expected finite values, got {arr[~np.isfinite(arr)][0]}.")
+    if name == "running_var" and (arr < 0).any():
+        raise InputError(f"{name}: expected variances >= 0, got {arr.min()}.")
+    return value
+
+
+def _counter(obj: object, value: object, name: str) -> object:
+    try:
+        arr = np.asarray(value)
+        ok = arr.shape == () and arr.dtype.kind in "iu" and 0 <= int(arr) < 2**63
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise InputError(f"{name}: expected an integer from 0 to 2**63 - 1, got {value!r} "
+                         "instead.")
+    return value
+
+
 class BatchNorm1d(CheckedSettings, Module):
     """Batch normalization of ``(m, num_features)`` inputs (module docstring).
 
@@ -68,11 +94,13 @@ class BatchNorm1d(CheckedSettings, Module):
     buffer_names = ("running_mean", "running_var", "num_batches_tracked")
     torch_names: ClassVar[dict[str, str]] = {"gamma": "weight", "beta": "bias"}
     #: ``eps``, ``momentum``, ``running`` and ``stats`` may be changed between steps by
-    #: assignment; each assignment is checked as the constructor's argument is.
+    #: assignment; each assignment is checked as the constructor's argument is. So are the
+    #: buffers' values (then their shape and dtype, as every parameter's and buffer's).
     setting_checks: ClassVar[dict[str, Callable[[Any, object, str], object]]] = {
         "eps": lambda obj, v, name: check_positive(v, name), "momentum": _momentum,
         "running": lambda obj, v, name: check_choice(v, name, RUNNING_MODES),
-        "stats": lambda obj, v, name: check_choice(v, name, STATS_MODES)}
+        "stats": lambda obj, v, name: check_choice(v, name, STATS_MODES),
+        "running_mean": _running, "running_var": _running, "num_batches_tracked": _counter}
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, *,
                  running: str = "ema", stats: str = "exact", dtype: str = "float32") -> None:

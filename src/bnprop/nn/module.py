@@ -23,7 +23,13 @@ from typing import ClassVar
 
 import numpy as np
 
-from bnprop._validate import InputError, check_array, check_choice, check_positive
+from bnprop._validate import (
+    InputError,
+    _shape_str,
+    check_array,
+    check_choice,
+    check_positive,
+)
 from bnprop.activations import get_activation
 from bnprop.kernels import activations as kernels
 from bnprop.kernels.small_gemm import matmul_nt
@@ -64,6 +70,8 @@ class Module:
         self._m: int | None = None  # batch rows the buffers are sized for
 
     def __setattr__(self, name: str, value: object) -> None:
+        if name in self.param_names or name in self.buffer_names:
+            value = _replacement(name, self.__dict__.get(name), value)
         super().__setattr__(name, value)
         if name in self.param_names:
             Module.param_epoch += 1
@@ -146,6 +154,30 @@ class Module:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
+
+
+def _replacement(name: str, old: object, value: object) -> object:
+    """A parameter or buffer assigned anew (``lin.W = array``) keeps its shape and dtype:
+    an array of both is kept as it is (a view stays a view); values of that shape that
+    cast to the dtype ("same_kind") become a fresh copy; anything else is one line. (A
+    wrong shape would otherwise fail deep in a product, or be read past its end by a
+    kernel.) The constructor's first assignment (no array yet) is not checked."""
+    if not isinstance(old, np.ndarray):
+        return value
+    if type(value) is np.ndarray and value.shape == old.shape and value.dtype == old.dtype:
+        return value
+    want = f"an array of shape {_shape_str(old.shape)} and dtype {old.dtype}"
+    try:
+        arr = np.asarray(value)
+    except Exception:  # any failed conversion is the same bad input
+        arr = None
+    if arr is None or arr.shape != old.shape or arr.dtype == object \
+            or not np.can_cast(arr.dtype, old.dtype, "same_kind"):
+        got = (f"an array of shape {_shape_str(arr.shape)} and dtype {arr.dtype}"
+               if arr is not None and arr.dtype.kind in "biufc" else type(value).__name__)
+        raise InputError(f"{name}: expected {want} (assign values in place: "
+                         f"{name}[...] = values), got {got} instead.")
+    return np.array(arr, dtype=old.dtype, order="C")
 
 
 def _check_width(value: object, name: str) -> int:
