@@ -247,3 +247,24 @@ def test_a_net_whose_buffer_was_assigned_anew_trains_and_infers_with_it() -> Non
     assert not np.array_equal(before, net.predict_proba(X))
     net.train_step(X, y, bnprop.SGD(0.1))
     assert int(net.modules[1].num_batches_tracked) == 1
+
+
+@pytest.mark.parametrize(("make", "name", "value"), [
+    (lambda: nn.Linear(4, 5), "in_features", 7),
+    (lambda: nn.Linear(4, 5), "has_bias", False),
+    (lambda: nn.Linear(4, 5), "dtype", "float64"),
+    (lambda: nn.Conv2d(1, 4, 3), "stride", 2),
+    (lambda: nn.Conv2d(1, 4, 3), "padding", 0),
+    (lambda: nn.BatchNorm1d(4), "num_features", 9),
+    (lambda: nn.BatchNorm2d(4), "out_features", 9),
+    (lambda: nn.MaxPool2d(2), "kernel_size", 3),
+])
+def test_a_module_s_structure_is_fixed_once_built(make, name, value) -> None:  # type: ignore[no-untyped-def]
+    """A changed width used to change only the repr (the parameters kept their shapes)
+    and a changed stride failed later in another module's message."""
+    mod = make()
+    before = getattr(mod, name)
+    with pytest.raises(InputError, match=rf"^{name}: fixed when the {type(mod).__name__} is "
+                                         rf"built .* build a new module with {name}="):
+        setattr(mod, name, value)
+    assert getattr(mod, name) == before

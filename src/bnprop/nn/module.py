@@ -70,6 +70,11 @@ class Module:
         self._m: int | None = None  # batch rows the buffers are sized for
 
     def __setattr__(self, name: str, value: object) -> None:
+        if name in FIXED_NAMES and name in self.__dict__:
+            raise InputError(
+                f"{name}: fixed when the {type(self).__name__} is built (its parameters, "
+                f"buffers and the modules around it depend on it); build a new module "
+                f"with {name}={value!r} instead.")
         if name in self.param_names or name in self.buffer_names:
             value = _replacement(name, self.__dict__.get(name), value)
         super().__setattr__(name, value)
@@ -154,6 +159,13 @@ class Module:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
+
+
+#: A module's structure, set once by its constructor: assigning it later is one line (it
+#: used to change a repr, or a shape the parameters and the Sequential no longer match).
+FIXED_NAMES = frozenset({"dtype", "in_features", "out_features", "num_features", "in_channels",
+                         "out_channels", "kernel_size", "stride", "padding", "has_bias",
+                         "param_names", "buffer_names"})
 
 
 def _replacement(name: str, old: object, value: object) -> object:
