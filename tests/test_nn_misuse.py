@@ -229,6 +229,11 @@ def test_an_array_of_the_shape_and_dtype_is_kept_and_other_numbers_are_cast() ->
     lin.W = np.full((5, 4), 0.1)  # float64 values: a float32 copy
     assert lin.W.dtype == np.float32 and lin.W.flags.c_contiguous
     np.testing.assert_array_equal(lin.W, np.float32(0.1))
+    lin.W = np.ones((4, 5), np.float32).T  # a transposed view: a C-contiguous copy
+    assert lin.W.flags.c_contiguous and lin.W.base is None
+    lin.W = np.broadcast_to(np.float32(2), (5, 4))  # read-only: a writeable copy
+    assert lin.W.flags.writeable
+    np.testing.assert_array_equal(lin.W, 2)
     bn = nn.BatchNorm1d(3)
     bn.num_batches_tracked = 7
     assert bn.num_batches_tracked.shape == () and bn.num_batches_tracked.dtype == np.int64

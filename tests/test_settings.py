@@ -29,6 +29,9 @@ BAD = [
     (lambda: SGD(0.1, momentum=0.9, nesterov=True), "momentum", 0.0),
     (lambda: SGD(0.1), "schedule", "linear"),
     (lambda: SGD(0.1), "schedule", "cosine"),  # no total_steps to build it from
+    (lambda: SGD(0.1), "t", -1),
+    (lambda: Adam(), "t", 2.5),
+    (lambda: Adam(), "t", True),
     (lambda: Adam(), "betas", (0.9, 2.0)),
     (lambda: Adam(), "betas", 0.9),
     (lambda: Adam(), "eps", -1e-8),
@@ -131,3 +134,9 @@ def test_a_setting_changed_between_steps_acts_as_if_given_to_the_constructor(
             fresh.train_step(*_batch(dtype, k), opt_fresh)
     _same(changed, fresh)
     assert opt.t == opt_fresh.t == 5
+
+
+def test_the_step_count_takes_numpy_integers_as_int() -> None:
+    opt = Adam()
+    opt.t = np.int64(3)
+    assert type(opt.t) is int and opt.t == 3

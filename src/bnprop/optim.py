@@ -74,6 +74,17 @@ def _schedule(obj: object, value: object, name: str) -> Schedule:
     return _check_schedule(value, None)
 
 
+def _step_count(obj: object, value: object, name: str) -> int:
+    """``t``: the steps taken, an integer >= 0 (it sets the schedule's factor and Adam's
+    bias corrections)."""
+    if type(value) is int and value >= 0:  # every step's t += 1: the one test
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise InputError(f"{name}: expected an integer >= 0 (the steps taken), got {value!r} "
+                         "instead.")
+    return int(value)
+
+
 def _momentum(obj: object, value: object, name: str) -> float:
     v = _check_nonnegative(value, name, below_one=True)
     if v == 0 and getattr(obj, "nesterov", False):
@@ -127,7 +138,8 @@ class Optimizer(CheckedSettings, FlatState):
     """
 
     setting_checks: ClassVar[dict[str, Callable[[Any, object, str], object]]] = {
-        "lr": _positive, "weight_decay": _nonnegative, "schedule": _schedule}
+        "lr": _positive, "weight_decay": _nonnegative, "schedule": _schedule,
+        "t": _step_count}
 
     #: Names of the per-parameter buffers, e.g. ``("momentum_buffer",)``.
     buffer_names: tuple[str, ...] = ()

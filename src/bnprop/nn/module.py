@@ -170,13 +170,15 @@ FIXED_NAMES = frozenset({"dtype", "in_features", "out_features", "num_features",
 
 def _replacement(name: str, old: object, value: object) -> object:
     """A parameter or buffer assigned anew (``lin.W = array``) keeps its shape and dtype:
-    an array of both is kept as it is (a view stays a view); values of that shape that
-    cast to the dtype ("same_kind") become a fresh copy; anything else is one line. (A
+    a writeable C-contiguous array of both is kept as it is (a view stays a view); other
+    values of that shape that cast to the dtype ("same_kind") become a fresh C-contiguous
+    copy (the kernels and the optimizer write into them); anything else is one line. (A
     wrong shape would otherwise fail deep in a product, or be read past its end by a
     kernel.) The constructor's first assignment (no array yet) is not checked."""
     if not isinstance(old, np.ndarray):
         return value
-    if type(value) is np.ndarray and value.shape == old.shape and value.dtype == old.dtype:
+    if (type(value) is np.ndarray and value.shape == old.shape and value.dtype == old.dtype
+            and value.flags.c_contiguous and value.flags.writeable):
         return value
     want = f"an array of shape {_shape_str(old.shape)} and dtype {old.dtype}"
     try:
