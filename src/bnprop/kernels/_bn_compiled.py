@@ -11,7 +11,14 @@ import numpy as np
 from numba import njit
 
 from bnprop.kernels._jit import JIT_OPTIONS
-from bnprop.kernels.activations import IDENTITY, activation_row, derivative_row
+from bnprop.kernels.activations import (
+    RELU,
+    SIGMOID,
+    TANH,
+    activation_row,
+    derivative_row,
+    per_derivative,
+)
 
 
 @njit(**JIT_OPTIONS)
@@ -118,14 +125,36 @@ def _accumulate_row(G, o, sum_G, sum_GObar):  # pragma: no cover - compiled
 
 @njit(**JIT_OPTIONS)
 def _backward_sums(dY, Y, Obar, act, sum_G, sum_GObar):  # pragma: no cover
-    m, n = dY.shape
-    one = np.ones(1, dY.dtype)[0]
-    G = np.empty(n, dY.dtype)
+    """``sum_G = sum_i G_i``, ``sum_GObar = sum_i G_i Obar_i`` (float64, rows in order),
+    ``G = sigma'(A) * dY`` formed in dY's dtype and summed as it is formed."""
     sum_G[:] = 0.0
     sum_GObar[:] = 0.0
-    for i in range(m):
-        derivative_row(act, dY[i], Y[i], one, G)
-        _accumulate_row(G, Obar[i], sum_G, sum_GObar)
+    if act == SIGMOID:
+        _sums_sigmoid(dY, Y, Obar, sum_G, sum_GObar)
+    elif act == TANH:
+        _sums_tanh(dY, Y, Obar, sum_G, sum_GObar)
+    elif act == RELU:
+        _sums_relu(dY, Y, Obar, sum_G, sum_GObar)
+    else:
+        _sums_identity(dY, Y, Obar, sum_G, sum_GObar)
+
+
+def _sums_rows(d):  # type: ignore[no-untyped-def]
+    """:func:`_backward_sums` for one activation's derivative ``d`` (compiled per ``d``,
+    :func:`bnprop.kernels.activations.per_derivative`: the loop vectorizes, 3.0 -> 1.45 us
+    at 60 x 100, the same bits as a row of ``G`` stored first, then summed)."""
+    def sums(dY, Y, Obar, sum_G, sum_GObar):  # pragma: no cover - compiled
+        one = np.ones(1, dY.dtype)[0]
+        for i in range(dY.shape[0]):
+            dy, y, o = dY[i], Y[i], Obar[i]
+            for j in range(dy.shape[0]):
+                g = np.float64(d(y[j], dy[j], one))
+                sum_G[j] += g
+                sum_GObar[j] += g * o[j]
+    return sums
+
+
+_sums_sigmoid, _sums_tanh, _sums_relu, _sums_identity = per_derivative(_sums_rows)
 
 
 @njit(**JIT_OPTIONS)
@@ -166,21 +195,43 @@ def _dZ_scale(gamma, inv_std, dt_like):  # pragma: no cover - compiled
 def _backward_apply(
     dY, Y, Obar, gamma, inv_std, sum_G, sum_GObar, m_total, act, dZ,
 ):  # pragma: no cover
-    m, n = dY.shape
-    one = np.ones(1, dY.dtype)[0]
+    """``dZ = ((G - mean_G) - Obar mean_GObar) scale`` (exact statistics), ``G =
+    sigma'(A) * dY`` formed in place; ``dZ`` may be ``dY``."""
     mean_G, mean_GObar, scale = _dZ_coefficients(gamma, inv_std, sum_G, sum_GObar, m_total, Y)
-    G_row = np.empty(n, dY.dtype)
-    for i in range(m):
-        if act == IDENTITY:  # G = 1 * dY = dY: no copy (at 60 x 100: 3.9 -> 1.9 us)
-            G = dY[i]
-        else:
-            derivative_row(act, dY[i], Y[i], one, G_row)
-            G = G_row
-        # Each G[j] is read before dz[j] is written, so dZ may be dY.
-        o = Obar[i]
-        dz = dZ[i]
-        for j in range(n):
-            dz[j] = ((G[j] - mean_G[j]) - o[j] * mean_GObar[j]) * scale[j]
+    # In place (dZ is dY): one array read and written, which LLVM vectorizes without a
+    # runtime overlap test (two views of one row fail it and run scalar: 6 against 1.5 us).
+    inplace = dZ.ctypes.data == dY.ctypes.data
+    if act == SIGMOID:
+        _apply_sigmoid(dY, Y, Obar, mean_G, mean_GObar, scale, dZ, inplace)
+    elif act == TANH:
+        _apply_tanh(dY, Y, Obar, mean_G, mean_GObar, scale, dZ, inplace)
+    elif act == RELU:
+        _apply_relu(dY, Y, Obar, mean_G, mean_GObar, scale, dZ, inplace)
+    else:
+        _apply_identity(dY, Y, Obar, mean_G, mean_GObar, scale, dZ, inplace)
+
+
+def _apply_rows(d):  # type: ignore[no-untyped-def]
+    """:func:`_backward_apply` for one activation's derivative ``d`` (compiled per ``d``,
+    2.9 -> 1.5 us at 60 x 100). Each ``G[j]`` is formed from ``dY[j]`` before ``dZ[j]``
+    is written, so ``dZ`` may be ``dY`` (``inplace``: then only ``dZ`` is indexed)."""
+    def apply(dY, Y, Obar, mean_G, mean_GObar, scale, dZ, inplace):  # pragma: no cover
+        one = np.ones(1, dY.dtype)[0]
+        for i in range(dY.shape[0]):
+            y, o, dz = Y[i], Obar[i], dZ[i]
+            if inplace:
+                for j in range(dz.shape[0]):
+                    g = d(y[j], dz[j], one)
+                    dz[j] = ((g - mean_G[j]) - o[j] * mean_GObar[j]) * scale[j]
+            else:
+                dy = dY[i]
+                for j in range(dz.shape[0]):
+                    g = d(y[j], dy[j], one)
+                    dz[j] = ((g - mean_G[j]) - o[j] * mean_GObar[j]) * scale[j]
+    return apply
+
+
+_apply_sigmoid, _apply_tanh, _apply_relu, _apply_identity = per_derivative(_apply_rows)
 
 
 @njit(**JIT_OPTIONS)
