@@ -12,9 +12,6 @@ from numba import njit
 
 from bnprop.kernels._jit import JIT_OPTIONS
 from bnprop.kernels.activations import (
-    RELU,
-    SIGMOID,
-    TANH,
     activation_row,
     derivative_row,
     per_derivative,
@@ -129,20 +126,7 @@ def _backward_sums(dY, Y, Obar, act, sum_G, sum_GObar):  # pragma: no cover
     ``G = sigma'(A) * dY`` formed in dY's dtype and summed as it is formed."""
     sum_G[:] = 0.0
     sum_GObar[:] = 0.0
-    _sums_for(act, dY, Y, Obar, sum_G, sum_GObar, None)
-
-
-@njit(**JIT_OPTIONS)
-def _sums_for(act, dY, Y, Obar, sum_G, sum_GObar, dA):  # pragma: no cover - compiled
-    """The sums (``sum_G``, ``sum_GObar`` zeroed by the caller) by activation code."""
-    if act == SIGMOID:
-        _sums_sigmoid(dY, Y, Obar, sum_G, sum_GObar, dA)
-    elif act == TANH:
-        _sums_tanh(dY, Y, Obar, sum_G, sum_GObar, dA)
-    elif act == RELU:
-        _sums_relu(dY, Y, Obar, sum_G, sum_GObar, dA)
-    else:
-        _sums_identity(dY, Y, Obar, sum_G, sum_GObar, dA)
+    _sums_by_act(act, dY, Y, Obar, sum_G, sum_GObar, None)
 
 
 def _sums_rows(d):  # type: ignore[no-untyped-def]
@@ -170,7 +154,7 @@ def _sums_rows(d):  # type: ignore[no-untyped-def]
     return sums
 
 
-_sums_sigmoid, _sums_tanh, _sums_relu, _sums_identity = per_derivative(_sums_rows)
+_sums_by_act = per_derivative(_sums_rows)
 
 
 @njit(**JIT_OPTIONS)
@@ -178,7 +162,7 @@ def _backward_sums_into(dY, Y, Obar, act, sum_G, sum_GObar, dA):  # pragma: no c
     """:func:`_backward_sums` that also stores ``G = sigma'(A) * dY`` in ``dA`` (m, n)."""
     sum_G[:] = 0.0
     sum_GObar[:] = 0.0
-    _sums_for(act, dY, Y, Obar, sum_G, sum_GObar, dA)
+    _sums_by_act(act, dY, Y, Obar, sum_G, sum_GObar, dA)
 
 
 @njit(**JIT_OPTIONS)
@@ -212,14 +196,7 @@ def _backward_apply(
     # In place (dZ is dY): one array read and written, which LLVM vectorizes without a
     # runtime overlap test (two views of one row fail it and run scalar: 6 against 1.5 us).
     inplace = dZ.ctypes.data == dY.ctypes.data
-    if act == SIGMOID:
-        _apply_sigmoid(dY, Y, Obar, mean_G, mean_GObar, scale, dZ, inplace)
-    elif act == TANH:
-        _apply_tanh(dY, Y, Obar, mean_G, mean_GObar, scale, dZ, inplace)
-    elif act == RELU:
-        _apply_relu(dY, Y, Obar, mean_G, mean_GObar, scale, dZ, inplace)
-    else:
-        _apply_identity(dY, Y, Obar, mean_G, mean_GObar, scale, dZ, inplace)
+    _apply_by_act(act, dY, Y, Obar, mean_G, mean_GObar, scale, dZ, inplace)
 
 
 def _apply_rows(d):  # type: ignore[no-untyped-def]
@@ -242,7 +219,7 @@ def _apply_rows(d):  # type: ignore[no-untyped-def]
     return apply
 
 
-_apply_sigmoid, _apply_tanh, _apply_relu, _apply_identity = per_derivative(_apply_rows)
+_apply_by_act = per_derivative(_apply_rows)
 
 
 @njit(**JIT_OPTIONS)
@@ -279,14 +256,7 @@ def _backward_sums_z(dY, Y, Z, mean, inv_std, act, sum_G, sum_GObar, dA):  # pra
     """:func:`_backward_sums_into` with ``Obar``'s rows formed from ``Z`` (float64 stats)."""
     sum_G[:] = 0.0
     sum_GObar[:] = 0.0
-    if act == SIGMOID:
-        _sums_z_sigmoid(dY, Y, Z, mean, inv_std, sum_G, sum_GObar, dA)
-    elif act == TANH:
-        _sums_z_tanh(dY, Y, Z, mean, inv_std, sum_G, sum_GObar, dA)
-    elif act == RELU:
-        _sums_z_relu(dY, Y, Z, mean, inv_std, sum_G, sum_GObar, dA)
-    else:
-        _sums_z_identity(dY, Y, Z, mean, inv_std, sum_G, sum_GObar, dA)
+    _sums_z_by_act(act, dY, Y, Z, mean, inv_std, sum_G, sum_GObar, dA)
 
 
 def _sums_rows_z(d):  # type: ignore[no-untyped-def]
@@ -307,7 +277,7 @@ def _sums_rows_z(d):  # type: ignore[no-untyped-def]
     return sums
 
 
-_sums_z_sigmoid, _sums_z_tanh, _sums_z_relu, _sums_z_identity = per_derivative(_sums_rows_z)
+_sums_z_by_act = per_derivative(_sums_rows_z)
 
 
 @njit(**JIT_OPTIONS)

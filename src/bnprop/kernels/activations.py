@@ -189,10 +189,22 @@ def d_identity(y, dy, one):
 
 
 def per_derivative(make):  # type: ignore[no-untyped-def]
-    """``make(d)`` (a Python function over the derivative ``d``) compiled once per
-    activation: ``(for sigmoid, tanh, relu, identity)``, in code order."""
-    return tuple(njit(**JIT_OPTIONS)(make(d))
-                 for d in (d_sigmoid, d_tanh, d_relu, d_identity))
+    """``make(d)`` (a Python function over the derivative ``d``, returning nothing)
+    compiled once per activation, behind one compiled ``fn(act, *args)`` that runs the
+    one of activation code ``act``."""
+    sig, tanh_, relu, ident = (njit(**JIT_OPTIONS)(make(d))
+                               for d in (d_sigmoid, d_tanh, d_relu, d_identity))
+
+    def by_code(act, *args):  # type: ignore[no-untyped-def]  # pragma: no cover
+        if act == SIGMOID:
+            sig(*args)
+        elif act == TANH:
+            tanh_(*args)
+        elif act == RELU:
+            relu(*args)
+        else:
+            ident(*args)
+    return njit(**JIT_OPTIONS)(by_code)
 
 
 def _derivative_loop(d):  # type: ignore[no-untyped-def]
@@ -202,21 +214,14 @@ def _derivative_loop(d):  # type: ignore[no-untyped-def]
     return loop
 
 
-_dloop_sigmoid, _dloop_tanh, _dloop_relu, _dloop_identity = per_derivative(_derivative_loop)
+_derivative_loops = per_derivative(_derivative_loop)
 
 
 @njit(**JIT_OPTIONS)
 def derivative_row(act, dY, Y, one, dA):
     """``dA[j] = sigma'(A[j]) * dY[j]`` for one row, from ``Y``; ``one`` is 1 in dY's type
     (:func:`d_sigmoid`, ...)."""
-    if act == SIGMOID:
-        _dloop_sigmoid(dY, Y, one, dA)
-    elif act == TANH:
-        _dloop_tanh(dY, Y, one, dA)
-    elif act == RELU:
-        _dloop_relu(dY, Y, one, dA)
-    else:
-        _dloop_identity(dY, Y, one, dA)
+    _derivative_loops(act, dY, Y, one, dA)
 
 
 @njit(**JIT_OPTIONS)
