@@ -199,7 +199,9 @@ class LayerGrads:
     backward pass's two sums, by the kernel that formed each chunk of it for ``dW`` and
     ``dO`` (the array equals the one an eager pass stores, bit for bit): the backward
     pass writes two (m, n_out) arrays instead of three. It reads ``dA`` and the cache
-    then, so change neither in place before reading ``dZ``.
+    then, so change neither in place before reading ``dZ``. A narrow layer's
+    (:mod:`bnprop.kernels.narrow`) ``dW`` and ``dO`` come from ``dA`` and the centered
+    input, not from ``dZ``: they equal ``dZ^T O`` and ``dZ W`` to rounding.
     """
 
     dA: np.ndarray

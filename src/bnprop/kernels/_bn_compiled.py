@@ -165,6 +165,25 @@ def _backward_sums_into(dY, Y, Obar, act, sum_G, sum_GObar, dA):  # pragma: no c
     _sums_by_act(act, dY, Y, Obar, sum_G, sum_GObar, dA)
 
 
+def _grad_rows(d):  # type: ignore[no-untyped-def]
+    """``dA = G = sigma'(A) * dY`` stored, ``sum_G += G`` (float64, rows in order), for
+    one activation's derivative ``d`` (:func:`_sums_rows` without ``Obar``)."""
+    def grads(dY, Y, sum_G, dA):  # pragma: no cover - compiled
+        one = np.ones(1, dY.dtype)[0]
+        for i in range(dY.shape[0]):
+            dy, y, ga = dY[i], Y[i], dA[i]
+            for j in range(dy.shape[0]):
+                gj = d(y[j], dy[j], one)
+                ga[j] = gj
+                sum_G[j] += np.float64(gj)
+    return grads
+
+
+#: ``_grad_sums(act, dY, Y, sum_G, dA)``: the first pass of a narrow layer's backward
+#: (:mod:`bnprop.kernels.narrow`); ``sum_G`` accumulates.
+_grad_sums = per_derivative(_grad_rows)
+
+
 @njit(**JIT_OPTIONS)
 def _dZ_coefficients(gamma, inv_std, sum_G, sum_GObar, m_total, dt_like):  # pragma: no cover
     n = gamma.shape[0]
