@@ -13,7 +13,6 @@ from numba import njit
 from bnprop.kernels._jit import JIT_OPTIONS
 from bnprop.kernels.activations import (
     activation_row,
-    derivative_row,
     per_derivative,
 )
 
@@ -109,15 +108,6 @@ def _forward_apply(Z, mean, inv_std, gamma, beta, act, Obar, Y, A):  # pragma: n
             o[j] = ob
             a[j] = gamma[j] * ob + beta[j]
         activation_row(act, a, one, Y[i])
-
-
-@njit(**JIT_OPTIONS)
-def _accumulate_row(G, o, sum_G, sum_GObar):  # pragma: no cover - compiled
-    """``sum_G += G``, ``sum_GObar += G * o`` for one row, in float64."""
-    for j in range(G.shape[0]):
-        g = np.float64(G[j])
-        sum_G[j] += g
-        sum_GObar[j] += g * o[j]
 
 
 @njit(**JIT_OPTIONS)
@@ -243,20 +233,42 @@ _apply_by_act = per_derivative(_apply_rows)
 
 @njit(**JIT_OPTIONS)
 def _backward_frozen(dY, Y, Obar, gamma, inv_std, act, sum_G, sum_GObar, dZ):  # pragma: no cover
-    m, n = dY.shape
-    one = np.ones(1, dY.dtype)[0]
+    """The frozen ``dZ = G * scale`` (``scale = gamma * inv_std`` rounded to dY's dtype)
+    with :func:`_backward_sums`' two sums, in one pass; ``dZ`` may be ``dY``."""
     scale = _dZ_scale(gamma, inv_std, dY)
-    G = np.empty(n, dY.dtype)
     sum_G[:] = 0.0
     sum_GObar[:] = 0.0
-    for i in range(m):
-        derivative_row(act, dY[i], Y[i], one, G)
-        _accumulate_row(G, Obar[i], sum_G, sum_GObar)
-        # A separate loop: one with three stores would need too many runtime alias
-        # checks for LLVM to vectorize it. G is in L1.
-        dz = dZ[i]
-        for j in range(n):
-            dz[j] = G[j] * scale[j]
+    inplace = dZ.ctypes.data == dY.ctypes.data
+    _frozen_by_act(act, dY, Y, Obar, scale, sum_G, sum_GObar, dZ, inplace)
+
+
+def _frozen_rows(d):  # type: ignore[no-untyped-def]
+    """:func:`_backward_frozen` for one activation's derivative ``d`` (compiled per ``d``,
+    as :func:`_sums_rows`; the same bits as a row of ``G`` stored first). In place
+    (``dZ`` is ``dY``) only ``dZ`` is indexed, as in :func:`_apply_rows`."""
+    def frozen(dY, Y, Obar, scale, sum_G, sum_GObar, dZ, inplace):  # pragma: no cover
+        one = np.ones(1, dY.dtype)[0]
+        for i in range(dY.shape[0]):
+            y, o, dz = Y[i], Obar[i], dZ[i]
+            if inplace:
+                for j in range(dz.shape[0]):
+                    gj = d(y[j], dz[j], one)
+                    g = np.float64(gj)
+                    sum_G[j] += g
+                    sum_GObar[j] += g * o[j]
+                    dz[j] = gj * scale[j]
+            else:
+                dy = dY[i]
+                for j in range(dz.shape[0]):
+                    gj = d(y[j], dy[j], one)
+                    g = np.float64(gj)
+                    sum_G[j] += g
+                    sum_GObar[j] += g * o[j]
+                    dz[j] = gj * scale[j]
+    return frozen
+
+
+_frozen_by_act = per_derivative(_frozen_rows)
 
 
 # Backward kernels of a cache that keeps Z, not Obar (bnprop.layer_cache.LayerCache):
