@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from bnprop import threads
 from bnprop.kernels._jit import JIT_OPTIONS
 
 
@@ -65,21 +66,32 @@ def adam_flat(p, g, m, v, coef):  # pragma: no cover - compiled
     _adam_pass(p, g, m, v, coef[0], coef[1], coef[2], coef[3], coef[4], coef[5], coef[6])
 
 
+#: Minimum elements of one part of a flat update split over bnprop's threads (a part
+#: must outweigh the ~60 us of handing it to a worker thread).
+PART_ELEMENTS = 1 << 17
+
+
 def flat_update(kind: str, p: np.ndarray, g: np.ndarray, a: np.ndarray, b: np.ndarray,
                 coef: np.ndarray, flags: int) -> None:
     """The fused update ``kind`` ("adam": ``a, b`` are ``m, v``; "sgd": ``a`` is the
-    momentum buffer, ``flags`` 1 first step, 2 momentum, 4 Nesterov). With two or more
-    threads (:func:`bnprop.threads.using`) its second half runs on the helper thread
-    (:func:`bnprop.kernels.team.update`): element-wise, the same bits."""
-    from bnprop.kernels import blas
+    momentum buffer, empty without momentum; ``flags`` 1 first step, 2 momentum, 4
+    Nesterov). With two or more threads (:func:`bnprop.threads.using`) an array of
+    ``2 PART_ELEMENTS`` or more is updated in row parts on bnprop's workers
+    (:func:`bnprop.threads.map_rows`): element-wise, the same bits.
 
-    if blas.available():
-        from bnprop.kernels import team
+    Not on the helper thread of the compiled steps (:mod:`bnprop.kernels.team`): this is
+    the update of the Python step, whose other parallel work runs on those workers, and
+    the helper spins for 2 ms after its part on the core they need. The next step's first
+    worker part then started 0.9-1.75 ms late; with the update in row parts the CNN step
+    took 1.1-1.8 ms less and the wide step 2.5-5 ms less (alternating, three runs).
+    """
+    adam = kind == "adam"
+    first, momentum, nesterov = flags & 1 != 0, flags & 2 != 0, flags & 4 != 0
 
-        ctl, use = team.for_call()
-        team.update(team.ADAM if kind == "adam" else team.SGD, p, g, a, b, coef, flags, ctl,
-                    use)
-    elif kind == "adam":
-        adam_flat(p, g, a, b, coef)
-    else:
-        sgd_flat(p, g, a, coef, flags & 1 != 0, flags & 2 != 0, flags & 4 != 0)
+    def part(r0: int, r1: int) -> None:
+        if adam:
+            adam_flat(p[r0:r1], g[r0:r1], a[r0:r1], b[r0:r1], coef)
+        else:  # an empty momentum buffer stays empty
+            sgd_flat(p[r0:r1], g[r0:r1], a[r0:r1], coef, first, momentum, nesterov)
+
+    threads.map_rows(part, p.size, min_rows=PART_ELEMENTS)
