@@ -220,8 +220,8 @@ def for_call(key: Hashable | None = None) -> tuple[np.ndarray, bool]:
     """``(ctl, use)`` for a compiled call: ``use`` when this context has two or more
     threads (:func:`bnprop.threads.num_threads`) and the helper is the faster way now
     for calls of ``key`` (the kind and shape of the call, whose time :func:`report`
-    gets; ``None``: an unmeasured call, such as the optimizer update after a step, takes
-    the way of the last measured one) (module docstring). The helper is then started or
+    gets; ``None``: an unmeasured call takes the way of the last measured one) (module
+    docstring). The helper is then started or
     woken (the call does not wait for it: parts it does not claim, the caller computes)."""
     ctl, use, _ = _way(key)
     return ctl, use
