@@ -104,3 +104,20 @@ def two_threads() -> Iterator[None]:
     threads.set_threads(n)
     if blas is not None:
         threads.set_blas_threads(blas)
+
+
+def count_map_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Patch :func:`bnprop.threads.map_rows` to record each call's number of parts; the
+    list it appends to."""
+    from bnprop import threads
+
+    parts: list[int] = []
+    real = threads.map_rows
+
+    def counting(fn, m, *, min_rows=2048):  # type: ignore[no-untyped-def]
+        out = real(fn, m, min_rows=min_rows)
+        parts.append(len(out))
+        return out
+
+    monkeypatch.setattr(threads, "map_rows", counting)
+    return parts

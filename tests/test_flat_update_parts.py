@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import count_map_rows
 
 from bnprop import threads
 from bnprop.kernels import optim
@@ -35,15 +36,7 @@ def _one_pass(kind: str, p, g, a, b, coef, flags) -> None:  # type: ignore[no-un
 @pytest.mark.parametrize("n", [1000, 2 * optim.PART_ELEMENTS + 7])
 def test_parts_give_the_bits_of_one_pass(monkeypatch: pytest.MonkeyPatch, kind: str,
                                          dtype: type, n: int) -> None:
-    parts: list[int] = []
-    real = threads.map_rows
-
-    def counting(fn, m, *, min_rows=2048):  # type: ignore[no-untyped-def]
-        out = real(fn, m, min_rows=min_rows)
-        parts.append(len(out))
-        return out
-
-    monkeypatch.setattr(threads, "map_rows", counting)
+    parts = count_map_rows(monkeypatch)
     want = [x.copy() for x in _operands(kind, n, dtype)[:4]]
     p, g, a, b, coef, flags = _operands(kind, n, dtype)
     _one_pass(kind, *want, coef, flags)

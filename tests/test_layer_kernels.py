@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import rel_err
+from conftest import count_map_rows, rel_err
 
 import bnprop
 from bnprop import threads
@@ -37,15 +37,7 @@ def test_parts_and_chunks_equal_the_reference(two_threads: None, stats: str, act
     monkeypatch.setattr(rows, "CHUNK_BYTES", 24 * 8 * 700)       # 700-row chunks
     monkeypatch.setattr(rows, "KERNEL_PART_BYTES", 24 * 8 * 1000)  # parts of >= 1000 rows
     O, W, gamma, beta, dY = _inputs(4500, 7, 24)  # >= 2 * KERNEL_PART_ROWS: chunked
-    calls: list[int] = []
-    real_map_rows = threads.map_rows
-
-    def counting(fn, m, *, min_rows=2048):  # type: ignore[no-untyped-def]
-        out = real_map_rows(fn, m, min_rows=min_rows)
-        calls.append(len(out))
-        return out
-
-    monkeypatch.setattr(threads, "map_rows", counting)
+    calls = count_map_rows(monkeypatch)
     got = bnprop.layer_forward(O, W, gamma, beta, activation=activation)
     ref = bnprop.layer_forward(O, W, gamma, beta, activation=activation, backend="numpy")
     for name in CACHE:
