@@ -52,7 +52,10 @@ from bnprop.kernels._narrow_compiled import centered_gram, column_sums
 from bnprop.kernels.buffers import shared as pool
 
 #: The path is taken when ``NARROW * n_in <= n_out``: its extra ``4 m n_in^2`` flops
-#: then cost less than the three (m, n_out) passes it saves.
+#: then cost less than the three (m, n_out) passes it saves. Measured (float32, 2
+#: threads, backward pass, this way / the other): 0.70-0.73x at n_in / n_out = 1/8
+#: (8 -> 64, 16 -> 128, 32 -> 256, 65536 rows), 0.80x at 64 -> 1024, but 1.10x at
+#: 64 -> 256 and 1.70x at 128 -> 256.
 NARROW = 8
 
 
