@@ -13,7 +13,7 @@ import pytest
 import bnprop
 from bnprop import nn, threads
 from bnprop.kernels import blas
-from bnprop.nn.compiled import CompiledStep, compiled_step
+from bnprop.nn.compiled import COMPILED_Z_BYTES, CompiledStep, compiled_step
 
 pytestmark = pytest.mark.skipif(not blas.available(), reason="NumPy's scipy-openblas not found")
 
@@ -126,10 +126,11 @@ def test_the_default_mlp_takes_it_with_any_thread_count() -> None:
     _assert_same(*nets)  # BLAS on 1 thread either way: the same bits
 
 
-@pytest.mark.parametrize("case", ["numpy", "no-bn", "width-1", "chunked", "split", "split-dW",
-                                  "images"])
+@pytest.mark.parametrize("case", ["numpy", "no-bn", "width-1", "chunked", "split-3-threads",
+                                  "split-dW-3-threads", "large-Z", "images"])
 def test_other_plans_and_batches_take_the_python_step(case: str) -> None:
     X, y = _batch(40)
+    n_threads = 2
     if case == "numpy":
         net = _net()
         net = nn.Sequential(*net.modules, backend="numpy")
@@ -140,23 +141,63 @@ def test_other_plans_and_batches_take_the_python_step(case: str) -> None:
     elif case == "chunked":  # rows the Python step walks in chunks
         X, y = _batch(4096)
         net = _net()
-    elif case == "split":  # rows the Python step splits over 2 threads
+    elif case == "split-3-threads":  # rows the Python step splits over 3 threads
         X, y = _batch(3000, n_in=10)
-        net = _net(widths=(256, 8))
-    elif case == "split-dW":  # few rows, but dW = dZ^T O of a wide layer splits its rows
+        net, n_threads = _net(widths=(256, 8)), 3
+    elif case == "split-dW-3-threads":  # few rows, but dW = dZ^T O of a wide layer splits
         X, y = _batch(60, n_in=784)
-        net = _net(widths=(1024, 8), n_in=784)
+        net, n_threads = _net(widths=(1024, 8), n_in=784), 3
+    elif case == "large-Z":  # split rows on 2 threads, but a Z of more than 4 MiB
+        X, y = _batch(1000, n_in=10)
+        net = _net(widths=(1100, 8))
+        assert 1000 * 1100 * 4 > COMPILED_Z_BYTES
     else:
         net = nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), nn.BatchNorm2d(2), nn.ReLU(),
                             nn.Flatten(), nn.Linear(2 * 4 * 4, 4))
         X = np.random.default_rng(0).random((40, 1, 6, 6), dtype=np.float32)
-    with threads.using(2):
+    with threads.using(n_threads):
         net.train_step(X, y, bnprop.SGD(0.1))
-        if case.startswith("split") or case == "chunked":  # the plan qualifies, the batch not
-            assert isinstance(net._compiled, CompiledStep)
+        if case in ("chunked", "large-Z") or case.startswith("split"):  # the batch does not
+            assert isinstance(net._compiled, CompiledStep)           # qualify, the plan does
             assert compiled_step(net, X) is None
         else:
             assert getattr(net, "_compiled", None) is None
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(("case", "opt", "act", "stats"), [
+    ("split", "momentum-wd", "Sigmoid", "exact"), ("split", "adam", "ReLU", "frozen"),
+    ("split-dW", "sgd", "Tanh", "exact"), ("split-dW", "adam", "Sigmoid", "exact")])
+def test_on_two_threads_it_takes_split_batches_with_the_bits_of_one_thread(
+        dtype: str, case: str, opt: str, act: str, stats: str) -> None:
+    """Batches the Python step splits into row parts on 2 threads (its moments merged by
+    Chan's rule, its sums by parts) run compiled there, with the bits of the Python step
+    on 1 thread: the numbers no longer depend on the thread count."""
+    if case == "split":  # rows split: Z = 2000 x 256 (4.1 MB in float64)
+        kw, m, n_in = {"widths": (256, 8)}, 2000, 10
+    else:  # few rows, dW = dZ^T O of a wide layer split by rows
+        kw, m, n_in = {"widths": (1024, 8), "n_in": 784}, 60, 784
+    two, one = _net(dtype, act=act, stats=stats, **kw), _python(_net(dtype, act=act,
+                                                                      stats=stats, **kw))
+    o_two, o_one = OPTIMIZERS[opt](), OPTIMIZERS[opt]()
+    for step in range(3):
+        X, y = _batch(m, n_in=n_in, dtype=dtype, seed=step)
+        with threads.using(2):
+            assert compiled_step(two, X) is not None
+            loss_two = two.train_step(X, y, o_two)
+        with threads.using(1):
+            assert one.train_step(X, y, o_one) == loss_two
+    _assert_same(two, one)
+    split = _python(_net(dtype, act=act, stats=stats, **kw))  # the Python step's parts
+    X, y = _batch(m, n_in=n_in, dtype=dtype, seed=0)
+    fresh = _net(dtype, act=act, stats=stats, **kw)
+    with threads.using(2):
+        split.train_step(X, y, OPTIMIZERS[opt]())
+        fresh.train_step(X, y, OPTIMIZERS[opt]())
+    for (name, p), (_, q) in zip(split.named_parameters(), fresh.named_parameters(),
+                                 strict=True):
+        np.testing.assert_allclose(p, q, rtol=1e-4 if dtype == "float32" else 1e-12,
+                                   atol=1e-6 if dtype == "float32" else 1e-14, err_msg=name)
 
 
 def test_non_finite_step_changes_nothing() -> None:

@@ -24,10 +24,33 @@ then 254-258 us with ``Z_1`` in small blocks, :mod:`bnprop.kernels.small_gemm`, 
 cut by rows and the finiteness test in the update's halves), on the same bits; the step reports
 its time so that the helper is used only while it is faster (:mod:`bnprop.kernels._helper_thread`).
 
-The Python step keeps every other case: other modules, ``comm``, ``backend="numpy"``,
-a width of 1 (NumPy calls GEMV there), and batches large enough that the Python step
-splits their rows over threads or walks them in chunks
-(:mod:`bnprop.kernels.rows`).
+Which batches it takes (:func:`_takes_rows`): on one thread every batch the Python
+step would not walk in chunks (fewer than ``2 * rows.KERNEL_PART_ROWS`` rows); on two
+threads also the batches the Python step splits into row parts, while each hidden
+layer's ``Z`` has at most :data:`COMPILED_Z_BYTES`. The compiled step's backward BN
+passes run on the calling thread alone, so a larger ``Z`` goes back to the Python
+step's parts. Measured on 2 cores, the Python step's parts -> the compiled step, a
+step (SGD):
+
+=============================  =========  =====  ==========================
+net                            batch      dtype  ms
+=============================  =========  =====  ==========================
+784-100-100-100-10             200        f32    1.42 -> 0.74
+784-100-100-100-10             512 / 2048 f32    2.49 -> 1.63 / 8.69 -> 6.21
+784-100-100-100-10             4095       f32    15.4 -> 12.9
+784-1024x3-10                  64 / 256   f32    10.9 -> 8.2 / 27.1 -> 24.4
+784-1024x3-10                  512 / 1024 f32    48.8 -> 46.1 / 93.0 -> 90.1
+784-1024x3-10                  1536       f32    138.1 -> 135.0 (``Z`` 6 MiB)
+784-1024x3-10                  2048       f32    181.7 -> 209.1 (8 MiB: slower)
+784-1024x3-10                  512 / 1024 f64    97.4 -> 93.4 / 183.3 -> 281.0 (8 MiB)
+=============================  =========  =====  ==========================
+
+With more threads the Python step keeps every split batch: the compiled step has one
+helper thread. The numbers change with the path only by the rounding of the merged
+parts (Chan's rule for the moments, per-part sums): the compiled step gives the bits of
+the Python step in one part, that is, of one thread. The Python step keeps every other
+case: other modules, ``comm``, ``backend="numpy"``, a width of 1 (NumPy calls GEMV
+there), and the rest of the batches above.
 """
 
 from __future__ import annotations
@@ -81,21 +104,32 @@ def _eligible_plan(steps: list[Any]) -> bool:
             and min(widths) >= 2)
 
 
-def _one_part(m: int, steps: list[Any]) -> bool:
-    """Whether the Python step would run every GEMM and kernel of ``m`` rows whole."""
+#: Most bytes of a hidden layer's ``Z`` for which the compiled step takes, on two threads,
+#: a batch the Python step would split into row parts (module docstring: 4 MiB was
+#: faster in every case measured, 6 MiB about even, 8 MiB 1.15-1.5x slower).
+COMPILED_Z_BYTES = 1 << 22
+
+
+def _takes_rows(m: int, steps: list[Any]) -> bool:
+    """Whether the compiled step takes a batch of ``m`` rows (module docstring)."""
     hidden = steps[:-1]
-    if not all(rows.unsplit(m, s.norm.num_features, s.norm.dtype.itemsize) for s in hidden):
-        return False                                         # kernels in parts or chunks
-    if threads.num_threads() == 1:
-        return True
-    for s in hidden:
-        width, n_in = s.norm.num_features, s.stage.linear.in_features
-        # Z = O W^T and dO = dZ W split their m rows, dW = dZ^T O its `width` rows, once
-        # a part has GEMM_PART_FLOPS (rows.gemm); all three GEMMs have 2 m n_in width flops.
-        min_rows = math.ceil(rows.GEMM_PART_FLOPS / (2 * n_in * width))
-        if m >= 2 * min_rows or width >= 2 * math.ceil(rows.GEMM_PART_FLOPS / (2 * m * n_in)):
-            return False                                     # a GEMM split over threads
-    return True
+    if m >= 2 * rows.KERNEL_PART_ROWS:
+        return False                                         # the Python step's chunks
+    n = threads.num_threads()
+    if n == 1 or all(rows.unsplit(m, s.norm.num_features, s.norm.dtype.itemsize)
+                     and not _splits_gemm(m, s) for s in hidden):
+        return True                                          # the Python step in one part
+    return n == 2 and all(m * s.norm.num_features * s.norm.dtype.itemsize
+                          <= COMPILED_Z_BYTES for s in hidden)
+
+
+def _splits_gemm(m: int, s: Any) -> bool:
+    """Whether the Python step splits one of the layer's GEMMs over threads: ``Z = O W^T``
+    and ``dO = dZ W`` their ``m`` rows, ``dW = dZ^T O`` its ``width`` rows, once a part
+    has ``rows.GEMM_PART_FLOPS`` (all three have ``2 m n_in width`` flops)."""
+    width, n_in = s.norm.num_features, s.stage.linear.in_features
+    min_rows = math.ceil(rows.GEMM_PART_FLOPS / (2 * n_in * width))
+    return m >= 2 * min_rows or width >= 2 * math.ceil(rows.GEMM_PART_FLOPS / (2 * m * n_in))
 
 
 class CompiledStep:
@@ -133,7 +167,7 @@ class CompiledStep:
         self.V = np.empty((k.MOMENTUM + 1, L, max(n.num_features for n in norms)))
         self.kept_settings: tuple[list[float], list[float], list[bool]] | None = None
         self.kept_run: tuple[FlatUpdate | None, tuple[Any, ...]] = (None, ())
-        self.one_part: dict[tuple[int, int], bool] = {}  # (rows, threads) -> _one_part
+        self.takes: dict[tuple[int, int], bool] = {}  # (rows, threads) -> _takes_rows
         self.m: int | None = None
 
     def _allocate(self, m: int) -> None:
@@ -262,8 +296,8 @@ def compiled_step(seq: Any, X: np.ndarray) -> CompiledStep | None:
         seq._compiled = cached
     if cached is None or X.ndim != 2 or not X.flags.c_contiguous:
         return None
-    key = (X.shape[0], threads.num_threads())  # what _one_part depends on, with the plan
-    one = cached.one_part.get(key)
+    key = (X.shape[0], threads.num_threads())  # what _takes_rows depends on, with the plan
+    one = cached.takes.get(key)
     if one is None:
-        one = cached.one_part[key] = _one_part(X.shape[0], seq.steps)
+        one = cached.takes[key] = _takes_rows(X.shape[0], seq.steps)
     return cached if one else None
