@@ -355,3 +355,32 @@ def test_without_numpys_openblas_the_python_paths_run(monkeypatch: pytest.Monkey
                                 bnprop.layer_forward(O, W, gamma, beta, backend="numpy"),
                                 backend="numpy")
     np.testing.assert_allclose(got.dW, ref.dW, rtol=1e-5, atol=1e-6)
+
+
+def test_a_dW_left_to_the_helper_beside_the_next_bn_pass_keeps_the_bits() -> None:
+    """The backward call leaves each dW on the helper while this thread runs the next
+    layer's BN pass: with the helper taking parts, the step keeps one thread's bits."""
+    import time
+
+    from bnprop.kernels import team
+
+    kw = {"widths": (256, 192, 128), "n_in": 100, "k": 10}
+    two, one = _net(**kw), _python(_net(**kw))
+    o_two, o_one = bnprop.SGD(0.2, momentum=0.9), bnprop.SGD(0.2, momentum=0.9)
+    team.prefer(True)
+    try:
+        start, deadline, step = team.parts_done(), None, 0
+        while step < 4 or team.parts_done() == start:
+            if step == 1:  # after the first step, which may compile
+                deadline = time.monotonic() + 20.0
+            assert deadline is None or time.monotonic() < deadline, "the helper took no part"
+            X, y = _batch(512, n_in=100, k=10, seed=step)
+            with threads.using(2):
+                assert compiled_step(two, X) is not None
+                loss_two = two.train_step(X, y, o_two)
+            with threads.using(1):
+                assert one.train_step(X, y, o_one) == loss_two
+            step += 1
+    finally:
+        team.prefer(None)
+    _assert_same(two, one)

@@ -22,8 +22,11 @@ so the step gives the same bits::
 
 The GEMMs go through :mod:`bnprop.kernels.team`: in two parts where ``plan`` says so,
 each ``dW_l`` beside ``dY_{l-1}``, a part on the helper thread when the call owns it; the
-parts give the whole GEMM's bits. So does the forward's row-wise BN pass (``Obar_l,
-Y_l``: :mod:`bnprop.kernels._team_bn`), whose rows are computed alone. The loss is
+parts give the whole GEMM's bits. The helper's ``dW_l`` is waited for only after this
+thread's BN pass of layer ``l - 1``, which writes neither that ``dW`` nor its operands
+(the wide step, 784-1024x3-10 at batch 512 on 2 cores: about 47 -> 46 ms). The
+forward's row-wise BN pass (``Obar_l, Y_l``: :mod:`bnprop.kernels._team_bn`) also runs
+in two parts with the whole pass's bits: its rows are computed alone. The loss is
 :func:`bnprop.kernels.loss.softmax_cross_entropy_inplace`'s passes (the reference's),
 its compiled ones inside the two calls (the shift at the end of ``forward``, the row
 totals and ``dlogits`` at the start of ``backward``) and NumPy's ``exp`` and ``log``
@@ -164,9 +167,12 @@ def backward(X, params, grads, plan, buf, V, count, dlogits, ctl, use, y, F, row
         _row_totals(dlogits, total)
     _finish_rows(dlogits, y, total, rowmax, _cast_like(float(count), dlogits))
     owned = team.acquire(ctl, use)
-    team.gemm_beside(team.tn(dlogits, _rows(buf, plan, L - 1, Y_ROWS, m), _matrix(grads, plan, L)),
-                     team.nn(dlogits, _matrix(params, plan, L),
-                             _rows(buf, plan, L - 1, DY_ROWS, m)), ctl, owned)
+    # Each dW beside its dO, the dW left to the helper while this thread goes on with the
+    # next layer's BN pass (which writes neither the dW nor its operands): waited for
+    # (_dW_done) only before the next GEMM is offered.
+    g_dW = team.tn(dlogits, _rows(buf, plan, L - 1, Y_ROWS, m), _matrix(grads, plan, L))
+    pending = _dW_posted(g_dW, team.nn(dlogits, _matrix(params, plan, L),
+                                       _rows(buf, plan, L - 1, DY_ROWS, m)), ctl, owned)
     if plan[L, BETA_AT] >= 0:  # sum_rows in float64, rows in order, rounded once
         db_acc, db_out = _scratch(F, DB_ACC, m), _vector(grads, plan, L, BETA_AT)
         db_acc[:] = 0.0
@@ -187,18 +193,42 @@ def backward(X, params, grads, plan, buf, V, count, dlogits, ctl, use, y, F, row
         else:
             _backward_sums(dY, Y, Obar, act, sG, sGO)
             _backward_apply(dY, Y, Obar, gamma, inv_std, sG, sGO, float(count), act, dY)
-        dW = _matrix(grads, plan, layer)
-        if layer > 0:                                        # dW = dZ^T O, dO = dZ W
-            team.gemm_beside(team.tn(dY, _rows(buf, plan, layer - 1, Y_ROWS, m), dW),
-                             team.nn(dY, _matrix(params, plan, layer),
-                                     _rows(buf, plan, layer - 1, DY_ROWS, m)), ctl, owned)
-        else:
-            team.gemm(team.tn(dY, X, dW), ctl, owned, plan[0, SPLIT_DW] != 0)
         dg, dbeta = _vector(grads, plan, layer, GAMMA_AT), _vector(grads, plan, layer, BETA_AT)
         for j in range(dg.shape[0]):
             dg[j] = sGO[j]
             dbeta[j] = sG[j]
+        _dW_done(ctl, pending, g_dW)
+        dW = _matrix(grads, plan, layer)
+        if layer > 0:                                        # dW = dZ^T O, dO = dZ W
+            g_dW = team.tn(dY, _rows(buf, plan, layer - 1, Y_ROWS, m), dW)
+            pending = _dW_posted(g_dW, team.nn(dY, _matrix(params, plan, layer),
+                                               _rows(buf, plan, layer - 1, DY_ROWS, m)),
+                                 ctl, owned)
+        else:
+            team.gemm(team.tn(dY, X, dW), ctl, owned, plan[0, SPLIT_DW] != 0)
     team.release(ctl, owned)
+
+
+@njit(**JIT_OPTIONS)
+def _dW_posted(g_dW, g_dO, ctl, owned):  # pragma: no cover - compiled
+    """:func:`bnprop.kernels.team.gemm_beside` without its wait: ``g_dO`` runs here and
+    ``g_dW`` is offered to the helper when this call ``owned`` it; returns the task number
+    that :func:`_dW_done` finishes (0: both ran here)."""
+    if owned:
+        seq = team.post(ctl, g_dW, False, 0, g_dW[4])
+        team.run(g_dO, False, 0, g_dO[4])
+        return seq
+    team.run(g_dO, False, 0, g_dO[4])
+    team.run(g_dW, False, 0, g_dW[4])
+    return 0
+
+
+@njit(**JIT_OPTIONS)
+def _dW_done(ctl, seq, g_dW):  # pragma: no cover - compiled
+    """The ``dW`` of :func:`_dW_posted` task ``seq`` is done when this returns (computed
+    here if the helper had not claimed it)."""
+    if seq != 0:
+        team.finish(ctl, seq, g_dW, False, 0, g_dW[4])
 
 
 def _cast_like(x, arr):  # pragma: no cover - compiled only
