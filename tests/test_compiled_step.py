@@ -384,3 +384,17 @@ def test_a_dW_left_to_the_helper_beside_the_next_bn_pass_keeps_the_bits() -> Non
     finally:
         team.prefer(None)
     _assert_same(two, one)
+
+
+@pytest.mark.parametrize(("m", "dtype", "takes"), [
+    (1024, "float32", True), (1025, "float32", False),  # Z of 1024 x 1024: 4 MiB exactly
+    (512, "float64", True), (513, "float64", False)])
+def test_on_two_threads_the_limit_is_a_z_of_4_mib(m: int, dtype: str, takes: bool) -> None:
+    net = _net(dtype, widths=(1024, 8))
+    X = np.zeros((m, 10), dtype)
+    with threads.using(2):
+        assert (compiled_step(net, X) is not None) == takes
+    with threads.using(1):  # one thread: every batch below the Python step's chunks
+        assert compiled_step(net, X) is not None
+    with threads.using(3):  # more threads: the Python step's parts
+        assert compiled_step(net, X) is None
