@@ -169,10 +169,10 @@ def backward(X, params, grads, plan, buf, V, count, dlogits, ctl, use, y, F, row
     owned = team.acquire(ctl, use)
     # Each dW beside its dO, the dW left to the helper while this thread goes on with the
     # next layer's BN pass (which writes neither the dW nor its operands): waited for
-    # (_dW_done) only before the next GEMM is offered.
+    # (team.beside_done) only before the next GEMM is offered.
     g_dW = team.tn(dlogits, _rows(buf, plan, L - 1, Y_ROWS, m), _matrix(grads, plan, L))
-    pending = _dW_posted(g_dW, team.nn(dlogits, _matrix(params, plan, L),
-                                       _rows(buf, plan, L - 1, DY_ROWS, m)), ctl, owned)
+    g_dO = team.nn(dlogits, _matrix(params, plan, L), _rows(buf, plan, L - 1, DY_ROWS, m))
+    pending = team.beside_posted(g_dW, g_dO, ctl, owned)
     if plan[L, BETA_AT] >= 0:  # sum_rows in float64, rows in order, rounded once
         db_acc, db_out = _scratch(F, DB_ACC, m), _vector(grads, plan, L, BETA_AT)
         db_acc[:] = 0.0
@@ -197,38 +197,16 @@ def backward(X, params, grads, plan, buf, V, count, dlogits, ctl, use, y, F, row
         for j in range(dg.shape[0]):
             dg[j] = sGO[j]
             dbeta[j] = sG[j]
-        _dW_done(ctl, pending, g_dW)
+        team.beside_done(ctl, pending, g_dW)
         dW = _matrix(grads, plan, layer)
         if layer > 0:                                        # dW = dZ^T O, dO = dZ W
             g_dW = team.tn(dY, _rows(buf, plan, layer - 1, Y_ROWS, m), dW)
-            pending = _dW_posted(g_dW, team.nn(dY, _matrix(params, plan, layer),
-                                               _rows(buf, plan, layer - 1, DY_ROWS, m)),
-                                 ctl, owned)
+            g_dO = team.nn(dY, _matrix(params, plan, layer),
+                           _rows(buf, plan, layer - 1, DY_ROWS, m))
+            pending = team.beside_posted(g_dW, g_dO, ctl, owned)
         else:
             team.gemm(team.tn(dY, X, dW), ctl, owned, plan[0, SPLIT_DW] != 0)
     team.release(ctl, owned)
-
-
-@njit(**JIT_OPTIONS)
-def _dW_posted(g_dW, g_dO, ctl, owned):  # pragma: no cover - compiled
-    """:func:`bnprop.kernels.team.gemm_beside` without its wait: ``g_dO`` runs here and
-    ``g_dW`` is offered to the helper when this call ``owned`` it; returns the task number
-    that :func:`_dW_done` finishes (0: both ran here)."""
-    if owned:
-        seq = team.post(ctl, g_dW, False, 0, g_dW[4])
-        team.run(g_dO, False, 0, g_dO[4])
-        return seq
-    team.run(g_dO, False, 0, g_dO[4])
-    team.run(g_dW, False, 0, g_dW[4])
-    return 0
-
-
-@njit(**JIT_OPTIONS)
-def _dW_done(ctl, seq, g_dW):  # pragma: no cover - compiled
-    """The ``dW`` of :func:`_dW_posted` task ``seq`` is done when this returns (computed
-    here if the helper had not claimed it)."""
-    if seq != 0:
-        team.finish(ctl, seq, g_dW, False, 0, g_dW[4])
 
 
 def _cast_like(x, arr):  # pragma: no cover - compiled only

@@ -238,15 +238,28 @@ def gemm(g, ctl, owned, split):  # pragma: no cover - compiled
 
 @njit(**JIT_OPTIONS)
 def gemm_beside(g_helper, g_here, ctl, owned):  # pragma: no cover - compiled
-    """Two independent whole GEMMs (different outputs): ``g_helper`` offered to the helper
-    when ``owned`` while ``g_here`` runs here."""
-    if owned:
-        seq = post(ctl, g_helper, False, 0, g_helper[4])
-        run(g_here, False, 0, g_here[4])
-        finish(ctl, seq, g_helper, False, 0, g_helper[4])
-    else:
+    """Two independent whole GEMMs: ``g_helper`` offered to the helper, ``g_here`` here."""
+    beside_done(ctl, beside_posted(g_helper, g_here, ctl, owned), g_helper)
+
+
+@njit(**JIT_OPTIONS)
+def beside_posted(g_helper, g_here, ctl, owned):  # pragma: no cover - compiled
+    """:func:`gemm_beside` without its wait, for a caller with other work meanwhile:
+    returns the task number :func:`beside_done` finishes (0: both ran here)."""
+    if not owned:
         run(g_here, False, 0, g_here[4])
         run(g_helper, False, 0, g_helper[4])
+        return 0
+    seq = post(ctl, g_helper, False, 0, g_helper[4])
+    run(g_here, False, 0, g_here[4])
+    return seq
+
+
+@njit(**JIT_OPTIONS)
+def beside_done(ctl, seq, g_helper):  # pragma: no cover - compiled
+    """``g_helper`` of :func:`beside_posted` task ``seq`` is done when this returns."""
+    if seq != 0:
+        finish(ctl, seq, g_helper, False, 0, g_helper[4])
 
 
 @njit(**JIT_OPTIONS)
@@ -381,5 +394,6 @@ def gemm_sequence(products: list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]
     return call
 
 
-__all__ = ["for_call", "for_timed_call", "gemm", "gemm_beside", "gemm_sequence", "helper",
-           "may_split", "nn", "nt", "parts_done", "prefer", "report", "run", "tn", "update"]
+__all__ = ["beside_done", "beside_posted", "for_call", "for_timed_call", "gemm", "gemm_beside",
+           "gemm_sequence", "helper", "may_split", "nn", "nt", "parts_done", "prefer", "report",
+           "run", "tn", "update"]
