@@ -11,8 +11,7 @@ from conftest import rel_err
 
 import bnprop
 from bnprop import threads
-from bnprop.kernels import layer as kernel_layer
-from bnprop.kernels import narrow, rows
+from bnprop.kernels import layer_small, narrow, rows
 from bnprop.kernels._bn_compiled import _dZ_exact_z, _dZ_frozen, _grad_sums
 from bnprop.kernels._narrow_compiled import centered_gram, column_sums
 from bnprop.kernels.activations import ACTIVATION_CODES, derivative_rows
@@ -145,7 +144,7 @@ def test_an_unsplit_batch_keeps_its_one_compiled_call(monkeypatch: pytest.Monkey
         pytest.skip("NumPy's scipy-openblas not found")
     calls = _spy(monkeypatch)
     O, W, gamma, beta, dY = _inputs(60, N_IN, N_OUT, "float32")
-    assert kernel_layer._whole(60, N_OUT, 4)
+    assert layer_small.whole(60, N_OUT, 4)
     bnprop.layer_backward(dY, bnprop.layer_forward(O, W, gamma, beta))
     assert calls == []
 

@@ -106,6 +106,9 @@ class LayerCache:
     eps: float
     m_global: int | None
     comm: Communicator | None
+    #: The plan of :mod:`bnprop.kernels.layer_small` whose forward pass made this cache
+    #: (its backward pass then skips the checks), else None.
+    _plan: Any = None
 
     def __init__(self, O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                  Z: np.ndarray, mu: np.ndarray, var: np.ndarray, inv_std: np.ndarray,
@@ -119,6 +122,10 @@ class LayerCache:
             O=O, W=W, gamma=gamma, beta=beta, Z=Z, mu=mu, var=var, inv_std=inv_std,
             _Obar=Obar, _A=A, Y=Y, activation=activation, eps=eps, m_global=m_global,
             comm=comm, _stats64=None)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled and copied without the plan: a copy's backward pass checks again."""
+        return {**self.__dict__, "_plan": None}
 
     @classmethod
     def _made(cls, *, Obar: np.ndarray, A: np.ndarray, **fields: Any) -> LayerCache:
@@ -217,6 +224,14 @@ class LayerGrads:
                              "got None (layer_backward builds a complete one).")
         self.__dict__.update(dA=dA, dgamma=dgamma, dbeta=dbeta, _dZ=dZ, dW=dW, dO=dO,
                              _form_dZ=None)
+
+    @classmethod
+    def _made(cls, **fields: np.ndarray) -> LayerGrads:
+        """The gradients of bnprop's own backward pass (the constructor's fields, by
+        keyword), ``dZ`` included."""
+        grads, dZ = cls.__new__(cls), fields.pop("dZ")
+        grads.__dict__.update(fields, _dZ=dZ, _form_dZ=None)
+        return grads
 
     @classmethod
     def _dZ_when_read(cls, form_dZ: Callable[[], np.ndarray],

@@ -52,3 +52,27 @@ def layer_inputs_finite(O, W, gamma, beta):  # pragma: no cover - compiled
     """Whether the C-contiguous ``O``, ``W``, ``gamma`` and ``beta`` hold no inf or NaN."""
     return (_all_finite(O.reshape(O.size)) and _all_finite(W.reshape(W.size))
             and _all_finite(gamma) and _all_finite(beta))
+
+
+def _copy_finite(a, out):  # pragma: no cover - compiled only
+    """Copy the 1D float array ``a`` into ``out`` and return whether no element is inf or
+    NaN: the test of :func:`_all_finite` in the pass of the copy."""
+    raise NotImplementedError("_copy_finite is only callable from Numba-compiled code")
+
+
+@overload(_copy_finite, jit_options=JIT_OPTIONS)
+def _copy_finite_overload(a, out):  # type: ignore[no-untyped-def]
+    if a.dtype == types.float32:
+        bits, inf, magnitude = np.uint32, np.uint32(0x7F800000), np.uint32(0x7FFFFFFF)
+    else:
+        bits, inf = np.uint64, np.uint64(0x7FF0000000000000)
+        magnitude = np.uint64(0x7FFFFFFFFFFFFFFF)
+
+    def impl(a, out):  # type: ignore[no-untyped-def]
+        b, c = a.view(bits), out.view(bits)
+        top = bits(0)
+        for i in range(b.shape[0]):
+            c[i] = b[i]
+            top = max(top, b[i] & magnitude)
+        return top < inf
+    return impl

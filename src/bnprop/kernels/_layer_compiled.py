@@ -25,7 +25,7 @@ from bnprop.kernels._bn_compiled import (
     _moments,
     _var_inv_std,
 )
-from bnprop.kernels._finite import _all_finite
+from bnprop.kernels._finite import _all_finite, _copy_finite
 from bnprop.kernels._jit import JIT_OPTIONS
 from bnprop.kernels._team_bn import forward_rows
 from bnprop.kernels.activations import IDENTITY
@@ -79,3 +79,21 @@ def backward(dY, O, W, Y, Obar, gamma, inv_std, act, frozen, m_total, dA, dZ, dW
         sums[0, j] = sum_G[j]
         sums[1, j] = sum_GObar[j]
     return _all_finite(sum_G) and _all_finite(sum_GObar)
+
+
+@njit(**JIT_OPTIONS)
+def forward_copied(O, W, gamma, beta, O_c, W_c, gamma_c, beta_c, act, eps, block_rows, Z,
+                   Obar, A, Y, stats, split, ctl, use):  # pragma: no cover - compiled
+    """:func:`forward` on ``O_c, W_c, gamma_c, beta_c``, copies of the caller's four
+    arrays made in the pass that tests them for inf and NaN (the cache keeps the copies:
+    changing an input afterwards does not change its backward pass). Returns ``(count,
+    fits, finite)``; when not ``finite`` nothing else is computed."""
+    finite = (_copy_finite(O.reshape(O.size), O_c.reshape(O_c.size))
+              and _copy_finite(W.reshape(W.size), W_c.reshape(W_c.size))
+              and _copy_finite(gamma, gamma_c) and _copy_finite(beta, beta_c))
+    if not finite:
+        return 0, False, False
+    count, fits = forward(O_c, W_c, gamma_c, beta_c, act, eps, block_rows, Z, Obar, A, Y,
+                          stats, split, ctl, use)
+    return count, fits, True
+

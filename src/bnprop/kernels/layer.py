@@ -43,16 +43,14 @@ any more are written again instead of faulting in fresh pages.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bnprop import batchnorm as bn
 from bnprop import threads
-from bnprop.kernels import blas, narrow, rows
+from bnprop.kernels import layer_small, narrow, rows
 from bnprop.kernels._bn_compiled import (
     _backward_apply,
     _backward_sums_into,
@@ -74,7 +72,6 @@ from bnprop.layer import (
     check_global_rows,
     check_variance,
     may_share_input,
-    variance_overflow,
 )
 
 if TYPE_CHECKING:
@@ -88,29 +85,6 @@ Moments = tuple[int, np.ndarray, np.ndarray]
 def _parts(m: int, n: int, itemsize: int, fn):  # type: ignore[no-untyped-def]
     """``map_rows(fn, m)`` with parts of at least ``KERNEL_PART_BYTES`` of an (m, n) array."""
     return threads.map_rows(fn, m, min_rows=rows.part_rows(n, itemsize))
-
-
-def _whole(m: int, n: int, itemsize: int) -> bool:
-    """Whether a batch runs in one part and one chunk, through the compiled calls of
-    :mod:`bnprop.kernels._layer_compiled` (NumPy's GEMM bound in Numba)."""
-    return rows.unsplit(m, n, itemsize) and blas.available()
-
-
-@cache
-def _compiled() -> tuple[Any, Any]:
-    """``(_layer_compiled, team)``, imported on first use: only where
-    :func:`bnprop.kernels.blas.available` (an import statement in each call costs 0.3 us)."""
-    from bnprop.kernels import _layer_compiled, team
-
-    return _layer_compiled, team
-
-
-def _report(timed: bool, used: bool, start: float, key: tuple[object, ...]) -> None:
-    """The compiled call's time since ``start``, for the helper's measured choice for
-    calls of ``key`` (:func:`bnprop.kernels.team.report`), when a decision reads it
-    (``timed``: :func:`bnprop.kernels.team.for_timed_call`)."""
-    if timed:
-        _compiled()[1].report(used, time.perf_counter() - start, key)
 
 
 def _merge(results: list[Moments]) -> Moments:
@@ -143,29 +117,16 @@ def forward(O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
 
     ``given``: the caller's four arguments; the cache then holds copies of the arrays that
     may share memory with them (:func:`bnprop.layer.may_share_input`)."""
+    if comm is None:  # one compiled call, on copies of the inputs, where unsplit
+        whole = layer_small.forward(O, W, gamma, beta, activation, eps)
+        if whole is not None:
+            return whole
     dt = O.dtype
     m, n = O.shape[0], W.shape[0]
     block_rows = max(1, BLOCK_BYTES // (n * dt.itemsize))
     if given is not None:  # the cache's own copies
         O, W, gamma, beta = [copy_input(a) if may_share_input(a, g) else a
                              for a, g in zip((O, W, gamma, beta), given, strict=True)]
-    if comm is None and _whole(m, n, dt.itemsize):  # one compiled call
-        _layer_compiled, team = _compiled()
-        Z, Obar, A, Y = (np.empty((m, n), dt) for _ in range(4))
-        stats = np.empty((3, n), dt)  # mu, var, inv_std
-        split = team.may_split(dt, team.NT, m, n, O.shape[1])
-        key = ("layer_forward", dt.str, m, O.shape[1], n)
-        ctl, use, timed = team.for_timed_call(key)
-        start = time.perf_counter() if timed else 0.0
-        m_global, fits = _layer_compiled.forward(O, W, gamma, beta, ACTIVATION_CODES[activation],
-                                                 eps, block_rows, Z, Obar, A, Y, stats, split,
-                                                 ctl, use)
-        _report(timed, use, start, key)
-        if not fits:
-            raise variance_overflow(Z)
-        return LayerCache._made(
-            O=O, W=W, gamma=gamma, beta=beta, Z=Z, mu=stats[0], var=stats[1], inv_std=stats[2],
-            Obar=Obar, A=A, Y=Y, activation=activation, eps=eps, m_global=m_global, comm=comm)
     Z, Y = pool.empty((m, n), dt), pool.empty((m, n), dt)
     chunk_rows = rows.chunk_rows(n, dt.itemsize) if m >= 2 * rows.KERNEL_PART_ROWS else m
 
@@ -211,25 +172,16 @@ def backward(dY: np.ndarray, cache: LayerCache, stats: str) -> tuple[LayerGrads,
     (m, n), n_in = dY.shape, W.shape[1]
     m_total = float(cache.m if cache.m_global is None else cache.m_global)
     act = ACTIVATION_CODES[cache.activation]
-    whole = cache.comm is None and _whole(m, n, dt.itemsize)
-    empty = np.empty if whole else pool.empty  # small arrays are not pooled
-    dA, dO = empty((m, n), dt), empty((m, n_in), dt)
-    z_stats = None if whole else cache._z_stats()
+    if cache.comm is None and layer_small.whole(m, n, dt.itemsize):  # one compiled call
+        return layer_small.run_backward(dY, O, W, Y, np.ascontiguousarray(cache.Obar, dtype=dt),
+                                        gamma, inv_std, act, stats == "frozen", m_total,
+                                        ("layer_backward", dt.str, m, n_in, n))
+    dA, dO = pool.empty((m, n), dt), pool.empty((m, n_in), dt)
+    z_stats = cache._z_stats()
     if z_stats is None:
         Obar = np.ascontiguousarray(cache.Obar, dtype=dt)
     else:  # Obar's rows are formed from Z in the kernels
         Z, (mean64, inv_std64) = cache.Z, z_stats
-    if whole:  # one compiled call
-        _layer_compiled, team = _compiled()
-        dZ, dW, sums = np.empty((m, n), dt), np.empty((n, n_in), dt), np.empty((2, n), dt)
-        key = ("layer_backward", dt.str, m, n_in, n)
-        ctl, use, timed = team.for_timed_call(key)
-        start = time.perf_counter() if timed else 0.0
-        finite = _layer_compiled.backward(dY, O, W, Y, Obar, gamma, inv_std, act,
-                                          stats == "frozen", m_total, dA, dZ, dW, dO, sums,
-                                          ctl, use)
-        _report(timed, use, start, key)
-        return LayerGrads(dA=dA, dgamma=sums[1], dbeta=sums[0], dZ=dZ, dW=dW, dO=dO), finite
 
     stats64 = cache._stats64  # a split forward pass's: (mu_B, inv_std) in float64
     if narrow.applies(n_in, n, stats64 is not None, cache.comm):  # one pass over dY, Y
