@@ -11,8 +11,8 @@ import pytest
 from conftest import rel_err
 
 import bnprop
-from bnprop import threads
 from bnprop import layer as public_layer
+from bnprop import threads
 from bnprop.kernels import blas, layer_small
 
 CACHE = ("O", "W", "gamma", "beta", "Z", "mu", "var", "inv_std", "Obar", "A", "Y")
@@ -218,7 +218,7 @@ def test_plans_are_per_shape_and_thread_count_and_bounded(
 
 
 def test_a_batch_split_in_parts_has_no_plan(two_threads: None) -> None:
-    O, W, gamma, beta, dY = _inputs(9000, 8, 64, seed=2)
+    O, W, gamma, beta, _ = _inputs(9000, 8, 64, seed=2)
     cache = bnprop.layer_forward(O, W, gamma, beta)
     assert cache._plan is None and cache._z_stats() is not None
     ref = bnprop.layer_forward(O, W, gamma, beta, backend="numpy")

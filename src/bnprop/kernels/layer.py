@@ -25,6 +25,9 @@ the two GEMMs read from cache, and its :class:`~bnprop.layer_cache.LayerGrads` f
 whole ``dZ`` when it is read, by the same kernel (bit for bit the chunks): 39 to 36 ms
 at that shape, measured alternating both versions in one process.
 
+A batch that runs in one part and one chunk takes :mod:`bnprop.kernels.layer_small`
+instead: one compiled call each way.
+
 A narrow layer (``8 n_in <= n_out``, one process, a cache of the split forward pass)
 takes :mod:`bnprop.kernels.narrow` instead: one backward pass over ``dY`` and ``Y``, the
 terms of ``Obar`` through the centered input's Gram matrix (24.7 -> 16-17 ms for the
