@@ -96,4 +96,3 @@ def forward_copied(O, W, gamma, beta, O_c, W_c, gamma_c, beta_c, act, eps, block
     count, fits = forward(O_c, W_c, gamma_c, beta_c, act, eps, block_rows, Z, Obar, A, Y,
                           stats, split, ctl, use)
     return count, fits, True
-
