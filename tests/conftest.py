@@ -20,6 +20,16 @@ def random_layer(
     return tuple(a.astype(dtype) for a in (O, W, gamma, beta, dY))
 
 
+def layer_inputs(m: int, n_in: int, n_out: int, dtype: str = "float64",
+                 seed: int = 0) -> tuple[np.ndarray, ...]:
+    """O (offset from 0: its mean matters), W, gamma, beta, dY of a layer in ``dtype``."""
+    rng = np.random.default_rng(seed)
+    O = (rng.standard_normal((m, n_in)) * 2 + 3).astype(dtype)
+    W = rng.standard_normal((n_out, n_in)).astype(dtype)
+    gamma, beta = rng.standard_normal(n_out).astype(dtype), rng.standard_normal(n_out).astype(dtype)
+    return O, W, gamma, beta, rng.standard_normal((m, n_out)).astype(dtype)
+
+
 def rel_err(a: np.ndarray, b: np.ndarray, scale: float | None = None) -> float:
     """``max|a - b| / max(max|b|, scale)``: normwise relative error.
 

@@ -12,7 +12,7 @@ from dataclasses import FrozenInstanceError
 
 import numpy as np
 import pytest
-from conftest import rel_err
+from conftest import layer_inputs, rel_err
 
 import bnprop
 from bnprop.kernels import rows
@@ -29,12 +29,7 @@ from bnprop.kernels.activations import ACTIVATION_CODES, IDENTITY
 GRADS = ("dA", "dgamma", "dbeta", "dZ", "dW", "dO")
 
 
-def _inputs(m: int, n_in: int, n_out: int, dtype: str, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    O = (rng.standard_normal((m, n_in)) * 2 + 3).astype(dtype)
-    W = rng.standard_normal((n_out, n_in)).astype(dtype)
-    gamma, beta = rng.standard_normal(n_out).astype(dtype), rng.standard_normal(n_out).astype(dtype)
-    return O, W, gamma, beta, rng.standard_normal((m, n_out)).astype(dtype)
+_inputs = layer_inputs
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import count_map_rows, rel_err
+from conftest import count_map_rows, layer_inputs, rel_err
 
 import bnprop
 from bnprop import threads
@@ -19,12 +19,7 @@ GRADS = ("dA", "dgamma", "dbeta", "dZ", "dW", "dO")
 
 
 
-def _inputs(m: int, n_in: int, n_out: int, dtype: str = "float64", seed: int = 0):
-    rng = np.random.default_rng(seed)
-    O = (rng.standard_normal((m, n_in)) * 2 + 3).astype(dtype)
-    W = rng.standard_normal((n_out, n_in)).astype(dtype)
-    gamma, beta = rng.standard_normal(n_out).astype(dtype), rng.standard_normal(n_out).astype(dtype)
-    return O, W, gamma, beta, rng.standard_normal((m, n_out)).astype(dtype)
+_inputs = layer_inputs
 
 
 @pytest.mark.parametrize("stats", ["exact", "frozen"])

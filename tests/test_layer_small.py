@@ -8,7 +8,7 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import rel_err
+from conftest import layer_inputs, rel_err
 
 import bnprop
 from bnprop import layer as public_layer
@@ -22,11 +22,7 @@ pytestmark = pytest.mark.skipif(not blas.available(), reason="NumPy's scipy-open
 
 
 def _inputs(m: int, n_in: int, n_out: int, dtype: str = "float32", seed: int = 0):
-    rng = np.random.default_rng(seed)
-    O = (rng.standard_normal((m, n_in)) * 2 + 3).astype(dtype)
-    W = rng.standard_normal((n_out, n_in)).astype(dtype)
-    gamma, beta = rng.standard_normal(n_out).astype(dtype), rng.standard_normal(n_out).astype(dtype)
-    return O, W, gamma, beta, rng.standard_normal((m, n_out)).astype(dtype)
+    return layer_inputs(m, n_in, n_out, dtype, seed)
 
 
 @pytest.fixture

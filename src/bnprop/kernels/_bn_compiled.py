@@ -18,6 +18,12 @@ from bnprop.kernels.activations import (
 
 
 @njit(**JIT_OPTIONS)
+def _add_term(s1, s2, d):  # pragma: no cover - compiled
+    """``(s1 + d, s2 + d^2)``: one row's term of :func:`_block_sums`."""
+    return s1 + d, s2 + d * d
+
+
+@njit(**JIT_OPTIONS)
 def _block_sums(Z, start, stop, center, S1, S2):  # pragma: no cover - compiled
     """``S1 = sum_i (Z_i - center)``, ``S2 = sum_i (Z_i - center)^2`` over rows [start, stop).
 
@@ -33,27 +39,15 @@ def _block_sums(Z, start, stop, center, S1, S2):  # pragma: no cover - compiled
         z0, z1, z2, z3 = Z[i], Z[i + 1], Z[i + 2], Z[i + 3]
         for j in range(n):
             c = center[j]
-            s1, s2 = S1[j], S2[j]
-            d = z0[j] - c
-            s1 += d
-            s2 += d * d
-            d = z1[j] - c
-            s1 += d
-            s2 += d * d
-            d = z2[j] - c
-            s1 += d
-            s2 += d * d
-            d = z3[j] - c
-            s1 += d
-            s2 += d * d
-            S1[j], S2[j] = s1, s2
+            s1, s2 = _add_term(S1[j], S2[j], z0[j] - c)
+            s1, s2 = _add_term(s1, s2, z1[j] - c)
+            s1, s2 = _add_term(s1, s2, z2[j] - c)
+            S1[j], S2[j] = _add_term(s1, s2, z3[j] - c)
         i += 4
     for r in range(i, stop):
         z = Z[r]
         for j in range(n):
-            d = z[j] - center[j]
-            S1[j] += d
-            S2[j] += d * d
+            S1[j], S2[j] = _add_term(S1[j], S2[j], z[j] - center[j])
 
 
 @njit(**JIT_OPTIONS)
