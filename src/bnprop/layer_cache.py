@@ -109,6 +109,9 @@ class LayerCache:
     #: The plan of :mod:`bnprop.kernels.layer_small` whose forward pass made this cache
     #: (its backward pass then skips the checks), else None.
     _plan: Any = None
+    #: A narrow layer's centered input (:class:`bnprop.kernels.narrow.Centered`), where
+    #: its split forward pass formed it for its moments (the backward pass reuses it).
+    _centered: Any = None
 
     def __init__(self, O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                  Z: np.ndarray, mu: np.ndarray, var: np.ndarray, inv_std: np.ndarray,

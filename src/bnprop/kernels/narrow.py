@@ -1,6 +1,21 @@
-"""The split backward pass of a narrow layer (few inputs beside its outputs): one pass
-over ``dY`` and ``Y``, with every term that reads ``Obar`` taken through the centered
-input instead.
+"""The split passes of a narrow layer (few inputs beside its outputs) through its centered
+input: the forward pass's moments without a pass over ``Z``, and one backward pass over
+``dY`` and ``Y``, with every term that reads ``Obar`` taken through the centered input.
+
+The forward pass. With ``obar`` the mean of ``O``'s rows, ``Oc = O - obar`` and ``C =
+Oc^T Oc`` (float64, two passes over the (m, n_in) ``O``: :func:`forward_moments`),
+``Z - mu_B = Oc W^T``, so ``Z``'s moments are::
+
+    mu_B = W obar,     M2_j = sum_i (Z_ij - mu_j)^2 = W_j C W_j^T  (>= 0; var_B = M2 / m)
+
+read from ``O`` (n_in columns), not from ``Z`` (n_out). This is the two-pass variance
+of the centered data, never ``E[z^2] - E[z]^2``. It is the moments of the exact product
+``O W^T`` rather than of the rounded ``Z``: at 65536 x 16 -> 256, against the moments of
+``Z`` computed in float64, within 2.4e-14 relative (float32 and float64 inputs, means
+0, 3 and 100), where the moments of float32's rounded ``Z`` are off by up to 7.6e-8
+(``mu_B``) and 1.9e-7 (``var_B``). Where ``Z`` may overflow the dtype (``max|O| *
+max_j ||W_j||_1`` beyond half its range) the moments come from ``Z`` itself, whose inf
+:func:`bnprop.layer.check_variance` then names.
 
 The exact backward pass (:mod:`bnprop.batchnorm`), ``k = gamma * inv_std`` (the cache's
 ``inv_std``), ``m`` rows::
@@ -31,7 +46,8 @@ arrays finishes ``dO``. The arithmetic is the same number of GEMM flops, plus
 (:func:`applies`). Measured at 65536 x 16 -> 256 float32 on 2 threads: the backward
 pass 24.7 -> 16-17 ms.
 
-The numbers are the exact gradients rounded another way: ``Obar``'s terms come from
+The backward pass reuses the forward pass's ``Oc`` and ``C`` (kept in the cache). Its
+numbers are the exact gradients rounded another way: ``Obar``'s terms come from
 ``O`` and ``W`` through float64 ``C`` rather than from the rounded ``Z``, and ``dW``,
 ``dO`` from ``T`` rather than from ``dZ``. Against a float64 reference, at that shape:
 ``dW`` 4.4e-7 relative (2.4e-6 the ``dZ`` way), ``dO`` 9.7e-7 (7.1e-7), ``dgamma``
@@ -42,6 +58,7 @@ gradients' ``dZ``, formed when read, is the ``dZ`` way's (from ``Z`` and these s
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 
@@ -66,18 +83,32 @@ def applies(n_in: int, n_out: int, from_split_forward: bool, comm: object) -> bo
     return from_split_forward and comm is None and NARROW * n_in <= n_out
 
 
-def _centered(O: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(obar, Oc, C)``: the rows' float64 mean, ``Oc = O - obar`` rounded to ``O``'s
-    dtype, and ``C = Oc^T Oc`` from the float64 differences (:mod:`bnprop.kernels._narrow_compiled`:
-    two passes, each in row parts merged in row order)."""
+class Centered(NamedTuple):
+    """The centered input of a narrow layer: ``obar`` (its rows' float64 mean), ``Oc = O -
+    obar`` rounded to ``O``'s dtype, and ``C = Oc^T Oc`` from the float64 differences."""
+
+    obar: np.ndarray
+    Oc: np.ndarray
+    C: np.ndarray
+
+
+def _centered(O: np.ndarray, W: np.ndarray | None = None) -> Centered | None:
+    """:class:`Centered` of ``O`` (:mod:`bnprop.kernels._narrow_compiled`: two passes, each
+    in row parts merged in row order). With ``W``: None, after the first pass, where
+    ``Z = O W^T`` may overflow ``O``'s dtype (``max|O| * max_j ||W_j||_1`` beyond its range)."""
     (m, k), min_rows = O.shape, rows.part_rows(O.shape[1], O.dtype.itemsize)
 
-    def sums(start: int, stop: int) -> np.ndarray:
+    def sums(start: int, stop: int) -> tuple[np.ndarray, float]:
         out = np.empty(k)
-        column_sums(O[start:stop], out)
-        return out
+        return out, column_sums(O[start:stop], out)
 
-    obar = functools.reduce(np.add, threads.map_rows(sums, m, min_rows=min_rows)) / m
+    found = threads.map_rows(sums, m, min_rows=min_rows)
+    if W is not None:
+        bound = max(biggest for _, biggest in found) * float(
+            np.abs(W.astype(np.float64)).sum(axis=1).max(initial=0.0))
+        if not bound < float(np.finfo(O.dtype).max) / 2:
+            return None
+    obar = functools.reduce(np.add, [total for total, _ in found]) / m
     Oc = pool.empty(O.shape, O.dtype)
 
     def gram(start: int, stop: int) -> np.ndarray:
@@ -85,19 +116,34 @@ def _centered(O: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         centered_gram(O[start:stop], obar, Oc[start:stop], C)
         return C
 
-    return obar, Oc, functools.reduce(np.add, threads.map_rows(gram, m, min_rows=min_rows))
+    return Centered(obar, Oc, functools.reduce(np.add, threads.map_rows(gram, m,
+                                                                         min_rows=min_rows)))
+
+
+def forward_moments(O: np.ndarray, W: np.ndarray,
+                    ) -> tuple[Centered, np.ndarray, np.ndarray] | None:
+    """``(centered, mu_B, M2)`` of ``Z = O W^T`` from the centered input, without reading
+    ``Z`` (module docstring), float64; None where ``Z`` may overflow (its moments then come
+    from ``Z`` itself, which holds the inf)."""
+    centered = _centered(O, W)
+    if centered is None:
+        return None
+    W64 = W.astype(np.float64)
+    mu = W64 @ centered.obar
+    M2 = np.maximum(((W64 @ centered.C) * W64).sum(axis=1), 0.0)  # >= 0 in exact arithmetic
+    return centered, mu, M2
 
 
 def backward(dY: np.ndarray, O: np.ndarray, W: np.ndarray, Y: np.ndarray,
              gamma: np.ndarray, inv_std: np.ndarray, s: np.ndarray, act: int, frozen: bool,
-             m_total: float, dA: np.ndarray, dO: np.ndarray,
+             m_total: float, dA: np.ndarray, dO: np.ndarray, centered: Centered | None = None,
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Writes ``dA`` and ``dO``; returns ``(sum_G, sum_GObar, dW)`` (float64 sums, ``dW``
     in ``dY``'s dtype). ``inv_std``: the cache's (``k``'s), ``s``: the forward pass's
-    float64 one (``Obar``'s)."""
+    float64 one (``Obar``'s); ``centered``: ``O``'s, where the forward pass formed it."""
     dt = dY.dtype
     (m, n), n_in = dY.shape, W.shape[1]
-    obar, Oc, C = _centered(O)
+    obar, Oc, C = centered if centered is not None else _centered(O)  # type: ignore[misc]
     W64 = W.astype(np.float64)
     k = gamma.astype(np.float64) * inv_std
     kW = (k[:, None] * W64).astype(dt)

@@ -1,0 +1,157 @@
+"""The split forward pass of a narrow layer (bnprop.kernels.narrow.forward_moments): the
+moments of Z = O W^T from the centered input's Gram matrix, no pass over Z for them;
+the backward pass reuses that centered input. Z where it may overflow keeps the moments
+of Z itself."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from conftest import rel_err
+
+import bnprop
+from bnprop.kernels import narrow, rows
+
+GRADS = ("dA", "dgamma", "dbeta", "dZ", "dW", "dO")
+M, N_IN, N_OUT = 4501, 5, 40  # 8 * 5 <= 40: narrow; 4501 rows: parts, chunks, a tail
+
+
+def _inputs(dtype: str, seed: int = 0, shift: float = 3.0, m: int = M):
+    rng = np.random.default_rng(seed)
+    O = (rng.standard_normal((m, N_IN)) * 2 + shift).astype(dtype)
+    W = rng.standard_normal((N_OUT, N_IN)).astype(dtype)
+    gamma, beta = rng.standard_normal(N_OUT).astype(dtype), rng.standard_normal(N_OUT).astype(dtype)
+    return O, W, gamma, beta, rng.standard_normal((m, N_OUT)).astype(dtype)
+
+
+@pytest.fixture
+def split(two_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small parts and chunks, so a few thousand rows take the split path in chunks."""
+    monkeypatch.setattr(rows, "CHUNK_BYTES", N_OUT * 8 * 700)
+    monkeypatch.setattr(rows, "KERNEL_PART_BYTES", N_OUT * 8 * 1000)
+    monkeypatch.setattr(rows, "KERNEL_PART_ROWS", 1000)
+
+
+def _count_centered(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Records each call of narrow._centered: whether it was given W (the forward pass)."""
+    calls: list[bool] = []
+    real = narrow._centered
+
+    def counting(O, W=None):  # type: ignore[no-untyped-def]
+        calls.append(W is not None)
+        return real(O, W)
+
+    monkeypatch.setattr(narrow, "_centered", counting)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shift", [0.0, 100.0])
+def test_forward_moments_are_those_of_Z_in_float64(dtype: str, shift: float) -> None:
+    O, W, *_ = _inputs(dtype, seed=1, shift=shift)
+    Z = O.astype(np.float64) @ W.astype(np.float64).T
+    _, mu, M2 = narrow.forward_moments(O, W)
+    np.testing.assert_allclose(mu, Z.mean(axis=0), rtol=1e-12, atol=1e-12 * abs(Z).max())
+    np.testing.assert_allclose(M2, ((Z - Z.mean(axis=0)) ** 2).sum(axis=0), rtol=1e-11)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_the_split_forward_takes_its_moments_from_the_centered_input(
+        split: None, dtype: str, n_threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One centered input a forward + backward, formed by the forward pass; the layer's
+    numbers are the reference's."""
+    bnprop.threads.set_threads(n_threads)
+    calls = _count_centered(monkeypatch)
+    O, W, gamma, beta, dY = _inputs(dtype, seed=2)
+    cache = bnprop.layer_forward(O, W, gamma, beta, activation="sigmoid")
+    got = bnprop.layer_backward(dY, cache)
+    assert calls == [True]
+    assert isinstance(cache._centered, narrow.Centered)
+    ref_cache = bnprop.layer_forward(O, W, gamma, beta, activation="sigmoid", backend="numpy")
+    ref = bnprop.layer_backward(dY, ref_cache, backend="numpy")
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    for name in ("Z", "mu", "var", "inv_std", "Obar", "A", "Y"):
+        assert getattr(cache, name).dtype == np.dtype(dtype), name
+        assert rel_err(getattr(cache, name), getattr(ref_cache, name)) < tol, name
+    for name in GRADS:
+        assert rel_err(getattr(got, name), getattr(ref, name)) < tol, name
+    np.testing.assert_array_equal(cache.Z, O @ W.T if n_threads == 1 else cache.Z)
+
+
+def test_a_cache_without_its_centered_input_forms_the_same_again(
+        split: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    O, W, gamma, beta, dY = _inputs("float32", seed=3)
+    cache = bnprop.layer_forward(O, W, gamma, beta)
+    copy = pickle.loads(pickle.dumps(cache))
+    monkeypatch.setitem(copy.__dict__, "_centered", None)
+    calls = _count_centered(monkeypatch)
+    got, want = bnprop.layer_backward(dY, copy), bnprop.layer_backward(dY, cache)
+    assert calls == [False]  # the copy without it formed it again; the cache reused its own
+    for name in GRADS:
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+
+
+def test_a_pickled_cache_keeps_its_centered_input(split: None) -> None:
+    O, W, gamma, beta, dY = _inputs("float64", seed=4)
+    cache = bnprop.layer_forward(O, W, gamma, beta)
+    copy = pickle.loads(pickle.dumps(cache))
+    np.testing.assert_array_equal(copy._centered.C, cache._centered.C)
+    got, want = bnprop.layer_backward(dY, copy), bnprop.layer_backward(dY, cache)
+    for name in GRADS:
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+
+
+def test_a_column_that_cancels_has_a_variance_of_zero(split: None) -> None:
+    """Two equal columns of O and a row of W taking their difference: Z's column is 0, as
+    are its mean and variance (the Gram form's terms cancel exactly, and M2 >= 0)."""
+    O, W, gamma, beta, _ = _inputs("float64", seed=5)
+    O[:, 1] = O[:, 0]
+    W[3] = 0.0
+    W[3, 0], W[3, 1] = 1.0, -1.0
+    cache = bnprop.layer_forward(O, W, gamma, beta, activation="identity")
+    assert not cache.Z[:, 3].any()
+    assert cache.mu[3] == 0.0 and cache.var[3] == 0.0
+    ref = bnprop.layer_forward(O, W, gamma, beta, activation="identity", backend="numpy")
+    assert rel_err(cache.Y, ref.Y) < 1e-10
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("overflows", [True, False])
+def test_a_product_that_may_overflow_keeps_the_moments_of_Z(
+        split: None, overflows: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """max|O| * max_j ||W_j||_1 beyond half of float32's range: the moments come from Z,
+    whose inf is named as the reference names it; a Z that stays finite gives the
+    reference's layer."""
+    O, W, gamma, beta, _ = _inputs("float32", seed=6)
+    O[100, 2] = 3e38
+    W[:] = 0.0
+    W[:, 2] = 2.0 if overflows else 0.75  # 0.75 * 3e38 < 3.4e38, the bound 2.25e38 > 1.7e38
+    assert narrow.forward_moments(O, W) is None
+    calls = _count_centered(monkeypatch)
+    if overflows:
+        with pytest.raises(bnprop.InputError, match=r"O, W: the batch variance of Z = O W\^T "
+                                                    r"overflows float64 \(max\|Z\| = inf\)"):
+            bnprop.layer_forward(O, W, gamma, beta)
+        with pytest.raises(bnprop.InputError, match="overflows float64"):
+            bnprop.layer_forward(O, W, gamma, beta, backend="numpy")
+        assert calls == [True]  # tried, then the moments of Z
+        return
+    cache = bnprop.layer_forward(O, W, gamma, beta)
+    assert calls == [True] and cache._centered is None
+    assert np.isfinite(cache.Z).all()
+    ref = bnprop.layer_forward(O, W, gamma, beta, backend="numpy")
+    for name in ("mu", "inv_std", "Y"):
+        assert rel_err(getattr(cache, name), getattr(ref, name)) < 1e-4, name
+
+
+def test_the_distributed_and_wide_forward_keep_the_moments_of_Z(
+        split: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _count_centered(monkeypatch)
+    rng = np.random.default_rng(7)
+    O, W = rng.standard_normal((M, 6)), rng.standard_normal((N_OUT, 6))  # 8 * 6 > 40
+    cache = bnprop.layer_forward(O, W, np.ones(N_OUT), np.zeros(N_OUT))
+    assert calls == [] and cache._centered is None
