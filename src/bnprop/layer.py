@@ -182,11 +182,13 @@ def layer_forward(
         return _forward(O, W, gamma, beta, act.name, eps, comm=comm)
     from bnprop.kernels import layer as kernel_layer
 
-    # The four finiteness tests in one compiled call; the usual checks name a bad array.
+    # The kernels test for inf and NaN in the pass that copies; the usual checks name a bad array.
     arrays = check_layer_inputs(O, W, gamma, beta, distributed=distributed, allow_nonfinite=True)
-    if not kernel_layer.inputs_finite(*arrays):
+    cache = kernel_layer.forward(*arrays, act.name, eps, comm=comm, given=given)
+    if cache is None:
         check_layer_inputs(*given, distributed=distributed)
-    return kernel_layer.forward(*arrays, act.name, eps, comm=comm, given=given)
+        raise AssertionError("the kernels found inf or NaN that the checks did not")
+    return cache
 
 
 _layer_small: Any = None

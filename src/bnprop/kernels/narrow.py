@@ -95,7 +95,8 @@ class Centered(NamedTuple):
 def _centered(O: np.ndarray, W: np.ndarray | None = None) -> Centered | None:
     """:class:`Centered` of ``O`` (:mod:`bnprop.kernels._narrow_compiled`: two passes, each
     in row parts merged in row order). With ``W``: None, after the first pass, where
-    ``Z = O W^T`` may overflow ``O``'s dtype (``max|O| * max_j ||W_j||_1`` beyond its range)."""
+    ``Z = O W^T`` may overflow ``O``'s dtype (``max|O| * max_j ||W_j||_1`` beyond half its
+    range)."""
     (m, k), min_rows = O.shape, rows.part_rows(O.shape[1], O.dtype.itemsize)
 
     def sums(start: int, stop: int) -> tuple[np.ndarray, float]:
