@@ -118,6 +118,7 @@ def own_finite(arrays: tuple[np.ndarray, ...], given: tuple[object, ...] | None,
         copy = None
         if given is not None and may_share_input(a, given[i]):
             copy = pool.empty(a.shape, a.dtype) if a.nbytes >= MIN_BYTES else np.empty_like(a)
+
         def part(start: int, stop: int, a: np.ndarray = a,
                  copy: np.ndarray | None = copy) -> bool:
             if copy is None:
