@@ -320,9 +320,18 @@ def test_gemms_equal_numpy_matmul_bitwise(dtype: type) -> None:
 def test_finiteness_check_finds_any_bad_value(dtype: type, bad: float) -> None:
     from numba import njit
 
-    from bnprop.kernels._finite import _all_finite
+    from bnprop.kernels._finite import _all_finite, copy_all_finite
 
-    check = njit(lambda a: _all_finite(a))
+    def check(a: np.ndarray) -> bool:
+        """_all_finite, and copy_all_finite (the same answer, and the copy)."""
+        out = np.empty_like(a)
+        copied = copy_all_finite(a, out)
+        np.testing.assert_array_equal(out.view(np.uint8), a.view(np.uint8))
+        answer = _check(a)
+        assert copied == answer
+        return bool(answer)
+
+    _check = njit(lambda a: _all_finite(a))
     info = np.finfo(dtype)
     edges = np.array([info.max, -info.max, info.tiny, -info.tiny, info.smallest_subnormal,
                       -info.smallest_subnormal, 0.0, -0.0], dtype)

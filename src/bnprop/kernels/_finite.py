@@ -26,7 +26,9 @@ def _all_finite_overload(a):  # type: ignore[no-untyped-def]
     # inf and NaN are the values whose exponent bits are all ones: with the sign bit
     # cleared, exactly the bit patterns >= +inf's. One running integer maximum vectorizes
     # (a float test with an early exit does not); 99,710 float32 gradients: 7.6 -> 5.3 us
-    # against a per-element test of the exponent OR-ed together.
+    # against a per-element test of the exponent OR-ed together. The masked value is cast
+    # back to its width: Numba widens ``uint32 & uint32`` to 64 bits, which left the
+    # float32 maximum at 4 lanes (100,010 gradients on an Intel Xeon: 16.6 -> 4.7 us).
     if a.dtype == types.float32:
         bits, inf, magnitude = np.uint32, np.uint32(0x7F800000), np.uint32(0x7FFFFFFF)
     else:
@@ -37,7 +39,7 @@ def _all_finite_overload(a):  # type: ignore[no-untyped-def]
         b = a.view(bits)
         top = bits(0)
         for i in range(b.shape[0]):
-            top = max(top, b[i] & magnitude)
+            top = max(top, bits(b[i] & magnitude))
         return top < inf
     return impl
 
@@ -67,7 +69,7 @@ def _copy_finite_overload(a, out):  # type: ignore[no-untyped-def]
         top = bits(0)
         for i in range(b.shape[0]):
             c[i] = b[i]
-            top = max(top, b[i] & magnitude)
+            top = max(top, bits(b[i] & magnitude))  # its width: see _all_finite
         return top < inf
     return impl
 
