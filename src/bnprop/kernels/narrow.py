@@ -52,8 +52,9 @@ numbers are the exact gradients rounded another way: ``Obar``'s terms come from
 ``dO`` from ``T`` rather than from ``dZ``. Against a float64 reference, at that shape:
 ``dW`` 4.4e-7 relative (2.4e-6 the ``dZ`` way), ``dO`` 9.7e-7 (7.1e-7), ``dgamma``
 4.3e-7 (2.9e-7), ``dbeta`` the same sums (with the forward pass's moments from ``C``,
-on other inputs of that shape: ``dW`` 3.6e-7, ``dO`` 7.9e-7, ``dgamma`` 3.4e-7). ``dA`` is the same array either way, and the
-gradients' ``dZ``, formed when read, is the ``dZ`` way's (from ``Z`` and these sums).
+on other inputs of that shape: ``dW`` 3.6e-7, ``dO`` 7.9e-7, ``dgamma`` 3.4e-7). ``dA``
+is the same array either way, and the gradients' ``dZ``, formed when read, is the ``dZ``
+way's (from ``Z`` and these sums).
 """
 
 from __future__ import annotations
