@@ -118,8 +118,7 @@ def test_a_column_that_cancels_has_a_variance_of_zero(split: None) -> None:
     assert rel_err(cache.Y, ref.Y) < 1e-10
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
-@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("error")
 @pytest.mark.parametrize("overflows", [True, False])
 def test_a_product_that_may_overflow_keeps_the_moments_of_Z(
         split: None, overflows: bool, monkeypatch: pytest.MonkeyPatch) -> None:

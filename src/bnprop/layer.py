@@ -232,15 +232,16 @@ def _forward(
 ) -> LayerCache:
     """:func:`layer_forward` on validated arrays of one dtype."""
     dt = O.dtype
-    Z = O @ W.T
-    if comm is None:
-        m_global = Z.shape[0]
-        mu, var = bn.batch_stats(Z)
-    else:
-        m_global, mu, M2 = comm.combine_moments(*bn.batch_moments(Z))
-        check_global_rows(m_global, comm)
-        var = bn.biased_var(M2, m_global)
-    inv_std = bn.inverse_std(var, eps)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflowing Z is named below
+        Z = O @ W.T
+        if comm is None:
+            m_global = Z.shape[0]
+            mu, var = bn.batch_stats(Z)
+        else:
+            m_global, mu, M2 = comm.combine_moments(*bn.batch_moments(Z))
+            check_global_rows(m_global, comm)
+            var = bn.biased_var(M2, m_global)
+        inv_std = bn.inverse_std(var, eps)
     check_variance(inv_std, Z)
     Obar = bn.normalize(Z, mu, inv_std)
     A = bn.scale_shift(Obar, gamma, beta)

@@ -161,7 +161,8 @@ def forward(O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     def reduce(start: int, stop: int) -> Moments:
         found = []
         for c0, c1 in rows.chunks(start, stop, chunk_rows):
-            matmul_nt(O[c0:c1], W, Z[c0:c1], rows=m)
+            with np.errstate(over="ignore", invalid="ignore"):  # per thread; named below
+                matmul_nt(O[c0:c1], W, Z[c0:c1], rows=m)
             mean, M2 = np.empty(n), np.empty(n)
             found.append((int(_moments(Z[c0:c1], block_rows, mean, M2)), mean, M2))
         return _merge(found)
@@ -185,7 +186,7 @@ def forward(O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
 
     def apply(start: int, stop: int) -> None:  # Y alone: Obar and A are formed when read
         s = slice(start, stop)
-        if centered:
+        if centered:  # Z is finite: forward_moments bounds it
             for c0, c1 in rows.chunks(start, stop, chunk_rows):
                 matmul_nt(O[c0:c1], W, Z[c0:c1], rows=m)
         _forward_apply(Z[s], mu, inv_std, gamma, beta, act, None, Y[s], None)
