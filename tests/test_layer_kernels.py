@@ -108,36 +108,33 @@ def test_backward_takes_a_non_contiguous_dY() -> None:
 
 
 @pytest.mark.parametrize("n_threads", [1, 2])
-def test_own_finite_copies_what_may_be_shared_and_tests_every_array(n_threads: int) -> None:
-    """Copies of the caller's arrays (pooled when large), the arrays it converted itself
-    kept; None for an inf or NaN anywhere in any of the four, each part's rows included."""
+def test_own_finite_copies_what_may_be_shared_and_tests_every_array(two_threads: None,
+                                                                    n_threads: int) -> None:
+    """Copies of the caller's arrays, the arrays it converted itself kept; None for an inf
+    or NaN anywhere in any of the four, each part's rows included."""
     from bnprop.kernels.buffers import MIN_BYTES
 
     threads.set_threads(n_threads)
-    try:
-        rng = np.random.default_rng(3)
-        O, W = rng.standard_normal((20000, 8)), rng.standard_normal((64, 8))
-        gamma, beta = np.ones(64), np.zeros(64)
-        assert O.nbytes >= MIN_BYTES
-        own = kernel_layer.own_finite((O, W, gamma, beta), (O, W, gamma, beta))
-        for a, b in zip((O, W, gamma, beta), own, strict=True):
-            assert b is not a and not np.shares_memory(a, b)
-            np.testing.assert_array_equal(a, b)
-        converted = O.copy()  # owns its data and is not the caller's argument
-        own = kernel_layer.own_finite((converted, W, gamma, beta), (O.tolist, W, gamma, beta))
-        assert own[0] is converted and own[1] is not W
-        assert kernel_layer.own_finite((O, W, gamma, beta), None)[0] is O
-        for name, index in (("O", (0, 0)), ("O", (19999, 7)), ("O", (10000, 3)),
-                            ("W", (63, 7)), ("gamma", (5,)), ("beta", (63,))):
-            for bad in (np.nan, np.inf):
-                arrays = {"O": O.copy(), "W": W.copy(), "gamma": gamma.copy(),
-                          "beta": beta.copy()}
-                arrays[name][index] = bad
-                four = tuple(arrays.values())
-                assert kernel_layer.own_finite(four, four) is None, (name, index)
-                assert kernel_layer.own_finite(four, None) is None, (name, index)
-    finally:
-        threads.set_threads(1)
+    rng = np.random.default_rng(3)
+    O, W = rng.standard_normal((20000, 8)), rng.standard_normal((64, 8))
+    gamma, beta = np.ones(64), np.zeros(64)
+    assert O.nbytes >= MIN_BYTES
+    own = kernel_layer.own_finite((O, W, gamma, beta), (O, W, gamma, beta))
+    for a, b in zip((O, W, gamma, beta), own, strict=True):
+        assert b is not a and not np.shares_memory(a, b)
+        np.testing.assert_array_equal(a, b)
+    converted = O.copy()  # owns its data and is not the caller's argument
+    own = kernel_layer.own_finite((converted, W, gamma, beta), (O.tolist, W, gamma, beta))
+    assert own[0] is converted and own[1] is not W
+    assert kernel_layer.own_finite((O, W, gamma, beta), None)[0] is O
+    for name, index in (("O", (0, 0)), ("O", (19999, 7)), ("O", (10000, 3)),
+                        ("W", (63, 7)), ("gamma", (5,)), ("beta", (63,))):
+        for bad in (np.nan, np.inf):
+            arrays = {"O": O.copy(), "W": W.copy(), "gamma": gamma.copy(), "beta": beta.copy()}
+            arrays[name][index] = bad
+            four = tuple(arrays.values())
+            assert kernel_layer.own_finite(four, four) is None, (name, index)
+            assert kernel_layer.own_finite(four, None) is None, (name, index)
 
 
 def test_an_unsplit_batch_runs_one_compiled_call_each_way(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -96,8 +96,8 @@ def test_a_hand_built_cache_that_fits_still_works() -> None:
 @pytest.mark.parametrize("m", [6, 5000])  # the small compiled call, the split path
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("kind", ["variance", "float32 Z"])
-def test_a_batch_variance_beyond_float64_is_one_line(backend: str, m: int, n_threads: int,
-                                                     kind: str) -> None:
+def test_a_batch_variance_beyond_float64_is_one_line(two_threads: None, backend: str, m: int,
+                                                     n_threads: int, kind: str) -> None:
     """A float64 variance beyond float64, or a float32 Z = O W^T beyond float32 (then inf):
     the one line, and no NumPy warning on the way (warnings raise here)."""
     import warnings
@@ -109,15 +109,12 @@ def test_a_batch_variance_beyond_float64_is_one_line(backend: str, m: int, n_thr
         O, W = np.full_like(O, 3e38, np.float32), np.full_like(W, 2.0, np.float32)
         gamma, beta = gamma.astype(np.float32), beta.astype(np.float32)
     bnprop.threads.set_threads(n_threads)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            with pytest.raises(InputError, match=r"^O, W: the batch variance of Z = O W\^T "
-                                                 r"overflows float64 \(max\|Z\| = .*\); scale "
-                                                 r"O or W down\.$"):
-                bnprop.layer_forward(O, W, gamma, beta, backend=backend)
-    finally:
-        bnprop.threads.set_threads(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match=r"^O, W: the batch variance of Z = O W\^T "
+                                             r"overflows float64 \(max\|Z\| = .*\); scale O "
+                                             r"or W down\.$"):
+            bnprop.layer_forward(O, W, gamma, beta, backend=backend)
 
 
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
