@@ -154,3 +154,50 @@ def test_the_distributed_and_wide_forward_keep_the_moments_of_Z(
     O, W = rng.standard_normal((M, 6)), rng.standard_normal((N_OUT, 6))  # 8 * 6 > 40
     cache = bnprop.layer_forward(O, W, np.ones(N_OUT), np.zeros(N_OUT))
     assert calls == [] and cache._centered is None
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_cache_keeps_obar_and_forms_z_once_when_read(split: None, dtype: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Obar from its GEMM on the centered input; A = gamma Obar + beta and Y = sigma(A) bit
+    for bit; Z = O W^T formed once, when first read (and before pickling)."""
+    from bnprop.kernels.activations import ACTIVATION_CODES, activation_rows
+
+    O, W, gamma, beta, _ = _inputs(dtype, seed=8)
+    cache = bnprop.layer_forward(O, W, gamma, beta, activation="tanh")
+    assert cache._z_stats() is None and cache._Z is None
+    np.testing.assert_array_equal(cache.A, gamma * cache.Obar + beta)
+    Y = np.empty_like(cache.Y)
+    activation_rows(ACTIVATION_CODES["tanh"], cache.A, Y)
+    np.testing.assert_array_equal(cache.Y, Y)
+    calls: list[int] = []
+    form = cache._form_Z
+    monkeypatch.setitem(cache.__dict__, "_form_Z", lambda: calls.append(1) or form())
+    Z = cache.Z
+    assert cache.Z is Z and calls == [1]
+    assert rel_err(Z, O.astype(np.float64) @ W.astype(np.float64).T) < (
+        1e-6 if dtype == "float32" else 1e-14)
+    later = bnprop.layer_forward(O, W, gamma, beta, activation="tanh")
+    copy = pickle.loads(pickle.dumps(later))  # Z formed for the copy
+    np.testing.assert_array_equal(copy.Z, Z)
+
+
+def test_obar_s_gemm_that_might_overflow_keeps_z(split: None) -> None:
+    """Two equal columns of O near 1e29 and a row of W taking their difference: that
+    feature's variance is 0, so inv_std = 1/sqrt(eps) scales W's row beyond what the GEMM
+    of Oc could sum in float32 (inf - inf: NaN). The forward pass keeps Z then: every
+    output finite, the other features the reference's. (The cancelled feature itself is
+    Z's rounding times inv_std here, as the reference's is that rounding normalized: both
+    are noise around the exact 0.)"""
+    O, W, gamma, beta, _ = _inputs("float32", seed=9)
+    O = O * np.float32(1e28)
+    O[:, 1] = O[:, 0]
+    W[:] = 0.0
+    W[:, 2] = 1.0
+    W[3, 0], W[3, 1], W[3, 2] = 1e8, -1e8, 0.0
+    cache = bnprop.layer_forward(O, W, gamma, beta, activation="identity")
+    assert cache._centered is not None and cache._z_stats() is not None  # the Z way
+    assert cache.var[3] == 0 and np.isfinite(cache.Obar).all() and np.isfinite(cache.Y).all()
+    ref = bnprop.layer_forward(O, W, gamma, beta, activation="identity", backend="numpy")
+    others = np.arange(N_OUT) != 3
+    assert rel_err(cache.Y[:, others], ref.Y[:, others]) < 1e-4

@@ -89,7 +89,9 @@ class LayerCache:
     ``Obar`` and ``A`` from ``Z`` when first read, with the forward pass's float64
     ``mu_B`` and ``inv_std`` (the arrays equal those an eager forward pass stores, bit
     for bit), and its backward pass forms each row of ``Obar`` again from ``Z`` instead
-    of reading it: the forward pass writes two (m, n_out) arrays instead of four.
+    of reading it: the forward pass writes two (m, n_out) arrays instead of four. A
+    narrow layer's (:mod:`bnprop.kernels.narrow`) keeps ``Obar`` and ``Y`` instead, and
+    forms ``Z = O W^T`` when first read (and before it is pickled or copied).
     """
 
 
@@ -97,7 +99,6 @@ class LayerCache:
     W: np.ndarray
     gamma: np.ndarray
     beta: np.ndarray
-    Z: np.ndarray
     mu: np.ndarray
     var: np.ndarray
     inv_std: np.ndarray
@@ -112,6 +113,9 @@ class LayerCache:
     #: A narrow layer's centered input (:class:`bnprop.kernels.narrow.Centered`), where
     #: its split forward pass formed it for its moments (the backward pass reuses it).
     _centered: Any = None
+    #: ``Z``'s formation when first read (a narrow layer's split forward pass, which forms
+    #: ``Obar`` without it), else None.
+    _form_Z: Any = None
 
     def __init__(self, O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                  Z: np.ndarray, mu: np.ndarray, var: np.ndarray, inv_std: np.ndarray,
@@ -122,30 +126,53 @@ class LayerCache:
         _check_fields(dict(O=O, W=W, gamma=gamma, beta=beta, Z=Z, mu=mu, var=var,
                            inv_std=inv_std, Obar=Obar, A=A, Y=Y), activation, eps, m_global)
         self.__dict__.update(  # frozen: __setattr__ refuses, the dict is written directly
-            O=O, W=W, gamma=gamma, beta=beta, Z=Z, mu=mu, var=var, inv_std=inv_std,
+            O=O, W=W, gamma=gamma, beta=beta, _Z=Z, mu=mu, var=var, inv_std=inv_std,
             _Obar=Obar, _A=A, Y=Y, activation=activation, eps=eps, m_global=m_global,
             comm=comm, _stats64=None)
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickled and copied without the plan: a copy's backward pass checks again."""
+        """Pickled and copied with ``Z`` formed and without the plan: a copy's backward
+        pass checks again."""
+        self.Z  # noqa: B018 - formed now, if it was not
         return {**self.__dict__, "_plan": None}
 
     @classmethod
-    def _made(cls, *, Obar: np.ndarray, A: np.ndarray, **fields: Any) -> LayerCache:
+    def _made(cls, *, Z: np.ndarray, Obar: np.ndarray, A: np.ndarray,
+              **fields: Any) -> LayerCache:
         """The cache of bnprop's own forward pass, whose fields fit by construction (the
         constructor's fields, by keyword)."""
         cache = cls.__new__(cls)
-        cache.__dict__.update(fields, _Obar=Obar, _A=A, _stats64=None)
+        cache.__dict__.update(fields, _Z=Z, _Obar=Obar, _A=A, _stats64=None)
         return cache
 
     @classmethod
-    def _from_z(cls, stats64: tuple[np.ndarray, np.ndarray], **fields: Any) -> LayerCache:
+    def _from_z(cls, stats64: tuple[np.ndarray, np.ndarray], *, Z: np.ndarray,
+                **fields: Any) -> LayerCache:
         """A cache whose ``Obar`` and ``A`` are formed from ``Z`` when read;
         ``stats64 = (mu_B, inv_std)`` in float64, as the forward pass used them."""
         cache = cls.__new__(cls)
-        cache.__dict__.update({"m_global": None, "comm": None, **fields, "_Obar": None,
-                               "_A": None, "_stats64": stats64})
+        cache.__dict__.update({"m_global": None, "comm": None, **fields, "_Z": Z,
+                               "_Obar": None, "_A": None, "_stats64": stats64})
         return cache
+
+    @classmethod
+    def _from_obar(cls, stats64: tuple[np.ndarray, np.ndarray],
+                   form_Z: Callable[[], np.ndarray], *, Obar: np.ndarray,
+                   **fields: Any) -> LayerCache:
+        """A cache whose ``Z`` is ``form_Z()``, called once, when first read, and whose
+        ``A`` is formed from ``Obar`` when read; ``stats64`` as :meth:`_from_z`'s."""
+        cache = cls.__new__(cls)
+        cache.__dict__.update({"m_global": None, "comm": None, **fields, "_Z": None,
+                               "_form_Z": form_Z, "_Obar": Obar, "_A": None,
+                               "_stats64": stats64})
+        return cache
+
+    @property
+    def Z(self) -> np.ndarray:
+        """``O W^T``."""
+        if self._Z is None:
+            self.__dict__.update(_Z=self._form_Z(), _form_Z=None)
+        return self._Z
 
     @property
     def Obar(self) -> np.ndarray:

@@ -130,6 +130,20 @@ def _forward_apply(Z, mean, inv_std, gamma, beta, act, Obar, Y, A):  # pragma: n
 
 
 @njit(**JIT_OPTIONS)
+def _scale_shift_activate(Obar, gamma, beta, act, Y):  # pragma: no cover - compiled
+    """``Y = sigma(gamma * Obar + beta)`` row by row, ``A`` not kept (:func:`_forward_apply`
+    from a given ``Obar``: ``A``'s rounding is that of :func:`bnprop.batchnorm.scale_shift`)."""
+    m, n = Obar.shape
+    one = np.ones(1, Obar.dtype)[0]
+    a = np.empty(n, Obar.dtype)
+    for i in range(m):
+        o = Obar[i]
+        for j in range(n):
+            a[j] = gamma[j] * o[j] + beta[j]
+        activation_row(act, a, one, Y[i])
+
+
+@njit(**JIT_OPTIONS)
 def _backward_sums(dY, Y, Obar, act, sum_G, sum_GObar):  # pragma: no cover
     """``sum_G = sum_i G_i``, ``sum_GObar = sum_i G_i Obar_i`` (float64, rows in order),
     ``G = sigma'(A) * dY`` formed in dY's dtype and summed as it is formed."""

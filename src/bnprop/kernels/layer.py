@@ -30,14 +30,24 @@ instead: one compiled call each way.
 
 A narrow layer (``8 n_in <= n_out``, one process) takes :mod:`bnprop.kernels.narrow`'s
 centered input ``Oc = O - obar`` and its Gram matrix ``C = Oc^T Oc`` instead of passes
-over ``Z``: the forward pass's moments are ``mu_B = W obar`` and ``M2_j = W_j C W_j^T``
-(no pass over ``Z`` for them; each part writes ``Z``, then ``Y``: forming ``Y`` from
-each chunk of ``Z`` while it is in cache was no faster, 15.0 against 14.0 ms over
-32768 x 256 float32 on 1 thread, as the sigmoid is compute-bound), and its
-backward pass is one pass over ``dY`` and ``Y`` with the terms of ``Obar`` through ``C``
-(24.7 -> 16-17 ms for the backward pass at that shape), reusing the forward pass's
-``Oc`` and ``C``. Measured at 65536 x 16 -> 256 float32, alternating both forward
-passes in one process: 41.5-43.5 -> 40-41.5 ms on 2 threads, 78-80 -> 74-76 ms on 1.
+over ``Z``. Its forward pass (:func:`_forward_centered`)::
+
+    mu_B = W obar,   M2_j = W_j C W_j^T                    (no pass over Z)
+    Obar = Oc (W^T diag(inv_std))                            one GEMM a chunk
+    Y    = sigma(gamma * Obar + beta)                        float32 arithmetic only
+    Z    = O W^T                                             formed when read
+
+(since ``Z - mu_B = Oc W^T``). Its cache keeps ``Obar``; where that GEMM's partial sums
+might overflow (``inv_std`` large beside ``Oc``: a feature of near-zero variance) it
+writes ``Z`` and forms ``Obar`` from it instead. Its backward pass is one pass over
+``dY`` and ``Y`` with the terms of ``Obar`` through ``C`` (24.7 -> 16-17 ms for the
+backward pass at that shape), reusing the forward pass's ``Oc`` and ``C``. Measured at
+65536 x 16 -> 256 float32, forward + backward: 41.5-43.5 -> 40-41.5 ms on 2 threads and
+78-80 -> 74-76 ms on 1 with the moments from ``C`` (``Z`` written, then ``Obar`` from it
+in float64 arithmetic), then 37.7-38.6 -> 36.1-37.2 ms on 2 threads and 74-76 -> 69-73
+ms on 1 with ``Obar`` by GEMM (the forward pass alone 37-40 -> 32-33 ms on 1 thread).
+Forming ``Y`` from each chunk of ``Z`` while it is in cache was no faster (15.0 against
+14.0 ms over 32768 x 256 float32 on 1 thread: the sigmoid is compute-bound).
 
 Parts are :func:`bnprop.threads.map_rows` parts of at least ``KERNEL_PART_BYTES`` of
 ``Z`` (one part, on the calling thread, for small batches), so the numbers depend on the
@@ -68,6 +78,7 @@ from bnprop.kernels._bn_compiled import (
     _dZ_frozen,
     _forward_apply,
     _moments,
+    _scale_shift_activate,
 )
 from bnprop.kernels._finite import array_all_finite, copy_all_finite
 from bnprop.kernels.activations import ACTIVATION_CODES
@@ -155,27 +166,28 @@ def forward(O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     if own is None:
         return None
     O, W, gamma, beta = own
-    Z, Y = pool.empty((m, n), dt), pool.empty((m, n), dt)
+    Y = pool.empty((m, n), dt)
     chunk_rows = rows.chunk_rows(n, dt.itemsize) if m >= 2 * rows.KERNEL_PART_ROWS else m
 
-    def reduce(start: int, stop: int) -> Moments:
-        found = []
-        for c0, c1 in rows.chunks(start, stop, chunk_rows):
-            with np.errstate(over="ignore", invalid="ignore"):  # per thread; named below
-                matmul_nt(O[c0:c1], W, Z[c0:c1], rows=m)
-            mean, M2 = np.empty(n), np.empty(n)
-            found.append((int(_moments(Z[c0:c1], block_rows, mean, M2)), mean, M2))
-        return _merge(found)
-
-    # A narrow layer's moments come from its centered input (module docstring), then each
-    # part writes its Z (chunk by chunk) and its Y; otherwise Z and its moments, then Y.
+    # A narrow layer's moments come from its centered input (module docstring); otherwise
+    # Z's GEMM and its moments, chunk by chunk.
     moments = (narrow.forward_moments(O, W)
                if comm is None and narrow.applies(O.shape[1], n, True, None) else None)
-    centered = None
     if moments is not None:
         centered, mu, M2 = moments
         m_global = m
     else:
+        centered, Z = None, pool.empty((m, n), dt)
+
+        def reduce(start: int, stop: int) -> Moments:
+            found = []
+            for c0, c1 in rows.chunks(start, stop, chunk_rows):
+                with np.errstate(over="ignore", invalid="ignore"):  # per thread; named below
+                    matmul_nt(O[c0:c1], W, Z[c0:c1], rows=m)
+                mean, M2 = np.empty(n), np.empty(n)
+                found.append((int(_moments(Z[c0:c1], block_rows, mean, M2)), mean, M2))
+            return _merge(found)
+
         m_global, mu, M2 = _merge(_parts(m, n, dt.itemsize, reduce))
     if comm is not None:
         m_global, mu, M2 = comm.combine_moments(m_global, mu, M2)
@@ -183,23 +195,62 @@ def forward(O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     var = bn.biased_var(M2, m_global)
     inv_std = bn.inverse_std(var, eps)
     act = ACTIVATION_CODES[activation]
+    with np.errstate(over="ignore"):  # a float32 var_B beyond its range is inf, as stored
+        mu_dt, var_dt, inv_std_dt = mu.astype(dt), var.astype(dt), inv_std.astype(dt)
+    fields = dict(O=O, W=W, gamma=gamma, beta=beta, mu=mu_dt, var=var_dt, inv_std=inv_std_dt,
+                  Y=Y, activation=activation, eps=eps, m_global=m_global, comm=comm)
+    if centered is not None:
+        cache = _forward_centered(centered, (mu, inv_std), act, chunk_rows, fields)
+        if cache is not None:
+            return cache
+        Z = pool.empty((m, n), dt)  # Obar's GEMM might overflow: Z's, in the pass below
 
     def apply(start: int, stop: int) -> None:  # Y alone: Obar and A are formed when read
         s = slice(start, stop)
-        if centered:  # Z is finite: forward_moments bounds it
+        if centered is not None:  # Z is finite: forward_moments bounds it
             for c0, c1 in rows.chunks(start, stop, chunk_rows):
                 matmul_nt(O[c0:c1], W, Z[c0:c1], rows=m)
         _forward_apply(Z[s], mu, inv_std, gamma, beta, act, None, Y[s], None)
 
     _parts(m, n, dt.itemsize, apply)
     check_variance(inv_std, Z)
-    with np.errstate(over="ignore"):  # a float32 var_B beyond its range is inf, as stored
-        mu_dt, var_dt, inv_std_dt = mu.astype(dt), var.astype(dt), inv_std.astype(dt)
-    return LayerCache._from_z(
-        (mu, inv_std), O=O, W=W, gamma=gamma, beta=beta, Z=Z, mu=mu_dt, var=var_dt,
-        inv_std=inv_std_dt, Y=Y, activation=activation, eps=eps, m_global=m_global, comm=comm,
-        _centered=centered,
-    )
+    return LayerCache._from_z((mu, inv_std), Z=Z, _centered=centered, **fields)
+
+
+def _forward_centered(centered: narrow.Centered, stats64: tuple[np.ndarray, np.ndarray],
+                      act: int, chunk_rows: int,
+                      fields: dict[str, object]) -> LayerCache | None:
+    """A narrow layer's cache (module docstring): ``Obar = Oc (W^T diag(inv_std))`` by one
+    GEMM a chunk, then ``Y`` from it, ``Z`` formed when read; None where that GEMM might
+    overflow (``max|Oc| <= 2 max|O|``: :func:`bnprop.kernels.narrow.fits`)."""
+    O, W, gamma, beta, Y = (fields[k] for k in ("O", "W", "gamma", "beta", "Y"))
+    (m, n), dt, inv_std = Y.shape, Y.dtype, stats64[1]
+
+    def form_Z() -> np.ndarray:
+        Z = pool.empty((m, n), dt)
+
+        def part(start: int, stop: int) -> None:
+            for c0, c1 in rows.chunks(start, stop, chunk_rows):
+                matmul_nt(O[c0:c1], W, Z[c0:c1], rows=m)
+
+        _parts(m, n, dt.itemsize, part)
+        return Z
+
+    if not (inv_std > 0).all():
+        check_variance(inv_std, form_Z())
+    Ws64 = W.astype(np.float64) * inv_std[:, None]
+    if not narrow.fits(2 * centered.biggest, Ws64, dt):
+        return None
+    Ws = Ws64.astype(dt)
+    Obar = pool.empty((m, n), dt)
+
+    def apply(start: int, stop: int) -> None:
+        for c0, c1 in rows.chunks(start, stop, chunk_rows):
+            matmul_nt(centered.Oc[c0:c1], Ws, Obar[c0:c1], rows=m)
+        _scale_shift_activate(Obar[start:stop], gamma, beta, act, Y[start:stop])
+
+    _parts(m, n, dt.itemsize, apply)
+    return LayerCache._from_obar(stats64, form_Z, Obar=Obar, _centered=centered, **fields)
 
 
 def backward(dY: np.ndarray, cache: LayerCache, stats: str) -> tuple[LayerGrads, bool]:

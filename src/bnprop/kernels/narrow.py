@@ -14,8 +14,17 @@ of the centered data, never ``E[z^2] - E[z]^2``. It is the moments of the exact 
 ``Z`` computed in float64, within 2.4e-14 relative (float32 and float64 inputs, means
 0, 3 and 100), where the moments of float32's rounded ``Z`` are off by up to 7.6e-8
 (``mu_B``) and 1.9e-7 (``var_B``). Where ``Z`` may overflow the dtype (``max|O| *
-max_j ||W_j||_1`` beyond half its range) the moments come from ``Z`` itself, whose inf
-:func:`bnprop.layer.check_variance` then names.
+max_j ||W_j||_1`` beyond half its range: :func:`fits`) the moments come from ``Z``
+itself, whose inf :func:`bnprop.layer.check_variance` then names.
+
+``Obar = (Z - mu_B) inv_std = Oc (W^T diag(inv_std))`` is then one GEMM of the centered
+input (:func:`bnprop.kernels.layer._forward_centered`): no cancellation of a mean far
+from 0, and ``Y`` follows in the dtype's arithmetic alone. A feature of (near) zero
+variance scales its row of ``W`` by up to ``1 / sqrt(eps)``; where the GEMM's partial
+sums might then overflow (:func:`fits` with ``2 max|O|`` for ``Oc``), ``Obar`` is formed
+from ``Z`` instead. Either way, the rounding noise of a feature whose exact variance is 0
+comes out multiplied by ``inv_std`` (the reference normalizes that noise to variance 1:
+both are noise around the exact 0).
 
 The exact backward pass (:mod:`bnprop.batchnorm`), ``k = gamma * inv_std`` (the cache's
 ``inv_std``), ``m`` rows::
@@ -87,11 +96,13 @@ def applies(n_in: int, n_out: int, from_split_forward: bool, comm: object) -> bo
 
 class Centered(NamedTuple):
     """The centered input of a narrow layer: ``obar`` (its rows' float64 mean), ``Oc = O -
-    obar`` rounded to ``O``'s dtype, and ``C = Oc^T Oc`` from the float64 differences."""
+    obar`` rounded to ``O``'s dtype, ``C = Oc^T Oc`` from the float64 differences, and
+    ``biggest = max|O|``."""
 
     obar: np.ndarray
     Oc: np.ndarray
     C: np.ndarray
+    biggest: float
 
 
 def _centered(O: np.ndarray, W: np.ndarray | None = None) -> Centered | None:
@@ -106,11 +117,9 @@ def _centered(O: np.ndarray, W: np.ndarray | None = None) -> Centered | None:
         return out, column_sums(O[start:stop], out)
 
     found = threads.map_rows(sums, m, min_rows=min_rows)
-    if W is not None:
-        bound = max(biggest for _, biggest in found) * float(
-            np.abs(W.astype(np.float64)).sum(axis=1).max(initial=0.0))
-        if not bound < float(np.finfo(O.dtype).max) / 2:
-            return None
+    biggest = max(b for _, b in found)
+    if W is not None and not fits(biggest, W.astype(np.float64), O.dtype):
+        return None
     obar = functools.reduce(np.add, [total for total, _ in found]) / m
     Oc = pool.empty(O.shape, O.dtype)
 
@@ -120,7 +129,15 @@ def _centered(O: np.ndarray, W: np.ndarray | None = None) -> Centered | None:
         return C
 
     return Centered(obar, Oc, functools.reduce(np.add, threads.map_rows(gram, m,
-                                                                         min_rows=min_rows)))
+                                                                         min_rows=min_rows)),
+                    biggest)
+
+
+def fits(biggest: float, B: np.ndarray, dtype: np.dtype) -> bool:
+    """Whether no partial sum of ``A B^T`` can overflow ``dtype`` for an ``A`` with entries
+    of at most ``biggest`` in magnitude: ``biggest * max_j ||B_j||_1`` below half its range."""
+    bound = biggest * float(np.abs(B).sum(axis=1).max(initial=0.0))
+    return bound < float(np.finfo(dtype).max) / 2
 
 
 def forward_moments(O: np.ndarray, W: np.ndarray,
@@ -146,7 +163,7 @@ def backward(dY: np.ndarray, O: np.ndarray, W: np.ndarray, Y: np.ndarray,
     float64 one (``Obar``'s); ``centered``: ``O``'s, where the forward pass formed it."""
     dt = dY.dtype
     (m, n), n_in = dY.shape, W.shape[1]
-    obar, Oc, C = centered if centered is not None else _centered(O)  # type: ignore[misc]
+    obar, Oc, C, _ = centered if centered is not None else _centered(O)  # type: ignore[misc]
     W64 = W.astype(np.float64)
     k = gamma.astype(np.float64) * inv_std
     kW = (k[:, None] * W64).astype(dt)
