@@ -19,7 +19,9 @@ itself, whose inf :func:`bnprop.layer.check_variance` then names.
 
 ``Obar = (Z - mu_B) inv_std = Oc (W^T diag(inv_std))`` is then one GEMM of the centered
 input (:func:`bnprop.kernels.layer._forward_centered`): no cancellation of a mean far
-from 0, and ``Y`` follows in the dtype's arithmetic alone. A feature of (near) zero
+from 0, and ``Y`` follows in the dtype's arithmetic alone. At 65536 x 16 -> 256 float32
+against float64, ``Obar``'s largest error is 1.3e-6 with inputs of mean 0 (the float32
+reference's 1.2e-6) and 9.8e-6 with mean 100 (the reference's 7.4e-5). A feature of (near) zero
 variance scales its row of ``W`` by up to ``1 / sqrt(eps)``; where the GEMM's partial
 sums might then overflow (:func:`fits` with ``2 max|O|`` for ``Oc``), ``Obar`` is formed
 from ``Z`` instead. Either way, the rounding noise of a feature whose exact variance is 0
