@@ -201,3 +201,16 @@ def test_obar_s_gemm_that_might_overflow_keeps_z(split: None) -> None:
     ref = bnprop.layer_forward(O, W, gamma, beta, activation="identity", backend="numpy")
     others = np.arange(N_OUT) != 3
     assert rel_err(cache.Y[:, others], ref.Y[:, others]) < 1e-4
+
+
+@pytest.mark.filterwarnings("error")
+def test_a_variance_beyond_float64_is_named_with_the_z_formed_for_it(split: None) -> None:
+    """W x 1e200: Z fits float64 (the moments come from C), its variance does not; the
+    reference's one line, max|Z| read from the Z formed for it."""
+    O, W, gamma, beta, _ = _inputs("float64", seed=10)
+    W = W * 1e200
+    assert narrow.forward_moments(O, W) is not None
+    for backend in ("numba", "numpy"):
+        with pytest.raises(bnprop.InputError, match=r"^O, W: the batch variance of Z = O W\^T "
+                                                    r"overflows float64 \(max\|Z\| = [0-9.]+e\+2"):
+            bnprop.layer_forward(O, W, gamma, beta, backend=backend)

@@ -34,7 +34,7 @@ over ``Z``. Its forward pass (:func:`_forward_centered`)::
 
     mu_B = W obar,   M2_j = W_j C W_j^T                    (no pass over Z)
     Obar = Oc (W^T diag(inv_std))                            one GEMM a chunk
-    Y    = sigma(gamma * Obar + beta)                        float32 arithmetic only
+    Y    = sigma(gamma * Obar + beta)                        in the dtype's arithmetic
     Z    = O W^T                                             formed when read
 
 (since ``Z - mu_B = Oc W^T``). Its cache keeps ``Obar``; where that GEMM's partial sums

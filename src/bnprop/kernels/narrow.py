@@ -152,7 +152,8 @@ def forward_moments(O: np.ndarray, W: np.ndarray,
         return None
     W64 = W.astype(np.float64)
     mu = W64 @ centered.obar
-    M2 = np.maximum(((W64 @ centered.C) * W64).sum(axis=1), 0.0)  # >= 0 in exact arithmetic
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float64: named by the caller
+        M2 = np.maximum(((W64 @ centered.C) * W64).sum(axis=1), 0.0)  # >= 0 exactly
     return centered, mu, M2
 
 
