@@ -21,13 +21,24 @@ def random_layer(
 
 
 def layer_inputs(m: int, n_in: int, n_out: int, dtype: str = "float64",
-                 seed: int = 0) -> tuple[np.ndarray, ...]:
-    """O (offset from 0: its mean matters), W, gamma, beta, dY of a layer in ``dtype``."""
+                 seed: int = 0, shift: float = 3.0) -> tuple[np.ndarray, ...]:
+    """O (offset from 0 by ``shift``: its mean matters), W, gamma, beta, dY of a layer in
+    ``dtype``."""
     rng = np.random.default_rng(seed)
-    O = (rng.standard_normal((m, n_in)) * 2 + 3).astype(dtype)
+    O = (rng.standard_normal((m, n_in)) * 2 + shift).astype(dtype)
     W = rng.standard_normal((n_out, n_in)).astype(dtype)
     gamma, beta = rng.standard_normal(n_out).astype(dtype), rng.standard_normal(n_out).astype(dtype)
     return O, W, gamma, beta, rng.standard_normal((m, n_out)).astype(dtype)
+
+
+def small_parts(monkeypatch: pytest.MonkeyPatch, n_out: int) -> None:
+    """Row parts of at least 1000 rows and chunks of 700 of an ``(m, n_out)`` float64
+    array, so that a few thousand rows take the split path in chunks."""
+    from bnprop.kernels import rows
+
+    monkeypatch.setattr(rows, "CHUNK_BYTES", n_out * 8 * 700)
+    monkeypatch.setattr(rows, "KERNEL_PART_BYTES", n_out * 8 * 1000)
+    monkeypatch.setattr(rows, "KERNEL_PART_ROWS", 1000)
 
 
 def rel_err(a: np.ndarray, b: np.ndarray, scale: float | None = None) -> float:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import rel_err
+from conftest import layer_inputs, rel_err, small_parts
 
 import bnprop
 from bnprop import threads
-from bnprop.kernels import layer_small, narrow, rows
+from bnprop.kernels import layer_small, narrow
 from bnprop.kernels._bn_compiled import _backward_apply, _dZ_frozen, _grad_sums
 from bnprop.kernels._narrow_compiled import centered_gram, column_sums
 from bnprop.kernels.activations import ACTIVATION_CODES, derivative_rows
@@ -20,20 +20,13 @@ GRADS = ("dA", "dgamma", "dbeta", "dZ", "dW", "dO")
 M, N_IN, N_OUT = 4501, 5, 40  # 8 * 5 <= 40: narrow; 4501 rows: chunks and a short tail
 
 
-def _inputs(m: int, n_in: int, n_out: int, dtype: str, seed: int = 0, shift: float = 3.0):
-    rng = np.random.default_rng(seed)
-    O = (rng.standard_normal((m, n_in)) * 2 + shift).astype(dtype)
-    W = rng.standard_normal((n_out, n_in)).astype(dtype)
-    gamma, beta = rng.standard_normal(n_out).astype(dtype), rng.standard_normal(n_out).astype(dtype)
-    return O, W, gamma, beta, rng.standard_normal((m, n_out)).astype(dtype)
+_inputs = layer_inputs
 
 
 @pytest.fixture
 def split(two_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """Small parts and chunks, so a few thousand rows take the split path in chunks."""
-    monkeypatch.setattr(rows, "CHUNK_BYTES", N_OUT * 8 * 700)
-    monkeypatch.setattr(rows, "KERNEL_PART_BYTES", N_OUT * 8 * 1000)
-    monkeypatch.setattr(rows, "KERNEL_PART_ROWS", 1000)
+    small_parts(monkeypatch, N_OUT)
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:

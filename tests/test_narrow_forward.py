@@ -9,29 +9,23 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import rel_err
+from conftest import layer_inputs, rel_err, small_parts
 
 import bnprop
-from bnprop.kernels import narrow, rows
+from bnprop.kernels import narrow
 
 GRADS = ("dA", "dgamma", "dbeta", "dZ", "dW", "dO")
 M, N_IN, N_OUT = 4501, 5, 40  # 8 * 5 <= 40: narrow; 4501 rows: parts, chunks, a tail
 
 
-def _inputs(dtype: str, seed: int = 0, shift: float = 3.0, m: int = M):
-    rng = np.random.default_rng(seed)
-    O = (rng.standard_normal((m, N_IN)) * 2 + shift).astype(dtype)
-    W = rng.standard_normal((N_OUT, N_IN)).astype(dtype)
-    gamma, beta = rng.standard_normal(N_OUT).astype(dtype), rng.standard_normal(N_OUT).astype(dtype)
-    return O, W, gamma, beta, rng.standard_normal((m, N_OUT)).astype(dtype)
+def _inputs(dtype: str, seed: int = 0, shift: float = 3.0) -> tuple[np.ndarray, ...]:
+    return layer_inputs(M, N_IN, N_OUT, dtype, seed, shift)
 
 
 @pytest.fixture
 def split(two_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """Small parts and chunks, so a few thousand rows take the split path in chunks."""
-    monkeypatch.setattr(rows, "CHUNK_BYTES", N_OUT * 8 * 700)
-    monkeypatch.setattr(rows, "KERNEL_PART_BYTES", N_OUT * 8 * 1000)
-    monkeypatch.setattr(rows, "KERNEL_PART_ROWS", 1000)
+    small_parts(monkeypatch, N_OUT)
 
 
 def _count_centered(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
