@@ -208,13 +208,20 @@ def forward(O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     def apply(start: int, stop: int) -> None:  # Y alone: Obar and A are formed when read
         s = slice(start, stop)
         if centered is not None:  # Z is finite: forward_moments bounds it
-            for c0, c1 in rows.chunks(start, stop, chunk_rows):
-                matmul_nt(O[c0:c1], W, Z[c0:c1], rows=m)
+            _gemm_chunks(O, W, Z, start, stop, chunk_rows)
         _forward_apply(Z[s], mu, inv_std, gamma, beta, act, None, Y[s], None)
 
     _parts(m, n, dt.itemsize, apply)
     check_variance(inv_std, Z)
     return LayerCache._from_z((mu, inv_std), Z=Z, _centered=centered, **fields)
+
+
+def _gemm_chunks(A: np.ndarray, B: np.ndarray, C: np.ndarray, start: int, stop: int,
+                 chunk_rows: int) -> None:
+    """``C = A B^T`` on rows ``[start, stop)``, one chunk of rows at a time (what follows
+    reads each chunk from cache), in the column blocks of the whole product's rows."""
+    for c0, c1 in rows.chunks(start, stop, chunk_rows):
+        matmul_nt(A[c0:c1], B, C[c0:c1], rows=C.shape[0])
 
 
 def _forward_centered(centered: narrow.Centered, stats64: tuple[np.ndarray, np.ndarray],
@@ -229,11 +236,8 @@ def _forward_centered(centered: narrow.Centered, stats64: tuple[np.ndarray, np.n
     def form_Z() -> np.ndarray:
         Z = pool.empty((m, n), dt)
 
-        def part(start: int, stop: int) -> None:
-            for c0, c1 in rows.chunks(start, stop, chunk_rows):
-                matmul_nt(O[c0:c1], W, Z[c0:c1], rows=m)
-
-        _parts(m, n, dt.itemsize, part)
+        _parts(m, n, dt.itemsize, lambda start, stop: _gemm_chunks(O, W, Z, start, stop,
+                                                                  chunk_rows))
         return Z
 
     if not (inv_std > 0).all():
@@ -245,8 +249,7 @@ def _forward_centered(centered: narrow.Centered, stats64: tuple[np.ndarray, np.n
     Obar = pool.empty((m, n), dt)
 
     def apply(start: int, stop: int) -> None:
-        for c0, c1 in rows.chunks(start, stop, chunk_rows):
-            matmul_nt(centered.Oc[c0:c1], Ws, Obar[c0:c1], rows=m)
+        _gemm_chunks(centered.Oc, Ws, Obar, start, stop, chunk_rows)
         _scale_shift_activate(Obar[start:stop], gamma, beta, act, Y[start:stop])
 
     _parts(m, n, dt.itemsize, apply)
