@@ -150,30 +150,61 @@ def test_the_distributed_and_wide_forward_keep_the_moments_of_Z(
     assert calls == [] and cache._centered is None
 
 
+def _counting(cache: bnprop.LayerCache, name: str, monkeypatch: pytest.MonkeyPatch,
+              ) -> list[int]:
+    """Records each call of the cache's ``_form_Z`` or ``_form_Obar``."""
+    calls: list[int] = []
+    form = cache.__dict__[name]
+    monkeypatch.setitem(cache.__dict__, name, lambda: calls.append(1) or form())
+    return calls
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_the_cache_keeps_obar_and_forms_z_once_when_read(split: None, dtype: str,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Obar from its GEMM on the centered input; A = gamma Obar + beta and Y = sigma(A) bit
-    for bit; Z = O W^T formed once, when first read (and before pickling)."""
+def test_the_cache_keeps_y_and_forms_obar_and_z_once_when_read(
+        split: None, dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forward pass keeps Y alone: Obar (its GEMM on the centered input, chunk by
+    chunk) and Z = O W^T are each formed once, when first read (and before pickling),
+    Obar by the forward pass's GEMMs on its chunks even on another thread count: A = gamma
+    Obar + beta and Y = sigma(A) bit for bit."""
     from bnprop.kernels.activations import ACTIVATION_CODES, activation_rows
 
     O, W, gamma, beta, _ = _inputs(dtype, seed=8)
     cache = bnprop.layer_forward(O, W, gamma, beta, activation="tanh")
-    assert cache._z_stats() is None and cache._Z is None
-    np.testing.assert_array_equal(cache.A, gamma * cache.Obar + beta)
+    assert cache._z_stats() is None and cache._Z is None and cache._Obar is None
+    obar_calls = _counting(cache, "_form_Obar", monkeypatch)
+    with bnprop.threads.using(1):
+        np.testing.assert_array_equal(cache.A, gamma * cache.Obar + beta)
+    assert cache.Obar is cache.Obar and obar_calls == [1] and cache._Z is None
     Y = np.empty_like(cache.Y)
     activation_rows(ACTIVATION_CODES["tanh"], cache.A, Y)
     np.testing.assert_array_equal(cache.Y, Y)
-    calls: list[int] = []
-    form = cache._form_Z
-    monkeypatch.setitem(cache.__dict__, "_form_Z", lambda: calls.append(1) or form())
+    z_calls = _counting(cache, "_form_Z", monkeypatch)
     Z = cache.Z
-    assert cache.Z is Z and calls == [1]
+    assert cache.Z is Z and z_calls == [1]
     assert rel_err(Z, O.astype(np.float64) @ W.astype(np.float64).T) < (
         1e-6 if dtype == "float32" else 1e-14)
     later = bnprop.layer_forward(O, W, gamma, beta, activation="tanh")
-    copy = pickle.loads(pickle.dumps(later))  # Z formed for the copy
+    copy = pickle.loads(pickle.dumps(later))  # Z and Obar formed for the copy
     np.testing.assert_array_equal(copy.Z, Z)
+    np.testing.assert_array_equal(copy.Obar, cache.Obar)
+    assert later._Z is not None and later._Obar is not None
+
+
+@pytest.mark.parametrize("stats", ["exact", "frozen"])
+def test_the_backward_pass_forms_neither_obar_nor_z(split: None, stats: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backward pass reads Obar's terms through the centered input: it forms neither
+    array; its dZ, formed when read, forms Obar (not Z) and is the reference's dZ."""
+    O, W, gamma, beta, dY = _inputs("float64", seed=11)
+    cache = bnprop.layer_forward(O, W, gamma, beta)
+    obar_calls = _counting(cache, "_form_Obar", monkeypatch)
+    z_calls = _counting(cache, "_form_Z", monkeypatch)
+    grads = bnprop.layer_backward(dY, cache, stats=stats)
+    assert obar_calls == z_calls == []
+    ref = bnprop.layer_backward(dY, bnprop.layer_forward(O, W, gamma, beta, backend="numpy"),
+                                stats=stats, backend="numpy")
+    assert rel_err(grads.dZ, ref.dZ) < 1e-10
+    assert obar_calls == ([1] if stats == "exact" else []) and z_calls == []
 
 
 def test_obar_s_gemm_that_might_overflow_keeps_z(split: None) -> None:

@@ -116,6 +116,8 @@ class LayerCache:
     #: ``Z``'s formation when first read (a narrow layer's split forward pass, which forms
     #: ``Obar`` without it), else None.
     _form_Z: Any = None
+    #: ``Obar``'s formation when first read (that pass keeps ``Y`` alone), else None.
+    _form_Obar: Any = None
 
     def __init__(self, O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                  Z: np.ndarray, mu: np.ndarray, var: np.ndarray, inv_std: np.ndarray,
@@ -131,9 +133,11 @@ class LayerCache:
             comm=comm, _stats64=None)
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickled and copied with ``Z`` formed and without the plan: a copy's backward
-        pass checks again."""
+        """Pickled and copied with ``Z`` (and a narrow layer's ``Obar``) formed and without
+        the plan: a copy's backward pass checks again."""
         self.Z  # noqa: B018 - formed now, if it was not
+        if self._form_Obar is not None:
+            self.Obar  # noqa: B018
         return {**self.__dict__, "_plan": None}
 
     @classmethod
@@ -156,15 +160,16 @@ class LayerCache:
         return cache
 
     @classmethod
-    def _from_obar(cls, stats64: tuple[np.ndarray, np.ndarray],
-                   form_Z: Callable[[], np.ndarray], *, Obar: np.ndarray,
-                   **fields: Any) -> LayerCache:
-        """A cache whose ``Z`` is ``form_Z()``, called once, when first read, and whose
+    def _from_centered(cls, stats64: tuple[np.ndarray, np.ndarray],
+                       form_Z: Callable[[], np.ndarray], form_Obar: Callable[[], np.ndarray],
+                       **fields: Any) -> LayerCache:
+        """A narrow layer's cache, whose ``Z`` is ``form_Z()`` and ``Obar`` ``form_Obar()``,
+        each called once, when first read (and before the cache is pickled or copied);
         ``A`` is formed from ``Obar`` when read; ``stats64`` as :meth:`_from_z`'s."""
         cache = cls.__new__(cls)
         cache.__dict__.update({"m_global": None, "comm": None, **fields, "_Z": None,
-                               "_form_Z": form_Z, "_Obar": Obar, "_A": None,
-                               "_stats64": stats64})
+                               "_form_Z": form_Z, "_Obar": None, "_form_Obar": form_Obar,
+                               "_A": None, "_stats64": stats64})
         return cache
 
     @property
@@ -177,7 +182,9 @@ class LayerCache:
     @property
     def Obar(self) -> np.ndarray:
         """``(Z - mu_B) * inv_std``, in float64, rounded once to ``Z``'s dtype."""
-        if self._Obar is None:
+        if self._Obar is None and self._form_Obar is not None:
+            self.__dict__.update(_Obar=self._form_Obar(), _form_Obar=None)
+        elif self._Obar is None:
             mu, inv_std = self._stats64
             self.__dict__["_Obar"] = bn.normalize(self.Z, mu, inv_std)
         return self._Obar
@@ -192,7 +199,7 @@ class LayerCache:
     def _z_stats(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``(mu_B, inv_std)`` in float64 while ``Obar`` has not been formed (the backward
         kernels then form its rows from ``Z``); None once it has, or for an eager cache."""
-        return self._stats64 if self._Obar is None else None
+        return self._stats64 if self._Obar is None and self._form_Obar is None else None
 
     def __setattr__(self, name: str, value: object) -> None:
         raise FrozenInstanceError(f"cannot assign to field {name!r}")

@@ -33,21 +33,18 @@ centered input ``Oc = O - obar`` and its Gram matrix ``C = Oc^T Oc`` instead of 
 over ``Z``. Its forward pass (:func:`_forward_centered`)::
 
     mu_B = W obar,   M2_j = W_j C W_j^T                    (no pass over Z)
-    Obar = Oc (W^T diag(inv_std))                            one GEMM a chunk
-    Y    = sigma(gamma * Obar + beta)                        in the dtype's arithmetic
-    Z    = O W^T                                             formed when read
+    Obar = Oc (W^T diag(inv_std))                  one GEMM a chunk, into one chunk's buffer
+    Y    = sigma(gamma * Obar + beta)              from that buffer, in the dtype's arithmetic
+    Obar; Z = O W^T                                each formed when first read
 
-(since ``Z - mu_B = Oc W^T``). Its cache keeps ``Obar``; where that GEMM's partial sums
-might overflow (``inv_std`` large beside ``Oc``: a feature of near-zero variance) it
-writes ``Z`` and forms ``Obar`` from it instead. Its backward pass is one pass over
-``dY`` and ``Y`` with the terms of ``Obar`` through ``C`` (24.7 -> 16-17 ms for the
-backward pass at that shape), reusing the forward pass's ``Oc`` and ``C``. Measured at
-65536 x 16 -> 256 float32, forward + backward: 41.5-43.5 -> 40-41.5 ms on 2 threads and
-78-80 -> 74-76 ms on 1 with the moments from ``C`` (``Z`` written, then ``Obar`` from it
-in float64 arithmetic), then 37.7-38.6 -> 36.1-37.2 ms on 2 threads and 74-76 -> 69-73
-ms on 1 with ``Obar`` by GEMM (the forward pass alone 37-40 -> 32-33 ms on 1 thread).
-Forming ``Y`` from each chunk of ``Z`` while it is in cache was no faster (15.0 against
-14.0 ms over 32768 x 256 float32 on 1 thread: the sigmoid is compute-bound).
+(since ``Z - mu_B = Oc W^T``): it writes ``Y`` alone. Where ``Obar``'s GEMM might
+overflow (``inv_std`` large beside ``Oc``: a feature of near-zero variance) it writes
+``Z`` and forms ``Obar`` from it instead. Its backward pass is one pass over ``dY`` and
+``Y`` with the terms of ``Obar`` through ``C``, reusing the forward pass's ``Oc`` and
+``C``; it forms neither ``Obar`` nor ``Z``. Measured at 65536 x 16 -> 256 float32,
+forward + backward, on 2 threads: 41.5-43.5 -> 40-41.5 ms with the moments from ``C``,
+37.7-38.6 -> 36.1-37.2 with ``Obar`` by GEMM, 37.6 -> 34.0-34.9 without writing ``Obar``
+(the forward pass 17.1 -> 14.7 ms; on 1 thread 33 -> 27.5).
 
 Parts are :func:`bnprop.threads.map_rows` parts of at least ``KERNEL_PART_BYTES`` of
 ``Z`` (one part, on the calling thread, for small batches), so the numbers depend on the
@@ -246,14 +243,32 @@ def _forward_centered(centered: narrow.Centered, stats64: tuple[np.ndarray, np.n
     if not narrow.fits(2 * centered.biggest, Ws64, dt):
         return None
     Ws = Ws64.astype(dt)
-    Obar = pool.empty((m, n), dt)
+    ranges: list[tuple[int, int]] = []
 
     def apply(start: int, stop: int) -> None:
-        _gemm_chunks(centered.Oc, Ws, Obar, start, stop, chunk_rows)
-        _scale_shift_activate(Obar[start:stop], gamma, beta, act, Y[start:stop])
+        """Each chunk of ``Obar`` into one chunk's buffer, ``Y`` from it while in cache."""
+        ranges.append((start, stop))
+        buffer = pool.empty((min(chunk_rows, stop - start), n), dt)
+        for c0, c1 in rows.chunks(start, stop, chunk_rows):
+            matmul_nt(centered.Oc[c0:c1], Ws, buffer[:c1 - c0], rows=m)
+            _scale_shift_activate(buffer[:c1 - c0], gamma, beta, act, Y[c0:c1])
 
     _parts(m, n, dt.itemsize, apply)
-    return LayerCache._from_obar(stats64, form_Z, Obar=Obar, _centered=centered, **fields)
+    ranges.sort()
+
+    def form_Obar() -> np.ndarray:
+        """The whole ``Obar``, by the same GEMM calls on the same chunks (bit for bit the
+        chunks ``Y`` came from, whatever the thread count is now)."""
+        Obar = pool.empty((m, n), dt)
+
+        def some(first: int, last: int) -> None:
+            for start, stop in ranges[first:last]:
+                _gemm_chunks(centered.Oc, Ws, Obar, start, stop, chunk_rows)
+
+        threads.map_rows(some, len(ranges), min_rows=1)
+        return Obar
+
+    return LayerCache._from_centered(stats64, form_Z, form_Obar, _centered=centered, **fields)
 
 
 def backward(dY: np.ndarray, cache: LayerCache, stats: str) -> tuple[LayerGrads, bool]:
@@ -273,20 +288,19 @@ def backward(dY: np.ndarray, cache: LayerCache, stats: str) -> tuple[LayerGrads,
                                         gamma, inv_std, act, stats == "frozen", m_total,
                                         ("layer_backward", dt.str, m, n_in, n))
     dA, dO = pool.empty((m, n), dt), pool.empty((m, n_in), dt)
-    z_stats = cache._z_stats()
-    if z_stats is None:
-        Obar = np.ascontiguousarray(cache.Obar, dtype=dt)
-    else:  # Obar's rows are formed from Z in the kernels
-        Z, (mean64, inv_std64) = cache.Z, z_stats
-
     stats64 = cache._stats64  # a split forward pass's: (mu_B, inv_std) in float64
     if narrow.applies(n_in, n, stats64 is not None, cache.comm):  # one pass over dY, Y
         sum_G, sum_GObar, dW = narrow.backward(dY, O, W, Y, gamma, inv_std, stats64[1], act,
                                                stats == "frozen", m_total, dA, dO,
                                                cache._centered)
         return _grads(dA, dW, dO, sum_G, sum_GObar,
-                      _dZ_rows(dA, Y, cache, gamma, inv_std, (sum_G, sum_GObar), m_total,
-                               stats))
+                      lambda: _dZ_rows(dA, Y, cache, gamma, inv_std, (sum_G, sum_GObar),
+                                       m_total, stats))  # Obar (or Z) formed then
+    z_stats = cache._z_stats()
+    if z_stats is None:
+        Obar = np.ascontiguousarray(cache.Obar, dtype=dt)
+    else:  # Obar's rows are formed from Z in the kernels
+        Z, (mean64, inv_std64) = cache.Z, z_stats
 
     def sums(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         s = slice(start, stop)
@@ -336,7 +350,7 @@ def backward(dY: np.ndarray, cache: LayerCache, stats: str) -> tuple[LayerGrads,
     dW = dW_parts[0]
     for term in dW_parts[1:]:
         dW += term
-    return _grads(dA, dW, dO, sum_G, sum_GObar, dZ_rows)
+    return _grads(dA, dW, dO, sum_G, sum_GObar, lambda: dZ_rows)
 
 
 DZRows = Callable[[slice, np.ndarray], None]
@@ -362,15 +376,16 @@ def _dZ_rows(dA: np.ndarray, Y: np.ndarray, cache: LayerCache, gamma: np.ndarray
 
 
 def _grads(dA: np.ndarray, dW: np.ndarray, dO: np.ndarray, sum_G: np.ndarray,
-           sum_GObar: np.ndarray, dZ_rows: DZRows) -> tuple[LayerGrads, bool]:
-    """The split path's gradients, whose ``dZ`` ``dZ_rows`` forms when first read, and
-    whether the two sums are finite."""
+           sum_GObar: np.ndarray, make_dZ_rows: Callable[[], DZRows],
+           ) -> tuple[LayerGrads, bool]:
+    """The split path's gradients, whose ``dZ`` ``make_dZ_rows()`` forms when first read,
+    and whether the two sums are finite."""
     m, dt = dA.shape[0], dA.dtype
 
     def form_dZ() -> np.ndarray:
         """The whole dZ, when :attr:`LayerGrads.dZ` is first read (same kernels, same
         bits as the chunks of the backward pass that formed it)."""
-        dZ = pool.empty(dA.shape, dt)
+        dZ, dZ_rows = pool.empty(dA.shape, dt), make_dZ_rows()
 
         def part(start: int, stop: int) -> None:
             with np.errstate(invalid="ignore", over="ignore"):
