@@ -29,7 +29,10 @@ The code below is branch-free arithmetic that LLVM turns into AVX2/AVX-512 code:
   with NumPy's ``exp``); the two differ only where the result is subnormal, which the
   kernel returns as 0.
 
-NaN propagates and +-inf saturate, as in NumPy.
+NaN propagates and +-inf saturate, as in NumPy. ``exp_pair``, ``sigmoid`` and ``tanh`` are
+compiled with FMA contraction (:data:`bnprop.kernels._jit.ACTIVATION_JIT_OPTIONS`: the
+Horner steps fused, 1.4x faster, the same errors); the derivatives are not (they round as
+the reference does).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from bnprop.kernels._jit import JIT_OPTIONS
+from bnprop.kernels._jit import ACTIVATION_JIT_OPTIONS, JIT_OPTIONS
 
 #: Activation codes passed to the kernels (an int, so one compiled kernel serves all four).
 SIGMOID, TANH, RELU, IDENTITY = 0, 1, 2, 3
@@ -113,7 +116,7 @@ def _exp_pair64(x):
     return x, x  # NaN
 
 
-@overload(exp_pair, jit_options=JIT_OPTIONS)
+@overload(exp_pair, jit_options=ACTIVATION_JIT_OPTIONS)
 def _exp_pair_overload(x):
     if x == types.float32:
         return _exp_pair32
@@ -122,7 +125,7 @@ def _exp_pair_overload(x):
     return None
 
 
-@njit(**JIT_OPTIONS)
+@njit(**ACTIVATION_JIT_OPTIONS)
 def sigmoid(a, one):
     """``1 / (1 + exp(-a))``, a few ulps relative to the result; ``one`` is 1 in a's type."""
     e, _ = exp_pair(-abs(a))
@@ -130,7 +133,7 @@ def sigmoid(a, one):
     return num / (one + e)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**ACTIVATION_JIT_OPTIONS)
 def tanh(a, one):
     """``tanh(a)``, a few ulps relative to the result; ``one`` is 1 in a's type."""
     _, em1 = exp_pair(-(one + one) * abs(a))
