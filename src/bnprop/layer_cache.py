@@ -90,8 +90,9 @@ class LayerCache:
     ``mu_B`` and ``inv_std`` (the arrays equal those an eager forward pass stores, bit
     for bit), and its backward pass forms each row of ``Obar`` again from ``Z`` instead
     of reading it: the forward pass writes two (m, n_out) arrays instead of four. A
-    narrow layer's (:mod:`bnprop.kernels.narrow`) keeps ``Obar`` and ``Y`` instead, and
-    forms ``Z = O W^T`` when first read (and before it is pickled or copied).
+    narrow layer's (:mod:`bnprop.kernels.narrow`) keeps ``Y`` alone, and forms ``Obar``
+    (by the forward pass's GEMMs of its centered input) and ``Z = O W^T`` when first read
+    (and before it is pickled or copied).
     """
 
 
@@ -181,7 +182,8 @@ class LayerCache:
 
     @property
     def Obar(self) -> np.ndarray:
-        """``(Z - mu_B) * inv_std``, in float64, rounded once to ``Z``'s dtype."""
+        """``(Z - mu_B) * inv_std``, in float64, rounded once to ``Z``'s dtype (a narrow
+        layer's: ``Oc (W^T diag(inv_std))``, its GEMM of the centered input)."""
         if self._Obar is None and self._form_Obar is not None:
             self.__dict__.update(_Obar=self._form_Obar(), _form_Obar=None)
         elif self._Obar is None:
@@ -198,7 +200,8 @@ class LayerCache:
 
     def _z_stats(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``(mu_B, inv_std)`` in float64 while ``Obar`` has not been formed (the backward
-        kernels then form its rows from ``Z``); None once it has, or for an eager cache."""
+        kernels then form its rows from ``Z``); None once it has, where it is formed
+        another way (a narrow layer's), or for an eager cache."""
         return self._stats64 if self._Obar is None and self._form_Obar is None else None
 
     def __setattr__(self, name: str, value: object) -> None:
