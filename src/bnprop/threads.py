@@ -28,8 +28,9 @@ The rule, one owner:
   ``n`` threads a layer step splits its rows into ``n`` parts and each thread runs the
   GEMMs and the kernels of its part; the per-part reductions are merged exactly as the
   distributed path merges ranks (Chan's combination for the moments, sums for the
-  rest). Workers wait on a queue, never in a spin loop, so a busy machine costs a part's
-  time, not a scheduler tick per call.
+  rest). Workers spin for the next part for at most half a millisecond, then sleep
+  (:mod:`bnprop.kernels._row_workers`: a sleeping thread takes 30-40 us to wake here), so
+  a busy machine costs a part's time, not a scheduler tick per call.
 * **BLAS runs on 1 thread** in each of them, set through the library's own
   ``openblas_set_num_threads`` (found with ctypes in the copy NumPy has loaded: the
   environment variable is read only at load time). That count is the process's, not the
@@ -53,8 +54,8 @@ threads 161 / 150 ms. On a busy machine the row split stays near the 1-thread ti
 With ``P`` processes on one machine (MPI ranks), give each ``cores // P`` threads:
 ``set_threads(1)`` for 2 ranks on 2 cores.
 
-Small batches are the exception to the queue: a compiled step of the Ioffe net at batch
-60 is GEMMs of 2 to 130 us, too short for a ~50 us hand-over. With two or more threads,
+Small batches are the exception to the row workers: a compiled step of the Ioffe net at
+batch 60 is GEMMs of 2 to 130 us, too short for a 25-50 us hand-over. With two or more threads,
 its compiled calls give half of each GEMM of 1 MFLOP or more, a ``dW`` beside its
 ``dO``, half of the rows of each forward BN pass, and half of the gradients' finiteness
 test and of the optimizer update (the same half) to one
@@ -263,16 +264,23 @@ def map_rows(fn: Callable[[int, int], T], m: int, *, min_rows: int = 2048) -> li
 
     The rows are split into :func:`num_threads` parts (fewer, so that each has at least
     ``min_rows`` rows; one part, on the calling thread, when ``m < 2 * min_rows``). Part 0
-    runs on the calling thread, the others on bnprop's worker threads, which wait on a
-    queue, not in a spin loop. ``fn`` should release the GIL for its heavy work (NumPy's
-    BLAS and bnprop's kernels do). Results come back in row order, so a caller merging
-    them (Chan's combination, sums) gets the same numbers for the same thread count.
-    ``fn`` must not call :func:`map_rows` itself (the workers would wait on each other).
+    runs on the calling thread, the others on bnprop's worker threads, which spin for the
+    next part for half a millisecond, then sleep (:mod:`bnprop.kernels._row_workers`; a
+    queue when another thread owns them). ``fn`` should release the GIL for its heavy
+    work (NumPy's BLAS and bnprop's kernels do). Results come back in row order, so a
+    caller merging them (Chan's combination, sums) gets the same numbers for the same
+    thread count. ``fn`` must not call :func:`map_rows` itself (through the queue, the
+    workers would wait on each other).
     """
     parts = max(1, min(_n_threads.get(), m // max(1, min_rows)))
     if parts == 1:
         return [fn(0, m)]
     ranges = row_parts(m, parts)
+    from bnprop.kernels import _row_workers  # numba, loaded on first use
+
+    results = _row_workers.run_parts(fn, ranges)
+    if results is not None:
+        return results
     pool = _pool(parts - 1)
     futures = [pool.submit(fn, start, stop) for start, stop in ranges[1:]]
     first = fn(*ranges[0])

@@ -19,10 +19,10 @@ from bnprop import threads
 from bnprop.kernels import small_gemm
 
 #: Minimum floating-point operations of one part of a split GEMM (smaller GEMMs run whole:
-#: handing a part to a worker thread costs ~50 us, a 32 MFLOP part takes ~0.3 ms).
+#: handing a part to a worker thread costs 25-50 us, a 32 MFLOP part takes ~0.3 ms).
 GEMM_PART_FLOPS = 32_000_000
 #: Minimum bytes of ``Z`` in one part of a split kernel pass (a part must outweigh the
-#: ~50 us of handing it to a worker thread).
+#: 25-50 us of handing it to a worker thread).
 KERNEL_PART_BYTES = 1 << 19
 #: From ``2 * KERNEL_PART_ROWS`` rows on, each part walks its rows in chunks.
 KERNEL_PART_ROWS = 2048

@@ -2,7 +2,7 @@
 optimizer update, or the ``dW`` beside a ``dO``.
 
 The Ioffe net's step at batch 60 is 11 GEMMs of 2 to 130 us each, too short to hand to
-a worker through a queue (:func:`bnprop.threads.map_rows` costs ~50 us a part). The
+a row worker (:func:`bnprop.threads.map_rows` costs 25-50 us a part). The
 helper is one thread that, while steps are running, waits for work in a spin loop over
 a shared int64 array (:mod:`bnprop.kernels._tasks`), so a part reaches it in well under
 a microsecond. Measured here (float32, 1 BLAS thread each):
