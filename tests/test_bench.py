@@ -18,7 +18,7 @@ TARGET_IDS = {"ioffe_step_vs_jax", "ioffe_step_vs_torch", "train_job_vs_torch",
 COMPARISON_KEYS = {"section", "case", "dtype", "peer", "bnprop_s", "peer_s", "ratio",
                    "gemm_flops", "gemm_floor_s", "bnprop_floor_multiple",
                    "peer_floor_multiple", "measured_gemm_s", "measured_gemm_way",
-                   "measured_floor_multiple"}
+                   "measured_floor_multiple", "peer_gemm_s"}
 STATUSES = {"MET", "MISSED", "NOT RUN", "BLOCKED (floor)"}
 
 
@@ -53,7 +53,7 @@ def test_quick_bench_writes_json_with_positive_ratios(
                  str(tmp_path / "out.json")]) == 0
     printed = capsys.readouterr().out
     assert "bnprop / peer" in printed and "| target |" in printed and "GEMM floor" in printed
-    assert "measured GEMMs ms" in printed
+    assert "measured GEMMs ms" in printed and "PyTorch's GEMMs ms" in printed
     out = json.loads((tmp_path / "out.json").read_text())
     assert out["schema"] == 2 and out["quick"] is True and out["threads"] == 1
     for key in ("machine", "comparisons", "unavailable", "limits", "memory", "targets",
@@ -76,7 +76,11 @@ def test_quick_bench_writes_json_with_positive_ratios(
         assert c["bnprop_floor_multiple"] == pytest.approx(c["bnprop_s"] / c["gemm_floor_s"])
         if c["case"].startswith("cnn"):  # no measured floor for the CNN step
             assert c["measured_gemm_s"] is None and c["measured_floor_multiple"] is None
+            assert c["peer_gemm_s"] is None
             continue
+        # the same GEMMs through PyTorch, beside PyTorch only
+        assert _positive(c["peer_gemm_s"]) if c["peer"] == "torch eager" \
+            else c["peer_gemm_s"] is None
         assert _positive(c["measured_gemm_s"]) and c["measured_gemm_way"] == "1 BLAS thread"
         assert c["measured_floor_multiple"] == pytest.approx(
             c["bnprop_s"] / c["measured_gemm_s"])
@@ -112,6 +116,8 @@ def test_quick_bench_writes_json_with_positive_ratios(
     rows = {t["id"]: t for t in out["targets"]}
     assert rows["ioffe_step_vs_torch"]["floor_s"] == ioffe["measured_gemm_s"]
     assert rows["train_job_vs_torch"]["floor_s"] == ioffe["measured_gemm_s"]
+    f64 = rows["float64_vs_torch"]["detail"]
+    assert "of which GEMMs alone" in f64 and "through NumPy's BLAS" in f64, f64
 
 
 def test_without_jax_the_peer_is_skipped_with_one_line(

@@ -68,6 +68,18 @@ def test_the_sequence_computes_every_product_into_its_preallocated_output(dtype)
                               *shape_floor.layer_gemms(2, 5, 4)], dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pytorchs_sequence_computes_the_same_products_in_place(dtype) -> None:
+    pytest.importorskip("torch")
+    gemms = shape_floor.step_gemms((7, 5, 4, 3), 6)
+    arrays = shape_floor.operands(gemms, dtype)
+    want = _products(gemms, arrays)
+    shape_floor.torch_sequence(gemms, arrays)()  # writes through the shared memory
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    for name, product in want.items():
+        np.testing.assert_allclose(arrays[name], product, rtol=rtol, atol=rtol)
+
+
 def test_floor_cases_run_every_way_of_the_cores_and_the_fastest_wins() -> None:
     gemms = shape_floor.layer_gemms(8, 4, 3)
     calls, contexts = shape_floor.cases(gemms, np.float32, 2)
@@ -218,3 +230,16 @@ def test_float64_is_blocked_only_when_every_case_over_the_limit_is() -> None:
     assert "the layer's GEMMs alone take 2 ms" in row["detail"]
     row = _rows([blocked, free, fine])["float64_vs_torch"]
     assert row["status"] == "MISSED" and row["value"] == 3.0
+
+
+def test_the_float64_row_sets_both_sides_gemms_beside_their_times() -> None:
+    worst = {**_cmp("layer", "4096 x 256 -> 256", "float64", "torch eager", 24e-3, 20e-3,
+                    19.5e-3), "peer_gemm_s": 14.1e-3}
+    row = _rows([worst])["float64_vs_torch"]
+    assert row["status"] == "MISSED" and row["value"] == pytest.approx(1.2)
+    assert row["detail"] == ("layer 4096 x 256 -> 256: 24 ms, of which GEMMs alone 19.5 ms "
+                             "through NumPy's BLAS; PyTorch 20 ms, of which GEMMs alone "
+                             "14.1 ms through its own")
+    # without PyTorch's GEMMs (an older result) the case alone
+    row = _rows([{**worst, "peer_gemm_s": None}])["float64_vs_torch"]
+    assert row["detail"] == "layer 4096 x 256 -> 256"

@@ -176,7 +176,7 @@ def run_cnn(out: dict[str, Any], *, quick: bool, rounds: int, budget: float,
             "ratio": times["bnprop"] / times["torch eager"], "gemm_flops": gemm_flops(m),
             # no measured floor (its im2col GEMMs are not listed); see the phases instead
             "measured_gemm_s": None, "measured_gemm_way": None,
-            "measured_floor_multiple": None})
+            "measured_floor_multiple": None, "peer_gemm_s": None})
     t = phases(net, X, ours, rounds, budget)
     out["cnn_phases"] = {"case": case, "step_s": t["step"],
                          "seconds": {k: t[k] for k in PHASES},

@@ -43,6 +43,8 @@ from bnprop.bench.timing import interleaved
 
 SCHEMA = 2
 JAX_MISSING = "jax not installed; pip install 'bnprop[bench]'"
+#: The PyTorch peer's name.
+TORCH = "torch eager"
 
 
 @dataclass(frozen=True)
@@ -106,9 +108,13 @@ def _compare(section: str, case: str, dtype: str, gemms: list[shape_floor.Gemm],
              bnprop_fn: Callable[[], None], peers: dict[str, Callable[[], None]],
              sizes: Sizes, out: dict[str, Any]) -> None:
     """bnprop against its peers, and the case's GEMMs alone on 1 and n BLAS threads (the
-    measured floor, :mod:`bnprop.bench.shape_floor`), in the same interleaved rounds."""
+    measured floor, :mod:`bnprop.bench.shape_floor`) and, beside PyTorch, through
+    PyTorch's BLAS (``peer_gemm_s``), in the same interleaved rounds."""
     n = out["threads"]
     floor_cases, contexts = shape_floor.cases(gemms, dtype, n)
+    if TORCH in peers:
+        floor_cases[shape_floor.TORCH_CASE] = shape_floor.torch_sequence(
+            gemms, shape_floor.operands(gemms, dtype))
     times = interleaved({"bnprop": bnprop_fn, **peers, **floor_cases}, sizes.rounds,
                         sizes.budget, contexts)
     gemm_s, way = shape_floor.best(times, n)
@@ -120,6 +126,7 @@ def _compare(section: str, case: str, dtype: str, gemms: list[shape_floor.Gemm],
             "gemm_flops": shape_floor.total_flops(gemms), "measured_gemm_s": gemm_s,
             "measured_gemm_way": way,
             "measured_floor_multiple": times["bnprop"] / gemm_s,
+            "peer_gemm_s": times[shape_floor.TORCH_CASE] if peer == TORCH else None,
         })
 
 

@@ -219,6 +219,29 @@ def cases(gemms: Sequence[Gemm], dtype: Any, n_threads: int) -> tuple[
     return calls, contexts
 
 
+#: The case name of the same GEMMs through PyTorch (:func:`torch_sequence`).
+TORCH_CASE = "GEMMs, PyTorch"
+
+
+def torch_sequence(gemms: Sequence[Gemm], arrays: dict[str, np.ndarray]) -> Callable[[], None]:
+    """The GEMMs once each through PyTorch, ``torch.matmul(A, B, out=C)`` on tensors that
+    share ``arrays``' memory (:func:`operands`; a ``^T`` through a transposed view, as
+    above), on PyTorch's own threads: what the peer's BLAS (MKL in its CPU wheels) takes
+    for the case's GEMMs alone, beside :func:`best` (imports torch)."""
+    import torch
+
+    tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    calls = [(tensors[g.left].T if g.left_t else tensors[g.left],
+              tensors[g.right].T if g.right_t else tensors[g.right], tensors[g.out])
+             for g in gemms]
+
+    def call() -> None:
+        for a, b, c in calls:
+            torch.matmul(a, b, out=c)
+
+    return call
+
+
 def best(times: dict[str, float], n_threads: int) -> tuple[float, str]:
     """The measured floor: the fastest time of the sequence, and the way that ran it."""
     way = min(ways(n_threads), key=lambda w: times[case_name(w)])

@@ -16,17 +16,18 @@ def _ms(seconds: float) -> str:
 
 def _measured(c: dict[str, Any]) -> str:
     """The measured-floor cells: GEMMs alone (ms, the fastest way) and bnprop / them."""
+    peer = "-" if c.get("peer_gemm_s") is None else _ms(c["peer_gemm_s"])
     if c.get("measured_gemm_s") is None:
-        return "- | - |"
+        return f"- | - | {peer} |"
     return (f"{_ms(c['measured_gemm_s'])} ({c['measured_gemm_way']}) | "
-            f"{c['measured_floor_multiple']:.1f} |")
+            f"{c['measured_floor_multiple']:.1f} | {peer} |")
 
 
 def _comparisons(out: dict[str, Any]) -> list[str]:
     lines = ["| section | case | dtype | peer | bnprop ms | peer ms | bnprop / peer "
              "| GEMM floor ms | bnprop / floor | peer / floor | measured GEMMs ms (fastest "
-             "way) | bnprop / measured |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "way) | bnprop / measured | PyTorch's GEMMs ms |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in out["comparisons"]:
         lines.append(f"| {c['section']} | {c['case']} | {c['dtype']} | {c['peer']} | "
                      f"{_ms(c['bnprop_s'])} | {_ms(c['peer_s'])} | {c['ratio']:.2f} | "
@@ -34,7 +35,7 @@ def _comparisons(out: dict[str, Any]) -> list[str]:
                      f"{c['peer_floor_multiple']:.1f} | {_measured(c)}")
     for u in out["unavailable"]:
         lines.append(f"| {u['section']} | {u['case']} | {u['dtype']} | {u['peer']} | | | "
-                     f"n/a ({u['reason']}) | | | | | |")
+                     f"n/a ({u['reason']}) | | | | | | |")
     return lines
 
 

@@ -160,4 +160,13 @@ def _float64_row(out: dict[str, Any]) -> dict[str, Any]:
     if not all(_case_floor(out, c, limit)[1] for c in missed):
         floor = (floor[0], None)  # another case misses it without a floor to blame
     return _row("float64_vs_torch", text, worst["ratio"], "<=", limit,
-                f"{worst['section']} {worst['case']}", floor=floor)
+                f"{worst['section']} {worst['case']}{_gemms_beside(worst)}", floor=floor)
+
+
+def _gemms_beside(c: dict[str, Any]) -> str:
+    """Both sides' whole time beside their GEMMs alone, each through its own BLAS."""
+    if c.get("measured_gemm_s") is None or c.get("peer_gemm_s") is None:
+        return ""
+    return (f": {c['bnprop_s'] * 1e3:.3g} ms, of which GEMMs alone {c['measured_gemm_s'] * 1e3:.3g}"
+            f" ms through NumPy's BLAS; PyTorch {c['peer_s'] * 1e3:.3g} ms, of which GEMMs "
+            f"alone {c['peer_gemm_s'] * 1e3:.3g} ms through its own")
