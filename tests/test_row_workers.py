@@ -154,3 +154,44 @@ def test_a_forked_child_starts_its_own_workers() -> None:
     assert queue.get(timeout=60) == [(0, 5), (5, 10)]
     child.join(timeout=30)
     assert child.exitcode == 0
+
+
+class _StopError(Exception):
+    pass
+
+
+def test_a_caller_interrupted_while_it_waits_leaves_the_workers_to_the_queue() -> None:
+    """An exception from a signal handler while the caller waits for a part (Ctrl-C):
+    the part may still be running, so later calls take the queue, and get right results."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+
+    def raise_stop(signum: int, frame: object) -> None:
+        raise _StopError
+
+    slow_started = threading.Event()
+
+    def slow_worker(start: int, stop: int) -> int:
+        if start > 0:
+            slow_started.set()
+            time.sleep(0.5)
+        return start
+
+    previous = signal.signal(signal.SIGALRM, raise_stop)
+    try:
+        with threads.using(2):
+            threads.map_rows(_where, 10, min_rows=1)  # the workers exist
+            signal.setitimer(signal.ITIMER_REAL, 0.1)
+            with pytest.raises(_StopError):
+                threads.map_rows(slow_worker, 10, min_rows=1)
+            assert slow_started.is_set()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert rw._pool.owner.locked()  # kept: the interrupted call's part ran on
+    parts = _within(30, lambda: threads.map_rows(_where, 30, min_rows=1))
+    assert [p[:2] for p in parts] == threads.row_parts(30, 3)
+    assert all(p[2].startswith("bnprop-rows_") for p in parts[1:])  # the queue's threads
+    rw._fresh_after_fork()  # a fresh pool for the tests after this one
