@@ -16,21 +16,22 @@ calls. Here instead (one :class:`_Worker` per extra part)::
 
 The spins run in compiled code without the GIL (:func:`_wait_change`), so a spinning
 thread never holds up the other one's Python; the worker stores ``DONE`` from there too,
-after the GIL is released, so the caller finds it free. The empty call takes 25 us. A
-thread that spins longer than the budget sleeps on a condition: the sleep-or-notify
-handshakes (``sleeping`` under the GIL, ``MAIN_WAITING`` with fenced stores) lose no
-wake-up. The budgets are short on purpose: where the two vCPUs share one physical core,
-a spinning thread takes time from the other. Measured, the old way -> this, each
-alternated in one process on 2 threads: a CNN training step (``--arch cnn``, batch 128)
-21.3-22.2 -> 19.6-20.1 ms, a layer 4096 x 16 -> 256 (float32) 2.61-2.83 -> 2.35-2.59 ms,
-65536 x 16 -> 256 34.0-34.4 -> 33.4 ms.
+after the GIL is released, so the caller finds it free. The empty call takes 22-46 us
+(the worker starts its part about 20 us after the post: the GIL's hand-over). A thread
+that spins longer than the budget sleeps on a condition: the sleep-or-notify handshakes
+(``sleeping`` under the GIL, ``MAIN_WAITING`` with fenced stores) lose no wake-up. The
+budgets are short on purpose: where the two vCPUs share one physical core, a spinning
+thread takes time from the other. Measured, the queue -> this, alternated in one process
+on 2 threads (medians of rounds of 8 calls): a CNN training step (``--arch cnn``, batch
+128) 20.84 -> 20.19 and 26.11 -> 25.33 ms (40 rounds, twice), a layer 4096 x 16 -> 256
+(float32) 2.91 -> 2.79 ms, 65536 x 16 -> 256 32.4 -> 31.9 ms (12 rounds).
 
 One caller owns the workers at a time (a non-blocking lock); another caller meanwhile
 gets ``None`` and ``map_rows`` uses its queue instead, as does every call after one
 interrupted while it waited for a part (which may still be running). An exception in
 a part reaches the caller after every part has ended (part 0's first, then the
-workers' in row order). After ``fork``
-the child starts without workers; at exit they are stopped.
+workers' in row order). After ``fork`` the child starts without workers; at exit they
+are stopped.
 """
 
 from __future__ import annotations
