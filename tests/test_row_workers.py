@@ -23,15 +23,21 @@ def _within(seconds: float, fn) -> object:  # type: ignore[no-untyped-def]
     """``fn()`` on a thread of 3 compute threads; fails (instead of hanging) if it has
     not returned after ``seconds`` (a lost wake-up)."""
     out: list[object] = []
+    errors: list[BaseException] = []
 
     def run() -> None:
         with threads.using(3):
-            out.append(fn())
+            try:
+                out.append(fn())
+            except BaseException as exc:  # raised again in the test's thread
+                errors.append(exc)
 
     t = threading.Thread(target=run, name="caller", daemon=True)
     t.start()
     t.join(seconds)
     assert not t.is_alive(), "map_rows did not return: a wake-up was lost"
+    if errors:
+        raise errors[0]
     return out[0]
 
 
@@ -48,8 +54,11 @@ def test_parts_run_on_the_workers_in_row_order() -> None:
 def test_a_sleeping_worker_and_a_sleeping_caller_are_woken() -> None:
     def rested() -> list[tuple[int, int]]:
         threads.map_rows(_where, 100, min_rows=1)
-        time.sleep(20 * rw.IDLE_SECONDS)  # every worker has gone to sleep
-        assert all(w.sleeping for w in rw._pool.workers)
+        deadline = time.monotonic() + 5  # every worker goes to sleep after its spin
+        while not all(w.sleeping for w in rw._pool.workers):
+            assert time.monotonic() < deadline, "a worker never went to sleep"
+            time.sleep(rw.IDLE_SECONDS)
+        time.sleep(rw.IDLE_SECONDS)  # and is blocked on its condition by now
         return [p[:2] for p in threads.map_rows(_where, 100, min_rows=1)]
 
     for _ in range(5):
@@ -176,22 +185,22 @@ def test_a_caller_interrupted_while_it_waits_leaves_the_workers_to_the_queue() -
     def slow_worker(start: int, stop: int) -> int:
         if start > 0:
             slow_started.set()
-            time.sleep(0.5)
+            time.sleep(1.0)
         return start
 
     previous = signal.signal(signal.SIGALRM, raise_stop)
     try:
         with threads.using(2):
             threads.map_rows(_where, 10, min_rows=1)  # the workers exist
-            signal.setitimer(signal.ITIMER_REAL, 0.1)
+            signal.setitimer(signal.ITIMER_REAL, 0.3)
             with pytest.raises(_StopError):
                 threads.map_rows(slow_worker, 10, min_rows=1)
             assert slow_started.is_set()
+        assert rw._pool.owner.locked()  # kept: the interrupted call's part ran on
+        parts = _within(30, lambda: threads.map_rows(_where, 30, min_rows=1))
+        assert [p[:2] for p in parts] == threads.row_parts(30, 3)
+        assert all(p[2].startswith("bnprop-rows_") for p in parts[1:])  # the queue's threads
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    assert rw._pool.owner.locked()  # kept: the interrupted call's part ran on
-    parts = _within(30, lambda: threads.map_rows(_where, 30, min_rows=1))
-    assert [p[:2] for p in parts] == threads.row_parts(30, 3)
-    assert all(p[2].startswith("bnprop-rows_") for p in parts[1:])  # the queue's threads
-    rw._fresh_after_fork()  # a fresh pool for the tests after this one
+        rw._fresh_after_fork()  # a fresh pool for the tests after this one
