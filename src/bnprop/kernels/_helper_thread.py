@@ -22,7 +22,6 @@ import atexit
 import os
 import statistics
 import threading
-import time
 from collections.abc import Hashable
 
 import numpy as np
@@ -31,6 +30,7 @@ from numba import njit
 from bnprop import threads
 from bnprop.kernels._atomics import cas, load_acquire, pause, store_release
 from bnprop.kernels._jit import JIT_OPTIONS
+from bnprop.kernels._row_workers import spins
 from bnprop.kernels._tasks import CLAIM, DONE, PARTS, SLOTS, STATE, STOP, run_posted
 
 ASLEEP, AWAKE = 0, 1
@@ -65,12 +65,6 @@ def helper_loop(ctl, idle_spins):  # pragma: no cover - compiled
     store_release(ctl, STATE, ASLEEP)
 
 
-@njit(**JIT_OPTIONS)
-def _spin(n):  # pragma: no cover - compiled
-    for _ in range(n):
-        pause()
-
-
 class _Helper:
     """The helper thread and its shared array (one per process)."""
 
@@ -99,11 +93,7 @@ class _Helper:
             if self.ctl[STOP]:
                 return
             if self.thread is None:
-                _spin(1)
-                t0 = time.perf_counter()
-                _spin(20_000)
-                per_spin = max(1e-9, (time.perf_counter() - t0) / 20_000)
-                self.idle_spins = max(1000, int(IDLE_SECONDS / per_spin))
+                self.idle_spins = max(1000, spins(IDLE_SECONDS))
                 self.thread = threading.Thread(target=self._main, name="bnprop-helper",
                                                daemon=True)
             if self.thread.ident is None:  # made, not started yet

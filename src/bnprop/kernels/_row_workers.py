@@ -97,8 +97,10 @@ def _spin(n):  # pragma: no cover - compiled
         pause()
 
 
-def _spins(seconds: float) -> int:
-    """Spins of :func:`_wait_change` in about ``seconds`` (measured once per process)."""
+def spins(seconds: float) -> int:
+    """``pause()`` spins in about ``seconds``, at least 100 (the rate measured once per
+    process); the spin budgets of these workers and of the compiled calls' helper
+    (:mod:`bnprop.kernels._helper_thread`)."""
     global _per_spin
     if _per_spin is None:
         _spin(1)
@@ -122,7 +124,7 @@ class _Worker:
         self.task: tuple[Callable[[int, int], Any], int, int] | None = None
         self.result: Any = None
         self.error: BaseException | None = None
-        self.idle_spins, self.wait_spins = _spins(IDLE_SECONDS), _spins(WAIT_SECONDS)
+        self.idle_spins, self.wait_spins = spins(IDLE_SECONDS), spins(WAIT_SECONDS)
         self.thread = threading.Thread(target=self._main, name="bnprop-rows", daemon=True)
         self.thread.start()
 
