@@ -142,7 +142,8 @@ def test_an_awake_helper_that_never_comes_does_not_block_the_caller() -> None:
     assert ctl[team.SEQ] == 1 and ctl[team.CLAIM] == 3 and ctl[team.OWNER] == 0
 
 
-def _until_helper_works(fn, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+def _until_helper_works(fn, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    # a hang guard: the helper's first use compiles its loop (over 10 s from a cold cache)
     start, deadline = team.parts_done(), time.monotonic() + timeout
     while team.parts_done() == start:
         assert time.monotonic() < deadline, "the helper never took a part"
