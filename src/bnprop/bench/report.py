@@ -111,10 +111,10 @@ def _compare(section: str, case: str, dtype: str, gemms: list[shape_floor.Gemm],
     measured floor, :mod:`bnprop.bench.shape_floor`) and, beside PyTorch, through
     PyTorch's BLAS (``peer_gemm_s``), in the same interleaved rounds."""
     n = out["threads"]
-    floor_cases, contexts = shape_floor.cases(gemms, dtype, n)
+    arrays = shape_floor.operands(gemms, dtype)  # one set: every way only overwrites outputs
+    floor_cases, contexts = shape_floor.cases(gemms, dtype, n, arrays)
     if TORCH in peers:
-        floor_cases[shape_floor.TORCH_CASE] = shape_floor.torch_sequence(
-            gemms, shape_floor.operands(gemms, dtype))
+        floor_cases[shape_floor.TORCH_CASE] = shape_floor.torch_sequence(gemms, arrays)
     times = interleaved({"bnprop": bnprop_fn, **peers, **floor_cases}, sizes.rounds,
                         sizes.budget, contexts)
     gemm_s, way = shape_floor.best(times, n)

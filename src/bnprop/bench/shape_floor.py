@@ -207,11 +207,13 @@ def case_name(way: str) -> str:
     return f"GEMMs, {way}"
 
 
-def cases(gemms: Sequence[Gemm], dtype: Any, n_threads: int) -> tuple[
+def cases(gemms: Sequence[Gemm], dtype: Any, n_threads: int,
+          arrays: dict[str, np.ndarray] | None = None) -> tuple[
         dict[str, Callable[[], None]], dict[str, Callable[[], AbstractContextManager]]]:
     """The sequence once per way (:func:`ways`), as cases for
-    :func:`~bnprop.bench.timing.interleaved`, and the contexts that set their threads."""
-    arrays = operands(gemms, dtype)
+    :func:`~bnprop.bench.timing.interleaved`, and the contexts that set their threads;
+    on ``arrays`` (:func:`operands`, made here when None)."""
+    arrays = operands(gemms, dtype) if arrays is None else arrays
     calls, contexts = {}, {}
     for way, (parts, blas_threads) in ways(n_threads).items():
         calls[case_name(way)] = sequence(gemms, arrays, parts)
