@@ -37,7 +37,18 @@ import numpy as np
 
 from bnprop import threads
 from bnprop._atomic import atomic_writer
-from bnprop.bench import cnn, floor, jax_peer, job, layer, machine, memory, shape_floor, step
+from bnprop.bench import (
+    cnn,
+    floor,
+    jax_peer,
+    job,
+    layer,
+    machine,
+    memory,
+    sections,
+    shape_floor,
+    step,
+)
 from bnprop.bench.targets import targets
 from bnprop.bench.timing import interleaved
 
@@ -63,6 +74,7 @@ class Sizes:
     job_chunk_steps: int
     job_eval_every: int | None                  # None: bnprop train's default
     job_warmup: int
+    section_retries: int = 0                    # measured again while the cores ran as one
 
 
 FULL = Sizes(
@@ -71,7 +83,7 @@ FULL = Sizes(
     steps=(("ioffe", *step.IOFFE), ("wide", *step.WIDE)),
     rounds=7, budget=0.1, copy_bytes=1 << 28, gemm_k=1024, gemm_repeats=15,
     memory_steps=1000, job_chunks=3, job_chunk_steps=1000, job_eval_every=None,
-    job_warmup=20,
+    job_warmup=20, section_retries=2,
 )
 QUICK = Sizes(
     layers=((60, 16, 100), (512, 64, 64)),
@@ -288,28 +300,29 @@ def run(*, quick: bool = False, n_threads: int = 2, sizes: Sizes | None = None,
         log(f"bench: jax jit peer skipped: {JAX_MISSING}.")
     probes = out["machine"]["two_core_speedup"] = []
 
-    def section(name: str) -> None:  # whether the two cores are apart, before each part
-        if n_threads >= 2:
-            probes.append({"before": name, "speedup": round(machine.two_core_speedup(), 2)})
+    def section(name: str, run: Callable[[], None]) -> None:  # the cores apart (sections.py)
+        if n_threads < 2:
+            run()
+        else:
+            sections.run_section(out, name, run, probe=machine.two_core_speedup,
+                                 retries=sizes.section_retries, log=log)
 
     log("bench: machine limits (copy bandwidth, GEMM peak) ...")
     run_limits(sizes, out, n_threads)
     log("bench: layer_forward + layer_backward ...")
-    section("layer")
-    run_layers(sizes, out, no_torch)
+    section("layer", lambda: run_layers(sizes, out, no_torch))
     log("bench: train steps ...")
-    section("step")
-    run_steps(sizes, out, no_torch)
+    section("step", lambda: run_steps(sizes, out, no_torch))
     log("bench: the default train job ...")
-    section("train job")
-    run_job(sizes, out, no_torch, data_dir)
+    section("train job", lambda: run_job(sizes, out, no_torch, data_dir))
     log("bench: CNN step and its phases ...")
-    section("CNN step")
-    cnn.run_cnn(out, quick=quick, rounds=sizes.rounds, budget=sizes.budget, no_torch=no_torch)
+    section("CNN step", lambda: cnn.run_cnn(out, quick=quick, rounds=sizes.rounds,
+                                            budget=sizes.budget, no_torch=no_torch))
     log("bench: memory ...")
     run_memory(sizes, out)
     log("bench: GEMM peak again ...")
-    section("end")
+    if n_threads >= 2:
+        probes.append({"before": "end", "speedup": round(machine.two_core_speedup(), 2)})
     measure_gemm_peak(sizes, out, n_threads)
     apply_floors(out)
     out["machine"]["load_average_end"] = machine.load_average()
