@@ -18,7 +18,7 @@ TARGET_IDS = {"ioffe_step_vs_jax", "ioffe_step_vs_torch", "train_job_vs_torch",
 COMPARISON_KEYS = {"section", "case", "dtype", "peer", "bnprop_s", "peer_s", "ratio",
                    "gemm_flops", "gemm_floor_s", "bnprop_floor_multiple",
                    "peer_floor_multiple", "measured_gemm_s", "measured_gemm_way",
-                   "measured_floor_multiple", "peer_gemm_s"}
+                   "measured_floor_multiple", "peer_gemm_s", "ratio_rounds"}
 STATUSES = {"MET", "MISSED", "NOT RUN", "BLOCKED (floor)"}
 
 
@@ -71,6 +71,9 @@ def test_quick_bench_writes_json_with_positive_ratios(
                     "peer_floor_multiple"):
             assert _positive(c[key]), (key, c)
         assert c["ratio"] == pytest.approx(c["bnprop_s"] / c["peer_s"])
+        low, high = c["ratio_rounds"]  # the ratio of the medians lies within the rounds'
+        assert _positive(low) and low <= c["ratio"] * (1 + 1e-12) \
+            and c["ratio"] <= high * (1 + 1e-12), c
         peak = out["gemm_peak_flops_per_s"][c["dtype"]]
         assert c["gemm_floor_s"] == pytest.approx(c["gemm_flops"] / peak)
         assert c["bnprop_floor_multiple"] == pytest.approx(c["bnprop_s"] / c["gemm_floor_s"])
@@ -178,6 +181,11 @@ def test_targets_met_missed_and_not_run() -> None:
     assert rows["wide_step_vs_torch"]["status"] == "NOT RUN"
     assert rows["float64_vs_torch"]["value"] == 1.2
     assert rows["float64_vs_torch"]["status"] == "MISSED"
+    assert "one round" not in rows["ioffe_step_vs_torch"]["detail"]  # none recorded
+    spread = _cmp("step", "ioffe 784-100-100-100-10, batch 60", "float32", "torch eager", 0.29)
+    spread["ratio_rounds"] = [0.25, 0.331]
+    row = next(t for t in targets(_result([spread], job)) if t["id"] == "ioffe_step_vs_torch")
+    assert row["detail"].endswith("; one round's ratio 0.25-0.331")
     assert rows["train_job_vs_torch"]["status"] == "MET"
     assert rows["memory_growth"]["status"] == "MET"
     # fast enough, but not at the same accuracy: missed

@@ -12,7 +12,7 @@ from bnprop.bench import floor, shape_floor
 from bnprop.bench.report import QUICK
 from bnprop.bench.step import IOFFE
 from bnprop.bench.targets import BLOCKED, targets
-from bnprop.bench.timing import interleaved
+from bnprop.bench.timing import interleaved, ratio_spread
 
 
 def _products(gemms: list, arrays: dict) -> dict:
@@ -243,3 +243,14 @@ def test_the_float64_row_sets_both_sides_gemms_beside_their_times() -> None:
     # without PyTorch's GEMMs (an older result) the case alone
     row = _rows([{**worst, "peer_gemm_s": None}])["float64_vs_torch"]
     assert row["detail"] == "layer 4096 x 256 -> 256"
+
+
+def test_interleaved_gives_each_rounds_time_and_the_spread_of_their_ratios() -> None:
+    per_round: dict = {}
+    times = interleaved({"a": lambda: None, "b": lambda: None}, rounds=3, budget=1e-4,
+                        per_round=per_round)
+    assert set(per_round) == {"a", "b"} and all(len(v) == 3 for v in per_round.values())
+    assert times["a"] == sorted(per_round["a"])[1]  # the median of the rounds
+    rounds = {"x": [2.0, 3.0, 9.0], "y": [1.0, 2.0, 3.0]}
+    assert ratio_spread(rounds, "x", "y") == [1.5, 3.0]
+    assert ratio_spread(rounds, "y", "x") == [1 / 3, 2 / 3]

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from bnprop.bench.step import torch_call
-from bnprop.bench.timing import interleaved
+from bnprop.bench.timing import interleaved, ratio_spread
 from bnprop.kernels import conv as convk
 from bnprop.model_cnn import cnn
 from bnprop.nn.plan import ConvNormStep, NormStep
@@ -168,12 +168,15 @@ def run_cnn(out: dict[str, Any], *, quick: bool, rounds: int, budget: float,
         out["unavailable"].append({"section": "step", "case": case, "dtype": "float32",
                                    "peer": "torch eager", "reason": no_torch})
     else:
+        per_round: dict[str, list[float]] = {}
         times = interleaved({"bnprop": ours, "torch eager": torch_cnn_step(net, X, y)},
-                            rounds, budget)
+                            rounds, budget, per_round=per_round)
         out["comparisons"].append({
             "section": "step", "case": case, "dtype": "float32", "peer": "torch eager",
             "bnprop_s": times["bnprop"], "peer_s": times["torch eager"],
-            "ratio": times["bnprop"] / times["torch eager"], "gemm_flops": gemm_flops(m),
+            "ratio": times["bnprop"] / times["torch eager"],
+            "ratio_rounds": ratio_spread(per_round, "bnprop", "torch eager"),
+            "gemm_flops": gemm_flops(m),
             # no measured floor (its im2col GEMMs are not listed); see the phases instead
             "measured_gemm_s": None, "measured_gemm_way": None,
             "measured_floor_multiple": None, "peer_gemm_s": None})

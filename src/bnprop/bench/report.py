@@ -6,22 +6,25 @@ JSON layout (``schema`` = 2; docs/bench.md describes every key)::
      "machine": {...describe(), "load_average_start", "load_average_end"},
      "gemm_peak_flops_per_s": {"float32": f, "float64": f},
      "comparisons": [{"section": "layer" | "step", "case", "dtype", "peer",
-                      "bnprop_s", "peer_s", "ratio", "gemm_flops", "gemm_floor_s",
-                      "bnprop_floor_multiple", "peer_floor_multiple", "measured_gemm_s",
-                      "measured_gemm_way", "measured_floor_multiple"}],
+                      "bnprop_s", "peer_s", "ratio", "ratio_rounds", "gemm_flops",
+                      "gemm_floor_s", "bnprop_floor_multiple", "peer_floor_multiple",
+                      "measured_gemm_s", "measured_gemm_way", "measured_floor_multiple",
+                      "peer_gemm_s"}],
      "train_job": {...} | null, "unavailable": [{"section", "case", "dtype", "peer",
      "reason"}], "limits": {...}, "memory": {...}, "first_step_s": float,
      "compile_s": {...}, "targets": [...]}
 
-``ratio = bnprop_s / peer_s`` (below 1: bnprop is faster); ``*_floor_multiple = time /
-gemm_floor_s`` (:mod:`bnprop.bench.floor`). ``measured_gemm_s``: the case's own GEMMs
-alone through NumPy's BLAS, the fastest of 1 BLAS thread, n BLAS threads, n row parts
-and as the compiled step runs them with its helper thread (``measured_gemm_way`` says
-which), timed in the case's rounds (:mod:`bnprop.bench.shape_floor`);
-``measured_floor_multiple = bnprop_s / measured_gemm_s``; all three null for the CNN step.
-Every listed ratio is a positive float; a peer that could not run is in ``unavailable``
-with its reason. ``targets[]`` rows also carry ``floor_s``, the measured floor they were
-judged against (:mod:`bnprop.bench.targets`).
+``ratio = bnprop_s / peer_s`` (below 1: bnprop is faster; ``ratio_rounds``: the lowest
+and highest of one round's, :func:`bnprop.bench.timing.ratio_spread`);
+``*_floor_multiple = time / gemm_floor_s`` (:mod:`bnprop.bench.floor`).
+``measured_gemm_s``: the case's own GEMMs alone through NumPy's BLAS, the fastest of 1
+BLAS thread, n BLAS threads, n row parts and as the compiled step runs them with its
+helper thread (``measured_gemm_way`` says which), timed in the case's rounds
+(:mod:`bnprop.bench.shape_floor`); ``measured_floor_multiple = bnprop_s /
+measured_gemm_s``; all three null for the CNN step. Every listed ratio is a positive
+float; a peer that could not run is in ``unavailable`` with its reason. ``targets[]``
+rows also carry ``floor_s``, the measured floor they were judged against
+(:mod:`bnprop.bench.targets`).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from bnprop.bench import (
     step,
 )
 from bnprop.bench.targets import targets
-from bnprop.bench.timing import interleaved
+from bnprop.bench.timing import interleaved, ratio_spread
 
 SCHEMA = 2
 JAX_MISSING = "jax not installed; pip install 'bnprop[bench]'"
@@ -127,14 +130,16 @@ def _compare(section: str, case: str, dtype: str, gemms: list[shape_floor.Gemm],
     floor_cases, contexts = shape_floor.cases(gemms, dtype, n, arrays)
     if TORCH in peers:
         floor_cases[shape_floor.TORCH_CASE] = shape_floor.torch_sequence(gemms, arrays)
+    per_round: dict[str, list[float]] = {}
     times = interleaved({"bnprop": bnprop_fn, **peers, **floor_cases}, sizes.rounds,
-                        sizes.budget, contexts)
+                        sizes.budget, contexts, per_round)
     gemm_s, way = shape_floor.best(times, n)
     for peer in peers:
         out["comparisons"].append({
             "section": section, "case": case, "dtype": dtype, "peer": peer,
             "bnprop_s": times["bnprop"], "peer_s": times[peer],
             "ratio": times["bnprop"] / times[peer],
+            "ratio_rounds": ratio_spread(per_round, "bnprop", peer),
             "gemm_flops": shape_floor.total_flops(gemms), "measured_gemm_s": gemm_s,
             "measured_gemm_way": way,
             "measured_floor_multiple": times["bnprop"] / gemm_s,

@@ -65,8 +65,15 @@ def _ratio_row(out: dict[str, Any], tid: str, text: str, section: str, case_star
     c = _comparison(out, section, case_start, dtype, peer)
     if c is None:
         return _row(tid, text, None, "<=", limit, "")
-    detail = f"{c['bnprop_s'] * 1e3:.3g} ms against {c['peer_s'] * 1e3:.3g} ms ({c['case']})"
+    detail = (f"{c['bnprop_s'] * 1e3:.3g} ms against {c['peer_s'] * 1e3:.3g} ms "
+              f"({c['case']}){_spread(c)}")
     return _row(tid, text, c["ratio"], "<=", limit, detail, floor=_case_floor(out, c, limit))
+
+
+def _spread(c: dict[str, Any]) -> str:
+    """The lowest and highest ratio of one round (``ratio_rounds``), where recorded."""
+    spread = c.get("ratio_rounds")
+    return "" if not spread else f"; one round's ratio {spread[0]:.3g}-{spread[1]:.3g}"
 
 
 def _row(tid: str, text: str, value: float | None, op: str, limit: float, detail: str,
@@ -160,7 +167,8 @@ def _float64_row(out: dict[str, Any]) -> dict[str, Any]:
     if not all(_case_floor(out, c, limit)[1] for c in missed):
         floor = (floor[0], None)  # another case misses it without a floor to blame
     return _row("float64_vs_torch", text, worst["ratio"], "<=", limit,
-                f"{worst['section']} {worst['case']}{_gemms_beside(worst)}", floor=floor)
+                f"{worst['section']} {worst['case']}{_gemms_beside(worst)}{_spread(worst)}",
+                floor=floor)
 
 
 def _gemms_beside(c: dict[str, Any]) -> str:

@@ -32,16 +32,17 @@ def calibrate(fn: Callable[[], object], budget: float, max_inner: int = 50) -> i
 
 def interleaved(cases: dict[str, Callable[[], object]], rounds: int,
                 budget: float = 0.05,
-                contexts: dict[str, Callable[[], AbstractContextManager]] | None = None
-                ) -> dict[str, float]:
+                contexts: dict[str, Callable[[], AbstractContextManager]] | None = None,
+                per_round: dict[str, list[float]] | None = None) -> dict[str, float]:
     """Median seconds per call of each case (module docstring); ``contexts[name]()``, when
-    given, is the context that case's calls run in."""
+    given, is the context that case's calls run in; ``per_round``, when given, receives
+    each case's ``t_rc``, round by round."""
     contexts = contexts or {}
     inner = {}
     for name, fn in cases.items():
         with contexts.get(name, nullcontext)():
             inner[name] = calibrate(fn, budget)
-    per_round: dict[str, list[float]] = {name: [] for name in cases}
+    rounds_of: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(rounds):
         for name, fn in cases.items():
             time.sleep(PAUSE)
@@ -53,5 +54,14 @@ def interleaved(cases: dict[str, Callable[[], object]], rounds: int,
                     t0 = time.perf_counter()
                     fn()
                     times.append(time.perf_counter() - t0)
-            per_round[name].append(statistics.median(times))
-    return {name: statistics.median(ts) for name, ts in per_round.items()}
+            rounds_of[name].append(statistics.median(times))
+    if per_round is not None:
+        per_round.update(rounds_of)
+    return {name: statistics.median(ts) for name, ts in rounds_of.items()}
+
+
+def ratio_spread(per_round: dict[str, list[float]], case: str, peer: str) -> list[float]:
+    """``[lowest, highest]`` of ``t_r(case) / t_r(peer)`` over the rounds of
+    :func:`interleaved`: how far one round's ratio strays from the median's."""
+    ratios = [a / b for a, b in zip(per_round[case], per_round[peer], strict=True)]
+    return [min(ratios), max(ratios)]
