@@ -305,11 +305,11 @@ def run(*, quick: bool = False, n_threads: int = 2, sizes: Sizes | None = None,
         log(f"bench: jax jit peer skipped: {JAX_MISSING}.")
     probes = out["machine"]["two_core_speedup"] = []
 
-    def section(name: str, run: Callable[[], None]) -> None:  # the cores apart (sections.py)
+    def section(name: str, measure: Callable[[], None]) -> None:  # cores apart: sections.py
         if n_threads < 2:
-            run()
+            measure()
         else:
-            sections.run_section(out, name, run, probe=machine.two_core_speedup,
+            sections.run_section(out, name, measure, probe=machine.two_core_speedup,
                                  retries=sizes.section_retries, log=log)
 
     log("bench: machine limits (copy bandwidth, GEMM peak) ...")

@@ -139,9 +139,10 @@ def _sigmoid32(a, one):  # pragma: no cover - compiled
 
 
 def _sigmoid64(a, one):  # pragma: no cover - compiled
-    E, D, _, _ = exp_ratio(-abs(a))
+    x = -abs(a)
+    E, D, _, _ = exp_ratio(x)
     y = (D if a >= 0 else E) / (D + E)
-    if -abs(a) < _EXP_LO_64:  # exp(-|a|) below the normal range: 1 or 0
+    if x < _EXP_LO_64:  # exp(-|a|) below the normal range: 1 or 0
         return 1.0 if a >= 0 else 0.0
     return y if a == a else a  # NaN stays NaN
 
