@@ -39,12 +39,9 @@ over ``Z``. Its forward pass (:func:`_forward_centered`)::
 
 (since ``Z - mu_B = Oc W^T``): it writes ``Y`` alone. Where ``Obar``'s GEMM might
 overflow (``inv_std`` large beside ``Oc``: a feature of near-zero variance) it writes
-``Z`` and forms ``Obar`` from it instead. Its backward pass is one pass over ``dY`` and
-``Y`` with the terms of ``Obar`` through ``C``, reusing the forward pass's ``Oc`` and
-``C``; it forms neither ``Obar`` nor ``Z``. Measured at 65536 x 16 -> 256 float32,
-forward + backward, on 2 threads: 41.5-43.5 -> 40-41.5 ms with the moments from ``C``,
-37.7-38.6 -> 36.1-37.2 with ``Obar`` by GEMM, 37.6 -> 34.0-34.9 without writing ``Obar``
-(the forward pass 17.1 -> 14.7 ms; on 1 thread 33 -> 27.5).
+``Z`` and forms ``Obar`` from it instead. Its backward pass reads ``dY`` and ``Y`` once,
+the terms of ``Obar`` through ``C``. Measurements, and the streamed large ``Y`` and
+``dA``: :mod:`bnprop.kernels.narrow`.
 
 Parts are :func:`bnprop.threads.map_rows` parts of at least ``KERNEL_PART_BYTES`` of
 ``Z`` (one part, on the calling thread, for small batches), so the numbers depend on the
@@ -78,6 +75,7 @@ from bnprop.kernels._bn_compiled import (
     _scale_shift_activate,
 )
 from bnprop.kernels._finite import array_all_finite, copy_all_finite
+from bnprop.kernels._stream import copy_rows, streams
 from bnprop.kernels.activations import ACTIVATION_CODES
 from bnprop.kernels.bn import BLOCK_BYTES
 from bnprop.kernels.buffers import MIN_BYTES
@@ -244,14 +242,18 @@ def _forward_centered(centered: narrow.Centered, stats64: tuple[np.ndarray, np.n
         return None
     Ws = Ws64.astype(dt)
     ranges: list[tuple[int, int]] = []
+    stream = streams(Y.nbytes)
 
     def apply(start: int, stop: int) -> None:
         """Each chunk of ``Obar`` into one chunk's buffer, ``Y`` from it while in cache."""
         ranges.append((start, stop))
         buffer = pool.empty((min(chunk_rows, stop - start), n), dt)
         for c0, c1 in rows.chunks(start, stop, chunk_rows):
-            matmul_nt(centered.Oc[c0:c1], Ws, buffer[:c1 - c0], rows=m)
-            _scale_shift_activate(buffer[:c1 - c0], gamma, beta, act, Y[c0:c1])
+            Obar_c = buffer[:c1 - c0]
+            matmul_nt(centered.Oc[c0:c1], Ws, Obar_c, rows=m)
+            _scale_shift_activate(Obar_c, gamma, beta, act, Obar_c if stream else Y[c0:c1])
+            if stream:  # Y was formed over Obar_c in the buffer
+                copy_rows(Obar_c, Y[c0:c1])
 
     _parts(m, n, dt.itemsize, apply)
     ranges.sort()
