@@ -39,9 +39,8 @@ over ``Z``. Its forward pass (:func:`_forward_centered`)::
 
 (since ``Z - mu_B = Oc W^T``): it writes ``Y`` alone. Where ``Obar``'s GEMM might
 overflow (``inv_std`` large beside ``Oc``: a feature of near-zero variance) it writes
-``Z`` and forms ``Obar`` from it instead. Its backward pass reads ``dY`` and ``Y`` once,
-the terms of ``Obar`` through ``C``. Measurements, and the streamed large ``Y`` and
-``dA``: :mod:`bnprop.kernels.narrow`.
+``Z`` and forms ``Obar`` from it instead. Its backward pass reads ``dY`` and ``Y`` once
+(``Obar``'s terms through ``C``). More, and measured: :mod:`bnprop.kernels.narrow`.
 
 Parts are :func:`bnprop.threads.map_rows` parts of at least ``KERNEL_PART_BYTES`` of
 ``Z`` (one part, on the calling thread, for small batches), so the numbers depend on the
