@@ -61,6 +61,11 @@ def test_copy_rows_copies_a_2d_chunk_and_rejects_what_it_cannot_stream() -> None
         copy_rows(src, np.zeros((3, 4), np.float32))
 
 
+def test_stream_copy_refuses_arrays_of_two_lengths() -> None:
+    with pytest.raises(ValueError, match="differ in length"):
+        stream_copy(np.ones(10), np.empty(12))
+
+
 def test_the_body_is_compiled_to_non_temporal_stores() -> None:
     fresh = njit(stream_copy.py_func)  # not from the on-disk cache, whose IR is not kept
     fresh(np.ones(64, np.float32), np.empty(64, np.float32))

@@ -22,7 +22,8 @@ backward pass (sigmoid, m x 16 -> 256)::
 
 and the forward pass's ``Y`` at 65536 x 16 -> 256 float32: 13.3 -> 12.7 ms. Hence
 :data:`STREAM_BYTES`. (A layer that is not narrow gained nothing from streaming its
-``Y`` and ``dA``: 4096 and 65536 x 256 -> 256, float32 and float64, within 3%.)
+``Y`` and ``dA``: at 4096, 16384 and 65536 x 256 -> 256, from 9% faster to 5% slower a
+pass, within the noise; ``docs/bench.md``.)
 
 How: the body stores 64-byte vectors with LLVM's ``!nontemporal`` hint at addresses
 aligned to 64 bytes (``vmovntps``/``vmovntdq`` on x86-64, ``stnp`` on AArch64, an ordinary
@@ -100,6 +101,8 @@ def stream_copy(src, dst):  # pragma: no cover - compiled
     """``dst[:] = src``: 1D C-contiguous arrays of one float dtype and length (module
     docstring); bit for bit :func:`numpy.copyto`."""
     n = dst.shape[0]
+    if src.shape[0] != n:
+        raise ValueError("stream_copy: src and dst differ in length")
     size = dst.itemsize
     lanes = VECTOR_BYTES // size
     address = _address(dst)
