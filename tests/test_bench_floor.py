@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bnprop import threads
-from bnprop.bench import floor, shape_floor
+from bnprop.bench import floor, machine, shape_floor
 from bnprop.bench.report import QUICK
 from bnprop.bench.step import IOFFE
 from bnprop.bench.targets import BLOCKED, targets
@@ -254,3 +254,55 @@ def test_interleaved_gives_each_rounds_time_and_the_spread_of_their_ratios() -> 
     rounds = {"x": [2.0, 3.0, 9.0], "y": [1.0, 2.0, 3.0]}
     assert ratio_spread(rounds, "x", "y") == [1.5, 3.0]
     assert ratio_spread(rounds, "y", "x") == [1 / 3, 2 / 3]
+
+
+class _Clock:
+    """A fake ``time`` for :mod:`bnprop.bench.machine`: ``sleep`` moves ``monotonic`` on."""
+
+    def __init__(self) -> None:
+        self.now, self.slept = 100.0, []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_two_thread_ways_wait_until_openblas_workers_stop_spinning(monkeypatch) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(machine, "time", clock)
+    monkeypatch.setattr(machine, "_spin_ends", 0.0)
+    _, contexts = shape_floor.cases(shape_floor.layer_gemms(8, 4, 3), np.float32, 2)
+    helper = shape_floor.case_name(shape_floor.HELPER_WAY)
+    with contexts[helper]():  # no OpenBLAS call on several threads yet: no wait
+        pass
+    with contexts["GEMMs, 2 BLAS threads"]():
+        pass
+    clock.now += 0.05
+    with contexts["GEMMs, 1 BLAS thread"]():  # one thread runs beside a spinning worker
+        pass
+    assert clock.slept == []
+    clock.now += 0.05
+    with contexts["GEMMs, 2 row parts x 1 BLAS thread"]():
+        assert clock.slept == [pytest.approx(machine.BLAS_SPIN_SECONDS - 0.1)]
+    with contexts[helper]():  # the workers are asleep by now
+        pass
+    assert len(clock.slept) == 1
+
+
+def test_the_two_core_probe_ends_once_openblas_workers_sleep(monkeypatch) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(machine, "time", clock)
+    monkeypatch.setattr(machine, "_spin_ends", 0.0)
+
+    def peak(k: int, blas_threads: int, dtype, repeats: int) -> float:
+        machine.blas_threads_used(blas_threads)
+        return 2.0e9 * blas_threads
+
+    monkeypatch.setattr(machine, "gemm_peak", peak)
+    assert machine.two_core_speedup() == 2.0
+    assert clock.slept == [pytest.approx(machine.BLAS_SPIN_SECONDS)]
+    machine.settle_blas_workers()
+    assert len(clock.slept) == 1

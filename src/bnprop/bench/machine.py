@@ -91,7 +91,33 @@ def gemm_peak(k: int, blas_threads: int, dtype: Any, repeats: int) -> float:
     out = np.empty_like(a)
     with threads.blas_threads_limited(blas_threads):
         t = min(_times(lambda: np.matmul(a, b, out=out), repeats))
+    blas_threads_used(blas_threads)
     return 2 * k**3 / t
+
+
+#: Seconds OpenBLAS's idle workers spin after a call on two or more threads before they
+#: sleep (its ``THREAD_TIMEOUT``, 2^28 cycles: 0.09 to 0.12 s measured here), with a
+#: margin. A two-thread case started meanwhile shares a core with a spinning worker: the
+#: wide step's ``dW_1`` in halves on bnprop's helper took 15.0 ms started 0.09 s after a
+#: 2-thread OpenBLAS call, 8.5 ms from 0.12 s on (docs/bench.md).
+BLAS_SPIN_SECONDS = 0.2
+_spin_ends = 0.0
+
+
+def blas_threads_used(n: int) -> None:
+    """Note that OpenBLAS has just run on ``n`` threads: with two or more, its idle
+    workers spin for :data:`BLAS_SPIN_SECONDS` from now."""
+    global _spin_ends
+    if n > 1:
+        _spin_ends = time.monotonic() + BLAS_SPIN_SECONDS
+
+
+def settle_blas_workers() -> None:
+    """Sleep until the workers of the last OpenBLAS call on two or more threads
+    (:func:`blas_threads_used`) have stopped spinning; return at once if they have."""
+    delay = _spin_ends - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
 
 
 #: A 1-minute load average above this before a run: the machine was not quiet.
@@ -104,8 +130,12 @@ CORES_APART = 1.5
 def two_core_speedup(k: int = 512, repeats: int = 5) -> float:
     """How much faster a float32 ``(k, k)`` GEMM runs on 2 BLAS threads than on 1 (about 2
     on two cores of their own; about 1 when a VM's two vCPUs share a physical core, which
-    a host may do for minutes at a time). About 20 ms."""
-    return gemm_peak(k, 2, np.float32, repeats) / gemm_peak(k, 1, np.float32, repeats)
+    a host may do for minutes at a time). About 20 ms, then the wait for OpenBLAS's
+    workers to stop spinning (:func:`settle_blas_workers`): the section that follows a
+    probe starts with two-thread cases."""
+    speedup = gemm_peak(k, 2, np.float32, repeats) / gemm_peak(k, 1, np.float32, repeats)
+    settle_blas_workers()
+    return speedup
 
 
 def load_average() -> list[float] | None:

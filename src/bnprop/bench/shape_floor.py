@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from bnprop import threads
+from bnprop.bench import machine
 
 
 @dataclass(frozen=True)
@@ -186,10 +187,11 @@ HELPER_WAY = "2 threads as the step (helper) x 1 BLAS thread"
 def ways(n_threads: int) -> dict[str, tuple[int, int]]:
     """The ways the floor runs the sequence on ``n_threads`` cores, each as ``(row parts,
     BLAS threads)``: OpenBLAS on ``n_threads`` threads, on 1 thread, ``n_threads`` row
-    parts on 1 BLAS thread each (in the order they are timed: the idle workers of
-    ``n``-thread OpenBLAS spin down while the 1-thread sequence runs), and the way
-    bnprop's compiled steps use two threads (``parts = HELPER``:
-    :func:`bnprop.threads.gemm_sequence`; on 1 BLAS thread where it is not available)."""
+    parts on 1 BLAS thread each, and the way bnprop's compiled steps use two threads
+    (``parts = HELPER``: :func:`bnprop.threads.gemm_sequence`; on 1 BLAS thread where it
+    is not available). In the order they are timed: the idle workers of ``n``-thread
+    OpenBLAS spin for up to 0.1 s after it, and while the 1-thread sequence runs beside
+    them, the two-thread ways wait until they sleep (:func:`_threads`)."""
     if n_threads == 1:
         return {"1 BLAS thread": (1, 1)}
     return {f"{n_threads} BLAS threads": (1, n_threads), "1 BLAS thread": (1, 1),
@@ -198,8 +200,17 @@ def ways(n_threads: int) -> dict[str, tuple[int, int]]:
 
 @contextmanager
 def _threads(parts: int, blas_threads: int) -> Iterator[None]:
-    with threads.using(parts or 2), threads.blas_threads_limited(blas_threads):
-        yield
+    """The threads of a way (:func:`ways`). A way of two bnprop threads (row parts, the
+    helper) first waits until OpenBLAS's workers of an earlier call on several threads
+    no longer spin (:func:`bnprop.bench.machine.settle_blas_workers`): beside a spinning
+    worker it times one core's speed, not two."""
+    if parts != 1:
+        machine.settle_blas_workers()
+    try:
+        with threads.using(parts or 2), threads.blas_threads_limited(blas_threads):
+            yield
+    finally:
+        machine.blas_threads_used(blas_threads)
 
 
 def case_name(way: str) -> str:
