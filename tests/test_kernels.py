@@ -27,6 +27,8 @@ from bnprop.kernels import (
     moments,
 )
 from bnprop.kernels import bn as kbn
+from bnprop.kernels._bn_compiled import _forward_apply
+from bnprop.kernels.activations import ACTIVATION_CODES
 from tests.conftest import random_layer, rel_err
 
 DTYPES = (np.float32, np.float64)
@@ -164,14 +166,24 @@ def test_forward_apply_equals_reference(dt: type, m: int, n: int, activation: st
 
 @pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("activation", ACTS)
-def test_forward_apply_in_place_and_without_A(dt: type, activation: str) -> None:
+@pytest.mark.parametrize(("m", "n"), [(40, 9), (33, 130)])
+def test_forward_apply_in_place_and_without_A(dt: type, activation: str, m: int, n: int) -> None:
+    """Obar apart, over Z, or not kept, and A kept or not: the same Y bit for bit (the
+    kernel's in-place and apart row loops are different code)."""
     rng = np.random.default_rng(6)
-    Z = _Z(rng, 40, 9, dt)
-    gamma, beta = rng.uniform(0.5, 2, 9).astype(dt), rng.standard_normal(9).astype(dt)
-    mu, _, inv_std, Obar_ref, _, _ = _reference_forward(Z, gamma, beta, activation)
+    Z = _Z(rng, m, n, dt)
+    gamma, beta = rng.uniform(0.5, 2, n).astype(dt), rng.standard_normal(n).astype(dt)
+    mu, _, inv_std, Obar_ref, A_ref, _ = _reference_forward(Z, gamma, beta, activation)
     Y_separate = np.empty_like(Z)
     forward_apply(Z, mu, inv_std, gamma, beta, activation=activation,
                   Obar=np.empty_like(Z), Y=Y_separate, A=np.empty_like(Z))
+    Y_alone, code = np.empty_like(Z), ACTIVATION_CODES[activation]
+    _forward_apply(Z, mu, inv_std, gamma, beta, code, None, Y_alone, None)  # Obar not kept
+    np.testing.assert_array_equal(Y_alone, Y_separate)
+    Z_copy, Y_A, A = Z.copy(), np.empty_like(Z), np.empty_like(Z)
+    _forward_apply(Z_copy, mu, inv_std, gamma, beta, code, Z_copy, Y_A, A)  # over Z, A kept
+    np.testing.assert_array_equal(A, A_ref)
+    np.testing.assert_array_equal(Y_A, Y_separate)
     Y = np.empty_like(Z)
     forward_apply(Z, mu, inv_std, gamma, beta, activation=activation, Obar=Z, Y=Y)
     np.testing.assert_array_equal(Z, Obar_ref)  # Z now holds Obar

@@ -19,11 +19,9 @@ from bnprop.kernels import rows
 from bnprop.kernels._bn_compiled import (
     _backward_apply,
     _backward_sums_into,
-    _backward_sums_z,
-    _dZ_exact_z,
-    _dZ_frozen,
     _forward_apply,
 )
+from bnprop.kernels._bn_z_compiled import _backward_sums_z, _dZ_exact_z, _dZ_frozen
 from bnprop.kernels.activations import ACTIVATION_CODES, IDENTITY
 
 GRADS = ("dA", "dgamma", "dbeta", "dZ", "dW", "dO")

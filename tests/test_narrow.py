@@ -12,7 +12,8 @@ from conftest import layer_inputs, rel_err, small_parts
 import bnprop
 from bnprop import threads
 from bnprop.kernels import layer_small, narrow
-from bnprop.kernels._bn_compiled import _backward_apply, _dZ_frozen, _grad_sums
+from bnprop.kernels._bn_compiled import _backward_apply, _grad_sums
+from bnprop.kernels._bn_z_compiled import _dZ_frozen
 from bnprop.kernels._narrow_compiled import centered_gram, column_sums
 from bnprop.kernels.activations import ACTIVATION_CODES, derivative_rows
 

@@ -111,21 +111,46 @@ def _var_inv_std(M2, count, eps, var, inv_std):  # pragma: no cover - compiled
 
 @njit(**JIT_OPTIONS)
 def _forward_apply(Z, mean, inv_std, gamma, beta, act, Obar, Y, A):  # pragma: no cover
+    """``Obar = (Z - mu_B) * inv_std`` (float64, rounded on the store), ``A = gamma * Obar +
+    beta``, ``Y = sigma(A)``, a row at a time; ``Obar`` may be ``Z`` (the same rows), and
+    ``Obar`` or ``A`` None is not kept. One store a loop: a loop that stores two rows
+    needs more runtime overlap tests than LLVM makes, and runs scalar; in place only
+    ``Obar`` is indexed, as two views of one row fail the test (one thread, float64
+    sigmoid, Obar in place: 1113 -> 925 us at 512 x 1024; Obar and A kept: 1590 -> 1220)."""
+    if Obar is not None and Obar.ctypes.data == Z.ctypes.data:
+        _forward_rows_inplace(Obar, mean, inv_std, gamma, beta, act, Y, A)
+    else:
+        _forward_rows(Z, mean, inv_std, gamma, beta, act, Obar, Y, A)
+
+
+@njit(**JIT_OPTIONS)
+def _forward_rows(Z, mean, inv_std, gamma, beta, act, Obar, Y, A):  # pragma: no cover
+    """:func:`_forward_apply` with ``Obar`` apart from ``Z`` (or None)."""
     m, n = Z.shape
     one = np.ones(1, Z.dtype)[0]
-    obar_row = np.empty(n, Z.dtype)
-    a_scratch = np.empty(n, Z.dtype)
+    o_scratch, a_scratch = np.empty(n, Z.dtype), np.empty(n, Z.dtype)
     for i in range(m):
-        z = Z[i]
-        for j in range(n):
-            obar_row[j] = (z[j] - mean[j]) * inv_std[j]  # float64, rounded on the store
-        # Z[i] is not read below, so Obar may be Z; Obar None: the row is not kept.
-        o = obar_row if Obar is None else Obar[i]
+        z, o = Z[i], o_scratch if Obar is None else Obar[i]
         a = a_scratch if A is None else A[i]
         for j in range(n):
-            ob = obar_row[j]
-            o[j] = ob
-            a[j] = gamma[j] * ob + beta[j]
+            o[j] = (z[j] - mean[j]) * inv_std[j]
+        for j in range(n):
+            a[j] = gamma[j] * o[j] + beta[j]
+        activation_row(act, a, one, Y[i])
+
+
+@njit(**JIT_OPTIONS)
+def _forward_rows_inplace(Obar, mean, inv_std, gamma, beta, act, Y, A):  # pragma: no cover
+    """:func:`_forward_apply` with ``Obar`` over ``Z``."""
+    m, n = Obar.shape
+    one = np.ones(1, Obar.dtype)[0]
+    a_scratch = np.empty(n, Obar.dtype)
+    for i in range(m):
+        o, a = Obar[i], a_scratch if A is None else A[i]
+        for j in range(n):
+            o[j] = (o[j] - mean[j]) * inv_std[j]
+        for j in range(n):
+            a[j] = gamma[j] * o[j] + beta[j]
         activation_row(act, a, one, Y[i])
 
 
@@ -144,6 +169,15 @@ def _scale_shift_activate(Obar, gamma, beta, act, Y):  # pragma: no cover - comp
 
 
 @njit(**JIT_OPTIONS)
+def _add_sums_row(G, Obar, sum_G, sum_GObar):  # pragma: no cover - compiled
+    """``sum_G += G``, ``sum_GObar += G Obar`` for one row, in float64."""
+    for j in range(G.shape[0]):
+        g = np.float64(G[j])
+        sum_G[j] += g
+        sum_GObar[j] += g * Obar[j]
+
+
+@njit(**JIT_OPTIONS)
 def _backward_sums(dY, Y, Obar, act, sum_G, sum_GObar):  # pragma: no cover
     """``sum_G = sum_i G_i``, ``sum_GObar = sum_i G_i Obar_i`` (float64, rows in order),
     ``G = sigma'(A) * dY`` formed in dY's dtype and summed as it is formed."""
@@ -156,7 +190,9 @@ def _sums_rows(d):  # type: ignore[no-untyped-def]
     """:func:`_backward_sums` for one activation's derivative ``d`` (compiled per ``d``,
     :func:`bnprop.kernels.activations.per_derivative`: the loop vectorizes, 3.0 -> 1.45 us
     at 60 x 100, the same bits as a row of ``G`` stored first, then summed); ``dA`` not
-    None: ``G`` is also stored there."""
+    None: ``G`` is stored there first, then summed (:func:`_add_sums_row`; in one loop
+    with the sums, a store too many for LLVM's overlap tests: 4.5 -> 3.0 us at 60 x 100
+    float32, 1440 -> 1220 us at 4096 x 256 float64, one thread, the same bits)."""
     def sums(dY, Y, Obar, sum_G, sum_GObar, dA):  # pragma: no cover - compiled
         one = np.ones(1, dY.dtype)[0]
         for i in range(dY.shape[0]):
@@ -169,11 +205,8 @@ def _sums_rows(d):  # type: ignore[no-untyped-def]
             else:
                 ga = dA[i]
                 for j in range(dy.shape[0]):
-                    gj = d(y[j], dy[j], one)
-                    ga[j] = gj
-                    g = np.float64(gj)
-                    sum_G[j] += g
-                    sum_GObar[j] += g * o[j]
+                    ga[j] = d(y[j], dy[j], one)
+                _add_sums_row(ga, o, sum_G, sum_GObar)
     return sums
 
 
@@ -302,73 +335,3 @@ def _frozen_rows(d):  # type: ignore[no-untyped-def]
 
 
 _frozen_by_act = per_derivative(_frozen_rows)
-
-
-# Backward kernels of a cache that keeps Z, not Obar (bnprop.layer_cache.LayerCache):
-# each row of Obar is formed again from Z, exactly as _forward_apply formed it.
-
-@njit(**JIT_OPTIONS)
-def _obar_row(z, mean, inv_std, out):  # pragma: no cover - compiled
-    """One row of ``Obar = (Z - mu_B) * inv_std``: float64 ``mean`` and ``inv_std``,
-    rounded on the store to ``out``'s dtype (:func:`bnprop.batchnorm.normalize`)."""
-    for j in range(out.shape[0]):
-        out[j] = (z[j] - mean[j]) * inv_std[j]
-
-
-@njit(**JIT_OPTIONS)
-def _backward_sums_z(dY, Y, Z, mean, inv_std, act, sum_G, sum_GObar, dA):  # pragma: no cover
-    """:func:`_backward_sums_into` with ``Obar``'s rows formed from ``Z`` (float64 stats)."""
-    sum_G[:] = 0.0
-    sum_GObar[:] = 0.0
-    _sums_z_by_act(act, dY, Y, Z, mean, inv_std, sum_G, sum_GObar, dA)
-
-
-def _sums_rows_z(d):  # type: ignore[no-untyped-def]
-    """:func:`_backward_sums_z` for one activation's derivative ``d`` (per ``d``, as
-    :func:`_sums_rows`: 730 -> 570-600 us at 4096 x 256 float32, the same bits)."""
-    def sums(dY, Y, Z, mean, inv_std, sum_G, sum_GObar, dA):  # pragma: no cover - compiled
-        one = np.ones(1, dY.dtype)[0]
-        o = np.empty(dY.shape[1], dY.dtype)
-        for i in range(dY.shape[0]):
-            dy, y, ga = dY[i], Y[i], dA[i]
-            _obar_row(Z[i], mean, inv_std, o)
-            for j in range(dy.shape[0]):
-                gj = d(y[j], dy[j], one)
-                ga[j] = gj
-                g = np.float64(gj)
-                sum_G[j] += g
-                sum_GObar[j] += g * o[j]
-    return sums
-
-
-_sums_z_by_act = per_derivative(_sums_rows_z)
-
-
-@njit(**JIT_OPTIONS)
-def _dZ_exact_z(G, Z, mean, inv_std64, gamma, inv_std, sum_G, sum_GObar, m_total,
-                dZ):  # pragma: no cover - compiled
-    """The exact ``dZ`` of :func:`_backward_apply` (identity) from ``G = dA``, with
-    ``Obar``'s rows formed from ``Z`` by ``mean`` and ``inv_std64``; ``inv_std`` is the
-    one of ``dZ``'s scale (the cache's, as the reference uses it)."""
-    m, n = G.shape
-    mean_G, mean_GObar, scale = _dZ_coefficients(gamma, inv_std, sum_G, sum_GObar, m_total, G)
-    o = np.empty(n, G.dtype)
-    for i in range(m):
-        _obar_row(Z[i], mean, inv_std64, o)
-        g = G[i]
-        dz = dZ[i]
-        for j in range(n):
-            dz[j] = ((g[j] - mean_G[j]) - o[j] * mean_GObar[j]) * scale[j]
-
-
-@njit(**JIT_OPTIONS)
-def _dZ_frozen(G, gamma, inv_std, dZ):  # pragma: no cover - compiled
-    """The frozen ``dZ = G * scale``, ``scale = gamma * inv_std`` rounded to G's dtype
-    (:func:`_backward_frozen`'s ``dZ``, without its sums)."""
-    m, n = G.shape
-    scale = _dZ_scale(gamma, inv_std, G)
-    for i in range(m):
-        g = G[i]
-        dz = dZ[i]
-        for j in range(n):
-            dz[j] = g[j] * scale[j]

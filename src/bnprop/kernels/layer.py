@@ -66,13 +66,11 @@ from bnprop.kernels import layer_small, narrow, rows
 from bnprop.kernels._bn_compiled import (
     _backward_apply,
     _backward_sums_into,
-    _backward_sums_z,
-    _dZ_exact_z,
-    _dZ_frozen,
     _forward_apply,
     _moments,
     _scale_shift_activate,
 )
+from bnprop.kernels._bn_z_compiled import _backward_sums_z, _dZ_exact_z, _dZ_frozen
 from bnprop.kernels._finite import array_all_finite, copy_all_finite
 from bnprop.kernels._stream import copy_rows, streams
 from bnprop.kernels.activations import ACTIVATION_CODES
