@@ -25,6 +25,16 @@ def test_cnn_step_ratio_and_phases() -> None:
     assert any(line.startswith("| GEMM |") for line in lines)
 
 
+def test_negative_other_is_explained_under_the_table() -> None:
+    seconds = {"im2col": 0.002, "GEMM": 0.013, "BN": 0.007, "pooling": 0.001}
+    for other, explained in ((-0.003, True), (0.001, False)):
+        ph = {"case": "cnn", "step_s": sum(seconds.values()) + other,
+              "seconds": {**seconds, "other": other}}
+        ph["shares"] = {k: v / ph["step_s"] for k, v in ph["seconds"].items()}
+        lines = bench_cnn.phase_lines({"cnn_phases": ph})
+        assert any(line.startswith("other is the step less") for line in lines) == explained
+
+
 def test_cnn_step_without_torch_is_reported_unavailable() -> None:
     out: dict = {"comparisons": [], "unavailable": []}
     bench_cnn.run_cnn(out, quick=True, rounds=1, budget=0.01, no_torch="torch not installed")

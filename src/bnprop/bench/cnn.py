@@ -14,7 +14,10 @@ and buffers, as a share of the whole step -- im2col and col2im, the GEMMs (forwa
 ``cols W2^T``, backward ``dZ^T cols`` and ``dZ W2``, the Linear layers'), the BN kernels
 (moments, forward apply, backward sums and apply), max pooling forward and backward; the
 rest ("other": Flatten, ReLU of the last layer, the loss, the optimizer, Python) is the
-step minus their sum. The GEMMs are the floor no rewrite of the other phases removes.
+step minus their sum. im2col and pooling are split by images as in the step, but the
+GEMMs (NumPy's, one BLAS thread) and the BN kernels are timed on one thread, where the
+step splits them over its threads: so "other" can be negative (a line under the table
+then says so). The GEMMs are the floor no rewrite of the other phases removes.
 """
 
 from __future__ import annotations
@@ -196,4 +199,8 @@ def phase_lines(out: dict[str, Any]) -> list[str]:
              "|---|---:|---:|"]
     for k in PHASES:
         lines.append(f"| {k} | {ph['seconds'][k] * 1e3:.2f} | {ph['shares'][k]:.0%} |")
+    if ph["seconds"]["other"] < 0:
+        lines += ["", "other is the step less the four phases: negative here, as the phases, "
+                  "each timed alone, add up to more than the step (the GEMMs and BN "
+                  "kernels run on one thread here; the step splits them over its threads)."]
     return lines
