@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "bnprop"
 
 #: Layer of each module, by dotted name prefix (longest match wins); the order is the rank.
 LAYERS = {
-    "base": ["_validate", "_atomic", "files", "progress", "interrupt", "footprint"],
+    "base": ["_validate", "_atomic", "_aligned", "files", "progress", "interrupt", "footprint"],
     "math": ["activations", "batchnorm", "layer", "layer_cache", "loss", "jacobians", "conv"],
     "data": ["data"],
     "kernels": ["kernels", "threads"],

@@ -27,7 +27,7 @@ from collections.abc import Hashable
 import numpy as np
 from numba import njit
 
-from bnprop import threads
+from bnprop import _aligned, threads
 from bnprop.kernels._atomics import cas, load_acquire, pause, store_release
 from bnprop.kernels._jit import JIT_OPTIONS
 from bnprop.kernels._row_workers import spins
@@ -69,7 +69,9 @@ class _Helper:
     """The helper thread and its shared array (one per process)."""
 
     def __init__(self) -> None:
-        self.ctl = np.zeros(SLOTS, np.int64)
+        # On cache lines, a line free on each side: _tasks' slots sit on lines of their
+        # own, and no other object shares one with them.
+        self.ctl = _aligned.zeros(SLOTS + 16, np.int64)[8:8 + SLOTS]
         self.wake = threading.Event()
         self.awake = threading.Event()
         self.lock = threading.Lock()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bnprop import _aligned
 from bnprop import batchnorm as bn
 from bnprop._validate import InputError
 from bnprop.kernels._finite import array_all_finite
@@ -206,8 +207,10 @@ class FlatBuffers:
         for _, module, pname in named:
             p = getattr(module, pname)
             sizes[p.dtype] = sizes.get(p.dtype, 0) + p.size
-        self.params = {dt: np.empty(n, dt) for dt, n in sizes.items()}
-        self.grads = {dt: np.zeros(n, dt) for dt, n in sizes.items()}
+        # On cache lines: the first W starts there (bnprop._aligned: the small batches'
+        # GEMMs run 5-10% faster on it).
+        self.params = {dt: _aligned.zeros(n, dt) for dt, n in sizes.items()}
+        self.grads = {dt: _aligned.zeros(n, dt) for dt, n in sizes.items()}
         self.layout: dict[np.dtype, list[tuple[str, int, int, tuple[int, ...]]]] = {
             dt: [] for dt in sizes}
         offsets = dict.fromkeys(sizes, 0)
