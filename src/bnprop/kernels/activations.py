@@ -222,12 +222,23 @@ def d_identity(y, dy, one):
     return one * dy
 
 
-def per_derivative(make):  # type: ignore[no-untyped-def]
-    """``make(d)`` (a Python function over the derivative ``d``, returning nothing)
-    compiled once per activation, behind one compiled ``fn(act, *args)`` that runs the
-    one of activation code ``act``."""
-    sig, tanh_, relu, ident = (njit(**JIT_OPTIONS)(make(d))
-                               for d in (d_sigmoid, d_tanh, d_relu, d_identity))
+@njit(**JIT_OPTIONS)
+def relu(a, one):
+    """``max(a, 0)``; NaN stays NaN, as ``np.maximum``; ``one`` is 1 in a's type."""
+    zero = one - one
+    return zero if a < zero else a
+
+
+@njit(**JIT_OPTIONS)
+def identity(a, one):
+    """``a``."""
+    return a
+
+
+def _by_code(make, fns):  # type: ignore[no-untyped-def]
+    """``make(f)`` compiled for each of ``fns`` (in the order of the activation codes),
+    behind one compiled ``fn(act, *args)`` that runs the one of code ``act``."""
+    sig, tanh_, relu_, ident = (njit(**JIT_OPTIONS)(make(f)) for f in fns)
 
     def by_code(act, *args):  # type: ignore[no-untyped-def]  # pragma: no cover
         if act == SIGMOID:
@@ -235,10 +246,24 @@ def per_derivative(make):  # type: ignore[no-untyped-def]
         elif act == TANH:
             tanh_(*args)
         elif act == RELU:
-            relu(*args)
+            relu_(*args)
         else:
             ident(*args)
     return njit(**JIT_OPTIONS)(by_code)
+
+
+def per_derivative(make):  # type: ignore[no-untyped-def]
+    """``make(d)`` (a Python function over the derivative ``d``, returning nothing)
+    compiled once per activation, behind one compiled ``fn(act, *args)`` that runs the
+    one of activation code ``act``."""
+    return _by_code(make, (d_sigmoid, d_tanh, d_relu, d_identity))
+
+
+def per_activation(make):  # type: ignore[no-untyped-def]
+    """:func:`per_derivative` over the activations themselves, ``f(a, one)`` of one
+    element (:func:`sigmoid`, :func:`tanh`, :func:`relu`, :func:`identity`): a loop
+    that forms ``A`` can form ``sigma(A)`` in the same pass."""
+    return _by_code(make, (sigmoid, tanh, relu, identity))
 
 
 def _derivative_loop(d):  # type: ignore[no-untyped-def]
