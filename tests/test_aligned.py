@@ -71,16 +71,3 @@ def test_the_helpers_slots_sit_on_lines_of_their_own() -> None:
     before = ctl.ctypes.data - base.ctypes.data
     after = base.ctypes.data + base.nbytes - (ctl.ctypes.data + ctl.nbytes)
     assert before >= _aligned.LINE and after >= _aligned.LINE
-
-
-def test_the_compiled_steps_buffers_start_on_lines() -> None:
-    from bnprop.kernels import blas
-
-    if not blas.available():
-        pytest.skip("NumPy's scipy-openblas not found")
-    net = bnprop.MLP([20, 16, 16, 3], dtype="float64")
-    X = np.random.default_rng(0).standard_normal((32, 20))
-    net.train_step(X, np.arange(32) % 3, bnprop.SGD(0.1))
-    step = net._compiled
-    assert step is not None and step.m == 32
-    assert _aligned.on_line(step.buf) and _aligned.on_line(step.logits)

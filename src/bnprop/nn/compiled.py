@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bnprop import _aligned, threads
+from bnprop import threads
 from bnprop.kernels import blas, rows
 from bnprop.kernels.activations import ACTIVATION_CODES
 from bnprop.kernels.bn import BLOCK_BYTES
@@ -185,11 +185,8 @@ class CompiledStep:
         self.choice_key = ("step", dt.str, m, *n_in, *n_out)
         # Z, Y, dY of each layer, one after the other (_mlp_compiled._rows).
         self.plan[:-1, k.BUF_AT] = np.cumsum([0] + [3 * m * n for n in widths[:-1]])
-        # On cache lines (bnprop._aligned): a row of a wide layer then is too. The wide
-        # float64 step, 784-1024x3-10 at batch 512, 2 threads: 65.3-65.9 ms against
-        # 65.7-67.8 with buf off a line, in one process.
-        self.buf = _aligned.zeros(3 * m * sum(widths), dt)
-        self.logits = _aligned.zeros((m, self.out.out_features), dt)
+        self.buf = np.empty(3 * m * sum(widths), dt)
+        self.logits = np.empty((m, self.out.out_features), dt)
         self.rowmax = np.empty((m, 1), dt)
         # The loss's float64 vectors, one array (_mlp_compiled.S_Y, ...).
         self.F = np.empty(3 * m + self.out.out_features)
