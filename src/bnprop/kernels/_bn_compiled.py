@@ -134,10 +134,10 @@ def _forward_rows(f):  # type: ignore[no-untyped-def]
     sigmoid and tanh otherwise: ``A`` of a block of rows, then ``f`` over the block as one
     flat run, which vectorizes however narrow a row (a row of 16 is under LLVM's vector
     width times its unroll). The same bits; one thread, against one call of the row-wise
-    activation a row: float32 relu 4.10 -> 0.84 ms at 100352 x 16, 1.20 -> 0.43 at
-    25088 x 32 (a convolution's rows); sigmoid in place 7.8 -> 6.5 us at 60 x 100,
-    5.35 -> 3.08 ms at 100352 x 16; float64 sigmoid in place 1.17 -> 0.93 ms at
-    512 x 1024."""
+    activation a row: float32 relu 4.10 -> 0.84-1.12 ms at 100352 x 16, 1.20 -> 0.43-0.47
+    at 25088 x 32 (a convolution's rows); sigmoid in place 7.8 -> 7.4 us at 60 x 100,
+    5.35 -> 4.49 ms at 100352 x 16; float64 sigmoid in place 1.17 -> 0.92 ms at
+    512 x 1024 (but with Obar apart 1.82 -> 2.33 ms at 25088 x 32)."""
     flat_run = f is not relu and f is not identity
 
     def rows(Z, mean, inv_std, gamma, beta, Obar, Y, A, inplace):  # pragma: no cover
