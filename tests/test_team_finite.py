@@ -63,7 +63,8 @@ def test_a_second_half_on_the_helper_gives_the_whole_answer(dtype: type) -> None
     try:
         with threads.using(2):
             cases = _cases(100_010, dtype)
-            start, deadline = team.parts_done(), time.monotonic() + 10.0
+            # a hang guard: the helper's first use compiles its loop (over 10 s cold)
+            start, deadline = team.parts_done(), time.monotonic() + 120.0
             while team.parts_done() == start:  # until the helper has taken a half
                 assert time.monotonic() < deadline, "the helper never took a half"
                 assert _finite(cases[0][0], *team.for_call())
@@ -101,7 +102,8 @@ def test_the_compiled_commit_writes_nothing_after_a_non_finite_gradient(where: i
     team.prefer(True)
     try:
         with threads.using(2):
-            start, deadline = team.parts_done(), time.monotonic() + 10.0
+            # a hang guard: the helper's first use compiles its loop (over 10 s cold)
+            start, deadline = team.parts_done(), time.monotonic() + 120.0
             while team.parts_done() == start:
                 assert time.monotonic() < deadline, "the helper never took a half"
                 assert commit(0.5) == (0.5, False)
