@@ -33,6 +33,12 @@ def test_zeros_start_on_a_line(dtype: type, shape: int | tuple[int, ...]) -> Non
         assert a.sum() == a.size
 
 
+def test_numpy_integers_give_the_shape() -> None:
+    a = _aligned.zeros(np.int64(5), np.float32)
+    b = _aligned.zeros((np.intp(2), np.int32(3)), np.float64)
+    assert a.shape == (5,) and b.shape == (2, 3) and _aligned.on_line(a) and _aligned.on_line(b)
+
+
 def test_a_flat_array_is_the_base_of_its_views() -> None:
     """As for an array that owns its memory: FlatBuffers.check_views and the compiled
     step's plan test ``view.base is flat``."""

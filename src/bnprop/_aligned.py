@@ -34,11 +34,11 @@ import numpy as np
 LINE = 64
 
 
-def zeros(shape: int | Sequence[int], dtype: np.dtype | type) -> np.ndarray:
+def zeros(shape: int | np.integer | Sequence[int], dtype: np.dtype | type) -> np.ndarray:
     """A zero-filled C-contiguous array of ``shape`` whose first element starts on a
     cache line (:data:`LINE`)."""
     dt = np.dtype(dtype)
-    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    dims = (int(shape),) if isinstance(shape, int | np.integer) else tuple(map(int, shape))
     count = math.prod(dims)
     raw = np.zeros(count * dt.itemsize + LINE, np.uint8)  # NumPy's memory: its huge pages
     start = -raw.ctypes.data % LINE
