@@ -172,10 +172,22 @@ def _tanh_overload(a, one):
 
 
 @njit(**JIT_OPTIONS)
+def relu(a, one):
+    """``max(a, 0)``; NaN stays NaN, as ``np.maximum``; ``one`` is 1 in a's type."""
+    zero = one - one
+    return zero if a < zero else a
+
+
+@njit(**JIT_OPTIONS)
+def identity(a, one):
+    """``a``."""
+    return a
+
+
+@njit(**JIT_OPTIONS)
 def activation_row(act, A, one, Y):
     """``Y[j] = sigma(A[j])`` for one row; ``act`` is an activation code, ``one`` 1 in A's type."""
     n = A.shape[0]
-    zero = one - one
     if act == SIGMOID:
         for j in range(n):
             Y[j] = sigmoid(A[j], one)
@@ -184,8 +196,7 @@ def activation_row(act, A, one, Y):
             Y[j] = tanh(A[j], one)
     elif act == RELU:
         for j in range(n):
-            a = A[j]
-            Y[j] = zero if a < zero else a  # max(a, 0); NaN stays NaN, as np.maximum
+            Y[j] = relu(A[j], one)
     else:
         for j in range(n):
             Y[j] = A[j]
@@ -220,19 +231,6 @@ def d_relu(y, dy, one):
 def d_identity(y, dy, one):
     """``1 dY``."""
     return one * dy
-
-
-@njit(**JIT_OPTIONS)
-def relu(a, one):
-    """``max(a, 0)``; NaN stays NaN, as ``np.maximum``; ``one`` is 1 in a's type."""
-    zero = one - one
-    return zero if a < zero else a
-
-
-@njit(**JIT_OPTIONS)
-def identity(a, one):
-    """``a``."""
-    return a
 
 
 def _by_code(make, fns):  # type: ignore[no-untyped-def]
