@@ -60,7 +60,11 @@ class Widened:
         return a[:head].reshape(-1, self.r * n), a[head:]
 
     def _tile(self, v: np.ndarray) -> np.ndarray:
-        return np.tile(v, self.r)
+        """``v`` repeated ``r`` times, as ``np.tile(v, r)``: one NumPy call (0.8 against
+        3.2 us for ``np.tile``'s Python). The parts of a stage call this on both threads,
+        each holding the GIL meanwhile: the CNN step, 2 threads, took 0.45-0.50 ms less
+        (18.7 -> 18.2 ms, rounds of both alternated in one process)."""
+        return v[np.newaxis].repeat(self.r, 0).reshape(-1)
 
     def _moments(self, Z, block_rows, mean, M2):  # type: ignore[no-untyped-def]
         Zw, tail = self._split(Z)
