@@ -160,6 +160,26 @@ def test_widened_tiles_a_per_feature_vector_as_np_tile(r: int, dtype: type) -> N
     np.testing.assert_array_equal(t, np.tile(v, r))
 
 
+@pytest.mark.parametrize(("r", "n"), [(1, 7), (2, 16), (8, 16), (32, 4), (5, 3)])
+def test_the_compiled_folds_of_widened_rows_equal_numpy_bit_for_bit(r: int, n: int) -> None:
+    """``fold_moments`` and ``fold_add`` against their NumPy references (the groups'
+    partial moments and sums, folded per feature), on means far from 0."""
+    from bnprop.kernels import fold
+
+    rng = np.random.default_rng(r * 100 + n)
+    mean_w = rng.standard_normal(r * n) * 1e3 + 5e4
+    M2_w = rng.random(r * n) * 1e6
+    got, want = (np.empty(n), np.empty(n)), (np.empty(n), np.empty(n))
+    fold.fold_moments(mean_w, M2_w, r, 37.0, *got)
+    fold.fold_moments_numpy(mean_w, M2_w, r, 37.0, *want)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    out, ref_out = np.full(n, 0.25), np.full(n, 0.25)
+    fold.fold_add(M2_w - 5e5, n, out)
+    fold.fold_add_numpy(M2_w - 5e5, n, ref_out)
+    np.testing.assert_array_equal(out, ref_out)
+
+
 # ---- bad input -----------------------------------------------------------------------------
 
 def test_not_4d_or_wrong_channels_names_expected_and_received_shape() -> None:

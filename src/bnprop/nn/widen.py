@@ -14,8 +14,9 @@ times::
         moments  mean = (1/r) sum_g mean_g,
                  M2   = sum_g M2_g + (rows / r) sum_g (mean_g - mean)^2  (Chan, equal counts)
 
-The ``rows mod r`` rows left over run on the plain kernels and join by Chan's combination
-(moments) or addition (sums). :class:`Widened` offers the kernels' names, so
+The folds are compiled (:mod:`bnprop.kernels.fold`, bit for bit the NumPy expressions
+above). The ``rows mod r`` rows left over run on the plain kernels and join by Chan's
+combination (moments) or addition (sums). :class:`Widened` offers the kernels' names, so
 :class:`~bnprop.nn.stage.BNStage` calls either.
 """
 
@@ -25,6 +26,7 @@ import numpy as np
 
 from bnprop import batchnorm as bn
 from bnprop.kernels import bn as bnk
+from bnprop.kernels import fold
 
 #: Bytes of a widened row: enough for the kernels' loops to run on vectors.
 WIDE_ROW_BYTES = 512
@@ -73,9 +75,7 @@ class Widened:
         if Zw.shape[0]:
             mean_w, M2_w = np.empty(r * n), np.empty(r * n)
             count_g = int(bnk._moments(Zw, max(1, block_rows // r), mean_w, M2_w))
-            mean_g, M2_g = mean_w.reshape(r, n), M2_w.reshape(r, n)
-            mean[...] = mean_g.mean(axis=0)
-            M2[...] = M2_g.sum(axis=0) + count_g * ((mean_g - mean) ** 2).sum(axis=0)
+            fold.fold_moments(mean_w, M2_w, r, float(count_g), mean, M2)
             count = count_g * r
         if tail.shape[0]:
             mean_t, M2_t = np.empty(n), np.empty(n)
@@ -108,8 +108,8 @@ class Widened:
             width = parts[0].shape[1]
             sG, sGO = np.empty(width), np.empty(width)
             fn(*parts, sG, sGO)
-            sum_G += sG.reshape(-1, n).sum(axis=0)
-            sum_GObar += sGO.reshape(-1, n).sum(axis=0)
+            fold.fold_add(sG, n, sum_G)
+            fold.fold_add(sGO, n, sum_GObar)
 
     def _backward_sums(self, dY, Y, Obar, act, sum_G, sum_GObar):  # type: ignore[no-untyped-def]
         self._sums(lambda d, y, o, sG, sGO: bnk._backward_sums(d, y, o, act, sG, sGO),
