@@ -7,7 +7,8 @@ entry ``c`` of ``channels``::
 
 then ``Flatten -> [Linear(bias=False) -> BatchNorm1d -> ReLU] per hidden width ->
 Linear(n_classes)``. Each conv stage runs as one fused batch-norm stage on the im2col
-matrix (:class:`~bnprop.nn.plan.ConvNormStep`), each hidden layer as the handout's layer.
+matrix, its max pool inside it (:class:`~bnprop.nn.plan.ConvNormStep`), each hidden
+layer as the handout's layer.
 Weights ``N(0, 1/fan_in)`` from ``numpy.random.default_rng(seed)``, module by module.
 
 A saved CNN is a :class:`~bnprop.nn.Sequential` state (``"kind": "Sequential"`` in its

@@ -109,21 +109,27 @@ def _phase_calls(net: Any, X_nhwc: np.ndarray) -> dict[str, list[Callable[[], ob
                     dX = np.empty_like(X_in)
                     calls["im2col"].append(lambda O=O, dX=dX, k=k, s=s, p=p:
                                            convk.col2im_into(O, k, s, p, dX))
+            if isinstance(step, ConvNormStep) and step.pool is not None:
+                calls["pooling"] += _pool_calls(step.pool, like(st.Y).reshape(
+                    step.pool._shape_in))
         elif isinstance(step.modules[0], MaxPool2d):
-            pool = step.modules[0]
-            k, s, dX = pool.kernel_size, pool.stride, np.empty_like(X_in)
-            Yp, arg = np.empty_like(pool._Y), np.empty_like(pool._arg)
-            calls["pooling"] += [
-                lambda X_in=X_in, k=k, s=s, Yp=Yp, arg=arg: convk.maxpool_forward_into(
-                    X_in, k, s, Yp, arg),
-                lambda Yp=Yp, arg=arg, k=k, s=s, dX=dX: convk.maxpool_backward_into(
-                    Yp, arg, k, s, dX)]
+            calls["pooling"] += _pool_calls(step.modules[0], X_in)
         elif hasattr(step.modules[0], "W"):  # the output Linear
             W, dL = step.modules[0].W, like(net.logits)
             calls["GEMM"] += [lambda X_in=X_in, W=W: X_in @ W.T,
                               lambda X_in=X_in, dL=dL: dL.T @ X_in,
                               lambda dL=dL, W=W: dL @ W]
     return calls
+
+
+def _pool_calls(pool: MaxPool2d, X_in: np.ndarray) -> list[Callable[[], object]]:
+    """A max pooling's forward and backward on ``X_in`` (its input's shape), into
+    scratch arrays; over the threads by images, as a lone pooling step runs them (a
+    fused step runs them inside its BN passes' row parts instead)."""
+    k, s, dX = pool.kernel_size, pool.stride, np.empty_like(X_in)
+    Yp, arg = np.empty_like(pool._Y), np.empty_like(pool._arg)
+    return [lambda: convk.maxpool_forward_into(X_in, k, s, Yp, arg),
+            lambda: convk.maxpool_backward_into(Yp, arg, k, s, dX)]
 
 
 def phases(net: Any, X: np.ndarray, step_fn: Callable[[], None], rounds: int,

@@ -190,3 +190,16 @@ def maxpool_backward_into(dY: np.ndarray, arg: np.ndarray, k: int, s: int,
                           dX: np.ndarray) -> None:
     """``dX``: :func:`bnprop.conv.maxpool_backward`."""
     _over_images(lambda n0, n1: _maxpool_backward(dY, arg, k, s, dX, n0, n1), dX.shape[0])
+
+
+def maxpool_forward_images(X: np.ndarray, k: int, s: int, Y: np.ndarray, arg: np.ndarray,
+                           n0: int, n1: int) -> None:
+    """:func:`maxpool_forward_into` of the images ``[n0, n1)`` only, on this thread (a
+    caller that splits the batch itself)."""
+    _maxpool_forward(X, k, s, Y, arg, n0, n1)
+
+
+def maxpool_backward_images(dY: np.ndarray, arg: np.ndarray, k: int, s: int, dX: np.ndarray,
+                            n0: int, n1: int) -> None:
+    """:func:`maxpool_backward_into` of the images ``[n0, n1)`` only, on this thread."""
+    _maxpool_backward(dY, arg, k, s, dX, n0, n1)

@@ -5,8 +5,8 @@ buffers. ``Linear(bias=False) -> BatchNorm1d -> activation`` (the handout's laye
 :class:`~bnprop.nn.stage.BNStage`; so is ``BatchNorm1d -> activation`` and a lone
 ``BatchNorm1d`` (or ``BatchNorm2d``, on the ``(N H W, C)`` view of its NHWC images), and
 ``Conv2d(bias=False) -> BatchNorm2d -> activation``: the im2col matrix is the stage's
-input and the convolution its ``Linear`` (:class:`ConvNormStep`). Every other module is a
-step of its own.
+input and the convolution its ``Linear`` (:class:`ConvNormStep`, which takes a
+``MaxPool2d`` that follows too). Every other module is a step of its own.
 
 Parameters of one dtype live in one flat array, of which each module's parameters are
 views, and so do their gradients (:class:`FlatBuffers`): the optimizer updates all of
@@ -27,6 +27,7 @@ from bnprop.nn.batchnorm import BatchNorm1d
 from bnprop.nn.batchnorm2d import BatchNorm2d
 from bnprop.nn.conv import Conv2d, ConvAsLinear
 from bnprop.nn.module import Linear, Module, _Activation
+from bnprop.nn.pool import MaxPool2d
 from bnprop.nn.stage import BNStage
 
 if TYPE_CHECKING:
@@ -100,36 +101,66 @@ class NormStep:
 
 
 class ConvNormStep(NormStep):
-    """``Conv2d(bias=False) -> BatchNorm2d -> [activation]`` as one fused stage::
+    """``Conv2d(bias=False) -> BatchNorm2d -> [activation] -> [MaxPool2d]`` as one fused
+    stage::
 
         forward    cols = im2col(X);  Y = stage(cols) = sigma(BN(cols W2^T))   (N Ho Wo, C_out)
-        backward   stage: dW2, dgamma, dbeta, dcols = dZ W2;  dX = col2im(dcols)
+                   P = maxpool(Y)                          (each part's images, see below)
+        backward   dY = maxpool'(dP);  stage: dW2, dgamma, dbeta, dcols = dZ W2;
+                   dX = col2im(dcols)
+
+    The stage's row parts hold whole images (``row_unit = Ho Wo``), so each part pools its
+    own images right after forming their ``Y``, and forms their ``dY`` right before its
+    backward sums read it: one split of the batch each way instead of two, and ``Y`` and
+    ``dY`` read back from the part's cache.
     """
 
-    def __init__(self, conv: Conv2d, norm: BatchNorm2d, activation: _Activation | None) -> None:
-        self.conv, self.norm = conv, norm
-        self.modules = tuple(m for m in (conv, norm, activation) if m is not None)
+    def __init__(self, conv: Conv2d, norm: BatchNorm2d, activation: _Activation | None,
+                 pool: MaxPool2d | None = None) -> None:
+        self.conv, self.norm, self.pool = conv, norm, pool
+        self.modules = tuple(m for m in (conv, norm, activation, pool) if m is not None)
         self.stage = BNStage(norm, "identity" if activation is None else activation.activation,
                              ConvAsLinear(conv))  # type: ignore[arg-type]
         self._dcols: np.ndarray | None = None
+        self._dY: np.ndarray | None = None  # dF/dY of the stage, with a pool after it
 
     def forward(self, X: np.ndarray, training: bool, comm: Communicator | None) -> np.ndarray:
         shape = self.conv.out_shape(X.shape)
         self.stage.linear.take_weight()
-        return self.stage.forward(self.conv._cols(X), training, comm).reshape(shape)
+        self.stage.row_unit = shape[1] * shape[2]
+        cols = self.conv._cols(X)
+        if self.pool is None:
+            return self.stage.forward(cols, training, comm).reshape(shape)
+        pool, unit = self.pool, self.stage.row_unit
+        self.stage.buffers(cols)
+        Y = self.stage.Y.reshape(shape)
+        pool._prepare(Y, training)
+        self.stage.forward(cols, training, comm,
+                           after_apply=lambda start, stop: pool._forward_images(
+                               Y, start // unit, stop // unit))
+        return pool._Y
 
     def backward(self, dY: np.ndarray, dX: np.ndarray | None,
                  comm: Communicator | None) -> None:
+        before_sums = None
+        if self.pool is not None:  # dY is dF/dP: the stage's dY is formed part by part
+            dP, pool, unit, Y = dY, self.pool, self.stage.row_unit, self.stage.Y
+            if self._dY is None or self._dY.shape != Y.shape or self._dY.dtype != Y.dtype:
+                self._dY = np.empty_like(Y)
+            dY = self._dY.reshape(pool._shape_in)
+
+            def before_sums(start: int, stop: int) -> None:
+                pool._backward_images(dP, dY, start // unit, stop // unit)
         dY2 = dY.reshape(-1, dY.shape[-1])
         if dX is None:  # the first layer: no dcols GEMM, no col2im
-            self.stage.backward(dY2, None, comm)
+            self.stage.backward(dY2, None, comm, before_sums)
             self.stage.linear.give_grad()
             return
         cols = self.stage.O
         if self._dcols is None or self._dcols.shape != cols.shape \
                 or self._dcols.dtype != cols.dtype:
             self._dcols = np.empty(cols.shape, cols.dtype)
-        self.stage.backward(dY2, self._dcols, comm)
+        self.stage.backward(dY2, self._dcols, comm, before_sums)
         self.stage.linear.give_grad()
         self.conv._col2im(self._dcols, dX)
 
@@ -146,7 +177,10 @@ def build_plan(modules: list[Module]) -> list[ModuleStep | NormStep]:
             act = (modules[i] if i < len(modules) and isinstance(modules[i], _Activation)
                    else None)
             i += act is not None
-            steps.append(ConvNormStep(mod, nxt, act))
+            pool = (modules[i] if i < len(modules) and isinstance(modules[i], MaxPool2d)
+                    else None)
+            i += pool is not None
+            steps.append(ConvNormStep(mod, nxt, act, pool))
             continue
         if isinstance(mod, Linear) and not mod.has_bias and type(nxt) is BatchNorm1d:
             linear, norm, i = mod, nxt, i + 2

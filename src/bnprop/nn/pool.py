@@ -46,26 +46,47 @@ class MaxPool2d(SpatialModule):
         return (N, ref.out_size(H, k, s, 0, "X"), ref.out_size(W, k, s, 0, "X"), C)
 
     def _forward(self, X: np.ndarray, training: bool) -> np.ndarray:
-        self._remember(X, training)
-        k, s = self.kernel_size, self.stride
+        self._prepare(X, training)
         if self.backend == "numpy":
-            self._Y, self._arg = ref.maxpool_forward(X, k, s)
-            return self._Y
-        shape = self._shape_out
-        if self._Y is None or self._Y.shape != shape or self._Y.dtype != X.dtype:
-            self._Y = np.empty(shape, X.dtype)
-            self._arg = np.empty(shape, np.int8)
-        convk.maxpool_forward_into(X, k, s, self._Y, self._arg)
+            self._forward_images(X, 0, X.shape[0])
+        else:  # split over the threads by images
+            convk.maxpool_forward_into(X, self.kernel_size, self.stride, self._Y, self._arg)
         return self._Y
 
     def _backward(self, dY: np.ndarray, dX: np.ndarray | None) -> None:
         if dX is None:
             return
+        if self.backend == "numpy":
+            self._backward_images(dY, dX, 0, dX.shape[0])
+        else:
+            convk.maxpool_backward_into(dY, self._arg, self.kernel_size, self.stride, dX)
+
+    # ---- a batch's images in parts (a fused step runs each part with its own rows)
+    def _prepare(self, X: np.ndarray, training: bool) -> None:
+        """Remember ``X``'s shape (its values may come later); ``Y`` and ``arg`` buffers
+        for it, kept while the shape stays."""
+        self._remember(X, training)
+        shape = self._shape_out
+        if self._Y is None or self._Y.shape != shape or self._Y.dtype != X.dtype:
+            self._Y = np.empty(shape, X.dtype)
+            self._arg = np.empty(shape, np.int8)
+
+    def _forward_images(self, X: np.ndarray, n0: int, n1: int) -> None:
+        """``Y`` and ``arg`` of the images ``[n0, n1)`` of ``X`` (after :meth:`_prepare`)."""
         k, s = self.kernel_size, self.stride
         if self.backend == "numpy":
-            dX[...] = ref.maxpool_backward(dY, self._arg, dX.shape, k, s)
+            self._Y[n0:n1], self._arg[n0:n1] = ref.maxpool_forward(X[n0:n1], k, s)
         else:
-            convk.maxpool_backward_into(dY, self._arg, k, s, dX)
+            convk.maxpool_forward_images(X, k, s, self._Y, self._arg, n0, n1)
+
+    def _backward_images(self, dY: np.ndarray, dX: np.ndarray, n0: int, n1: int) -> None:
+        """``dX`` of the images ``[n0, n1)`` from ``dY`` (after :meth:`_forward_images`)."""
+        k, s = self.kernel_size, self.stride
+        if self.backend == "numpy":
+            dX[n0:n1] = ref.maxpool_backward(dY[n0:n1], self._arg[n0:n1],
+                                             (n1 - n0, *dX.shape[1:]), k, s)
+        else:
+            convk.maxpool_backward_images(dY, self._arg, k, s, dX, n0, n1)
 
 
 class Flatten(SpatialModule):

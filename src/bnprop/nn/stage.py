@@ -18,9 +18,11 @@ and :mod:`bnprop.kernels.bn` (the kernels, ``backend="numba"``). With a communic
 two backward sums all-reduced (``comm.allreduce_sum``), as in :mod:`bnprop.layer`.
 
 Threads (:mod:`bnprop.threads`): the kernels run on ``map_rows`` row parts of the batch
-(moments merged with Chan's combination, sums added, in row order); each GEMM is split
-over the rows of its output when a part has at least
-:data:`bnprop.kernels.rows.GEMM_PART_FLOPS` of work.
+(moments merged with Chan's combination, sums added, in row order), each of whole units
+of :attr:`BNStage.row_unit` rows (a convolution's: one image, so that a step can pool a
+part's images in the part: ``forward``'s ``after_apply``, ``backward``'s
+``before_sums``); each GEMM is split over the rows of its output when a part has at
+least :data:`bnprop.kernels.rows.GEMM_PART_FLOPS` of work.
 Large batches (``m >= 2 * KERNEL_PART_ROWS``, with the Linear) walk each part in chunks
 of :data:`CHUNK_BYTES`, so the data a GEMM writes is read from cache by the kernel that
 follows it (and the reverse)::
@@ -35,6 +37,7 @@ statistics: ``Obar = (Z - running_mean) / sqrt(running_var + eps)``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -90,6 +93,9 @@ class BNStage:
         self.kernels: Any = Widened(r) if getattr(norm, "in_ndim", 2) == 4 and r > 1 else Plain()
         #: (count, mean_B, var_B) of the last training forward, for the running update.
         self.batch_stats: tuple[int, np.ndarray, np.ndarray] | None = None
+        #: Rows that one part never splits (a convolution's rows of one image: Ho Wo), so
+        #: that per-image work can join a part (:meth:`forward`'s ``after_apply``).
+        self.row_unit = 1
 
     # ------------------------------------------------------------------ buffers
     def _allocate(self, m: int, n_in: int) -> None:
@@ -104,6 +110,7 @@ class BNStage:
         self.n_in = n_in
         self._parts = _Parts(1, n, n_in, dt, self.chunked)
         self._starts = {0: 0}
+        self._parts_key: tuple[int, int] = (1, 1)
         self.inv_std = np.empty(n)
         self.mean = np.empty(n)
         self.var = np.empty(n)
@@ -114,38 +121,56 @@ class BNStage:
 
     def _kernel_parts(self, fn: Any) -> list[Any]:
         """``map_rows`` over the batch, calling ``fn(part_index, start, stop)``."""
-        starts = self._starts
+        starts, u = self._starts, self._parts_key[1]
         if len(starts) == 1:  # one part, on this thread
             return [fn(0, 0, self.m)]
 
         def indexed(start: int, stop: int) -> Any:
-            return fn(starts[start], start, stop)
+            return fn(starts[start * u], start * u, stop * u)
 
-        return threads.map_rows(indexed, self.m, min_rows=self.part_rows)
+        return threads.map_rows(indexed, self.m // u, min_rows=self._min_units(u))
+
+    def _min_units(self, u: int) -> int:
+        """Fewest units of :attr:`row_unit` rows in a part: :attr:`part_rows` rows."""
+        return max(1, -(-self.part_rows // u))
 
     def _size_parts(self) -> None:
-        """Per-part buffers for the part count ``map_rows`` will use now (it may change)."""
+        """Per-part buffers for the part count ``map_rows`` will use now (it may change),
+        the parts made of whole units of :attr:`row_unit` rows."""
         assert self.m is not None
-        parts = max(1, min(threads.num_threads(), self.m // self.part_rows))
-        if len(self._parts.mean) != parts:
-            self._parts = _Parts(parts, self.Z.shape[1], self.n_in, self.Z.dtype,
-                                 self.chunked)
-            self._starts = {start: p for p, (start, _) in
-                            enumerate(threads.row_parts(self.m, parts))}
+        u = self.row_unit if self.row_unit > 0 and self.m % self.row_unit == 0 else 1
+        units = self.m // u
+        parts = max(1, min(threads.num_threads(), units // self._min_units(u)))
+        if self._parts_key != (parts, u):
+            if len(self._parts.mean) != parts:
+                self._parts = _Parts(parts, self.Z.shape[1], self.n_in, self.Z.dtype,
+                                     self.chunked)
+            self._starts = {start * u: p for p, (start, _) in
+                            enumerate(threads.row_parts(units, parts))}
+            self._parts_key = (parts, u)
 
     # ------------------------------------------------------------------ forward
+    def buffers(self, O: np.ndarray) -> None:
+        """The buffers of a batch shaped as ``O`` (kept while the shape stays)."""
+        if self.m != O.shape[0] or self.n_in != O.shape[1]:
+            self._allocate(O.shape[0], O.shape[1])
+
     def forward(self, O: np.ndarray, training: bool, comm: Communicator | None = None,
-                ) -> np.ndarray:
+                after_apply: Callable[[int, int], None] | None = None) -> np.ndarray:
         """``Y = sigma(gamma * (Z - mu) * inv_std + beta)``, ``Z = O W^T`` (or ``O``).
 
         Training: batch statistics (global ones with ``comm``), kept in
         :attr:`batch_stats` for the running update; inference: the running statistics.
+        ``after_apply(start, stop)``, when given, runs in each row part right after its
+        rows of ``Y`` are formed (on the part's thread, while they are in its cache).
         """
-        if self.m != O.shape[0] or self.n_in != O.shape[1]:
-            self._allocate(O.shape[0], O.shape[1])
+        self.buffers(O)
         self.O = O
         if self.norm.backend == "numpy":
-            return self._forward_reference(O, training, comm)
+            Y = self._forward_reference(O, training, comm)
+            if after_apply is not None:
+                after_apply(0, O.shape[0])
+            return Y
         norm, Z, Y = self.norm, self.Z, self.Y
         self._size_parts()
         if not training:
@@ -167,6 +192,8 @@ class BNStage:
         def apply(p: int, start: int, stop: int) -> None:
             self.kernels._forward_apply(source[start:stop], self.mean, self.inv_std, norm.gamma,
                                norm.beta, self.act, Z[start:stop], Y[start:stop], None)
+            if after_apply is not None:
+                after_apply(start, stop)
 
         self._kernel_parts(apply)
         return Y
@@ -231,14 +258,20 @@ class BNStage:
 
     # ------------------------------------------------------------------ backward
     def backward(self, dY: np.ndarray, dO: np.ndarray | None,
-                 comm: Communicator | None = None) -> None:
+                 comm: Communicator | None = None,
+                 before_sums: Callable[[int, int], None] | None = None) -> None:
         """From ``dY`` (overwritten by dZ): dgamma, dbeta, dW into the modules' ``grads``,
-        and ``dO = dZ W`` (or ``dZ``, without the Linear) into ``dO`` unless None."""
+        and ``dO = dZ W`` (or ``dZ``, without the Linear) into ``dO`` unless None.
+        ``before_sums(start, stop)``, when given, writes the rows ``[start, stop)`` of
+        ``dY`` in each row part, right before the part reads them (:meth:`forward`'s
+        parts)."""
         norm = self.norm
         if norm.backend == "numpy":
+            if before_sums is not None:
+                before_sums(0, dY.shape[0])
             self._backward_reference(dY, dO, comm)
         else:
-            self._backward_kernels(dY, dO, comm)
+            self._backward_kernels(dY, dO, comm, before_sums)
         np.copyto(norm.grads["gamma"], self.sum_GObar, casting="same_kind")
         np.copyto(norm.grads["beta"], self.sum_G, casting="same_kind")
 
@@ -272,18 +305,23 @@ class BNStage:
             gemm(dZ, self.linear.W, dO)                    # dO = dZ W
 
     def _backward_kernels(self, dY: np.ndarray, dO: np.ndarray | None,
-                          comm: Communicator | None) -> None:
+                          comm: Communicator | None,
+                          before_sums: Callable[[int, int], None] | None) -> None:
         norm, Y, Obar, act, P = self.norm, self.Y, self.Z, self.act, self._parts
         gamma = norm.gamma
         exact = norm.stats == "exact"
         if not exact:
             def frozen(p: int, start: int, stop: int) -> None:
+                if before_sums is not None:
+                    before_sums(start, stop)
                 self.kernels._backward_frozen(dY[start:stop], Y[start:stop], Obar[start:stop],
                                               gamma, self.inv_std, act, P.sum_G[p],
                                               P.sum_GObar[p], dY[start:stop])
             self._kernel_parts(frozen)
         else:
             def sums(p: int, start: int, stop: int) -> None:
+                if before_sums is not None:
+                    before_sums(start, stop)
                 self.kernels._backward_sums(dY[start:stop], Y[start:stop], Obar[start:stop], act,
                                    P.sum_G[p], P.sum_GObar[p])
             self._kernel_parts(sums)
