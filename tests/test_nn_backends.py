@@ -99,6 +99,36 @@ def test_row_parts_and_chunks_equal_reference(two_threads: None, stats: str, n_t
         assert rel_err(fast.parameters()[name], p) < 1e-10, name
 
 
+def test_a_backward_chunk_fits_openblass_small_kernel_when_that_leaves_enough_rows() -> None:
+    from bnprop.kernels import small_gemm
+
+    rows = stage_module.back_chunk_rows
+    small = small_gemm.SMALL_MNK // (16 * 9)  # 6944 rows of a first convolution's dW
+    assert rows(16, 9, 4, 16384) == (small if small_gemm.enabled() else 16384)
+    assert rows(16, 9, 8, 16384) == 16384          # float64: the packed kernel
+    assert rows(32, 144, 4, 8192) == 8192          # 217 rows: too few
+    assert rows(16, 9, 4, 4096) == 4096            # the chunk is smaller already
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_float32_backward_chunks_of_the_small_kernel_equal_reference(
+        two_threads: None, n_threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """float32, 16 x 8 -> 16 x 16: backward chunks cut apart from the forward's (forced
+    to 1100 rows, so that both threads walk several), to float32 rounding."""
+    threads.set_threads(n_threads)
+    monkeypatch.setattr(stage_module, "back_chunk_rows", lambda n, n_in, item, rows: 1100)
+    X, y = _data(9000, n_in=8, k=3, dtype="float32", seed=2)
+    ref = MLP((8, 16, 16, 3), dtype="float32", backend="numpy")
+    fast = MLP((8, 16, 16, 3), dtype="float32")
+    for _ in range(2):
+        assert fast.train_step(X, y, SGD(0.1)) == pytest.approx(
+            ref.train_step(X, y, SGD(0.1)), rel=1e-5)
+    layer = fast.steps[0].stage
+    assert layer.chunked and layer.back_chunk_rows == 1100 < layer.chunk_rows
+    for name, p in ref.parameters().items():
+        assert rel_err(fast.parameters()[name], p) < 1e-5, name
+
+
 def test_ragged_batches_reallocate_per_shape() -> None:
     ref, fast = _pair("float64")
     buffers = []
