@@ -4,6 +4,7 @@ rule, and one result whatever part of the product a thread or a chunk computes."
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -35,7 +36,8 @@ def test_a_blocked_product_is_never_one_that_threads_split_by_rows() -> None:
                                      (256, 784, 1024, 3072)):
         w = width(4, M, N, K, True)
         if w:
-            assert 2 * M * N * K < rows.GEMM_PART_FLOPS
+            assert M * N * K < rows.GEMM_PART_FLOPS == small_gemm.MAX_MNK
+            assert M < 2 * math.ceil(rows.GEMM_PART_FLOPS / (2 * K * N))  # rows.gemm: whole
             assert M * w <= small_gemm.SMALL_MN and M * w * K <= small_gemm.SMALL_MNK
             assert w % 4 == 0 and N % 4 == 0 and w < N
 

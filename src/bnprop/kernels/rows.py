@@ -19,8 +19,12 @@ from bnprop import threads
 from bnprop.kernels import small_gemm
 
 #: Minimum floating-point operations of one part of a split GEMM (smaller GEMMs run whole:
-#: handing a part to a worker thread costs 25-50 us, a 32 MFLOP part takes ~0.3 ms).
-GEMM_PART_FLOPS = 32_000_000
+#: handing a part to a worker thread costs 25-50 us, a 16 MFLOP part takes ~0.15 ms). A
+#: product is split from ``M N K >= GEMM_PART_FLOPS`` on (two parts of that many flops).
+#: 32 MFLOP before: the CNN's Linear 1568 -> 128 at batch 128 (25.7 M multiply-adds a
+#: GEMM) now splits its three GEMMs, 0.05-0.32 ms less a step (median 0.2 of 16.3, four
+#: in-process A/B runs), the same bits.
+GEMM_PART_FLOPS = 16_000_000
 #: Minimum bytes of ``Z`` in one part of a split kernel pass (a part must outweigh the
 #: 25-50 us of handing it to a worker thread).
 KERNEL_PART_BYTES = 1 << 19

@@ -25,8 +25,9 @@ thread takes, give one result. To keep it one result:
   every caller of a part passes the whole one's rows; the blocks sit at multiples of
   the width of the whole ``C``, a multiple of 4, and ``N`` is one too, so every block
   and every piece of one that a part cut at a multiple of 4 takes is 4k columns wide;
-* a product big enough to be split over threads by rows (``2 M N K`` at least
-  :data:`bnprop.kernels.rows.GEMM_PART_FLOPS`) is never blocked, so the thread count
+* a product big enough to be split over threads by rows (``M N K`` at least
+  :data:`bnprop.kernels.rows.GEMM_PART_FLOPS`: two parts of that many flops) is never
+  blocked (:data:`MAX_MNK` is that bound), so the thread count
   never decides between the two kernels;
 * the compiled calls (:func:`bnprop.kernels._cblas.gemm_part`) and NumPy's
   (:func:`matmul_nt`) cut the same blocks.
@@ -46,7 +47,8 @@ SMALL_MNK, SMALL_MN = 1_000_000, 1200
 MIN_K = 256
 #: Narrower blocks (a batch over 75 rows) are not faster: 0.95x at 128 x 256.
 MIN_WIDTH = 16
-#: From here on ``rows.gemm`` may split the rows over threads (``2 M N K`` flops).
+#: From here on ``rows.gemm`` may split the rows over threads (``M N K`` multiply-adds:
+#: ``rows.GEMM_PART_FLOPS``, held equal by the tests).
 MAX_MNK = 16_000_000
 
 
