@@ -146,3 +146,25 @@ def test_the_public_matmul_nt_names_a_misfit_in_one_line() -> None:
                           matmul_nt(A, B, np.empty((60, 40), np.float32), rows=120))
     with pytest.raises(ValueError):  # the internal function: NumPy's own error, no garbage
         matmul_nt(A, B, np.empty((60, 44), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("m", "n", "n_in"), [(6944, 16, 9), (300, 32, 144), (60, 100, 784),
+                                              (5, 3, 2), (128, 64, 1568)])
+def test_a_dW_term_through_np_dot_has_np_matmuls_bits(dtype: type, m: int, n: int,
+                                                      n_in: int) -> None:
+    """``rows.dW_into`` (``dZ^T O`` by ``np.dot``, which releases the GIL) against
+    ``np.matmul``, bit for bit, on 1 and 2 BLAS threads, from row slices as the chunks
+    take them."""
+    rng = np.random.default_rng(m + n)
+    dZ = rng.standard_normal((m + 7, n)).astype(dtype)
+    O = rng.standard_normal((m + 7, n_in)).astype(dtype)
+    out = np.empty((n, n_in), dtype)
+    for blas_threads in (1, 2):
+        previous = threads.set_blas_threads(blas_threads)
+        try:
+            rows.dW_into(dZ[3:3 + m], O[3:3 + m], out)
+            np.testing.assert_array_equal(out, np.matmul(dZ[3:3 + m].T, O[3:3 + m]))
+        finally:
+            if previous is not None:
+                threads.set_blas_threads(previous)

@@ -337,7 +337,7 @@ def backward(dY: np.ndarray, cache: LayerCache, stats: str) -> tuple[LayerGrads,
         for c0, c1 in rows.chunks(start, stop, chunk_rows):
             s, dZ_c = slice(c0, c1), buffer[:c1 - c0]
             dZ_rows(s, dZ_c)
-            np.matmul(dZ_c.T, O[s], out=term)
+            rows.dW_into(dZ_c, O[s], term)
             if term is not dW_p:
                 dW_p += term
             elif c1 < stop:  # the first chunk wrote dW_p; later ones add their terms

@@ -196,7 +196,7 @@ def backward(dY: np.ndarray, O: np.ndarray, W: np.ndarray, Y: np.ndarray,
                 c = slice(c0, c1)
                 G = dA[c] if buffer is None else buffer[:c1 - c0]
                 _grad_sums(act, dY[c], Y[c], sum_G, G)
-                np.matmul(G.T, Oc[c], out=term)
+                rows.dW_into(G, Oc[c], term)
                 T += term
                 np.matmul(G, kW, out=dO[c])
                 if buffer is not None:

@@ -48,7 +48,13 @@ from bnprop.activations import get_activation
 from bnprop.kernels import bn as bnk
 from bnprop.kernels import small_gemm
 from bnprop.kernels.activations import ACTIVATION_CODES
-from bnprop.kernels.rows import CHUNK_BYTES, KERNEL_PART_BYTES, KERNEL_PART_ROWS, gemm
+from bnprop.kernels.rows import (
+    CHUNK_BYTES,
+    KERNEL_PART_BYTES,
+    KERNEL_PART_ROWS,
+    dW_into,
+    gemm,
+)
 from bnprop.kernels.small_gemm import matmul_nt
 from bnprop.layer import check_global_rows
 from bnprop.nn.widen import Plain, Widened, widening
@@ -370,7 +376,7 @@ class BNStage:
                 if exact:
                     apply(p, c0, c1)
                 target = P.dW[p] if c0 == start else P.dW_chunk[p]
-                np.matmul(dY[c0:c1].T, O[c0:c1], out=target)
+                dW_into(dY[c0:c1], O[c0:c1], target)
                 if c0 != start:
                     P.dW[p] += target
                 if dO is not None:
