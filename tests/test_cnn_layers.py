@@ -180,6 +180,23 @@ def test_the_compiled_folds_of_widened_rows_equal_numpy_bit_for_bit(r: int, n: i
     np.testing.assert_array_equal(out, ref_out)
 
 
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("shape", [(3, 7, 7, 32), (40, 2, 3, 5), (1, 1, 1, 1)])
+def test_flatten_kernels_are_the_channels_first_copy_and_its_inverse(
+        n_threads: int, shape: tuple) -> None:
+    """``flatten_into`` / ``unflatten_into`` against NumPy's transposed copies."""
+    from bnprop import threads
+
+    N, H, W, C = shape
+    X = np.random.default_rng(N).standard_normal(shape).astype(np.float32)
+    Y, back = np.empty((N, C * H * W), np.float32), np.empty_like(X)
+    with threads.using(n_threads):
+        convk.flatten_into(X, Y)
+        convk.unflatten_into(Y * 2, back)
+    np.testing.assert_array_equal(Y, X.transpose(0, 3, 1, 2).reshape(N, -1))
+    np.testing.assert_array_equal(back, 2 * X)
+
+
 # ---- bad input -----------------------------------------------------------------------------
 
 def test_not_4d_or_wrong_channels_names_expected_and_received_shape() -> None:

@@ -161,6 +161,26 @@ def _maxpool_backward(dY, arg, k, s, dX, n0, n1):  # pragma: no cover - compiled
                             dX[n, a * s + i, b * s + j, c] += dY[n, a, b, c]
 
 
+@njit(**JIT_OPTIONS)
+def _channels_first(X, Y, n0, n1):  # pragma: no cover - compiled
+    """``Y[n, c, q] = X[n, q, c]`` for the images ``[n0, n1)`` (``q`` a pixel)."""
+    _, P, C = X.shape
+    for n in range(n0, n1):
+        for c in range(C):
+            for q in range(P):
+                Y[n, c, q] = X[n, q, c]
+
+
+@njit(**JIT_OPTIONS)
+def _channels_last(Y, X, n0, n1):  # pragma: no cover - compiled
+    """``X[n, q, c] = Y[n, c, q]``: the inverse of :func:`_channels_first`."""
+    _, C, P = Y.shape
+    for n in range(n0, n1):
+        for q in range(P):
+            for c in range(C):
+                X[n, q, c] = Y[n, c, q]
+
+
 def _over_images(fn, N: int) -> None:  # type: ignore[no-untyped-def]
     """``fn(n0, n1)`` over the images, split by :func:`bnprop.threads.map_rows`."""
     threads.map_rows(fn, N, min_rows=PART_IMAGES)
@@ -190,6 +210,24 @@ def maxpool_backward_into(dY: np.ndarray, arg: np.ndarray, k: int, s: int,
                           dX: np.ndarray) -> None:
     """``dX``: :func:`bnprop.conv.maxpool_backward`."""
     _over_images(lambda n0, n1: _maxpool_backward(dY, arg, k, s, dX, n0, n1), dX.shape[0])
+
+
+def flatten_into(X: np.ndarray, Y: np.ndarray) -> None:
+    """``Y`` (N, C H W) of NHWC images ``X`` in PyTorch's (C, H, W) order: the copy
+    ``np.copyto(Y.reshape(N, C, H, W), X.transpose(0, 3, 1, 2))`` (the reference), split
+    by images; the compiled loop writes ``Y`` in order (0.05 against NumPy's 0.07 ms for
+    128 x 7 x 7 x 32 on one thread)."""
+    N, H, W, C = X.shape
+    X3, Y3 = X.reshape(N, H * W, C), Y.reshape(N, C, H * W)
+    _over_images(lambda n0, n1: _channels_first(X3, Y3, n0, n1), N)
+
+
+def unflatten_into(dY: np.ndarray, dX: np.ndarray) -> None:
+    """``dX`` (N, H, W, C) from ``dY`` (N, C H W): the inverse of :func:`flatten_into`
+    (reference ``np.copyto(dX, dY.reshape(N, C, H, W).transpose(0, 2, 3, 1))``)."""
+    N, H, W, C = dX.shape
+    Y3, X3 = dY.reshape(N, C, H * W), dX.reshape(N, H * W, C)
+    _over_images(lambda n0, n1: _channels_last(Y3, X3, n0, n1), N)
 
 
 def maxpool_forward_images(X: np.ndarray, k: int, s: int, Y: np.ndarray, arg: np.ndarray,

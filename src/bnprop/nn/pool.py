@@ -126,10 +126,16 @@ class Flatten(SpatialModule):
         N, H, W, C = X.shape
         if self._Y is None or self._Y.shape != (N, C * H * W) or self._Y.dtype != X.dtype:
             self._Y = np.empty((N, C * H * W), X.dtype)
-        np.copyto(self._Y.reshape(N, C, H, W), X.transpose(0, 3, 1, 2))
+        if self.backend == "numpy":
+            np.copyto(self._Y.reshape(N, C, H, W), X.transpose(0, 3, 1, 2))
+        else:
+            convk.flatten_into(X, self._Y)
         return self._Y
 
     def _backward(self, dY: np.ndarray, dX: np.ndarray | None) -> None:
         if dX is not None:
             N, H, W, C = dX.shape
-            np.copyto(dX, dY.reshape(N, C, H, W).transpose(0, 2, 3, 1))
+            if self.backend == "numpy":
+                np.copyto(dX, dY.reshape(N, C, H, W).transpose(0, 2, 3, 1))
+            else:
+                convk.unflatten_into(dY, dX)
