@@ -150,12 +150,12 @@ def test_the_public_matmul_nt_names_a_misfit_in_one_line() -> None:
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("m", "n", "n_in"), [(6944, 16, 9), (300, 32, 144), (60, 100, 784),
-                                              (5, 3, 2), (128, 64, 1568)])
+                                              (5, 3, 2), (128, 64, 1568), (40, 20, 25)])
 def test_a_dW_term_through_np_dot_has_np_matmuls_bits(dtype: type, m: int, n: int,
                                                       n_in: int) -> None:
-    """``rows.dW_into`` (``dZ^T O`` by ``np.dot``, which releases the GIL) against
-    ``np.matmul``, bit for bit, on 1 and 2 BLAS threads, from row slices as the chunks
-    take them."""
+    """``rows.dW_into`` (``dZ^T O``, by ``np.dot`` for outputs of up to 500 elements:
+    it releases the GIL) against ``np.matmul``, bit for bit, on 1 and 2 BLAS threads,
+    from row slices as the chunks take them."""
     rng = np.random.default_rng(m + n)
     dZ = rng.standard_normal((m + 7, n)).astype(dtype)
     O = rng.standard_normal((m + 7, n_in)).astype(dtype)

@@ -57,17 +57,25 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
+#: Elements of a product's output up to which ``np.matmul`` keeps the GIL (NumPy releases
+#: it for a loop of more than 500; measured: 496 and 500 outputs ran one thread at a time,
+#: 510 and 512 side by side).
+MATMUL_GIL_OUTPUT = 500
+
+
 def dW_into(dZ: np.ndarray, O: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``out = dZ^T O`` (a chunk's term of ``dW``) through ``np.dot``, which releases the
-    GIL for its BLAS call whatever the size. ``np.matmul`` keeps the GIL for small
-    products, so two threads' parts ran their ``dW`` terms one at a time: 100 products
-    ``(6944 x 16)^T (6944 x 9)`` (a first convolution's) took 3.3 ms on one thread and
-    6.7 on two at once through ``np.matmul``, 3.3 through ``np.dot``. For this product
-    ``np.dot`` makes the same BLAS call: the same bits, and the same speed to a few
-    percent on one thread (tested; not so for ``A B`` or ``A B^T``, which ``np.dot``
-    runs up to 1.25x slower here, so the other GEMMs keep ``np.matmul``). ``out``:
-    C-contiguous, of ``dZ``'s dtype."""
-    return np.dot(dZ.T, O, out=out)
+    """``out = dZ^T O`` (a chunk's term of ``dW``); when ``out`` is as small as
+    :data:`MATMUL_GIL_OUTPUT`, through ``np.dot``, which releases the GIL for its BLAS
+    call whatever the size. ``np.matmul`` keeps it for such outputs, so two threads'
+    parts ran their ``dW`` terms one at a time: 100 products ``(6944 x 16)^T (6944 x 9)``
+    (a first convolution's) took 3.3 ms on one thread and 6.7 on two at once through
+    ``np.matmul``, 3.3 through ``np.dot``. For ``dZ^T O`` ``np.dot`` makes the same BLAS
+    call: the same bits (tested) at the same speed on one thread. Larger outputs keep
+    ``np.matmul`` (``np.dot`` was up to 2% slower on some). ``out``: C-contiguous, of
+    ``dZ``'s dtype."""
+    if out.size <= MATMUL_GIL_OUTPUT:
+        return np.dot(dZ.T, O, out=out)
+    return np.matmul(dZ.T, O, out=out)
 
 
 def part_rows(n: int, itemsize: int) -> int:
