@@ -75,9 +75,8 @@ def back_chunk_rows(n: int, n_in: int, itemsize: int, chunk_rows: int) -> int:
     (float32, ``n n_in rows <= SMALL_MNK``; :mod:`bnprop.kernels.small_gemm`), when that
     still leaves :data:`MIN_BACK_CHUNK_ROWS` rows. Measured, 1 thread: a first
     convolution's ``dW`` (16 x 9) 4.5-4.9 ns a row in chunks of 6000-6944 rows against
-    9.4-9.6 in chunks of 6945-16384; and on 2 threads the packed one does not run two
-    at once (1.14 ms on one thread, 1.25-1.34 on two). ``dO = dZ W`` has the same bits
-    however the rows are cut (tested); the chunks' ``dW`` terms add up in another order."""
+    9.4-9.6 in chunks of 6945-16384. ``dO = dZ W`` has the same bits however the rows
+    are cut (tested); the chunks' ``dW`` terms add up in another order."""
     rows = small_gemm.SMALL_MNK // max(1, n * n_in)
     if itemsize != 4 or not small_gemm.enabled() or not MIN_BACK_CHUNK_ROWS <= rows < chunk_rows:
         return chunk_rows
