@@ -197,6 +197,20 @@ def test_flatten_kernels_are_the_channels_first_copy_and_its_inverse(
     np.testing.assert_array_equal(back, 2 * X)
 
 
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_an_image_modules_output_is_fresh_even_with_one_channel(backend: str) -> None:
+    """With one output channel the NCHW view of the NHWC buffer is already C-contiguous:
+    ``forward`` must still copy it, or the next call overwrites what it returned."""
+    X = np.random.default_rng(0).standard_normal((2, 1, 6, 6))
+    for mod in (nn.MaxPool2d(2, dtype="float64"), nn.Conv2d(1, 1, 3, dtype="float64"),
+                nn.BatchNorm2d(1, dtype="float64"), nn.Flatten(dtype="float64")):
+        mod.backend = backend
+        first = mod.forward(X)
+        kept = first.copy()
+        mod.forward(2 * X + 1)
+        np.testing.assert_array_equal(first, kept, err_msg=type(mod).__name__)
+
+
 # ---- bad input -----------------------------------------------------------------------------
 
 def test_not_4d_or_wrong_channels_names_expected_and_received_shape() -> None:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 
 from bnprop._validate import InputError
-from bnprop.conv import to_nchw, to_nhwc
+from bnprop.conv import to_nhwc
 from bnprop.nn.batchnorm import BatchNorm1d
-from bnprop.nn.spatial import SpatialModule, check_images
+from bnprop.nn.spatial import SpatialModule, check_images, fresh_nchw
 
 
 class BatchNorm2d(SpatialModule, BatchNorm1d):
@@ -43,7 +43,7 @@ class BatchNorm2d(SpatialModule, BatchNorm1d):
         """Validate ``X`` (N, C, H, W), normalize it per channel, and (training) update the
         running statistics; returns a fresh (N, C, H, W) array."""
         X = to_nhwc(self._check_input(X, training))
-        Y = to_nchw(self._forward(X.copy(), bool(training)))
+        Y = fresh_nchw(self._forward(X.copy(), bool(training)))
         if training:
             self.commit_running()
         return Y

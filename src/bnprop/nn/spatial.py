@@ -34,6 +34,13 @@ def check_images(X: object, name: str, channels: int | None, dtype: np.dtype) ->
     return X
 
 
+def fresh_nchw(Y: np.ndarray) -> np.ndarray:
+    """A new C-contiguous (N, C, H, W) array of the NHWC ``Y`` (often a buffer a module
+    keeps per shape). ``to_nchw`` returns ``Y`` itself when C = 1, whose transpose is
+    C-contiguous already: a user's output would change at the next call."""
+    return np.array(Y.transpose(0, 3, 1, 2), order="C")
+
+
 class SpatialModule(Module):
     """A module on images: ``in_channels`` (None: any) in, NHWC inside."""
 
@@ -47,7 +54,7 @@ class SpatialModule(Module):
         (a fresh array)."""
         X = to_nhwc(self._check_input(X, training))
         self.out_shape(X.shape)  # the spatial checks, one line each
-        return to_nchw(self._forward(X.copy(), bool(training)))
+        return fresh_nchw(self._forward(X.copy(), bool(training)))
 
     def backward(self, dY: object) -> np.ndarray:
         """Gradient w.r.t. the input (N, C, H, W) of the last training forward, from
