@@ -162,23 +162,14 @@ def _maxpool_backward(dY, arg, k, s, dX, n0, n1):  # pragma: no cover - compiled
 
 
 @njit(**JIT_OPTIONS)
-def _channels_first(X, Y, n0, n1):  # pragma: no cover - compiled
-    """``Y[n, c, q] = X[n, q, c]`` for the images ``[n0, n1)`` (``q`` a pixel)."""
-    _, P, C = X.shape
+def _transpose_images(src, dst, n0, n1):  # pragma: no cover - compiled
+    """``dst[n, i, j] = src[n, j, i]`` for the images ``[n0, n1)``, ``dst`` written in
+    order (pixels by channels to channels by pixels, or back)."""
+    _, I, J = dst.shape
     for n in range(n0, n1):
-        for c in range(C):
-            for q in range(P):
-                Y[n, c, q] = X[n, q, c]
-
-
-@njit(**JIT_OPTIONS)
-def _channels_last(Y, X, n0, n1):  # pragma: no cover - compiled
-    """``X[n, q, c] = Y[n, c, q]``: the inverse of :func:`_channels_first`."""
-    _, C, P = Y.shape
-    for n in range(n0, n1):
-        for q in range(P):
-            for c in range(C):
-                X[n, q, c] = Y[n, c, q]
+        for i in range(I):
+            for j in range(J):
+                dst[n, i, j] = src[n, j, i]
 
 
 def _over_images(fn, N: int) -> None:  # type: ignore[no-untyped-def]
@@ -219,7 +210,7 @@ def flatten_into(X: np.ndarray, Y: np.ndarray) -> None:
     128 x 7 x 7 x 32 on one thread)."""
     N, H, W, C = X.shape
     X3, Y3 = X.reshape(N, H * W, C), Y.reshape(N, C, H * W)
-    _over_images(lambda n0, n1: _channels_first(X3, Y3, n0, n1), N)
+    _over_images(lambda n0, n1: _transpose_images(X3, Y3, n0, n1), N)
 
 
 def unflatten_into(dY: np.ndarray, dX: np.ndarray) -> None:
@@ -227,7 +218,7 @@ def unflatten_into(dY: np.ndarray, dX: np.ndarray) -> None:
     (reference ``np.copyto(dX, dY.reshape(N, C, H, W).transpose(0, 2, 3, 1))``)."""
     N, H, W, C = dX.shape
     Y3, X3 = dY.reshape(N, C, H * W), dX.reshape(N, H * W, C)
-    _over_images(lambda n0, n1: _channels_last(Y3, X3, n0, n1), N)
+    _over_images(lambda n0, n1: _transpose_images(Y3, X3, n0, n1), N)
 
 
 def maxpool_forward_images(X: np.ndarray, k: int, s: int, Y: np.ndarray, arg: np.ndarray,
