@@ -165,7 +165,8 @@ class BNStage:
         """Per-part buffers for the part count ``map_rows`` will use now (it may change),
         the parts made of whole units of :attr:`row_unit` rows."""
         assert self.m is not None
-        u = self.row_unit if self.row_unit > 0 and self.m % self.row_unit == 0 else 1
+        u = self.row_unit
+        assert u >= 1 and self.m % u == 0, "a row unit divides the rows (whole images)"
         units = self.m // u
         parts = max(1, min(threads.num_threads(), units // self._min_units(u)))
         if self._parts_key != (parts, u):
