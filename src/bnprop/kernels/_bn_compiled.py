@@ -197,9 +197,10 @@ def _scale_shift_activate(Obar, gamma, beta, act, Y):  # pragma: no cover - comp
 
 
 @njit(**JIT_OPTIONS)
-def _add_sums_row(G, Obar, sum_G, sum_GObar):  # pragma: no cover - compiled
-    """``sum_G += G``, ``sum_GObar += G Obar`` for one row, in float64."""
-    for j in range(G.shape[0]):
+def _add_sums_row(G, Obar, sum_G, sum_GObar, c0, c1):  # pragma: no cover - compiled
+    """``sum_G += G``, ``sum_GObar += G Obar`` for the columns ``[c0, c1)`` of one row, in
+    float64."""
+    for j in range(c0, c1):
         g = np.float64(G[j])
         sum_G[j] += g
         sum_GObar[j] += g * Obar[j]
@@ -211,7 +212,7 @@ def _backward_sums(dY, Y, Obar, act, sum_G, sum_GObar):  # pragma: no cover
     ``G = sigma'(A) * dY`` formed in dY's dtype and summed as it is formed."""
     sum_G[:] = 0.0
     sum_GObar[:] = 0.0
-    _sums_by_act(act, dY, Y, Obar, sum_G, sum_GObar, None)
+    _sums_by_act(act, dY, Y, Obar, sum_G, sum_GObar, None, 0, dY.shape[1])
 
 
 def _sums_rows(d):  # type: ignore[no-untyped-def]
@@ -220,21 +221,24 @@ def _sums_rows(d):  # type: ignore[no-untyped-def]
     at 60 x 100, the same bits as a row of ``G`` stored first, then summed); ``dA`` not
     None: ``G`` is stored there first, then summed (:func:`_add_sums_row`; in one loop
     with the sums, a store too many for LLVM's overlap tests: 4.5 -> 3.0 us at 60 x 100
-    float32, 1440 -> 1220 us at 4096 x 256 float64, one thread, the same bits)."""
-    def sums(dY, Y, Obar, sum_G, sum_GObar, dA):  # pragma: no cover - compiled
+    float32, 1440 -> 1220 us at 4096 x 256 float64, one thread, the same bits). Over
+    the columns ``[c0, c1)`` (all: ``0, n``): each column is summed alone, rows in
+    order, so any cut of the columns gives the whole pass's bits. (A loop over the
+    columns of a whole row: slicing each row instead cost 15-20% at 60 x 100.)"""
+    def sums(dY, Y, Obar, sum_G, sum_GObar, dA, c0, c1):  # pragma: no cover - compiled
         one = np.ones(1, dY.dtype)[0]
         for i in range(dY.shape[0]):
             dy, y, o = dY[i], Y[i], Obar[i]
             if dA is None:
-                for j in range(dy.shape[0]):
+                for j in range(c0, c1):
                     g = np.float64(d(y[j], dy[j], one))
                     sum_G[j] += g
                     sum_GObar[j] += g * o[j]
             else:
                 ga = dA[i]
-                for j in range(dy.shape[0]):
+                for j in range(c0, c1):
                     ga[j] = d(y[j], dy[j], one)
-                _add_sums_row(ga, o, sum_G, sum_GObar)
+                _add_sums_row(ga, o, sum_G, sum_GObar, c0, c1)
     return sums
 
 
@@ -246,7 +250,7 @@ def _backward_sums_into(dY, Y, Obar, act, sum_G, sum_GObar, dA):  # pragma: no c
     """:func:`_backward_sums` that also stores ``G = sigma'(A) * dY`` in ``dA`` (m, n)."""
     sum_G[:] = 0.0
     sum_GObar[:] = 0.0
-    _sums_by_act(act, dY, Y, Obar, sum_G, sum_GObar, dA)
+    _sums_by_act(act, dY, Y, Obar, sum_G, sum_GObar, dA, 0, dY.shape[1])
 
 
 def _grad_rows(d):  # type: ignore[no-untyped-def]
@@ -299,24 +303,26 @@ def _backward_apply(
     # In place (dZ is dY): one array read and written, which LLVM vectorizes without a
     # runtime overlap test (two views of one row fail it and run scalar: 6 against 1.5 us).
     inplace = dZ.ctypes.data == dY.ctypes.data
-    _apply_by_act(act, dY, Y, Obar, mean_G, mean_GObar, scale, dZ, inplace)
+    _apply_by_act(act, dY, Y, Obar, mean_G, mean_GObar, scale, dZ, inplace, 0, dY.shape[1])
 
 
 def _apply_rows(d):  # type: ignore[no-untyped-def]
     """:func:`_backward_apply` for one activation's derivative ``d`` (compiled per ``d``,
     2.9 -> 1.5 us at 60 x 100). Each ``G[j]`` is formed from ``dY[j]`` before ``dZ[j]``
-    is written, so ``dZ`` may be ``dY`` (``inplace``: then only ``dZ`` is indexed)."""
-    def apply(dY, Y, Obar, mean_G, mean_GObar, scale, dZ, inplace):  # pragma: no cover
+    is written, so ``dZ`` may be ``dY`` (``inplace``: then only ``dZ`` is indexed). Over
+    the columns ``[c0, c1)``, as :func:`_sums_rows`."""
+    def apply(dY, Y, Obar, mean_G, mean_GObar, scale, dZ, inplace, c0,
+              c1):  # pragma: no cover - compiled
         one = np.ones(1, dY.dtype)[0]
         for i in range(dY.shape[0]):
             y, o, dz = Y[i], Obar[i], dZ[i]
             if inplace:
-                for j in range(dz.shape[0]):
+                for j in range(c0, c1):
                     g = d(y[j], dz[j], one)
                     dz[j] = ((g - mean_G[j]) - o[j] * mean_GObar[j]) * scale[j]
             else:
                 dy = dY[i]
-                for j in range(dz.shape[0]):
+                for j in range(c0, c1):
                     g = d(y[j], dy[j], one)
                     dz[j] = ((g - mean_G[j]) - o[j] * mean_GObar[j]) * scale[j]
     return apply
@@ -333,19 +339,21 @@ def _backward_frozen(dY, Y, Obar, gamma, inv_std, act, sum_G, sum_GObar, dZ):  #
     sum_G[:] = 0.0
     sum_GObar[:] = 0.0
     inplace = dZ.ctypes.data == dY.ctypes.data
-    _frozen_by_act(act, dY, Y, Obar, scale, sum_G, sum_GObar, dZ, inplace)
+    _frozen_by_act(act, dY, Y, Obar, scale, sum_G, sum_GObar, dZ, inplace, 0, dY.shape[1])
 
 
 def _frozen_rows(d):  # type: ignore[no-untyped-def]
     """:func:`_backward_frozen` for one activation's derivative ``d`` (compiled per ``d``,
     as :func:`_sums_rows`; the same bits as a row of ``G`` stored first). In place
-    (``dZ`` is ``dY``) only ``dZ`` is indexed, as in :func:`_apply_rows`."""
-    def frozen(dY, Y, Obar, scale, sum_G, sum_GObar, dZ, inplace):  # pragma: no cover
+    (``dZ`` is ``dY``) only ``dZ`` is indexed, as in :func:`_apply_rows`. Over the
+    columns ``[c0, c1)``, as :func:`_sums_rows`."""
+    def frozen(dY, Y, Obar, scale, sum_G, sum_GObar, dZ, inplace, c0,
+               c1):  # pragma: no cover - compiled
         one = np.ones(1, dY.dtype)[0]
         for i in range(dY.shape[0]):
             y, o, dz = Y[i], Obar[i], dZ[i]
             if inplace:
-                for j in range(dz.shape[0]):
+                for j in range(c0, c1):
                     gj = d(y[j], dz[j], one)
                     g = np.float64(gj)
                     sum_G[j] += g
@@ -353,7 +361,7 @@ def _frozen_rows(d):  # type: ignore[no-untyped-def]
                     dz[j] = gj * scale[j]
             else:
                 dy = dY[i]
-                for j in range(dz.shape[0]):
+                for j in range(c0, c1):
                     gj = d(y[j], dy[j], one)
                     g = np.float64(gj)
                     sum_G[j] += g

@@ -50,7 +50,7 @@ def _sums_rows_z(d):  # type: ignore[no-untyped-def]
             _obar_row(Z[i], mean, inv_std, o)
             for j in range(dy.shape[0]):
                 ga[j] = d(y[j], dy[j], one)
-            _add_sums_row(ga, o, sum_G, sum_GObar)
+            _add_sums_row(ga, o, sum_G, sum_GObar, 0, ga.shape[0])
     return sums
 
 

@@ -24,7 +24,9 @@ The GEMMs go through :mod:`bnprop.kernels.team`: in two parts where ``plan`` say
 each ``dW_l`` beside ``dY_{l-1}``, a part on the helper thread when the call owns it; the
 parts give the whole GEMM's bits. The helper's ``dW_l`` is waited for only after this
 thread's BN pass of layer ``l - 1``, which writes neither that ``dW`` nor its operands
-(the wide step, 784-1024x3-10 at batch 512 on 2 cores: about 47 -> 46 ms). The
+(the wide step, 784-1024x3-10 at batch 512 on 2 cores: about 47 -> 46 ms); in a layer
+of 1024 features or more, the helper, once done with its ``dW``, takes a part of that
+pass's columns (:func:`bnprop.kernels._team_bn.backward_columns`). The
 forward's row-wise BN pass (``Obar_l, Y_l``: :mod:`bnprop.kernels._team_bn`) also runs
 in two parts with the whole pass's bits: its rows are computed alone. The loss is
 :func:`bnprop.kernels.loss.softmax_cross_entropy_inplace`'s passes (the reference's),
@@ -41,16 +43,10 @@ from numba import njit, types
 from numba.extending import overload
 
 from bnprop.kernels import blas, team
-from bnprop.kernels._bn_compiled import (
-    _backward_apply,
-    _backward_frozen,
-    _backward_sums,
-    _moments,
-    _var_inv_std,
-)
+from bnprop.kernels._bn_compiled import _moments, _var_inv_std
 from bnprop.kernels._cblas import gemm_nn, gemm_nt, gemm_tn  # noqa: F401 - re-exported
 from bnprop.kernels._jit import JIT_OPTIONS
-from bnprop.kernels._team_bn import forward_rows
+from bnprop.kernels._team_bn import backward_columns, forward_rows
 from bnprop.kernels.loss import _finish_rows, _mean_loss, _row_totals, _shift_rows
 
 if not blas.available():  # pragma: no cover - the caller checks first
@@ -187,12 +183,9 @@ def backward(X, params, grads, plan, buf, V, count, dlogits, ctl, use, y, F, row
         Y, Obar = _rows(buf, plan, layer, Y_ROWS, m), _rows(buf, plan, layer, Z_ROWS, m)
         gamma, inv_std = _vector(params, plan, layer, GAMMA_AT), _stat(V, INV_STD, plan, layer)
         sG, sGO = _stat(V, SUM_G, plan, layer), _stat(V, SUM_GOBAR, plan, layer)
-        act = plan[layer, ACT]
-        if plan[layer, FROZEN] != 0:
-            _backward_frozen(dY, Y, Obar, gamma, inv_std, act, sG, sGO, dY)
-        else:
-            _backward_sums(dY, Y, Obar, act, sG, sGO)
-            _backward_apply(dY, Y, Obar, gamma, inv_std, sG, sGO, float(count), act, dY)
+        pending = backward_columns(dY, Y, Obar, gamma, inv_std, plan[layer, ACT],
+                                   plan[layer, FROZEN] != 0, float(count), sG, sGO, ctl,
+                                   owned, pending)
         dg, dbeta = _vector(grads, plan, layer, GAMMA_AT), _vector(grads, plan, layer, BETA_AT)
         for j in range(dg.shape[0]):
             dg[j] = sGO[j]

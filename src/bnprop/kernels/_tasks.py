@@ -14,6 +14,8 @@ computed. A task is one of:
   (:func:`update_part`), its arrays given by address and length;
 * ``BN_FORWARD``: rows of a batch-norm layer's forward pass after its statistics, the
   second half of :func:`bnprop.kernels._team_bn.forward_rows`;
+* ``BN_BACKWARD``: columns of a batch-norm layer's backward pass, the second part of
+  :func:`bnprop.kernels._team_bn.backward_columns`;
 * ``FINITE``: whether elements ``[r0, r1)`` of a flat float array hold no inf or NaN
   (:func:`bnprop.kernels.team.all_finite`), the answer written into the description.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 from numba import carray, njit
 
 from bnprop.kernels._atomics import address, f32_at, f64_at
+from bnprop.kernels._bn_columns import backward_part
 from bnprop.kernels._bn_compiled import _forward_apply
 from bnprop.kernels._cblas import _NO_TRANS, _TRANS, F32, _dtype_code, gemm_part
 from bnprop.kernels._finite import _all_finite
@@ -36,8 +39,8 @@ from bnprop.kernels.optim import _adam_pass, sgd_flat
 CLAIM, DESC, KIND, OWNER, DONE, STATE, SEQ, STOP, PARTS = 0, 1, 16, 24, 32, 40, 48, 56, 64
 SLOTS = 72
 #: Task kinds: a GEMM part (:func:`run`), a slice of an Adam or an SGD update, rows of
-#: a BN layer's forward pass, a finiteness test.
-GEMM, ADAM, SGD, BN_FORWARD, FINITE = 0, 1, 2, 3, 4
+#: a BN layer's forward pass, a finiteness test, columns of a BN layer's backward pass.
+GEMM, ADAM, SGD, BN_FORWARD, FINITE, BN_BACKWARD = 0, 1, 2, 3, 4, 5
 #: Where a ``FINITE`` task's answer is written (1: finite), read after its ``DONE``.
 FINITE_ANSWER = DESC + 5
 
@@ -94,6 +97,31 @@ def _bn_forward_rows(ctl, Z_at, Y_at, gamma_at, beta_at, Obar_at, A_at):  # prag
 
 
 @njit(**JIT_OPTIONS)
+def _bn_backward_posted(ctl):  # pragma: no cover - compiled
+    """The posted columns of :func:`bnprop.kernels._team_bn.backward_columns`: ``dtype,
+    n, m, act, frozen``, the addresses of the whole ``dY, Y, Obar`` (m, n) and ``gamma``
+    (n), of the float64 ``inv_std, sum_G, sum_GObar`` (n), then the batch's rows and the
+    columns ``c0, c1``."""
+    d = DESC
+    if ctl[d] == F32:
+        _bn_backward_columns(ctl, f32_at(ctl[d + 5]), f32_at(ctl[d + 6]), f32_at(ctl[d + 7]),
+                             f32_at(ctl[d + 8]))
+    else:
+        _bn_backward_columns(ctl, f64_at(ctl[d + 5]), f64_at(ctl[d + 6]), f64_at(ctl[d + 7]),
+                             f64_at(ctl[d + 8]))
+
+
+@njit(**JIT_OPTIONS)
+def _bn_backward_columns(ctl, dY_at, Y_at, Obar_at, gamma_at):  # pragma: no cover - compiled
+    d = DESC
+    n, m = ctl[d + 1], ctl[d + 2]
+    backward_part(carray(dY_at, (m, n)), carray(Y_at, (m, n)), carray(Obar_at, (m, n)),
+                  carray(gamma_at, n), _f64s(ctl[d + 9], n), ctl[d + 3], ctl[d + 4] != 0,
+                  float(ctl[d + 12]), _f64s(ctl[d + 10], n), _f64s(ctl[d + 11], n),
+                  ctl[d + 13], ctl[d + 14])
+
+
+@njit(**JIT_OPTIONS)
 def _finite_posted(ctl):  # pragma: no cover - compiled
     """``dtype, address, n, r0, r1`` of a flat array: the answer for ``[r0, r1)``."""
     d = DESC
@@ -110,6 +138,8 @@ def run_posted(ctl):  # pragma: no cover - compiled
     d = DESC
     if ctl[KIND] == BN_FORWARD:
         _bn_forward_posted(ctl)
+    elif ctl[KIND] == BN_BACKWARD:
+        _bn_backward_posted(ctl)
     elif ctl[KIND] == FINITE:
         _finite_posted(ctl)
     elif ctl[KIND] == GEMM:

@@ -279,8 +279,6 @@ _verified: dict[tuple[str, int, int, int, int], bool] = {}
 
 
 #: :func:`may_split`'s ``kind``: ``C = A B^T``, ``C = A^T B``, ``C = A B``.
-
-
 NT, TN, NN = 0, 1, 2
 
 
