@@ -200,7 +200,7 @@ def _scale_shift_activate(Obar, gamma, beta, act, Y):  # pragma: no cover - comp
 def _add_sums_row(G, Obar, sum_G, sum_GObar, c0, c1):  # pragma: no cover - compiled
     """``sum_G += G``, ``sum_GObar += G Obar`` for the columns ``[c0, c1)`` of one row, in
     float64."""
-    for j in range(c0, c1):
+    for j in range(np.uint64(c0), np.uint64(c1)):
         g = np.float64(G[j])
         sum_G[j] += g
         sum_GObar[j] += g * Obar[j]
@@ -224,19 +224,21 @@ def _sums_rows(d):  # type: ignore[no-untyped-def]
     float32, 1440 -> 1220 us at 4096 x 256 float64, one thread, the same bits). Over
     the columns ``[c0, c1)`` (all: ``0, n``): each column is summed alone, rows in
     order, so any cut of the columns gives the whole pass's bits. (A loop over the
-    columns of a whole row: slicing each row instead cost 15-20% at 60 x 100.)"""
+    columns of a whole row: slicing each row instead cost 15-20% at 60 x 100. Its index
+    is unsigned: a signed one from a bound LLVM cannot prove >= 0 keeps NumPy's
+    negative-index test in every access, and the loop ran scalar, 4-5x slower.)"""
     def sums(dY, Y, Obar, sum_G, sum_GObar, dA, c0, c1):  # pragma: no cover - compiled
         one = np.ones(1, dY.dtype)[0]
         for i in range(dY.shape[0]):
             dy, y, o = dY[i], Y[i], Obar[i]
             if dA is None:
-                for j in range(c0, c1):
+                for j in range(np.uint64(c0), np.uint64(c1)):
                     g = np.float64(d(y[j], dy[j], one))
                     sum_G[j] += g
                     sum_GObar[j] += g * o[j]
             else:
                 ga = dA[i]
-                for j in range(c0, c1):
+                for j in range(np.uint64(c0), np.uint64(c1)):
                     ga[j] = d(y[j], dy[j], one)
                 _add_sums_row(ga, o, sum_G, sum_GObar, c0, c1)
     return sums
@@ -317,12 +319,12 @@ def _apply_rows(d):  # type: ignore[no-untyped-def]
         for i in range(dY.shape[0]):
             y, o, dz = Y[i], Obar[i], dZ[i]
             if inplace:
-                for j in range(c0, c1):
+                for j in range(np.uint64(c0), np.uint64(c1)):
                     g = d(y[j], dz[j], one)
                     dz[j] = ((g - mean_G[j]) - o[j] * mean_GObar[j]) * scale[j]
             else:
                 dy = dY[i]
-                for j in range(c0, c1):
+                for j in range(np.uint64(c0), np.uint64(c1)):
                     g = d(y[j], dy[j], one)
                     dz[j] = ((g - mean_G[j]) - o[j] * mean_GObar[j]) * scale[j]
     return apply
@@ -353,7 +355,7 @@ def _frozen_rows(d):  # type: ignore[no-untyped-def]
         for i in range(dY.shape[0]):
             y, o, dz = Y[i], Obar[i], dZ[i]
             if inplace:
-                for j in range(c0, c1):
+                for j in range(np.uint64(c0), np.uint64(c1)):
                     gj = d(y[j], dz[j], one)
                     g = np.float64(gj)
                     sum_G[j] += g
@@ -361,7 +363,7 @@ def _frozen_rows(d):  # type: ignore[no-untyped-def]
                     dz[j] = gj * scale[j]
             else:
                 dy = dY[i]
-                for j in range(c0, c1):
+                for j in range(np.uint64(c0), np.uint64(c1)):
                     gj = d(y[j], dy[j], one)
                     g = np.float64(gj)
                     sum_G[j] += g

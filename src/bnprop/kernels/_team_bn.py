@@ -31,16 +31,17 @@ from the left until the helper is free, then offers it about half of the rest: n
 Measured in the compiled step, 2 cores, SGD, one process, 20 alternated rounds
 against the pass on the calling thread alone (medians):
 
-=========================  =====  =====  ====================
+=========================  =====  =====  ===================================
 net                        batch  dtype  ms a step
-=========================  =====  =====  ====================
-784-1024x3-10              512    f64    65.2-65.7 -> 63.8-64.5
-784-1024x3-10              512    f32    31.4-32.0 -> 31.2-31.6
-784-1024x3-10              256    f64    35.6 -> 34.9
-784-1024x3-10              256    f32    17.2 -> 17.0
-784-512x3-10               512    f32    10.1 -> 10.5 (slower: not shared)
-784-256x3-10               1024   f32    7.5 -> 7.8 (slower: not shared)
-=========================  =====  =====  ====================
+=========================  =====  =====  ===================================
+784-1024x3-10              512    f64    63.6-63.7 -> 62.3-62.8 (-0.9 to -1.2)
+784-1024x3-10              512    f32    30.4-30.5 -> 30.1-30.2 (-0.3)
+784-1024x3-10              256    f64    33.9 -> 33.5
+784-1024x3-10              256    f32    17.1 -> 16.7
+784-512x3-10               512    f32    10.4 -> 10.7 (slower: not shared)
+784-256x3-10               1024   f32    7.3 -> 7.8 (slower: not shared)
+784-256x3-10               256    f64    4.35 -> 4.44 (slower: not shared)
+=========================  =====  =====  ===================================
 
 Narrower layers lost: their arrays fit in the calling thread's cache, where the helper's
 half is read from and the next GEMMs read its columns back (the forward split above met
