@@ -79,7 +79,8 @@ def test_any_cut_of_the_columns_gives_the_whole_pass(act: str, dtype: type,
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("kernel", ["_sums_by_act", "_apply_by_act", "_frozen_by_act"])
+@pytest.mark.parametrize("kernel", ["_sums_by_act", "_sums_by_act dA", "_apply_by_act",
+                                    "_frozen_by_act"])
 def test_the_column_loops_vectorize(kernel: str, dtype: type) -> None:
     """The row kernels loop over ``[c0, c1)`` given at run time: with a signed index LLVM
     could not prove it >= 0, kept NumPy's negative-index test in every access and ran
@@ -89,9 +90,10 @@ def test_the_column_loops_vectorize(kernel: str, dtype: type) -> None:
     dY, Y, Obar = (np.ones((m, n), dtype) for _ in range(3))
     vec, sums = np.ones(n, dtype), np.zeros(n)
     args = {"_sums_by_act": (dY, Y, Obar, sums, sums.copy(), None, 0, n),
+            "_sums_by_act dA": (dY, Y, Obar, sums, sums.copy(), dY.copy(), 0, n),
             "_apply_by_act": (dY, Y, Obar, vec, vec, vec, dY, True, 0, n),
             "_frozen_by_act": (dY, Y, Obar, vec, sums, sums.copy(), dY, True, 0, n)}[kernel]
-    by_code = getattr(_bn_compiled, kernel).py_func
+    by_code = getattr(_bn_compiled, kernel.split()[0]).py_func
     for name, cell in zip(by_code.__code__.co_freevars, by_code.__closure__, strict=True):
         kernel_of = cell.cell_contents
         kernel_of(*args)
