@@ -287,19 +287,24 @@ class BNStage:
     # ------------------------------------------------------------------ backward
     def backward(self, dY: np.ndarray, dO: np.ndarray | None,
                  comm: Communicator | None = None,
-                 before_sums: Callable[[int, int], None] | None = None) -> None:
+                 before_sums: Callable[[int, int], None] | None = None,
+                 dO_rows: Callable[[int, int], None] | None = None) -> None:
         """From ``dY`` (overwritten by dZ): dgamma, dbeta, dW into the modules' ``grads``,
         and ``dO = dZ W`` (or ``dZ``, without the Linear) into ``dO`` unless None.
         ``before_sums(start, stop)``, when given, writes the rows ``[start, stop)`` of
         ``dY`` in each row part, right before the part reads them (:meth:`forward`'s
-        parts)."""
+        parts). ``dO_rows(start, stop)``, when given (``dO`` None), is called once per
+        row part once its rows of dZ are final, in that part: it uses them in place of
+        ``dO`` (a convolution's ``dX``: :meth:`bnprop.nn.plan.ConvNormStep.backward`)."""
         norm = self.norm
         if norm.backend == "numpy":
             if before_sums is not None:
                 before_sums(0, dY.shape[0])
             self._backward_reference(dY, dO, comm)
+            if dO_rows is not None:
+                dO_rows(0, dY.shape[0])
         else:
-            self._backward_kernels(dY, dO, comm, before_sums)
+            self._backward_kernels(dY, dO, comm, before_sums, dO_rows)
         np.copyto(norm.grads["gamma"], self.sum_GObar, casting="same_kind")
         np.copyto(norm.grads["beta"], self.sum_G, casting="same_kind")
 
@@ -334,7 +339,8 @@ class BNStage:
 
     def _backward_kernels(self, dY: np.ndarray, dO: np.ndarray | None,
                           comm: Communicator | None,
-                          before_sums: Callable[[int, int], None] | None) -> None:
+                          before_sums: Callable[[int, int], None] | None,
+                          dO_rows: Callable[[int, int], None] | None = None) -> None:
         norm, Y, Obar, act, P = self.norm, self.Y, self.Z, self.act, self._parts
         gamma = norm.gamma
         exact = norm.stats == "exact"
@@ -365,6 +371,8 @@ class BNStage:
             if exact:
                 self._kernel_parts(apply)
             self._linear_backward(dY, dO)
+            if dO_rows is not None:
+                self._kernel_parts(lambda p, start, stop: dO_rows(start, stop))
             return
         assert self.linear is not None
         O, W = self.O, self.linear.W
@@ -381,6 +389,8 @@ class BNStage:
                     P.dW[p] += target
                 if dO is not None:
                     np.matmul(dY[c0:c1], W, out=dO[c0:c1])
+            if dO_rows is not None:
+                dO_rows(start, stop)
 
         self._kernel_parts(chunks)
         np.sum(P.dW, axis=0, out=self.linear.grads["W"])
