@@ -113,3 +113,19 @@ def test_a_one_by_one_conv_stage_writes_dZ_W2_into_dX(n_threads: int) -> None:
     assert not step._dX_buffers
     np.testing.assert_allclose(dX, (dZ @ step.conv.W2).reshape(X.shape), rtol=1e-13,
                                atol=1e-15)
+
+
+def test_a_stage_on_the_reference_backend_keeps_the_whole_dcols() -> None:
+    """The reference keeps ``dZ`` apart from ``dY``: the stage refuses ``dO_rows`` there,
+    and a conv stage whose BN runs the reference forms ``dX`` from the whole ``dcols``."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False, dtype="float64", rng=0),
+                        nn.BatchNorm2d(8, dtype="float64"), nn.Flatten(dtype="float64"))
+    step = net.steps[0]
+    step.norm.backend = "numpy"  # a mixed net: the kernels' conv, the reference's BN
+    X = np.random.default_rng(0).standard_normal((4, 6, 6, 3))
+    out = step.forward(X, True, None)
+    dX = np.full(X.shape, np.nan)
+    step.backward(np.ones_like(out), dX, None)
+    assert np.isfinite(dX).all() and not step._dX_buffers and step._dcols is not None
+    with pytest.raises(ValueError, match="dO_rows"):
+        step.stage.backward(np.ones((out.size // 8, 8)), None, dO_rows=lambda a, b: None)

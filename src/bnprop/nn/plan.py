@@ -164,7 +164,7 @@ class ConvNormStep(NormStep):
             self.stage.linear.give_grad()
             return
         cols, conv = self.stage.O, self.conv
-        if conv.backend != "numpy":  # each part forms its images' dX from its dZ rows
+        if conv.backend != "numpy" and self.norm.backend != "numpy":  # per part, from dZ
             if conv.kernel_size == 1 and conv.stride == 1 and conv.padding == 0:
                 self.stage.backward(dY2, dX.reshape(cols.shape), comm, before_sums)
             else:

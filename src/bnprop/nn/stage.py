@@ -293,16 +293,16 @@ class BNStage:
         and ``dO = dZ W`` (or ``dZ``, without the Linear) into ``dO`` unless None.
         ``before_sums(start, stop)``, when given, writes the rows ``[start, stop)`` of
         ``dY`` in each row part, right before the part reads them (:meth:`forward`'s
-        parts). ``dO_rows(start, stop)``, when given (``dO`` None), is called once per
-        row part once its rows of dZ are final, in that part: it uses them in place of
-        ``dO`` (a convolution's ``dX``: :meth:`bnprop.nn.plan.ConvNormStep.backward`)."""
+        parts). ``dO_rows(start, stop)`` (the kernels' backend only, ``dO`` None) is
+        called in each row part once its rows of dZ, in ``dY``, are final: it uses them in
+        place of ``dO`` (a convolution's ``dX``: :meth:`bnprop.nn.plan.ConvNormStep.backward`)."""
         norm = self.norm
         if norm.backend == "numpy":
+            if dO_rows is not None:  # the reference keeps dZ apart from dY
+                raise ValueError("dO_rows: the kernels' backend only")
             if before_sums is not None:
                 before_sums(0, dY.shape[0])
             self._backward_reference(dY, dO, comm)
-            if dO_rows is not None:
-                dO_rows(0, dY.shape[0])
         else:
             self._backward_kernels(dY, dO, comm, before_sums, dO_rows)
         np.copyto(norm.grads["gamma"], self.sum_GObar, casting="same_kind")
