@@ -98,6 +98,7 @@ def test_a_conv_stage_forms_dX_from_its_dZ(dtype: str, n_threads: int, k: int, s
         kept = dict(step._dX_buffers)
         _stage_dX(net, 0, X, n_threads, seed=1)
         assert all(step._dX_buffers[start] is b for start, b in kept.items())
+        assert set(step._dX_buffers) <= set(step.stage._starts)  # no other batch's parts
 
 
 @pytest.mark.parametrize("n_threads", [1, 2])
@@ -129,3 +130,21 @@ def test_a_stage_on_the_reference_backend_keeps_the_whole_dcols() -> None:
     assert np.isfinite(dX).all() and not step._dX_buffers and step._dcols is not None
     with pytest.raises(ValueError, match="dO_rows"):
         step.stage.backward(np.ones((out.size // 8, 8)), None, dO_rows=lambda a, b: None)
+
+
+def test_a_strided_dX_takes_the_whole_dcols() -> None:
+    """A ``dX`` that is not C-contiguous (its rows of ``dcols`` cannot be written in
+    place): the same values through the whole ``dcols`` and col2im."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False, dtype="float64", rng=0),
+                        nn.BatchNorm2d(8, dtype="float64"), nn.Flatten(dtype="float64"))
+    step = net.steps[0]
+    X = np.random.default_rng(1).standard_normal((5, 6, 6, 3))
+    dY = np.random.default_rng(2).standard_normal((5, 6, 6, 8))
+    dX = np.full(X.shape, np.nan)
+    step.forward(X, True, None)
+    step.backward(dY.copy(), dX, None)
+    wide = np.full((*X.shape[:3], 6), np.nan)
+    step.forward(X, True, None)
+    step.backward(dY.copy(), wide[..., ::2], None)
+    np.testing.assert_array_equal(wide[..., ::2], dX)
+    assert np.isnan(wide[..., 1::2]).all()

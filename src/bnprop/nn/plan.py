@@ -164,13 +164,16 @@ class ConvNormStep(NormStep):
             self.stage.linear.give_grad()
             return
         cols, conv = self.stage.O, self.conv
-        if conv.backend != "numpy" and self.norm.backend != "numpy":  # per part, from dZ
+        if conv.backend != "numpy" and self.norm.backend != "numpy" \
+                and dX.flags.c_contiguous:  # per part, from dZ
             if conv.kernel_size == 1 and conv.stride == 1 and conv.padding == 0:
                 self.stage.backward(dY2, dX.reshape(cols.shape), comm, before_sums)
             else:
                 self.stage.backward(dY2, None, comm, before_sums,
                                     dO_rows=lambda start, stop: self._dX_rows(
                                         dY2, dX, start, stop))
+                starts = self.stage._starts  # the parts of this batch keep their buffers
+                self._dX_buffers = {k: b for k, b in self._dX_buffers.items() if k in starts}
             self.stage.linear.give_grad()
             return
         if self._dcols is None or self._dcols.shape != cols.shape \
