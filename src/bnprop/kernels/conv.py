@@ -273,8 +273,8 @@ def dX_images(dZ: np.ndarray, W2: np.ndarray, k: int, s: int, p: int, dX: np.nda
     _, H, W, _ = dX.shape
     Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
     unit = Ho * Wo
-    per = dX_block_images(unit, W2.shape[1], W2.shape[0], dX.dtype.itemsize)
-    for b0, b1 in threads.row_parts(n1 - n0, max(1, (n1 - n0) // per)):
+    blocks = _dX_blocks(unit, W2.shape[1], W2.shape[0], dX.dtype.itemsize, n1 - n0)
+    for b0, b1 in threads.row_parts(n1 - n0, blocks):
         dcols = buffer[:(b1 - b0) * unit]
         np.matmul(dZ[(n0 + b0) * unit:(n0 + b1) * unit], W2, out=dcols)
         _col2im(dcols, k, s, p, Ho, Wo, dX[n0 + b0:n0 + b1], 0, b1 - b0)
@@ -283,6 +283,9 @@ def dX_images(dZ: np.ndarray, W2: np.ndarray, k: int, s: int, p: int, dX: np.nda
 def dX_buffer_rows(unit: int, n_in: int, n_out: int, itemsize: int, images: int) -> int:
     """Rows of ``dcols`` the largest block of :func:`dX_images` over ``images`` images
     holds (``unit``: rows of one image)."""
-    per = dX_block_images(unit, n_in, n_out, itemsize)
-    blocks = max(1, images // per)
-    return -(-images // blocks) * unit
+    return -(-images // _dX_blocks(unit, n_in, n_out, itemsize, images)) * unit
+
+
+def _dX_blocks(unit: int, n_in: int, n_out: int, itemsize: int, images: int) -> int:
+    """How many equal blocks :func:`dX_images` cuts ``images`` images into."""
+    return max(1, images // dX_block_images(unit, n_in, n_out, itemsize))
