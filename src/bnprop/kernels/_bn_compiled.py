@@ -11,6 +11,7 @@ import numpy as np
 from numba import njit
 
 from bnprop.kernels._jit import JIT_OPTIONS
+from bnprop.kernels._moments import _add_term, _block_sums, _moments  # noqa: F401 - re-exported
 from bnprop.kernels.activations import (
     activation_row,
     identity,
@@ -18,88 +19,6 @@ from bnprop.kernels.activations import (
     per_derivative,
     relu,
 )
-
-
-@njit(**JIT_OPTIONS)
-def _add_term(s1, s2, d):  # pragma: no cover - compiled
-    """``(s1 + d, s2 + d^2)``: one row's term of :func:`_block_sums`."""
-    return s1 + d, s2 + d * d
-
-
-@njit(**JIT_OPTIONS)
-def _block_sums(Z, start, stop, center, S1, S2):  # pragma: no cover - compiled
-    """``S1 = sum_i (Z_i - center)``, ``S2 = sum_i (Z_i - center)^2`` over rows [start, stop).
-
-    Four rows at a time, each feature's two sums held in registers across them and added
-    in row order: the bits of one row at a time, with a quarter of the loads and stores
-    of ``S1`` and ``S2`` (measured alone: 64.7 -> 42.3 us over 1024 x 256 float32, 44.7
-    -> 31.7 us over 512 x 256 float64, 4.9 -> 3.3 us over 60 x 100 float32)."""
-    n = Z.shape[1]
-    S1[:] = 0.0
-    S2[:] = 0.0
-    i = start
-    while i + 4 <= stop:
-        z0, z1, z2, z3 = Z[i], Z[i + 1], Z[i + 2], Z[i + 3]
-        for j in range(n):
-            c = center[j]
-            s1, s2 = _add_term(S1[j], S2[j], z0[j] - c)
-            s1, s2 = _add_term(s1, s2, z1[j] - c)
-            s1, s2 = _add_term(s1, s2, z2[j] - c)
-            S1[j], S2[j] = _add_term(s1, s2, z3[j] - c)
-        i += 4
-    for r in range(i, stop):
-        z = Z[r]
-        for j in range(n):
-            S1[j], S2[j] = _add_term(S1[j], S2[j], z[j] - center[j])
-
-
-@njit(**JIT_OPTIONS)
-def _moments(Z, block_rows, mean, M2):  # pragma: no cover - compiled
-    m, n = Z.shape
-    mean[:] = 0.0  # relative to K until the end
-    M2[:] = 0.0
-    if m == 0:
-        return 0
-    K = np.zeros(n)  # the shift: the first block's mean
-    S1 = np.empty(n)
-    S2 = np.empty(n)
-    center = np.empty(n)
-    offset = np.zeros(n)  # center - K
-    count = 0
-    for start in range(0, m, block_rows):
-        stop = min(start + block_rows, m)
-        n_b = stop - start
-        _block_sums(Z, start, stop, K, S1, S2)  # the one pass over memory
-        # The block's M2 = S2 - S1^2 / n_b loses more than one bit when S1^2 / n_b > S2 / 2
-        # (the block's mean is far from K: the first block, or rows whose mean drifts);
-        # then sum again around the block's own mean, from cache (corrected two-pass).
-        cancels = count == 0
-        for j in range(n):
-            cancels |= S1[j] * S1[j] > 0.5 * n_b * S2[j]
-        if cancels:
-            for j in range(n):
-                center[j] = K[j] + S1[j] / n_b
-            if count == 0:
-                K[:] = center
-            for j in range(n):
-                offset[j] = center[j] - K[j]
-            _block_sums(Z, start, stop, center, S1, S2)
-        # Chan, Golub & LeVeque: merge (count, mean - K, M2) with the block's
-        # (n_b, offset + S1 / n_b, S2 - S1^2 / n_b).
-        total = count + n_b
-        w_b = n_b / total
-        w_ab = (count / total) * n_b
-        for j in range(n):
-            d_mean = S1[j] / n_b
-            delta = (offset[j] + d_mean) - mean[j]
-            mean[j] += delta * w_b
-            M2[j] += (S2[j] - S1[j] * d_mean) + delta * delta * w_ab
-        if cancels:
-            offset[:] = 0.0
-        count = total
-    for j in range(n):
-        mean[j] += K[j]
-    return count
 
 
 @njit(**JIT_OPTIONS)

@@ -6,7 +6,7 @@ Network: hidden layers ``Y_l = sigma_l(BN_l(Y_{l-1} W_l^T))`` (``Y_0 = X``), the
 so the step gives the same bits::
 
     forward   Z_l = Y_{l-1} W_l^T                       NumPy's GEMM (team.gemm)
-              (count, mean_l, M2_l) of Z_l               _moments, float64
+              (count, mean_l, M2_l) of Z_l               _moments (by blocks), float64
               var_l = M2_l / count,  inv_std_l = 1 / sqrt(var_l + eps_l)    float64
               Obar_l (into Z_l), Y_l = sigma_l(gamma_l Obar_l + beta_l)     _forward_apply
               logits = Y_L W^T (+ b)
@@ -43,10 +43,11 @@ from numba import njit, types
 from numba.extending import overload
 
 from bnprop.kernels import blas, team
-from bnprop.kernels._bn_compiled import _moments, _var_inv_std
+from bnprop.kernels._bn_compiled import _var_inv_std
 from bnprop.kernels._cblas import gemm_nn, gemm_nt, gemm_tn  # noqa: F401 - re-exported
 from bnprop.kernels._jit import JIT_OPTIONS
-from bnprop.kernels._team_bn import backward_columns, forward_rows
+from bnprop.kernels._moments import scratch_size  # noqa: F401 - for nn/compiled.py
+from bnprop.kernels._team_bn import backward_columns, forward_rows, moments
 from bnprop.kernels.loss import _finish_rows, _mean_loss, _row_totals, _shift_rows
 
 if not blas.available():  # pragma: no cover - the caller checks first
@@ -111,16 +112,18 @@ def _stat(V, kind, plan, layer):  # pragma: no cover - compiled
 
 
 @njit(**JIT_OPTIONS)
-def forward(X, params, plan, buf, V, logits, ctl, use, y, F):  # pragma: no cover - compiled
+def forward(X, params, plan, buf, V, logits, ctl, use, y, F,
+            scratch):  # pragma: no cover - compiled
     """The training forward (module docstring) into the buffers, and the loss's first
     pass (``S = logits - rowmax``, ``S_y``: :func:`bnprop.kernels.loss._shift_rows`);
     returns the row count. ``params``, ``plan``: the flat parameters and each layer's
     place in them and in ``buf`` (:data:`W_AT`); ``V``: the statistics and settings
     (:data:`MEAN`); ``ctl``, ``use``: :func:`bnprop.kernels.team.for_call`'s; ``F``: the
-    loss's float64 vectors (:data:`S_Y`). (Packed this way, not as tuples of per-layer
-    arrays: Numba unboxes every array argument of a call. And no call here takes exactly
-    20 arguments: CPython then keeps every call's argument tuple in a free list that grows
-    to 2000 entries, 400 KB that tracemalloc counts.)"""
+    loss's float64 vectors (:data:`S_Y`); ``scratch``: float64, for the statistics
+    shared with the helper (:func:`bnprop.kernels._team_bn.moments`). (Packed this way,
+    not as tuples of per-layer arrays: Numba unboxes every array argument of a call. And
+    no call here takes exactly 20 arguments: CPython then keeps every call's argument
+    tuple in a free list that grows to 2000 entries, 400 KB that tracemalloc counts.)"""
     L, m = plan.shape[0] - 1, X.shape[0]
     owned = team.acquire(ctl, use)
     count = 0
@@ -130,7 +133,7 @@ def forward(X, params, plan, buf, V, logits, ctl, use, y, F):  # pragma: no cove
         team.gemm(team.nt(H, _matrix(params, plan, layer), Z), ctl, owned,
                   plan[layer, SPLIT_Z] != 0)
         mean, M2_l = _stat(V, MEAN, plan, layer), _stat(V, M2, plan, layer)
-        count = _moments(Z, plan[layer, BLOCK_ROWS], mean, M2_l)
+        count = moments(Z, plan[layer, BLOCK_ROWS], mean, M2_l, scratch, ctl, owned)
         inv_std = _stat(V, INV_STD, plan, layer)
         _var_inv_std(M2_l, count, V[EPS, layer, 0], _stat(V, VAR, plan, layer), inv_std)
         forward_rows(Z, mean, inv_std, _vector(params, plan, layer, GAMMA_AT),

@@ -17,7 +17,10 @@ computed. A task is one of:
 * ``BN_BACKWARD``: columns of a batch-norm layer's backward pass, the second part of
   :func:`bnprop.kernels._team_bn.backward_columns`;
 * ``FINITE``: whether elements ``[r0, r1)`` of a flat float array hold no inf or NaN
-  (:func:`bnprop.kernels.team.all_finite`), the answer written into the description.
+  (:func:`bnprop.kernels.team.all_finite`), the answer written into the description;
+* ``MOMENTS``: blocks of rows of a batch-norm layer's statistics, their sums into a
+  scratch (:func:`bnprop.kernels._moments.block_range`), the part of
+  :func:`bnprop.kernels._team_bn.moments` that the helper takes.
 
 Import only when :func:`bnprop.kernels.blas.available` is True.
 """
@@ -32,6 +35,7 @@ from bnprop.kernels._bn_compiled import _forward_apply
 from bnprop.kernels._cblas import _NO_TRANS, _TRANS, F32, _dtype_code, gemm_part
 from bnprop.kernels._finite import _all_finite
 from bnprop.kernels._jit import JIT_OPTIONS
+from bnprop.kernels._moments import block_range
 from bnprop.kernels.optim import _adam_pass, sgd_flat
 
 # Numba compiles these into every cached caller (``_mlp_compiled``, ``_layer_compiled``,
@@ -39,8 +43,9 @@ from bnprop.kernels.optim import _adam_pass, sgd_flat
 CLAIM, DESC, KIND, OWNER, DONE, STATE, SEQ, STOP, PARTS = 0, 1, 16, 24, 32, 40, 48, 56, 64
 SLOTS = 72
 #: Task kinds: a GEMM part (:func:`run`), a slice of an Adam or an SGD update, rows of
-#: a BN layer's forward pass, a finiteness test, columns of a BN layer's backward pass.
-GEMM, ADAM, SGD, BN_FORWARD, FINITE, BN_BACKWARD = 0, 1, 2, 3, 4, 5
+#: a BN layer's forward pass, a finiteness test, columns of a BN layer's backward pass,
+#: blocks of a BN layer's statistics.
+GEMM, ADAM, SGD, BN_FORWARD, FINITE, BN_BACKWARD, MOMENTS = 0, 1, 2, 3, 4, 5, 6
 #: Where a ``FINITE`` task's answer is written (1: finite), read after its ``DONE``.
 FINITE_ANSWER = DESC + 5
 
@@ -134,9 +139,28 @@ def _finite_posted(ctl):  # pragma: no cover - compiled
 
 
 @njit(**JIT_OPTIONS)
+def _moments_posted(ctl):  # pragma: no cover - compiled
+    """``dtype, m, n, block_rows``, the addresses of ``Z`` (m, n) and of the float64
+    scratch, its length, then the blocks ``b0, b1``; the helper's center is the scratch's
+    third ``n`` (:func:`bnprop.kernels._moments.scratch_size`)."""
+    d = DESC
+    m, n, block_rows = ctl[d + 1], ctl[d + 2], ctl[d + 3]
+    S = _f64s(ctl[d + 5], ctl[d + 6])
+    center = S[2 * n:3 * n]
+    if ctl[d] == F32:
+        block_range(carray(f32_at(ctl[d + 4]), (m, n)), block_rows, S, ctl[d + 7],
+                    ctl[d + 8], center)
+    else:
+        block_range(carray(f64_at(ctl[d + 4]), (m, n)), block_rows, S, ctl[d + 7],
+                    ctl[d + 8], center)
+
+
+@njit(**JIT_OPTIONS)
 def run_posted(ctl):  # pragma: no cover - compiled
     d = DESC
-    if ctl[KIND] == BN_FORWARD:
+    if ctl[KIND] == MOMENTS:
+        _moments_posted(ctl)
+    elif ctl[KIND] == BN_FORWARD:
         _bn_forward_posted(ctl)
     elif ctl[KIND] == BN_BACKWARD:
         _bn_backward_posted(ctl)

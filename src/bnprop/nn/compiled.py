@@ -193,6 +193,9 @@ class CompiledStep:
         self.S_y, self.total, self.log_total = (self.F[i * m:(i + 1) * m]
                                                  for i in (k.S_Y, k.TOTAL, k.LOG_TOTAL))
         self.sums_compiled = sums_in_numpy_order(dt, m, self.out.out_features)
+        # The statistics' blocks, for the helper's share (kernels/_team_bn.moments).
+        self.scratch = np.empty(max(k.scratch_size(m, n, int(b)) for n, b
+                                    in zip(widths, self.plan[:-1, k.BLOCK_ROWS], strict=True)))
         self.m = m
 
     def train_step(self, X: np.ndarray, y: np.ndarray, flat: FlatBuffers,
@@ -239,7 +242,7 @@ class CompiledStep:
         # The loss (kernels/loss.py) in its stages: the shift at the end of forward, then
         # NumPy's exp, the totals and dlogits at the start of backward, then NumPy's log.
         params, buf, logits, F = self.params, self.buf, self.logits, self.F
-        count = k.forward(X, params, plan, buf, V, logits, ctl, use, y, F)
+        count = k.forward(X, params, plan, buf, V, logits, ctl, use, y, F, self.scratch)
         compiled = exp_rows(logits, self.total, totals_later=True, compiled=self.sums_compiled)
         k.backward(X, params, grads, plan, buf, V, count, logits, ctl, use, y, F, self.rowmax,
                    compiled)
