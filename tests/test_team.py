@@ -188,6 +188,16 @@ def _helper_takes_parts(dtype: type) -> None:
         work()
 
 
+def test_the_helper_runs_the_loop_of_each_tasks_dtype() -> None:
+    """The helper's loop is compiled for one float type at a time (so a process compiles
+    only the types it uses): a task of the other type sends the thread to that type's
+    loop, both ways, and every part keeps its bits."""
+    with threads.using(2):
+        for dtype in (np.float64, np.float32, np.float64, np.float32):
+            _helper_takes_parts(dtype)  # until the helper has taken a part of this type
+            assert team.helper().code == (_cblas.F64 if dtype is np.float64 else _cblas.F32)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [10, team.SPLIT_ELEMENTS - 1, 99_131] if blas.available() else [])
 @pytest.mark.parametrize("kind", ["adam", "sgd", "sgd-nesterov-first"])

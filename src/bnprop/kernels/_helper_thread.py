@@ -29,9 +29,20 @@ from numba import njit
 
 from bnprop import _aligned, threads
 from bnprop.kernels._atomics import cas, load_acquire, pause, store_release
+from bnprop.kernels._cblas import F32, F64
 from bnprop.kernels._jit import JIT_OPTIONS
 from bnprop.kernels._row_workers import spins
-from bnprop.kernels._tasks import CLAIM, DONE, PARTS, SLOTS, STATE, STOP, run_posted
+from bnprop.kernels._tasks import (
+    CLAIM,
+    DESC,
+    DONE,
+    PARTS,
+    SLOTS,
+    STATE,
+    STOP,
+    run_posted,
+    token_code,
+)
 
 ASLEEP, AWAKE = 0, 1
 #: Seconds the helper spins without work before it sleeps.
@@ -46,23 +57,36 @@ WARM = 64
 
 
 @njit(**JIT_OPTIONS)
-def helper_loop(ctl, idle_spins):  # pragma: no cover - compiled
-    """The helper's spin loop: claim and compute posted parts until ``idle_spins`` spins
-    pass without one (or a stop is requested); then mark itself asleep and return."""
+def helper_loop(ctl, idle_spins, token):  # pragma: no cover - compiled
+    """The helper's spin loop for tasks of ``token``'s float type (:func:`run_posted`):
+    claim and compute posted parts until ``idle_spins`` spins pass without one (or a stop
+    is requested), then mark itself asleep and return -1. An open task of the other
+    float type is left unclaimed and its dtype code returned: the thread goes on in that
+    type's loop (:meth:`_Helper._main`), compiled when first needed."""
+    code = token_code(token)
     idle = 0
     while load_acquire(ctl, STOP) == 0:
         c = load_acquire(ctl, CLAIM)
-        if c > 0 and c % 2 == 0 and cas(ctl, CLAIM, c, c + 1):
-            run_posted(ctl)            # the caller waits for DONE == c, so DESC holds
-            store_release(ctl, PARTS, ctl[PARTS] + 1)
-            store_release(ctl, DONE, c)
-            idle = 0
-        else:
-            idle += 1
-            if idle >= idle_spins:
-                break
-            pause()
+        if c > 0 and c % 2 == 0:
+            other = ctl[DESC]  # written before the task was offered
+            if other != code:
+                return other
+            if cas(ctl, CLAIM, c, c + 1):
+                run_posted(ctl, token)  # the caller waits for DONE == c, so DESC holds
+                store_release(ctl, PARTS, ctl[PARTS] + 1)
+                store_release(ctl, DONE, c)
+                idle = 0
+                continue
+        idle += 1
+        if idle >= idle_spins:
+            break
+        pause()
     store_release(ctl, STATE, ASLEEP)
+    return -1
+
+
+#: The token of each dtype code that :func:`helper_loop` is compiled for.
+_TOKENS = {F32: np.float32(0.0), F64: np.float64(0.0)}
 
 
 class _Helper:
@@ -77,6 +101,7 @@ class _Helper:
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
         self.idle_spins = 0
+        self.code = F32  # the float type of the helper's loop (helper_loop)
 
     def _main(self) -> None:
         while True:
@@ -86,7 +111,11 @@ class _Helper:
                 return
             self.ctl[STATE] = AWAKE  # the helper alone writes its state: no lost wake-up
             self.awake.set()  # the waker goes on: the loop below runs without the GIL
-            helper_loop(self.ctl, self.idle_spins)  # ends by storing ASLEEP
+            while True:  # ends by storing ASLEEP
+                got = helper_loop(self.ctl, self.idle_spins, _TOKENS[self.code])
+                if got < 0:
+                    break
+                self.code = F64 if got == F64 else F32  # the other dtype's loop
 
     def start_or_wake(self) -> None:
         """Start the thread if it is not running yet, and wake it. Safe against an

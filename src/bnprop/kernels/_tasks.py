@@ -27,12 +27,13 @@ Import only when :func:`bnprop.kernels.blas.available` is True.
 
 from __future__ import annotations
 
-from numba import carray, njit
+from numba import carray, njit, types
+from numba.extending import overload
 
 from bnprop.kernels._atomics import address, f32_at, f64_at
 from bnprop.kernels._bn_columns import backward_part
 from bnprop.kernels._bn_compiled import _forward_apply
-from bnprop.kernels._cblas import _NO_TRANS, _TRANS, F32, _dtype_code, gemm_part
+from bnprop.kernels._cblas import _NO_TRANS, _TRANS, F32, F64, _dtype_code, gemm_part
 from bnprop.kernels._finite import _all_finite
 from bnprop.kernels._jit import JIT_OPTIONS
 from bnprop.kernels._moments import block_range
@@ -50,9 +51,35 @@ GEMM, ADAM, SGD, BN_FORWARD, FINITE, BN_BACKWARD, MOMENTS = 0, 1, 2, 3, 4, 5, 6
 FINITE_ANSWER = DESC + 5
 
 
+def _at(token, addr):  # pragma: no cover - compiled only
+    """``addr`` as a pointer to floats of ``token``'s type (a float32 or a float64)."""
+    raise NotImplementedError("_at is only callable from Numba-compiled code")
+
+
+@overload(_at, jit_options=JIT_OPTIONS)
+def _at_overload(token, addr):  # type: ignore[no-untyped-def]
+    at = {types.float32: f32_at, types.float64: f64_at}.get(token)
+    if at is None:
+        return None
+    return lambda token, addr: at(addr)
+
+
+def token_code(token):  # pragma: no cover - compiled only
+    """The dtype code (``F32``, ``F64``) of ``token``'s float type."""
+    raise NotImplementedError("token_code is only callable from Numba-compiled code")
+
+
+@overload(token_code, jit_options=JIT_OPTIONS)
+def _token_code_overload(token):  # type: ignore[no-untyped-def]
+    code = {types.float32: F32, types.float64: F64}.get(token)
+    if code is None:
+        return None
+    return lambda token: code
+
+
 @njit(**JIT_OPTIONS)
-def _f32s(addr, n):  # pragma: no cover - compiled
-    return carray(f32_at(addr), n)
+def _floats(token, addr, n):  # pragma: no cover - compiled
+    return carray(_at(token, addr), n)
 
 
 @njit(**JIT_OPTIONS)
@@ -75,109 +102,80 @@ def update_part(kind, p, g, a, b, coef, flags, r0, r1):  # pragma: no cover - co
 
 
 @njit(**JIT_OPTIONS)
-def _bn_forward_posted(ctl):  # pragma: no cover - compiled
+def _bn_forward_posted(ctl, token):  # pragma: no cover - compiled
     """The posted rows of :func:`bnprop.kernels._team_bn.forward_rows`: ``dtype, n, rows,
     act``, then the addresses of ``Z, Y`` (the part's first row), ``gamma, beta``, the
     float64 ``mu_B, inv_std``, and ``Obar, A`` (the part's first row; ``A`` 0: none)."""
     d = DESC
-    if ctl[d] == F32:
-        _bn_forward_rows(ctl, f32_at(ctl[d + 4]), f32_at(ctl[d + 5]), f32_at(ctl[d + 6]),
-                         f32_at(ctl[d + 7]), f32_at(ctl[d + 10]), f32_at(ctl[d + 11]))
-    else:
-        _bn_forward_rows(ctl, f64_at(ctl[d + 4]), f64_at(ctl[d + 5]), f64_at(ctl[d + 6]),
-                         f64_at(ctl[d + 7]), f64_at(ctl[d + 10]), f64_at(ctl[d + 11]))
-
-
-@njit(**JIT_OPTIONS)
-def _bn_forward_rows(ctl, Z_at, Y_at, gamma_at, beta_at, Obar_at, A_at):  # pragma: no cover
-    d = DESC
     n, rows, act = ctl[d + 1], ctl[d + 2], ctl[d + 3]
-    Z, Y, Obar = carray(Z_at, (rows, n)), carray(Y_at, (rows, n)), carray(Obar_at, (rows, n))
-    gamma, beta = carray(gamma_at, n), carray(beta_at, n)
+    Z, Y = carray(_at(token, ctl[d + 4]), (rows, n)), carray(_at(token, ctl[d + 5]), (rows, n))
+    Obar = carray(_at(token, ctl[d + 10]), (rows, n))
+    gamma, beta = _floats(token, ctl[d + 6], n), _floats(token, ctl[d + 7], n)
     mean, inv_std = _f64s(ctl[d + 8], n), _f64s(ctl[d + 9], n)
     if ctl[d + 11] == 0:
         _forward_apply(Z, mean, inv_std, gamma, beta, act, Obar, Y, None)
     else:
-        _forward_apply(Z, mean, inv_std, gamma, beta, act, Obar, Y, carray(A_at, (rows, n)))
+        _forward_apply(Z, mean, inv_std, gamma, beta, act, Obar, Y,
+                       carray(_at(token, ctl[d + 11]), (rows, n)))
 
 
 @njit(**JIT_OPTIONS)
-def _bn_backward_posted(ctl):  # pragma: no cover - compiled
+def _bn_backward_posted(ctl, token):  # pragma: no cover - compiled
     """The posted columns of :func:`bnprop.kernels._team_bn.backward_columns`: ``dtype,
     n, m, act, frozen``, the addresses of the whole ``dY, Y, Obar`` (m, n) and ``gamma``
     (n), of the float64 ``inv_std, sum_G, sum_GObar`` (n), then the batch's rows and the
     columns ``c0, c1``."""
     d = DESC
-    if ctl[d] == F32:
-        _bn_backward_columns(ctl, f32_at(ctl[d + 5]), f32_at(ctl[d + 6]), f32_at(ctl[d + 7]),
-                             f32_at(ctl[d + 8]))
-    else:
-        _bn_backward_columns(ctl, f64_at(ctl[d + 5]), f64_at(ctl[d + 6]), f64_at(ctl[d + 7]),
-                             f64_at(ctl[d + 8]))
-
-
-@njit(**JIT_OPTIONS)
-def _bn_backward_columns(ctl, dY_at, Y_at, Obar_at, gamma_at):  # pragma: no cover - compiled
-    d = DESC
     n, m = ctl[d + 1], ctl[d + 2]
-    backward_part(carray(dY_at, (m, n)), carray(Y_at, (m, n)), carray(Obar_at, (m, n)),
-                  carray(gamma_at, n), _f64s(ctl[d + 9], n), ctl[d + 3], ctl[d + 4] != 0,
-                  float(ctl[d + 12]), _f64s(ctl[d + 10], n), _f64s(ctl[d + 11], n),
-                  ctl[d + 13], ctl[d + 14])
+    backward_part(carray(_at(token, ctl[d + 5]), (m, n)), carray(_at(token, ctl[d + 6]), (m, n)),
+                  carray(_at(token, ctl[d + 7]), (m, n)), _floats(token, ctl[d + 8], n),
+                  _f64s(ctl[d + 9], n), ctl[d + 3], ctl[d + 4] != 0, float(ctl[d + 12]),
+                  _f64s(ctl[d + 10], n), _f64s(ctl[d + 11], n), ctl[d + 13], ctl[d + 14])
 
 
 @njit(**JIT_OPTIONS)
-def _finite_posted(ctl):  # pragma: no cover - compiled
+def _finite_posted(ctl, token):  # pragma: no cover - compiled
     """``dtype, address, n, r0, r1`` of a flat array: the answer for ``[r0, r1)``."""
     d = DESC
     n, r0, r1 = ctl[d + 2], ctl[d + 3], ctl[d + 4]
-    if ctl[d] == F32:
-        ok = _all_finite(_f32s(ctl[d + 1], n)[r0:r1])
-    else:
-        ok = _all_finite(_f64s(ctl[d + 1], n)[r0:r1])
-    ctl[FINITE_ANSWER] = 1 if ok else 0
+    ctl[FINITE_ANSWER] = 1 if _all_finite(_floats(token, ctl[d + 1], n)[r0:r1]) else 0
 
 
 @njit(**JIT_OPTIONS)
-def _moments_posted(ctl):  # pragma: no cover - compiled
+def _moments_posted(ctl, token):  # pragma: no cover - compiled
     """``dtype, m, n, block_rows``, the addresses of ``Z`` (m, n) and of the float64
     scratch, its length, then the blocks ``b0, b1``; the helper's center is the scratch's
     third ``n`` (:func:`bnprop.kernels._moments.scratch_size`)."""
     d = DESC
-    m, n, block_rows = ctl[d + 1], ctl[d + 2], ctl[d + 3]
+    m, n = ctl[d + 1], ctl[d + 2]
     S = _f64s(ctl[d + 5], ctl[d + 6])
-    center = S[2 * n:3 * n]
-    if ctl[d] == F32:
-        block_range(carray(f32_at(ctl[d + 4]), (m, n)), block_rows, S, ctl[d + 7],
-                    ctl[d + 8], center)
-    else:
-        block_range(carray(f64_at(ctl[d + 4]), (m, n)), block_rows, S, ctl[d + 7],
-                    ctl[d + 8], center)
+    block_range(carray(_at(token, ctl[d + 4]), (m, n)), ctl[d + 3], S, ctl[d + 7], ctl[d + 8],
+                S[2 * n:3 * n])
 
 
 @njit(**JIT_OPTIONS)
-def run_posted(ctl):  # pragma: no cover - compiled
+def run_posted(ctl, token):  # pragma: no cover - compiled
+    """The posted task, whose arrays are of ``token``'s float type (its dtype code is
+    ``ctl[DESC]``: :func:`token_code`); compiled for one float type at a time, so a
+    process compiles the helper's code only for the dtypes it trains in."""
     d = DESC
     if ctl[KIND] == MOMENTS:
-        _moments_posted(ctl)
+        _moments_posted(ctl, token)
     elif ctl[KIND] == BN_FORWARD:
-        _bn_forward_posted(ctl)
+        _bn_forward_posted(ctl, token)
     elif ctl[KIND] == BN_BACKWARD:
-        _bn_backward_posted(ctl)
+        _bn_backward_posted(ctl, token)
     elif ctl[KIND] == FINITE:
-        _finite_posted(ctl)
+        _finite_posted(ctl, token)
     elif ctl[KIND] == GEMM:
         gemm_part(ctl[d], ctl[d + 1], ctl[d + 2], ctl[d + 3], ctl[d + 4], ctl[d + 5],
                   ctl[d + 6], ctl[d + 7], ctl[d + 8], ctl[d + 9], ctl[d + 10], ctl[d + 11],
                   ctl[d + 12] != 0, ctl[d + 13], ctl[d + 14])
-    elif ctl[d] == F32:
-        update_part(ctl[KIND], _f32s(ctl[d + 1], ctl[d + 6]), _f32s(ctl[d + 2], ctl[d + 6]),
-                    _f32s(ctl[d + 3], ctl[d + 9]), _f32s(ctl[d + 4], ctl[d + 10]),
-                    _f32s(ctl[d + 5], ctl[d + 11]), ctl[d + 12], ctl[d + 7], ctl[d + 8])
     else:
-        update_part(ctl[KIND], _f64s(ctl[d + 1], ctl[d + 6]), _f64s(ctl[d + 2], ctl[d + 6]),
-                    _f64s(ctl[d + 3], ctl[d + 9]), _f64s(ctl[d + 4], ctl[d + 10]),
-                    _f64s(ctl[d + 5], ctl[d + 11]), ctl[d + 12], ctl[d + 7], ctl[d + 8])
+        update_part(ctl[KIND], _floats(token, ctl[d + 1], ctl[d + 6]),
+                    _floats(token, ctl[d + 2], ctl[d + 6]), _floats(token, ctl[d + 3], ctl[d + 9]),
+                    _floats(token, ctl[d + 4], ctl[d + 10]),
+                    _floats(token, ctl[d + 5], ctl[d + 11]), ctl[d + 12], ctl[d + 7], ctl[d + 8])
 
 
 @njit(**JIT_OPTIONS)
