@@ -1,10 +1,10 @@
 """Progress of a long run: a redrawn bar on a terminal, plain periodic lines otherwise.
 
 The rate and the time left count from the end of the first step: a run's first step
-compiles bnprop's kernels on a fresh install (about 100 s on 2 cores), which, counted
-in, made the first report of a 50,000-step run read 9.9 steps/s and 83
-minutes left when 20 seconds were. A first step still running after ``notice_after``
-seconds says so in one line.
+compiles bnprop's kernels on a fresh install (about a minute on 2 cores; 100 s before
+the helper thread's code was compiled per float type), which, counted in, made the first
+report of a 50,000-step run read 9.9 steps/s and 83 minutes left when 20 seconds were.
+A first step still running after ``notice_after`` seconds says so in one line.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class Progress:
             if self._first is None:
                 self._write(f"{self.label}step {self.start + 1} is still running after "
                             f"{after:g} s (on a new install the first step compiles bnprop's "
-                            f"kernels, about 100 s on 2 cores; later runs load them from the "
+                            f"kernels, about a minute on 2 cores; later runs load them from the "
                             f"cache); the rate counts from its end\n")
 
     def _write(self, text: str) -> None:
