@@ -22,6 +22,10 @@ computed. A task is one of:
   scratch (:func:`bnprop.kernels._moments.block_range`), the part of
   :func:`bnprop.kernels._team_bn.moments` that the helper takes.
 
+Every description starts with the task's dtype code (``F32``, ``F64``): the helper runs
+one loop per float type (:func:`run_posted` with a float32 or float64 ``token``), so a
+process compiles the task code only for the types it uses.
+
 Import only when :func:`bnprop.kernels.blas.available` is True.
 """
 
