@@ -101,14 +101,17 @@ def _dtype_code_overload(A, B, C):  # type: ignore[no-untyped-def]
 
 
 def _code_of(p):  # pragma: no cover - compiled only
+    """The dtype code (``F32``, ``F64``) of a float array, or of a float scalar (the
+    helper loop's token, :func:`bnprop.kernels._tasks.run_posted`)."""
     raise NotImplementedError("_code_of is only callable from Numba-compiled code")
 
 
 @overload(_code_of, jit_options=JIT_OPTIONS)
 def _code_of_overload(p):  # type: ignore[no-untyped-def]
-    if p.dtype == types.float32:
+    dtype = getattr(p, "dtype", p)
+    if dtype == types.float32:
         return lambda p: F32
-    if p.dtype == types.float64:
+    if dtype == types.float64:
         return lambda p: F64
     return None
 

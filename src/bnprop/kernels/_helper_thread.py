@@ -29,7 +29,7 @@ from numba import njit
 
 from bnprop import _aligned, threads
 from bnprop.kernels._atomics import cas, load_acquire, pause, store_release
-from bnprop.kernels._cblas import F32, F64
+from bnprop.kernels._cblas import F32, F64, _code_of
 from bnprop.kernels._jit import JIT_OPTIONS
 from bnprop.kernels._row_workers import spins
 from bnprop.kernels._tasks import (
@@ -41,7 +41,6 @@ from bnprop.kernels._tasks import (
     STATE,
     STOP,
     run_posted,
-    token_code,
 )
 
 ASLEEP, AWAKE = 0, 1
@@ -63,7 +62,7 @@ def helper_loop(ctl, idle_spins, token):  # pragma: no cover - compiled
     is requested), then mark itself asleep and return -1. An open task of the other
     float type is left unclaimed and its dtype code returned: the thread goes on in that
     type's loop (:meth:`_Helper._main`), compiled when first needed."""
-    code = token_code(token)
+    code = _code_of(token)
     idle = 0
     while load_acquire(ctl, STOP) == 0:
         c = load_acquire(ctl, CLAIM)

@@ -37,7 +37,7 @@ from numba.extending import overload
 from bnprop.kernels._atomics import address, f32_at, f64_at
 from bnprop.kernels._bn_columns import backward_part
 from bnprop.kernels._bn_compiled import _forward_apply
-from bnprop.kernels._cblas import _NO_TRANS, _TRANS, F32, F64, _dtype_code, gemm_part
+from bnprop.kernels._cblas import _NO_TRANS, _TRANS, _dtype_code, gemm_part
 from bnprop.kernels._finite import _all_finite
 from bnprop.kernels._jit import JIT_OPTIONS
 from bnprop.kernels._moments import block_range
@@ -66,19 +66,6 @@ def _at_overload(token, addr):  # type: ignore[no-untyped-def]
     if at is None:
         return None
     return lambda token, addr: at(addr)
-
-
-def token_code(token):  # pragma: no cover - compiled only
-    """The dtype code (``F32``, ``F64``) of ``token``'s float type."""
-    raise NotImplementedError("token_code is only callable from Numba-compiled code")
-
-
-@overload(token_code, jit_options=JIT_OPTIONS)
-def _token_code_overload(token):  # type: ignore[no-untyped-def]
-    code = {types.float32: F32, types.float64: F64}.get(token)
-    if code is None:
-        return None
-    return lambda token: code
 
 
 @njit(**JIT_OPTIONS)
@@ -159,9 +146,9 @@ def _moments_posted(ctl, token):  # pragma: no cover - compiled
 
 @njit(**JIT_OPTIONS)
 def run_posted(ctl, token):  # pragma: no cover - compiled
-    """The posted task, whose arrays are of ``token``'s float type (its dtype code is
-    ``ctl[DESC]``: :func:`token_code`); compiled for one float type at a time, so a
-    process compiles the helper's code only for the dtypes it trains in."""
+    """The posted task, whose arrays are of ``token``'s float type (``ctl[DESC]`` is
+    :func:`bnprop.kernels._cblas._code_of` of ``token``); compiled for one float type at
+    a time, so a process compiles the helper's code only for the dtypes it trains in."""
     d = DESC
     if ctl[KIND] == MOMENTS:
         _moments_posted(ctl, token)
