@@ -66,17 +66,12 @@ class Progress:
     def _slow_first_step(self, after: float) -> None:
         with self._lock:
             if self._first is None:
-                self._write(f"{self.label}step {self.start + 1} is still running after "
-                            f"{after:g} s (on a new install the first step compiles bnprop's "
-                            f"kernels, about a minute on 2 cores; later runs load them from the "
-                            f"cache); the rate counts from its end\n")
-
-    def _write(self, text: str) -> None:
-        if self.tty and self._width:  # below the bar's line
-            text = "\n" + text
-            self._width = 0
-        self.stream.write(text)
-        self.stream.flush()
+                # Before the first update, so before any bar line: a line of its own.
+                self.stream.write(f"{self.label}step {self.start + 1} is still running after "
+                                  f"{after:g} s (on a new install the first step compiles "
+                                  f"bnprop's kernels, about a minute on 2 cores; later runs "
+                                  f"load them from the cache); the rate counts from its end\n")
+                self.stream.flush()
 
     def rate(self, step: int) -> float:
         """Steps per second from the end of the first reported step (module docstring);
