@@ -231,7 +231,15 @@ def test_cli_train_and_evaluate(data_root: tuple, tmp_path: Path,
      (["--momentum", "0.9"], "momentum: applies to --optimizer sgd only"),
      (["--momentum", "nan"], "momentum: expected a number in [0, 1), got nan"),  # Adam too
      (["--seed", "-1"], "seed: expected an integer >= 0"),
-     (["--resume"], "--resume: needs --out DIR")],
+     (["--resume"], "--resume: needs --out DIR"),
+     (["--channels", "8"], "channels: applies to --arch cnn only, got --channels 8 with "
+                           "--arch mlp."),
+     (["--arch", "mlp", "--channels", "8,16"], "got --channels 8,16 with --arch mlp."),
+     (["--no-batchnorm", "--stats", "frozen"], "stats: applies to batch-normalized layers "
+                                               "only, got --stats frozen with --no-batchnorm."),
+     (["--no-batchnorm", "--running", "average"], "running: applies to batch-normalized"),
+     (["--no-batchnorm", "--local-bn"], "got --local-bn with --no-batchnorm."),
+     (["--no-batchnorm", "--sync-bn"], "got --sync-bn with --no-batchnorm.")],
 )
 def test_cli_bad_options(data_root: tuple, tmp_path: Path, capsys: pytest.CaptureFixture,
                          argv: list[str], message: str) -> None:

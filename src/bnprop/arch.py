@@ -52,6 +52,25 @@ def check_arch(config: Any) -> None:
                          "drop --activation and --no-batchnorm.")
 
 
+def check_options_apply(given: dict[str, Any]) -> None:
+    """The options a user gave for a new run (``given``: only those set explicitly) that
+    it would not use, one line naming the first: ``--channels`` without ``--arch cnn``;
+    ``--stats``, ``--running``, ``--sync-bn`` or ``--local-bn`` with ``--no-batchnorm``
+    (its hidden layers have no batch normalization). Silently ignored, they would make a
+    run other than the one asked for."""
+    if "channels" in given and given.get("arch", "mlp") != "cnn":
+        channels = ",".join(map(str, given["channels"]))
+        raise InputError(f"channels: applies to --arch cnn only, got --channels {channels} "
+                         f"with --arch {given.get('arch', 'mlp')}.")
+    if given.get("batchnorm", True) is False:
+        for key, option in (("stats", "--stats"), ("running", "--running"),
+                            ("sync_bn", "--sync-bn" if given.get("sync_bn") else "--local-bn")):
+            if key in given:
+                shown = option if key == "sync_bn" else f"{option} {given[key]}"
+                raise InputError(f"{key}: applies to batch-normalized layers only, got "
+                                 f"{shown} with --no-batchnorm.")
+
+
 def build_cnn(config: Any, n_in: int, n_classes: int) -> Any:
     """The CNN of ``config`` for square one-channel images of ``n_in`` pixels."""
     import math

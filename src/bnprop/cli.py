@@ -113,7 +113,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     """One process, or P under ``mpiexec -n P``: every rank runs this with the same argv."""
     import time
 
-    from bnprop.arch import arch_defaults
+    from bnprop.arch import arch_defaults, check_options_apply
     from bnprop.distributed import abort_on_error, default_comm
     from bnprop.train import TrainConfig, parse_hidden, train
 
@@ -128,7 +128,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         for key in ("hidden", "channels"):
             if key in given:
                 given[key] = parse_hidden(given[key], key)
-        given = arch_defaults(given) if not args.resume else given
+        if not args.resume:  # a resume's options are checked against its checkpoint
+            check_options_apply(given)
+            given = arch_defaults(given)
         if args.resume and args.out is None:
             raise InputError("--resume: needs --out DIR, the folder of the run to continue.")
         out = comm.bcast(args.out or f"runs/{given.get('dataset', 'mnist')}-"
