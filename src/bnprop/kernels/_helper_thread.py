@@ -28,6 +28,7 @@ import numpy as np
 from numba import njit
 
 from bnprop import _aligned, threads
+from bnprop.kernels import _warm
 from bnprop.kernels._atomics import cas, load_acquire, pause, store_release
 from bnprop.kernels._cblas import F32, F64, _code_of
 from bnprop.kernels._jit import JIT_OPTIONS
@@ -88,19 +89,32 @@ def helper_loop(ctl, idle_spins, token):  # pragma: no cover - compiled
 _TOKENS = {F32: np.float32(0.0), F64: np.float64(0.0)}
 
 
+def _new_ctl() -> np.ndarray:
+    """A shared array on cache lines, a line free on each side: _tasks' slots sit on
+    lines of their own, and no other object shares one with them."""
+    return _aligned.zeros(SLOTS + 16, np.int64)[8:8 + SLOTS]
+
+
+def loop_args(code: int, ctl: np.ndarray | None = None,
+              idle_spins: int = 1000) -> tuple[np.ndarray, int, np.floating]:
+    """:func:`helper_loop`'s arguments for the dtype ``code`` (a new ``ctl`` if None):
+    the types its compiled code is for (:mod:`bnprop.kernels._warm`)."""
+    return (_new_ctl() if ctl is None else ctl), idle_spins, _TOKENS[code]
+
+
 class _Helper:
     """The helper thread and its shared array (one per process)."""
 
     def __init__(self) -> None:
-        # On cache lines, a line free on each side: _tasks' slots sit on lines of their
-        # own, and no other object shares one with them.
-        self.ctl = _aligned.zeros(SLOTS + 16, np.int64)[8:8 + SLOTS]
+        self.ctl = _new_ctl()
         self.wake = threading.Event()
         self.awake = threading.Event()
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
         self.idle_spins = 0
         self.code = F32  # the float type of the helper's loop (helper_loop)
+        self.looked_up: set[int] = set()  # the codes whose loop this process has sought
+        self.warming = False  # its loop compiles in a second process (kernels/_warm.py)
 
     def _main(self) -> None:
         while True:
@@ -111,7 +125,18 @@ class _Helper:
             self.ctl[STATE] = AWAKE  # the helper alone writes its state: no lost wake-up
             self.awake.set()  # the waker goes on: the loop below runs without the GIL
             while True:  # ends by storing ASLEEP
-                got = helper_loop(self.ctl, self.idle_spins, _TOKENS[self.code])
+                args = loop_args(self.code, self.ctl, self.idle_spins)
+                if self.code not in self.looked_up:  # a cold cache: compiled apart
+                    self.looked_up.add(self.code)
+                    if not _warm.in_mpi_job() and _warm.cold(helper_loop, args):
+                        self.warming = True
+                        try:
+                            _warm.compile_apart(self.code)
+                        finally:
+                            self.warming = False
+                        if self.ctl[STOP]:  # the process is exiting: no compile now
+                            return
+                got = helper_loop(*args)
                 if got < 0:
                     break
                 self.code = F64 if got == F64 else F32  # the other dtype's loop
@@ -157,6 +182,7 @@ class _Helper:
 
     def stop(self) -> None:
         self.ctl[STOP] = 1
+        _warm.stop()  # after STOP: the helper, woken from its wait, then returns
         self.wake.set()
         if self.thread is not None:
             self.thread.join(timeout=1.0)
@@ -253,8 +279,8 @@ def for_timed_call(key: Hashable) -> tuple[np.ndarray, bool, bool]:
     (:meth:`_Choice.skip`) and must not be reported; a compiled step or layer call so
     saves its two clock reads and the report, on all but 2 x :data:`PROBE` calls a cycle."""
     ctl, use, choice = _way(key)
-    if choice is None:  # pinned, or one thread: nothing is measured
-        return ctl, use, False
+    if choice is None or _helper.warming:  # pinned, one thread, or a helper compiling
+        return ctl, use, False  # apart (it takes no part yet): nothing is measured
     if choice.timed():
         return ctl, use, True
     choice.skip()
