@@ -1,7 +1,7 @@
 """Progress of a long run: a redrawn bar on a terminal, plain periodic lines otherwise.
 
 The rate and the time left count from the end of the first step: a run's first step
-compiles bnprop's kernels on a fresh install (about 35 s on 2 cores, the helper thread's
+compiles bnprop's kernels on a fresh install (about 40 s on 2 cores, the helper thread's
 loop compiled in a second process meanwhile: :mod:`bnprop.kernels._warm`; 100 s before
 that loop was compiled per float type), which, counted in, made the first
 report of a 50,000-step run read 9.9 steps/s and 83 minutes left when 20 seconds were.
@@ -70,7 +70,7 @@ class Progress:
                 # Before the first update, so before any bar line: a line of its own.
                 self.stream.write(f"{self.label}step {self.start + 1} is still running after "
                                   f"{after:g} s (on a new install the first step compiles "
-                                  f"bnprop's kernels, about half a minute on 2 cores; later runs "
+                                  f"bnprop's kernels, about 40 s on 2 cores; later runs "
                                   f"load them from the cache); the rate counts from its end\n")
                 self.stream.flush()
 
