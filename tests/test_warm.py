@@ -71,6 +71,29 @@ def test_calls_are_not_timed_while_the_loop_compiles_apart(
         team.prefer(None)
 
 
+def test_a_second_process_still_running_is_stopped(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``stop`` (at exit) kills a second process still compiling; its caller then gets
+    False (and would compile the loop itself)."""
+    import threading
+    import time
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "cache"))  # the child's: empty
+    got: list[bool] = []
+    waiter = threading.Thread(target=lambda: got.append(_warm.compile_apart(_cblas.F32)))
+    waiter.start()
+    deadline = time.monotonic() + 30
+    while _warm._running is None:
+        assert time.monotonic() < deadline, "the second process did not start"
+        time.sleep(0.01)
+    child = _warm._running
+    time.sleep(0.5)
+    assert child.poll() is None  # compiling (tens of seconds on an empty cache)
+    _warm.stop()
+    waiter.join(timeout=10)
+    assert got == [False] and child.poll() is not None and _warm._running is None
+
+
 def test_the_second_process_compiles_into_the_cache_and_the_helper_loads_it(
         tmp_path: Path) -> None:
     """A process on an empty cache (``NUMBA_CACHE_DIR``) wakes its helper: the helper's
