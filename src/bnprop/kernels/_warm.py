@@ -8,7 +8,8 @@ Instead the helper thread runs ``python -m bnprop.kernels._warm CODE``, which co
 loop for the dtype ``CODE`` into the disk cache, and waits for it without holding the
 lock or the GIL; the caller compiles its step meanwhile on the other core, and the
 helper then loads its loop from the cache. Measured (2 cores, the default job from a
-cold cache): the whole run 85.0 -> 59.5 s, the same model bit for bit.
+cold cache): the whole run 85.0 -> 64.7 s; README line 1 in a fresh clone, the job 80.0
+-> 66.3 s; the same model bit for bit.
 
 The second process is used only when it can help: the loop is not in the cache
 (:func:`cold`: Numba's own index, for the exact argument types), the cache folder is
