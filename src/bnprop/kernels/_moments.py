@@ -123,7 +123,8 @@ def _moments(Z, block_rows, mean, M2):  # pragma: no cover - compiled
     return count
 
 
-def scratch_size(m: int, n: int, block_rows: int) -> int:
+@njit(**JIT_OPTIONS)
+def scratch_size(m, n, block_rows):  # pragma: no cover - compiled
     """Float64 elements of the scratch of :func:`block_range`: ``K``, a center for each
     of two threads, then ``S1, S2, offset`` of each of the ``ceil(m / block_rows)``
     blocks."""

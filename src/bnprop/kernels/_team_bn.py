@@ -80,7 +80,7 @@ from bnprop.kernels._bn_columns import backward_part
 from bnprop.kernels._bn_compiled import _forward_apply
 from bnprop.kernels._cblas import _code_of
 from bnprop.kernels._jit import JIT_OPTIONS
-from bnprop.kernels._moments import _moments, block_range, merge_range
+from bnprop.kernels._moments import _moments, block_range, merge_range, scratch_size
 from bnprop.kernels._tasks import BN_BACKWARD, BN_FORWARD, DESC, DONE, KIND, MOMENTS
 from bnprop.kernels.team import _next_task, _offer, _taken_back
 
@@ -104,7 +104,7 @@ def moments(Z, block_rows, mean, M2, S, ctl, owned):  # pragma: no cover - compi
     :func:`bnprop.kernels._moments.scratch_size` elements."""
     m, n = Z.shape
     B = (m + block_rows - 1) // block_rows
-    if not (owned and B >= SPLIT_BLOCKS and S.shape[0] >= (3 + 3 * B) * n
+    if not (owned and B >= SPLIT_BLOCKS and S.shape[0] >= scratch_size(m, n, block_rows)
             and Z.flags.c_contiguous):
         return _moments(Z, block_rows, mean, M2)
     h = (B + 1) // 2
