@@ -36,6 +36,14 @@ def test_a_function_without_a_disk_cache_is_never_cold() -> None:
     assert not _warm.cold(object(), (1,))  # not a Numba function at all: unsure, so no
 
 
+@pytest.mark.parametrize("argv", [[], ["x"], ["2"], ["0", "1"]])
+def test_the_second_process_names_a_bad_argument(argv: list[str],
+                                                 capsys: pytest.CaptureFixture) -> None:
+    assert _warm._main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "expected one dtype code, 0 (float32) or 1" in err
+
+
 def test_mpi_ranks_compile_in_their_own_process(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in _warm.MPI_VARIABLES:
         monkeypatch.delenv(name, raising=False)

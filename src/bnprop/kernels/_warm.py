@@ -107,9 +107,15 @@ def _main(argv: list[str]) -> int:
     """Compile the helper's loop for the dtype code ``argv[0]`` into the disk cache."""
     from numba import typeof
 
+    from bnprop.kernels._cblas import F32, F64
     from bnprop.kernels._helper_thread import helper_loop, loop_args
 
-    args = loop_args(int(argv[0]))
+    codes = {str(F32): F32, str(F64): F64}
+    if len(argv) != 1 or argv[0] not in codes:
+        print(f"python -m bnprop.kernels._warm: expected one dtype code, {F32} (float32) or "
+              f"{F64} (float64), got {' '.join(argv) or 'none'}.", file=sys.stderr)
+        return 2
+    args = loop_args(codes[argv[0]])
     helper_loop.compile(tuple(typeof(a) for a in args))
     return 0
 
