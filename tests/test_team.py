@@ -30,17 +30,17 @@ def _always_the_helper():  # type: ignore[no-untyped-def]
 if blas.available():
     from numba import njit
 
-    from bnprop.kernels import _atomics, _cblas, optim, team
+    from bnprop.kernels import _atomics, _cblas, _cuts, optim, team
 
     @njit
-    def _team_gemm(kind, A, B, C, ctl, use, split):  # type: ignore[no-untyped-def]
+    def _team_gemm(kind, A, B, C, ctl, use, cut):  # type: ignore[no-untyped-def]
         owned = team.acquire(ctl, use)
         if kind == 0:
-            team.gemm(team.nt(A, B, C), ctl, owned, split)
+            team.gemm(team.nt(A, B, C), ctl, owned, cut)
         elif kind == 1:
-            team.gemm(team.tn(A, B, C), ctl, owned, split)
+            team.gemm(team.tn(A, B, C), ctl, owned, cut)
         else:
-            team.gemm(team.nn(A, B, C), ctl, owned, split)
+            team.gemm(team.nn(A, B, C), ctl, owned, cut)
         team.release(ctl, owned)
 
     @njit
@@ -109,10 +109,12 @@ def test_a_gemm_is_split_only_where_the_parts_give_the_whole_bits(kind: int,
 
 def test_the_first_layer_of_the_ioffe_step_is_split_in_float32() -> None:
     """Where the speed comes from (if this BLAS ever stops matching, the step stays
-    correct and only loses the helper's share of its two largest GEMMs)."""
-    assert team.may_split(np.dtype(np.float32), team.NT, 60, 100, 784)
-    assert team.may_split(np.dtype(np.float32), team.TN, 100, 784, 60)
-    assert not team.may_split(np.dtype(np.float32), team.NT, 60, 10, 100)
+    correct and only loses the helper's share of its two largest GEMMs). On 1 OpenBLAS
+    thread, as in a step on two of bnprop's threads."""
+    with threads.blas_threads_limited(1):
+        assert team.may_split(np.dtype(np.float32), team.NT, 60, 100, 784)
+        assert team.may_split(np.dtype(np.float32), team.TN, 100, 784, 60)
+        assert not team.may_split(np.dtype(np.float32), team.NT, 60, 10, 100)
 
 
 @pytest.mark.parametrize(("M", "h"), [(100, 52), (16, 8), (18, 8), (20, 12), (784, 392),
@@ -121,11 +123,47 @@ def test_a_dw_is_cut_by_rows_near_the_middle_the_caller_taking_the_larger_part(
         M: int, h: int) -> None:
     """``C = A^T B`` split by rows at the multiple of 4 nearest ``M / 2`` (upper on a
     tie): the calling thread, which starts first, computes rows ``[0, h)``."""
-    A = np.zeros((60, M), np.float32)
-    B, C = np.zeros((60, 784), np.float32), np.zeros((M, 784), np.float32)
-    assert team._cut(team.tn(A, B, C)) == (True, h, M)
-    Z = np.zeros((60, 100), np.float32)  # Z = O W^T (60 x 100): by columns, at 48
-    assert team._cut(team.nt(B, np.zeros((100, 784), np.float32), Z)) == (False, 48, 100)
+    assert team.preferred_cut(team.TN, M, 784) == h
+    assert team.preferred_cut(team.NT, 60, 100) == -48  # Z = O W^T (60 x 100): columns
+
+
+def test_the_cuts_tried_are_near_the_middle_the_preferred_first() -> None:
+    assert team.cuts(team.NT, 60, 100) == [-48, 32, -56, 24, -64, -32, -72, 16]
+    for kind, M, N in [(team.NT, 512, 1024), (team.TN, 1024, 1024), (team.NN, 61, 7),
+                       (team.TN, 4096, 256)]:
+        tried = team.cuts(kind, M, N)
+        assert tried[0] == team.preferred_cut(kind, M, N)
+        assert len(set(tried)) == len(tried) <= _cuts.CUT_TRIES
+        sides = [M if c > 0 else N for c in tried[1:]]
+        assert all(s <= 4 * abs(c) <= 3 * s for c, s in zip(tried[1:], sides, strict=True))
+        off = [abs(abs(c) / s - 0.5) for c, s in zip(tried[1:], sides, strict=True)]
+        assert off == sorted(off)
+
+
+def test_a_cut_that_changes_the_bits_gives_way_to_the_next(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Where the preferred cut does not keep the bits (OpenBLAS's Haswell float32
+    kernels: only row cuts at multiples of 24 do), the next cut that does is taken, and
+    without any the GEMM runs whole."""
+    from bnprop.kernels import _cuts
+
+    real = _cuts._parts_match
+    refused = {team.preferred_cut(team.NT, 60, 100), 32}
+    monkeypatch.setattr(_cuts, "_parts_match", lambda kind, A, B, whole, parts, cut: (
+        cut not in refused and real(kind, A, B, whole, parts, cut)))
+    monkeypatch.setattr(_cuts, "_verified", {})
+    shape = (np.dtype(np.float64), team.NT, 60, 100, 784)
+    with threads.blas_threads_limited(1):
+        cut = team.may_split(*shape)
+        assert cut not in refused and team.cuts(team.NT, 60, 100).index(cut) >= 2
+        rng = np.random.default_rng(3)
+        A, B = _operands(0, 60, 100, 784, np.float64, rng)
+        whole, parts = np.empty((60, 100)), np.full((60, 100), np.nan)
+        _whole(0, A, B, whole)
+        _team_gemm(0, A, B, parts, np.zeros(team.SLOTS, np.int64), False, cut)
+        np.testing.assert_array_equal(parts, whole)
+        monkeypatch.setattr(_cuts, "_parts_match", lambda *args: False)
+        monkeypatch.setattr(_cuts, "_verified", {})
+        assert team.may_split(*shape) == 0
 
 
 def test_an_awake_helper_that_never_comes_does_not_block_the_caller() -> None:
@@ -136,8 +174,11 @@ def test_an_awake_helper_that_never_comes_does_not_block_the_caller() -> None:
     rng = np.random.default_rng(1)
     A, B = _operands(0, 60, 100, 784, np.float32, rng)
     whole, parts = np.empty((60, 100), np.float32), np.empty((60, 100), np.float32)
-    _whole(0, A, B, whole)
-    _team_gemm(0, A, B, parts, ctl, True, True)
+    with threads.blas_threads_limited(1):
+        cut = team.may_split(np.dtype(np.float32), team.NT, 60, 100, 784)
+        assert cut != 0
+        _whole(0, A, B, whole)
+        _team_gemm(0, A, B, parts, ctl, True, cut)
     np.testing.assert_array_equal(parts, whole)
     assert ctl[team.SEQ] == 1 and ctl[team.CLAIM] == 3 and ctl[team.OWNER] == 0
 
@@ -365,7 +406,7 @@ def test_may_split_is_checked_at_the_current_openblas_count() -> None:
         team.may_split(*shape)
     with threads.blas_threads_limited(2):
         team.may_split(*shape)
-    keys = {k[-1] for k in team._verified if k[:-1] == (shape[0].str, *shape[1:])}
+    keys = {k[-1] for k in _cuts._verified if k[:-1] == (shape[0].str, *shape[1:])}
     assert keys == {1, 2}
     rng = np.random.default_rng(5)
     A, B = _operands(0, 61, 100, 784, np.float64, rng)
@@ -376,6 +417,49 @@ def test_may_split_is_checked_at_the_current_openblas_count() -> None:
             _whole(0, A, B, whole)
             _team_gemm(0, A, B, parts, np.zeros(team.SLOTS, np.int64), False, split)
             np.testing.assert_array_equal(parts, whole)
+
+
+_HASWELL_CHILD = """
+import json, numpy as np
+from bnprop import threads
+from bnprop.kernels import blas, team
+cuts = {}
+with threads.blas_threads_limited(1):
+    for dt in ("float32", "float64"):
+        for kind, M, N, K in [(0, 512, 1024, 1024), (1, 1024, 1024, 512), (2, 512, 1024, 1024),
+                              (0, 60, 100, 784), (1, 100, 784, 60)]:
+            cuts[f"{dt} {kind} {M} {N} {K}"] = team.may_split(np.dtype(dt), kind, M, N, K)
+print(json.dumps({"core": blas.corename(), "cuts": cuts}))
+"""
+
+
+def _has_avx2() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return {"avx2", "fma"} <= set(flags)
+
+
+@pytest.mark.skipif(not _has_avx2(), reason="OpenBLAS's Haswell kernels need AVX2 and FMA")
+def test_with_openblas_haswell_kernels_the_steps_gemms_still_split() -> None:
+    """Under ``OPENBLAS_CORETYPE=Haswell`` (set on some machines for all processes) the
+    float32 kernels keep the whole product's bits only for row cuts at multiples of 24;
+    the GEMMs of the wide and Ioffe steps must still find a cut, or the helper thread
+    takes no part of them (measured: the wide float32 step 67 ms instead of 36)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell"}
+    done = subprocess.run([sys.executable, "-c", _HASWELL_CHILD], env=env, text=True,
+                          capture_output=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["core"] == "Haswell"
+    assert all(cut != 0 for cut in got["cuts"].values()), got["cuts"]
 
 
 def _fork_child_uses_threads(queue) -> None:  # type: ignore[no-untyped-def]

@@ -32,18 +32,19 @@ from bnprop.kernels.activations import IDENTITY
 
 
 @njit(**JIT_OPTIONS)
-def forward(O, W, gamma, beta, act, eps, block_rows, Z, Obar, A, Y, stats, split, ctl,
+def forward(O, W, gamma, beta, act, eps, block_rows, Z, Obar, A, Y, stats, cut, ctl,
             use):  # pragma: no cover - compiled
     """The forward pass (module docstring) into the given arrays; ``stats`` (3, n) in the
     arrays' dtype gets ``mu_B, var_B, inv_std``, each rounded once from float64 (NumPy's
     ``astype``). Returns the row count and whether every float64 ``inv_std`` is > 0 (not
-    when ``var_B`` overflowed: :func:`bnprop.layer.variance_overflow`). ``split``: ``Z``'s
-    GEMM in two parts; ``ctl, use``: the helper thread (:mod:`bnprop.kernels.team`), which
-    may also take half of the rows of ``Obar, A, Y`` (:mod:`bnprop.kernels._team_bn`)."""
+    when ``var_B`` overflowed: :func:`bnprop.layer.variance_overflow`). ``cut``: where ``Z``'s
+    GEMM is cut in two (:func:`bnprop.kernels.team.gemm`; 0: whole); ``ctl, use``: the
+    helper thread (:mod:`bnprop.kernels.team`), which may also take half of the rows of
+    ``Obar, A, Y`` (:mod:`bnprop.kernels._team_bn`)."""
     n = Z.shape[1]
     mean, M2, var, inv_std = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
     owned = team.acquire(ctl, use)
-    team.gemm(team.nt(O, W, Z), ctl, owned, split)
+    team.gemm(team.nt(O, W, Z), ctl, owned, cut)
     count = _moments(Z, block_rows, mean, M2)
     _var_inv_std(M2, count, eps, var, inv_std)
     forward_rows(Z, mean, inv_std, gamma, beta, act, Obar, Y, A, ctl, owned)
@@ -83,7 +84,7 @@ def backward(dY, O, W, Y, Obar, gamma, inv_std, act, frozen, m_total, dA, dZ, dW
 
 @njit(**JIT_OPTIONS)
 def forward_copied(O, W, gamma, beta, O_c, W_c, gamma_c, beta_c, act, eps, block_rows, Z,
-                   Obar, A, Y, stats, split, ctl, use):  # pragma: no cover - compiled
+                   Obar, A, Y, stats, cut, ctl, use):  # pragma: no cover - compiled
     """:func:`forward` on ``O_c, W_c, gamma_c, beta_c``, copies of the caller's four
     arrays made in the pass that tests them for inf and NaN (the cache keeps the copies:
     changing an input afterwards does not change its backward pass). Returns ``(count,
@@ -94,5 +95,5 @@ def forward_copied(O, W, gamma, beta, O_c, W_c, gamma_c, beta_c, act, eps, block
     if not finite:
         return 0, False, False
     count, fits = forward(O_c, W_c, gamma_c, beta_c, act, eps, block_rows, Z, Obar, A, Y,
-                          stats, split, ctl, use)
+                          stats, cut, ctl, use)
     return count, fits, True

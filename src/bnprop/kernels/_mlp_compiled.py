@@ -131,7 +131,7 @@ def forward(X, params, plan, buf, V, logits, ctl, use, y, F,
         Z = _rows(buf, plan, layer, Z_ROWS, m)
         H = X if layer == 0 else _rows(buf, plan, layer - 1, Y_ROWS, m)
         team.gemm(team.nt(H, _matrix(params, plan, layer), Z), ctl, owned,
-                  plan[layer, SPLIT_Z] != 0)
+                  plan[layer, SPLIT_Z])
         mean, M2_l = _stat(V, MEAN, plan, layer), _stat(V, M2, plan, layer)
         count = moments(Z, plan[layer, BLOCK_ROWS], mean, M2_l, scratch, ctl, owned)
         inv_std = _stat(V, INV_STD, plan, layer)
@@ -140,7 +140,7 @@ def forward(X, params, plan, buf, V, logits, ctl, use, y, F,
                      _vector(params, plan, layer, BETA_AT), plan[layer, ACT], Z,
                      _rows(buf, plan, layer, Y_ROWS, m), None, ctl, owned)
     team.gemm(team.nt(_rows(buf, plan, L - 1, Y_ROWS, m), _matrix(params, plan, L), logits),
-              ctl, owned, plan[L, SPLIT_Z] != 0)
+              ctl, owned, plan[L, SPLIT_Z])
     team.release(ctl, owned)
     if plan[L, BETA_AT] >= 0:
         b_out = _vector(params, plan, L, BETA_AT)
@@ -201,7 +201,7 @@ def backward(X, params, grads, plan, buf, V, count, dlogits, ctl, use, y, F, row
                            _rows(buf, plan, layer - 1, DY_ROWS, m))
             pending = team.beside_posted(g_dW, g_dO, ctl, owned)
         else:
-            team.gemm(team.tn(dY, X, dW), ctl, owned, plan[0, SPLIT_DW] != 0)
+            team.gemm(team.tn(dY, X, dW), ctl, owned, plan[0, SPLIT_DW])
     team.release(ctl, owned)
 
 

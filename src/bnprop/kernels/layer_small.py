@@ -56,7 +56,7 @@ class Plan(NamedTuple):
     activation: str
     act: int                   # ACTIVATION_CODES[activation]
     block_rows: int            # rows of a block of the statistics' pass
-    split: bool                # Z = O W^T in two parts (bnprop.kernels.team.may_split)
+    cut: int                   # where Z = O W^T is cut in two, 0: whole (team.may_split)
     n_threads: int             # bnprop's threads when it was made (unsplit depends on it)
     forward_key: tuple[object, ...]   # the helper's measured choice, per call and shape
     backward_key: tuple[object, ...]
@@ -145,7 +145,7 @@ def run_forward(O: np.ndarray, W: np.ndarray, gamma: np.ndarray, beta: np.ndarra
     start = time.perf_counter() if timed else 0.0
     count, fits, finite = _layer_compiled.forward_copied(
         O, W, gamma, beta, O_c, W_c, gamma_c, beta_c, plan.act, eps, plan.block_rows, Z,
-        Obar, A, Y, stats, plan.split, ctl, use)
+        Obar, A, Y, stats, plan.cut, ctl, use)
     if timed:
         team.report(use, time.perf_counter() - start, plan.forward_key)
     if not finite:

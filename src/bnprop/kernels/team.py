@@ -8,7 +8,7 @@ a shared int64 array (:mod:`bnprop.kernels._tasks`), so a part reaches it in wel
 a microsecond. Measured here (float32, 1 BLAS thread each):
 
 * a GEMM of at least :data:`SPLIT_FLOPS` in two parts (:func:`gemm`, where
-  :func:`may_split`), ``C`` cut in two (:func:`_cut`): ``Z = O W^T`` at 60 x 784 -> 100
+  :func:`may_split`), ``C`` cut in two (:func:`preferred_cut`): ``Z = O W^T`` at 60 x 784 -> 100
   took 127 us whole, 70 us in two parts (before its column blocks,
   :mod:`bnprop.kernels.small_gemm`); its ``dW`` 95 and 58 us; at 60 x 100 -> 100 (1.2
   MFLOP) 16.9 and 11.5 us (one part alone: 10.1 us);
@@ -44,7 +44,17 @@ from numba import njit
 
 from bnprop import threads
 from bnprop.kernels._atomics import address, cas, load_acquire, pause, store_release
-from bnprop.kernels._cblas import _NO_TRANS, _TRANS, _code_of
+from bnprop.kernels._cblas import _code_of
+from bnprop.kernels._cuts import (  # noqa: F401 - may_split, NT, TN, NN: this module's API
+    NN,
+    NT,
+    SPLIT_FLOPS,
+    TN,
+    cuts,
+    may_split,
+    parts_of,
+    preferred_cut,
+)
 from bnprop.kernels._finite import _all_finite
 from bnprop.kernels._helper_thread import (  # noqa: F401 - this module's API
     ASLEEP,
@@ -82,8 +92,6 @@ from bnprop.kernels._tasks import (  # noqa: F401 - nt, tn, nn, run: this module
     update_part,
 )
 
-#: Minimum flops (``2 M N K``) of a GEMM computed in two parts.
-SPLIT_FLOPS = 1_000_000
 #: Minimum elements of a flat optimizer update done in two parts.
 SPLIT_ELEMENTS = 16384
 
@@ -203,30 +211,15 @@ def finish(ctl, seq, g, by_rows, r0, r1):  # pragma: no cover - compiled
 
 
 @njit(**JIT_OPTIONS)
-def _cut(g):  # pragma: no cover - compiled
-    """How :func:`gemm` splits ``g``: ``C = A^T B`` (a ``dW = dZ^T O``) by its rows from
-    16 on, any other by the longer side of ``C``. A ``dW``'s rows are contiguous in the
-    flat gradient, whose halves :func:`all_finite` and :func:`update` give the two threads
-    next: the Ioffe step's ``dW_1`` (100 x 784) by rows took 254-259 us a step, by
-    columns 266-272. Columns are cut at a multiple of 8; rows at the multiple of 4
-    nearest the middle, the upper one on a tie, so that the caller, which starts first,
-    takes the larger part: ``dW_1`` cut at row 52 instead of 48 took 52.7-54.7 us
-    instead of 55.3-56.9. (A ``dW`` gives the same bits cut at any row: tested.)"""
-    M, N = g[3], g[4]
-    by_rows = M >= 16 if g[1] == _TRANS and g[2] == _NO_TRANS else M > N
-    if by_rows:
-        return True, (M // 2 + 2) // 4 * 4, M
-    return False, (N // 2 + 4) // 8 * 8, N
-
-
-@njit(**JIT_OPTIONS)
-def gemm(g, ctl, owned, split):  # pragma: no cover - compiled
-    """The GEMM ``g``; in two parts when ``split`` (:func:`may_split`), the second offered
-    to the helper when ``owned``."""
-    if not split:
+def gemm(g, ctl, owned, cut):  # pragma: no cover - compiled
+    """The GEMM ``g``: whole when ``cut`` is 0, else in two parts (:func:`may_split`),
+    the rows ``[0, cut)`` and ``[cut, M)`` of ``C`` when ``cut > 0``, its columns
+    ``[0, -cut)`` and ``[-cut, N)`` when ``cut < 0``; the second part offered to the
+    helper when ``owned``."""
+    if cut == 0:
         run(g, False, 0, g[4])
         return
-    by_rows, h, total = _cut(g)
+    by_rows, h, total = parts_of(g, cut)
     if owned:
         seq = post(ctl, g, by_rows, h, total)
         run(g, by_rows, 0, h)
@@ -263,51 +256,9 @@ def beside_done(ctl, seq, g_helper):  # pragma: no cover - compiled
 
 
 @njit(**JIT_OPTIONS)
-def _parts_match(kind, A, B, whole, parts):  # pragma: no cover - compiled
-    g = nt(A, B, whole) if kind == 0 else (tn(A, B, whole) if kind == 1 else nn(A, B, whole))
-    run(g, False, 0, g[4])
-    g = nt(A, B, parts) if kind == 0 else (tn(A, B, parts) if kind == 1 else nn(A, B, parts))
-    gemm(g, np.zeros(1, np.int64), False, True)  # not owned: no ctl slot is read
-    for i in range(whole.shape[0]):
-        for j in range(whole.shape[1]):
-            if whole[i, j] != parts[i, j]:
-                return False
-    return True
-
-
-_verified: dict[tuple[str, int, int, int, int], bool] = {}
-
-
-#: :func:`may_split`'s ``kind``: ``C = A B^T``, ``C = A^T B``, ``C = A B``.
-NT, TN, NN = 0, 1, 2
-
-
-def may_split(dtype: np.dtype, kind: int, M: int, N: int, K: int) -> bool:
-    """Whether :func:`gemm` splits the GEMM of ``C`` (M, N) over ``K`` (``kind``: NT, TN,
-    NN) now: it has :data:`SPLIT_FLOPS`, and its two parts give the whole call's bits on
-    this BLAS at its current thread count, checked once per shape and count on random
-    operands (OpenBLAS's kernels may take another path for another size or count: float64
-    parts of 60 x 100 over 784 differ from the whole in 3% of the elements, by 1e-14,
-    while float32 parts match at every size tried on 1 thread)."""
-    count = threads.blas_threads() or 1
-    key = (np.dtype(dtype).str, kind, M, N, K, count)
-    ok = _verified.get(key)
-    if ok is None:
-        ok = 2.0 * M * N * K >= SPLIT_FLOPS and max(M, N) >= 16
-        if ok:
-            rng = np.random.default_rng(M * N + K)
-            A = rng.standard_normal((K, M) if kind == TN else (M, K)).astype(dtype)
-            B = rng.standard_normal((N, K) if kind == NT else (K, N)).astype(dtype)
-            ok = bool(_parts_match(kind, A, B, np.empty((M, N), dtype),
-                                   np.empty((M, N), dtype)))
-        _verified[key] = ok
-    return ok
-
-
-@njit(**JIT_OPTIONS)
 def run_gemms(descs, ctl, use):  # pragma: no cover - compiled
-    """GEMMs in order, one per row of ``descs``: its 12 integers (:func:`nt`), then 1 to
-    split it (:func:`gemm`), then 1 to run it beside the next row (:func:`gemm_beside`)."""
+    """GEMMs in order, one per row of ``descs``: its 12 integers (:func:`nt`), then its
+    cut (:func:`gemm`; 0: whole), then 1 to run it beside the next row (:func:`gemm_beside`)."""
     owned = acquire(ctl, use)
     i = 0
     while i < descs.shape[0]:
@@ -319,7 +270,7 @@ def run_gemms(descs, ctl, use):  # pragma: no cover - compiled
             gemm_beside(g, g2, ctl, owned)
             i += 2
         else:
-            gemm(g, ctl, owned, d[12] != 0)
+            gemm(g, ctl, owned, d[12])
             i += 1
     release(ctl, owned)
 
