@@ -3,10 +3,16 @@
 Oracle: ``dX = col2im(dZ W2)`` of the whole batch, one GEMM and the col2im kernel (which
 equals the reference, ``tests/test_cnn_layers.py``), from the ``dZ`` the stage leaves in
 its ``dY``, bit for bit: the blocks compute the same rows of the same product and add
-each image's terms in the same order.
+each image's terms in the same order. That holds where the BLAS rounds a row of the
+product the same way in a block as in the whole product (OpenBLAS's SkylakeX kernels);
+its Haswell kernels (``OPENBLAS_CORETYPE=Haswell``) round a row by its place in a tile of
+24 rows, so where the blocks' own products differ from the whole one (:func:`_keeps_bits`)
+the oracle is met to rounding.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import pytest
@@ -21,6 +27,31 @@ def _whole(dZ: np.ndarray, W2: np.ndarray, k: int, s: int, p: int,
     dX = np.full(shape, np.nan, dZ.dtype)
     convk.col2im_into(np.matmul(dZ, W2), k, s, p, dX)
     return dX
+
+
+def _keeps_bits(dZ: np.ndarray, W2: np.ndarray, unit: int, parts: list[tuple[int, int]],
+                in_stage: bool = False) -> bool:
+    """Whether this BLAS gives the rows of the whole ``dZ W2`` (as :func:`_whole` forms
+    it) in the blocks that ``convk.dX_images`` computes for each of the row parts
+    ``parts`` (images); ``in_stage``: on 1 BLAS thread, as a stage computes them."""
+    whole = np.matmul(dZ, W2)
+    itemsize, (n_out, n_in) = dZ.dtype.itemsize, W2.shape
+    with threads.blas_threads_limited(1) if in_stage else contextlib.nullcontext():
+        for n0, n1 in parts:
+            blocks = convk._dX_blocks(unit, n_in, n_out, itemsize, n1 - n0)
+            for b0, b1 in threads.row_parts(n1 - n0, blocks):
+                r0, r1 = (n0 + b0) * unit, (n0 + b1) * unit
+                if not np.array_equal(np.matmul(dZ[r0:r1], W2), whole[r0:r1]):
+                    return False
+    return True
+
+
+def _assert_dX(dX: np.ndarray, expected: np.ndarray, exact: bool) -> None:
+    if exact:
+        np.testing.assert_array_equal(dX, expected)
+    else:  # the same terms, each dcols entry rounded another way
+        tol = 1e-5 if dX.dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(dX, expected, rtol=tol, atol=tol * np.abs(expected).max())
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -44,7 +75,7 @@ def test_dX_images_gives_the_bits_of_the_whole_product(dtype: type, N: int, H: i
         buffer = np.full((rows, k * k * c_in), np.nan, dtype)
         dX = np.full((N, H, W, c_in), np.nan, dtype)
         convk.dX_images(dZ, W2, k, s, p, dX, n0, n1, buffer)
-        np.testing.assert_array_equal(dX[n0:n1], expected[n0:n1])
+        _assert_dX(dX[n0:n1], expected[n0:n1], _keeps_bits(dZ, W2, unit, [(n0, n1)]))
         assert np.isnan(dX[:n0]).all() and np.isnan(dX[n1:]).all()  # its images only
 
 
@@ -90,7 +121,11 @@ def test_a_conv_stage_forms_dX_from_its_dZ(dtype: str, n_threads: int, k: int, s
     for N in (64, 9):
         X = np.random.default_rng(N).standard_normal((N, 14, 14, 6)).astype(dtype)
         dX, dZ, step = _stage_dX(net, 0, X, n_threads, seed=N + k)
-        np.testing.assert_array_equal(dX, _whole(dZ, step.conv.W2, k, s, p, X.shape))
+        unit = step.stage.row_unit
+        starts = sorted(r // unit for r in step.stage._starts)  # the parts, in images
+        parts = list(zip(starts, [*starts[1:], N], strict=True))
+        _assert_dX(dX, _whole(dZ, step.conv.W2, k, s, p, X.shape),
+                   _keeps_bits(dZ, step.conv.W2, unit, parts, in_stage=True))
         if (k, s) == (3, 1):
             big = N == 64
             assert len(step.stage._starts) == (2 if big and n_threads == 2 else 1)

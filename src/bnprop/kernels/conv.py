@@ -268,8 +268,11 @@ def dX_images(dZ: np.ndarray, W2: np.ndarray, k: int, s: int, p: int, dX: np.nda
     instead of memory (conv 16 -> 32 channels, 3 x 3, 64 images of 14 x 14, one thread:
     1.62 -> 1.49 ms), and the batch's whole ``dcols`` is never stored. The values are
     the whole ``dcols``': each of its rows is one row of ``dZ`` times ``W2``, which
-    OpenBLAS's packed GEMM rounds the same way whatever rows it computes beside it (the
-    blocks stay on it), and :func:`_col2im` adds the terms of an image in its order."""
+    OpenBLAS's packed GEMM on its SkylakeX kernels rounds the same way whatever rows it
+    computes beside it (the blocks stay on it), and :func:`_col2im` adds the terms of an
+    image in its order. (Its Haswell kernels, ``OPENBLAS_CORETYPE=Haswell``, round a row
+    by its place in a tile of 24 rows: there a block's rows equal the whole product's to
+    rounding.)"""
     _, H, W, _ = dX.shape
     Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
     unit = Ho * Wo
