@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -286,6 +287,23 @@ def test_table_warns_when_the_machine_was_busy() -> None:
            "against 1: before step x1.04; below x1.5)" in table(out)
     out["machine"]["two_core_speedup"][1]["speedup"] = 1.8
     assert "WARNING" not in table(out)
+
+
+def test_table_names_the_blas_kernels_and_who_chose_them() -> None:
+    """The kernels decide every GEMM's speed (an AMD EPYC: float32 130 against 237
+    GFLOP/s a core), so the table names them, and an OPENBLAS_CORETYPE that chose them."""
+    from bnprop import threads
+    from bnprop.bench import machine
+    from bnprop.bench.table import _core
+
+    info = machine.describe()
+    assert info["blas_core"] == threads.blas_core()
+    assert info["openblas_coretype"] == (os.environ.get("OPENBLAS_CORETYPE") or None)
+    assert _core({"blas_core": "Haswell", "openblas_coretype": "Haswell"}) == \
+        "its Haswell kernels (OPENBLAS_CORETYPE=Haswell in the environment)"
+    assert _core({"blas_core": "SkylakeX", "openblas_coretype": None}) == \
+        "its SkylakeX kernels (its own choice)"
+    assert _core({}) == "kernels unknown"
 
 
 def test_the_two_core_probe_measures_a_speedup(restore_threads: None) -> None:

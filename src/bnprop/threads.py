@@ -163,6 +163,14 @@ def blas_threads() -> int | None:
     return int(libs[0][1]()) if libs else None
 
 
+def blas_core() -> str | None:
+    """The kernels NumPy's OpenBLAS runs (its core, e.g. ``"SkylakeX"``; chosen when it
+    was loaded, from the CPU or from ``OPENBLAS_CORETYPE``), or ``None`` without it."""
+    from bnprop.kernels import blas
+
+    return blas.corename()
+
+
 def _check_n(n: object) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InputError(f"n: expected an integer >= 1, got {n!r} instead.")

@@ -73,6 +73,15 @@ def _limits(out: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _core(m: dict[str, Any]) -> str:
+    """The OpenBLAS kernels of the run, and who chose them."""
+    core, env = m.get("blas_core"), m.get("openblas_coretype")
+    text = f"its {core} kernels" if core else "kernels unknown"
+    if env:
+        return f"{text} (OPENBLAS_CORETYPE={env} in the environment)"
+    return f"{text} (its own choice)" if core else text
+
+
 def table(out: dict[str, Any]) -> str:
     """The whole result as Markdown (what ``bnprop bench`` prints)."""
     m = out["machine"]
@@ -82,6 +91,7 @@ def table(out: dict[str, Any]) -> str:
              f"torch.set_num_threads({out['threads']}); jax: {out['jax_threads']})",
              f"- machine: {m['cpu']}, {m['cores']} cores; load average at start "
              f"{m['load_average_start']}, at end {m.get('load_average_end')}",
+             f"- BLAS: {m.get('blas', 'unknown')}, {_core(m)}",
              f"- GEMM peak of this run (floors use it): {peaks}"]
     if m.get("busy"):
         lines.append(f"- WARNING: load average {m['load_average_start'][0]} before the run: "
