@@ -65,7 +65,7 @@ from bnprop.runconfig import (
     saved_config,
 )
 from bnprop.runfolder import RunFolder
-from bnprop.threads import num_threads
+from bnprop.threads import blas_core, num_threads
 
 if TYPE_CHECKING:
     from bnprop.distributed import Communicator
@@ -298,10 +298,10 @@ def _train(config: TrainConfig, folder: RunFolder | None, out: Path, *, resume: 
             "elapsed": round(elapsed(), 3),
             "steps_per_second": round((step - start) / max(time.perf_counter() - t0, 1e-9), 1),
             "threads": num_threads(),  # bnprop.threads: this process's compute threads
+            "blas_core": blas_core(),  # the OpenBLAS kernels: they round the GEMMs
             "diverged_at": diverged_at,
             "interrupted_at": step if interrupted else None,
-            "metrics": ckpt.METRICS_FILE,
-            "model": ckpt.MODEL_FILE,
+            "metrics": ckpt.METRICS_FILE, "model": ckpt.MODEL_FILE,
         }
         if diverged_at is None:
             save(step, summary)  # a second signal during this save ends the process at once
