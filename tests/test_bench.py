@@ -301,6 +301,12 @@ def test_table_names_the_blas_kernels_and_who_chose_them() -> None:
     assert info["openblas_coretype"] == (os.environ.get("OPENBLAS_CORETYPE") or None)
     assert _core({"blas_core": "Haswell", "openblas_coretype": "Haswell"}) == \
         "its Haswell kernels (OPENBLAS_CORETYPE=Haswell in the environment)"
+    assert _core({"blas_core": "Haswell", "openblas_coretype": "Haswell", "avx512": True}) \
+        == "its Haswell kernels (OPENBLAS_CORETYPE=Haswell in the environment; this CPU " \
+        "has AVX-512, which OpenBLAS's SkylakeX kernels use)"
+    assert _core({"blas_core": "SkylakeX", "openblas_coretype": "SkylakeX",
+                  "avx512": True}).endswith("in the environment)")
+    assert info["avx512"] in (True, False, None)
     assert _core({"blas_core": "SkylakeX", "openblas_coretype": None}) == \
         "its SkylakeX kernels (its own choice)"
     assert _core({}) == "kernels unknown"

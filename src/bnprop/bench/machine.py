@@ -41,15 +41,18 @@ def describe() -> dict[str, Any]:
     itself)."""
     import numba
 
-    model = platform.processor() or "unknown"
+    first: dict[str, str] = {}  # the first processor's lines of /proc/cpuinfo
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
+                key, sep, value = line.partition(":")
+                if not sep:
                     break
+                first.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    model = first.get("model name") or platform.processor() or "unknown"
+    flags = first["flags"].split() if "flags" in first else None
     blas = "unknown"
     try:
         config = np.show_config(mode="dicts")
@@ -60,6 +63,7 @@ def describe() -> dict[str, Any]:
     info = {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__, "blas": blas, "blas_core": threads.blas_core(),
             "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+            "avx512": None if flags is None else "avx512f" in flags,
             "numba": numba.__version__}
     try:
         import torch

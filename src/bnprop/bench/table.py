@@ -73,13 +73,21 @@ def _limits(out: dict[str, Any]) -> list[str]:
     return lines
 
 
+#: OpenBLAS cores whose kernels use AVX-512.
+AVX512_CORES = frozenset({"SkylakeX", "Cooperlake", "SapphireRapids"})
+
+
 def _core(m: dict[str, Any]) -> str:
-    """The OpenBLAS kernels of the run, and who chose them."""
+    """The OpenBLAS kernels of the run, and who chose them; where the environment chose
+    kernels without AVX-512 on a CPU that has it, a hint that faster ones exist."""
     core, env = m.get("blas_core"), m.get("openblas_coretype")
     text = f"its {core} kernels" if core else "kernels unknown"
-    if env:
-        return f"{text} (OPENBLAS_CORETYPE={env} in the environment)"
-    return f"{text} (its own choice)" if core else text
+    if not env:
+        return f"{text} (its own choice)" if core else text
+    text = f"{text} (OPENBLAS_CORETYPE={env} in the environment"
+    if core and core not in AVX512_CORES and m.get("avx512"):
+        text += "; this CPU has AVX-512, which OpenBLAS's SkylakeX kernels use"
+    return text + ")"
 
 
 def table(out: dict[str, Any]) -> str:
