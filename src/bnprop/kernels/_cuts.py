@@ -38,14 +38,20 @@ def parts_of(g, cut):  # pragma: no cover - compiled
 
 
 @njit(**JIT_OPTIONS)
+def _desc(kind, A, B, C):  # pragma: no cover - compiled
+    """The GEMM of ``kind`` (:data:`NT`, :data:`TN`, :data:`NN`) into ``C``."""
+    return nt(A, B, C) if kind == NT else (tn(A, B, C) if kind == TN else nn(A, B, C))
+
+
+@njit(**JIT_OPTIONS)
 def _whole(kind, A, B, C):  # pragma: no cover - compiled
-    g = nt(A, B, C) if kind == 0 else (tn(A, B, C) if kind == 1 else nn(A, B, C))
+    g = _desc(kind, A, B, C)
     run(g, False, 0, g[4])
 
 
 @njit(**JIT_OPTIONS)
 def _parts_match(kind, A, B, whole, parts, cut):  # pragma: no cover - compiled
-    g = nt(A, B, parts) if kind == 0 else (tn(A, B, parts) if kind == 1 else nn(A, B, parts))
+    g = _desc(kind, A, B, parts)
     by_rows, h, total = parts_of(g, cut)  # the two parts bnprop.kernels.team.gemm runs
     run(g, by_rows, 0, h)
     run(g, by_rows, h, total)
@@ -58,15 +64,14 @@ def _parts_match(kind, A, B, whole, parts, cut):  # pragma: no cover - compiled
 
 def preferred_cut(kind: int, M: int, N: int) -> int:
     """Where :func:`bnprop.kernels.team.gemm` would rather cut the GEMM of ``C`` (M, N),
-    as its ``cut``:
-    ``C = A^T B`` (a ``dW = dZ^T O``) by its rows from 16 on, any other by the longer
-    side of ``C``. A ``dW``'s rows are contiguous in the flat gradient, whose halves
-    :func:`~bnprop.kernels.team.all_finite` and :func:`~bnprop.kernels.team.update` give
-    the two threads next: the Ioffe step's
-    ``dW_1`` (100 x 784) by rows took 254-259 us a step, by columns 266-272. Columns are
-    cut at a multiple of 8; rows at the multiple of 4 nearest the middle, the upper one
-    on a tie, so that the caller, which starts first, takes the larger part: ``dW_1`` cut
-    at row 52 instead of 48 took 52.7-54.7 us instead of 55.3-56.9."""
+    as its ``cut``: ``C = A^T B`` (a ``dW = dZ^T O``) by its rows from 16 on, any other by
+    the longer side of ``C``. A ``dW``'s rows are contiguous in the flat gradient, whose
+    halves :func:`~bnprop.kernels.team.all_finite` and :func:`~bnprop.kernels.team.update`
+    give the two threads next: the Ioffe step's ``dW_1`` (100 x 784) by rows took 254-259
+    us a step, by columns 266-272. Columns are cut at a multiple of 8; rows at the
+    multiple of 4 nearest the middle, the upper one on a tie, so that the caller, which
+    starts first, takes the larger part: ``dW_1`` cut at row 52 instead of 48 took
+    52.7-54.7 us instead of 55.3-56.9."""
     if M >= 16 if kind == TN else M > N:
         return (M // 2 + 2) // 4 * 4
     return -((N // 2 + 4) // 8 * 8)
