@@ -180,7 +180,7 @@ def test_a_target_is_blocked_only_when_the_measured_floor_exceeds_what_it_allows
                        0.3e-3, 0.02e-3)])
     jax = rows["ioffe_step_vs_jax"]
     assert jax["status"] == BLOCKED and jax["met"] is False and jax["floor_s"] == 0.4e-3
-    assert ("the step's GEMMs alone take 0.4 ms through NumPy's BLAS (fastest of 1 BLAS "
+    assert ("the step's GEMMs alone take 0.4 ms as bnprop computes them (fastest of 1 BLAS "
             "thread, 2 BLAS threads, 2 row parts and the helper thread); the target allows "
             "0.5 x 0.6 ms = 0.3 ms") in jax["detail"]
     # 0.4 ms of GEMMs fit in 0.3 x 2 ms = 0.6 ms: missed, not blocked
@@ -238,7 +238,7 @@ def test_the_float64_row_sets_both_sides_gemms_beside_their_times() -> None:
     row = _rows([worst])["float64_vs_torch"]
     assert row["status"] == "MISSED" and row["value"] == pytest.approx(1.2)
     assert row["detail"] == ("layer 4096 x 256 -> 256: 24 ms, of which GEMMs alone 19.5 ms "
-                             "through NumPy's BLAS; PyTorch 20 ms, of which GEMMs alone "
+                             "as bnprop computes them; PyTorch 20 ms, of which GEMMs alone "
                              "14.1 ms through its own")
     # without PyTorch's GEMMs (an older result) the case alone
     row = _rows([{**worst, "peer_gemm_s": None}])["float64_vs_torch"]

@@ -11,10 +11,17 @@ import pytest
 
 import bnprop
 from bnprop import nn, threads
-from bnprop.kernels import blas, rows, small_gemm
+from bnprop.kernels import blas, rows, small_gemm, tile_rule
 from bnprop.kernels.small_gemm import matmul_nt, width
 
 needs_blas = pytest.mark.skipif(not blas.available(), reason="NumPy's scipy-openblas not found")
+
+
+@pytest.fixture
+def no_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Python paths without bnprop's own tiles (as on a CPU without AVX-512), which
+    otherwise take every float32 product these tests make."""
+    monkeypatch.setattr(tile_rule, "enabled", lambda: False)
 
 
 def test_the_width_rule() -> None:
@@ -47,7 +54,7 @@ def test_enabled_follows_the_blas_core() -> None:
     assert small_gemm.enabled() == (blas.corename() in small_gemm.CORES)
     from bnprop.kernels import _cache_stamp
 
-    assert _cache_stamp._constants() == (small_gemm.enabled(),)  # compiled code is stamped
+    assert _cache_stamp._constants() == (small_gemm.enabled(), tile_rule.enabled())  # stamped
 
 
 def _operands(M: int, N: int, K: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +68,8 @@ SHAPES = [(60, 100, 784), (60, 101, 784), (16, 300, 784), (33, 52, 400), (75, 40
 
 
 @pytest.mark.parametrize(("M", "N", "K"), SHAPES)
-def test_matmul_nt_is_the_product_in_its_blocks(M: int, N: int, K: int) -> None:
+def test_matmul_nt_is_the_product_in_its_blocks(M: int, N: int, K: int, no_tiles: None,
+                                                ) -> None:
     A, B = _operands(M, N, K)
     got = matmul_nt(A, B, np.full((M, N), np.nan, np.float32))
     want = A.astype(np.float64) @ B.T.astype(np.float64)
@@ -152,7 +160,7 @@ def test_the_public_matmul_nt_names_a_misfit_in_one_line() -> None:
 @pytest.mark.parametrize(("m", "n", "n_in"), [(6944, 16, 9), (300, 32, 144), (60, 100, 784),
                                               (5, 3, 2), (128, 64, 1568), (40, 20, 25)])
 def test_a_dW_term_through_np_dot_has_np_matmuls_bits(dtype: type, m: int, n: int,
-                                                      n_in: int) -> None:
+                                                      n_in: int, no_tiles: None) -> None:
     """``rows.dW_into`` (``dZ^T O``, by ``np.dot`` for outputs of up to 500 elements:
     it releases the GIL) against ``np.matmul``, bit for bit, on 1 and 2 BLAS threads,
     from row slices as the chunks take them."""

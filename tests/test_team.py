@@ -13,7 +13,6 @@ import pytest
 import bnprop
 from bnprop import threads
 from bnprop.kernels import blas
-from bnprop.kernels.small_gemm import matmul_nt
 
 pytestmark = pytest.mark.skipif(not blas.available(), reason="needs NumPy's scipy-openblas")
 
@@ -103,8 +102,8 @@ def test_a_gemm_is_split_only_where_the_parts_give_the_whole_bits(kind: int,
             _whole(kind, A, B, whole)
             _team_gemm(kind, A, B, parts, ctl, False, split)
             np.testing.assert_array_equal(parts, whole, err_msg=f"{(M, N, K)}")
-            assert np.array_equal(whole, matmul_nt(A, B, np.empty_like(whole)) if kind == 0
-                                  else np.matmul(A.T if kind == 1 else A, B))
+            a, b = (A, B.T) if kind == 0 else (A.T, B) if kind == 1 else (A, B)
+            assert np.array_equal(whole, threads.matmul(a, b, np.empty_like(whole)))
 
 
 def test_the_first_layer_of_the_ioffe_step_is_split_in_float32() -> None:

@@ -76,7 +76,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import cache
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bnprop._validate import InputError
 
@@ -320,32 +320,63 @@ def gemm_sequence(products: list) -> Callable[[], None] | None:  # type: ignore[
     return team.gemm_sequence(products)  # type: ignore[no-any-return]
 
 
-def matmul_nt(a: np.ndarray, w: np.ndarray, out: np.ndarray, rows: int | None = None,
-              ) -> np.ndarray:
-    """``out = a @ w.T`` the way bnprop computes a layer's ``Z = O W^T``: a small float32
-    batch in the column blocks that OpenBLAS's small-matrix kernel takes, where that is
-    faster (:mod:`bnprop.kernels.small_gemm`); ``rows``: the whole product's rows when
-    ``a`` is a part of them."""
+def _operands(out: Any, **named: Any) -> None:
+    """One clear line for an operand that is not a 2-d float array of ``out``'s dtype."""
     import numpy as np
 
-    from bnprop.kernels.small_gemm import matmul_nt as blocked
-
     dtype = getattr(out, "dtype", None)
-    for name, x in {"out": out, "a": a, "w": w}.items():
+    for name, x in {"out": out, **named}.items():
         if not (isinstance(x, np.ndarray) and x.ndim == 2 and x.dtype == dtype
                 and dtype in (np.float32, np.float64)):
             raise InputError(f"{name}: expected a 2-d float32 or float64 array of out's "
                              "dtype, got "
                              f"{getattr(x, 'dtype', type(x).__name__)} of shape "
                              f"{getattr(x, 'shape', None)} instead.")
-    if a.shape[1] != w.shape[1] or out.shape != (a.shape[0], w.shape[0]):
-        raise InputError(f"out: a {a.shape} @ w.T {w.shape[::-1]} gives "
-                         f"{(a.shape[0], w.shape[0])}, not out {out.shape}.")
+
+
+def _whole_rows(rows: Any, a: np.ndarray) -> int | None:
+    import numpy as np
+
     if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int | np.integer)
                              or rows < a.shape[0]):
         raise InputError(f"rows: expected None or the whole product's row count, an int >= "
                          f"a's {a.shape[0]} rows, got {rows!r} instead.")
-    return blocked(a, w, out, None if rows is None else int(rows))
+    return None if rows is None else int(rows)
+
+
+def matmul_nt(a: np.ndarray, w: np.ndarray, out: np.ndarray, rows: int | None = None,
+              ) -> np.ndarray:
+    """``out = a @ w.T`` the way bnprop computes a layer's ``Z = O W^T``: in bnprop's own
+    float32 tiles where they take the product (:mod:`bnprop.kernels.tile_gemm`), else a
+    small float32 batch in the column blocks that OpenBLAS's small-matrix kernel takes,
+    where that is faster (:mod:`bnprop.kernels.small_gemm`); ``rows``: the whole
+    product's rows when ``a`` is a part of them."""
+    from bnprop.kernels.small_gemm import matmul_nt as blocked
+
+    _operands(out, a=a, w=w)
+    if a.shape[1] != w.shape[1] or out.shape != (a.shape[0], w.shape[0]):
+        raise InputError(f"out: a {a.shape} @ w.T {w.shape[::-1]} gives "
+                         f"{(a.shape[0], w.shape[0])}, not out {out.shape}.")
+    return blocked(a, w, out, _whole_rows(rows, a))
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, rows: int | None = None,
+           ) -> np.ndarray:
+    """``out = a @ b`` the way bnprop's fast path computes a step's products (``a`` and
+    ``b`` may be transposed views): :func:`matmul_nt` for a ``b`` that is the transpose
+    of a C-contiguous array, bnprop's own float32 tiles where they take the product
+    (:mod:`bnprop.kernels.tile_gemm`), else ``np.matmul``; ``rows``: the whole product's
+    rows when ``a`` is a part of them."""
+    from bnprop.kernels.tile_gemm import matmul as tiles
+
+    _operands(out, a=a, b=b)
+    if a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1]):
+        raise InputError(f"out: a {a.shape} @ b {b.shape} gives "
+                         f"{(a.shape[0], b.shape[1])}, not out {out.shape}.")
+    whole = _whole_rows(rows, a)
+    if b.T.flags.c_contiguous and not b.flags.c_contiguous:
+        return matmul_nt(a, b.T, out, whole)
+    return tiles(a, b, out, whole)
 
 
 @contextmanager

@@ -17,7 +17,7 @@ JSON layout (``schema`` = 2; docs/bench.md describes every key)::
 ``ratio = bnprop_s / peer_s`` (below 1: bnprop is faster; ``ratio_rounds``: the lowest
 and highest of one round's, :func:`bnprop.bench.timing.ratio_spread`);
 ``*_floor_multiple = time / gemm_floor_s`` (:mod:`bnprop.bench.floor`).
-``measured_gemm_s``: the case's own GEMMs alone through NumPy's BLAS, the fastest of 1
+``measured_gemm_s``: the case's own GEMMs alone as bnprop computes them, the fastest of 1
 BLAS thread, n BLAS threads, n row parts and as the compiled step runs them with its
 helper thread (``measured_gemm_way`` says which), timed in the case's rounds
 (:mod:`bnprop.bench.shape_floor`); ``measured_floor_multiple = bnprop_s /

@@ -1,12 +1,13 @@
-"""The measured GEMM floor of a case: its exact GEMMs, timed alone through NumPy's BLAS.
+"""The measured GEMM floor of a case: its exact GEMMs, timed alone as bnprop computes them.
 
 :mod:`bnprop.bench.floor` divides a case's GEMM flops by the rate of a large square GEMM.
 Small GEMMs never reach that rate (a ``(60, 784) @ (784, 100)`` product runs at a fraction
 of it), so for small shapes that floor is out of reach of any implementation. This module
 measures the floor that holds: the GEMMs the case must do, at their exact shapes and
-layouts as bnprop calls them, each ``np.matmul(A, B, out=C)`` into a preallocated ``C``
-(a ``Z = O W^T`` in the column blocks of :func:`bnprop.threads.matmul_nt`, as bnprop
-computes it), and nothing else.
+layouts as bnprop calls them, each into a preallocated ``C`` through
+:func:`bnprop.threads.matmul` (bnprop's own float32 tiles where they take the product,
+else ``np.matmul``; a ``Z = O W^T`` as :func:`bnprop.threads.matmul_nt` computes it), and
+nothing else.
 
 A BN layer ``(m, n_in) -> (m, n_out)``; rows are examples, ``W`` is ``(n_out, n_in)``
 C-contiguous, a ``^T`` is a transposed view (no copy)::
@@ -24,14 +25,15 @@ the list equal :func:`bnprop.bench.floor.layer_flops` and
 :func:`~bnprop.bench.floor.step_flops`.
 
 The sequence is timed in the same :func:`~bnprop.bench.timing.interleaved` rounds as the
-case itself, in each way NumPy's BLAS can use the run's ``n`` cores (:func:`ways`):
-OpenBLAS on 1 thread, on ``n`` threads (:func:`bnprop.threads.blas_threads_limited`),
-each GEMM's output rows split in ``n`` parts on 1 BLAS thread each
-(:func:`bnprop.threads.map_rows`; it keeps its speed when another process shares the
-cores, where ``n``-thread OpenBLAS can lose 10x), and as bnprop's compiled steps run
-them on two threads (a large GEMM in two parts, a ``dW`` beside its ``dO``, handed to a
-spinning helper thread: :func:`bnprop.threads.gemm_sequence`). The fastest is the
-measured floor (:func:`best`): the least time NumPy's BLAS needs for these GEMMs alone.
+case itself, in each way bnprop can use the run's ``n`` cores (:func:`ways`): one thread
+(OpenBLAS on 1 thread where the BLAS computes a product), OpenBLAS on ``n`` threads
+(:func:`bnprop.threads.blas_threads_limited`), each GEMM's output rows split in ``n``
+parts on 1 BLAS thread each (:func:`bnprop.threads.map_rows`; it keeps its speed when
+another process shares the cores, where ``n``-thread OpenBLAS can lose 10x), and as
+bnprop's compiled steps run them on two threads (a large GEMM in two parts, a ``dW``
+beside its ``dO``, handed to a spinning helper thread:
+:func:`bnprop.threads.gemm_sequence`). The fastest is the measured floor (:func:`best`):
+the least time these GEMMs alone take, as bnprop computes them.
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ def operands(gemms: Sequence[Gemm], dtype: Any, seed: int = 0) -> dict[str, np.n
 
 def sequence(gemms: Sequence[Gemm], arrays: dict[str, np.ndarray],
              parts: int = 1) -> Callable[[], None]:
-    """A call that runs every GEMM once, in order, as ``np.matmul(A, B, out=C)`` on
+    """A call that runs every GEMM once, in order, as bnprop computes ``C = A B`` on
     ``arrays`` (:func:`operands`), reading a ``^T`` operand through its transposed view.
 
     ``parts > 1``: each GEMM's output rows are split into ``parts`` blocks,
@@ -171,12 +173,9 @@ def sequence(gemms: Sequence[Gemm], arrays: dict[str, np.ndarray],
 
 
 def _product(a: np.ndarray, b: np.ndarray, c: np.ndarray, rows: int | None = None) -> None:
-    """``c = a @ b`` as bnprop computes it: a ``b`` that is a transposed view (``W^T``)
-    through :func:`bnprop.threads.matmul_nt` (``rows``: the whole product's)."""
-    if b.T.flags.c_contiguous and not b.flags.c_contiguous:
-        threads.matmul_nt(a, b.T, c, rows)
-    else:
-        np.matmul(a, b, out=c)
+    """``c = a @ b`` as bnprop computes it (:func:`bnprop.threads.matmul`; ``rows``: the
+    whole product's)."""
+    threads.matmul(a, b, c, rows)
 
 
 #: ``parts`` of :func:`sequence` and :func:`ways` for the helper thread's way.

@@ -5,7 +5,7 @@ depend on how fast the machine is. A target whose numbers are missing (a peer no
 installed, a section not run) is ``NOT RUN``, never met.
 
 A target not met is ``BLOCKED (floor)`` when the case's measured GEMM floor alone
-(:mod:`bnprop.bench.shape_floor`: its GEMMs through NumPy's BLAS, the fastest of 1 BLAS
+(:mod:`bnprop.bench.shape_floor`: its GEMMs as bnprop computes them, the fastest of 1 BLAS
 thread, n BLAS threads, n row parts and the compiled step's helper thread) already takes
 longer than the target allows: for ``bnprop_s / peer_s <= L``, when
 ``measured_gemm_s > L peer_s``; for the train job's ``bnprop steps/s / peer steps/s >=
@@ -46,7 +46,7 @@ def _blocked(out: dict[str, Any], what: str, floor_s: float | None, allowance: s
     """``(floor_s, detail)``; the detail only when the floor exceeds ``allowed_s``."""
     if floor_s is None or floor_s <= allowed_s:
         return floor_s, None
-    return floor_s, (f"{what} GEMMs alone take {floor_s * 1e3:.3g} ms through NumPy's BLAS "
+    return floor_s, (f"{what} GEMMs alone take {floor_s * 1e3:.3g} ms as bnprop computes them "
                      f"({_threads_text(out)}); the target allows {allowance} = "
                      f"{allowed_s * 1e3:.3g} ms")
 
@@ -176,5 +176,5 @@ def _gemms_beside(c: dict[str, Any]) -> str:
     if c.get("measured_gemm_s") is None or c.get("peer_gemm_s") is None:
         return ""
     return (f": {c['bnprop_s'] * 1e3:.3g} ms, of which GEMMs alone {c['measured_gemm_s'] * 1e3:.3g}"
-            f" ms through NumPy's BLAS; PyTorch {c['peer_s'] * 1e3:.3g} ms, of which GEMMs "
+            f" ms as bnprop computes them; PyTorch {c['peer_s'] * 1e3:.3g} ms, of which GEMMs "
             f"alone {c['peer_gemm_s'] * 1e3:.3g} ms through its own")

@@ -50,10 +50,12 @@ def kernels_stamp(folder: str = KERNELS_DIR) -> str:
 
 def _constants() -> tuple[object, ...]:
     """What the kernels fix at compile time from this process: whether the GEMMs take
-    the small-matrix blocks (:data:`bnprop.kernels._cblas.SMALL_NT`, from the BLAS core)."""
+    the small-matrix blocks (:data:`bnprop.kernels._cblas.SMALL_NT`, from the BLAS core)
+    and bnprop's own tiles (:data:`bnprop.kernels._cblas.TILES`, from the CPU)."""
     from bnprop.kernels.small_gemm import enabled
+    from bnprop.kernels.tile_rule import enabled as tiles
 
-    return (enabled(),)
+    return (enabled(), tiles())
 
 
 def _stamped(base: type) -> type:

@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from bnprop.kernels import blas, small_gemm
+from bnprop.kernels import blas, small_gemm, tile_gemm
 from bnprop.kernels._atomics import address, f32_at, f64_at
 from bnprop.kernels._jit import JIT_OPTIONS
 
@@ -49,6 +49,8 @@ F32, F64 = 0, 1
 #: stamped with the BLAS core: ``_cache_stamp``).
 SMALL_NT = small_gemm.enabled()
 _width = njit(**JIT_OPTIONS)(small_gemm.width)
+#: :func:`bnprop.kernels.tile_gemm.enabled`, fixed in the compiled code like ``SMALL_NT``.
+TILES = tile_gemm.enabled()
 
 
 @njit(**JIT_OPTIONS)
@@ -57,7 +59,10 @@ def gemm_part(dtype_code, ta, tb, M, N, K, a, lda, b, ldb, c, ldc, by_rows, r0, 
     """Rows (``by_rows``) or columns ``[r0, r1)`` of ``C = op(A) op(B)`` (module
     docstring); ``a``, ``b``, ``c`` are the whole operands' addresses."""
     size = 4 if dtype_code == F32 else 8
-    # C = A B^T in the small kernel's column blocks, decided on the whole product.
+    # bnprop's own tiles or the small kernel's column blocks, decided on the whole product.
+    kind = tile_gemm.NT if tb == _TRANS else tile_gemm.TN if ta == _TRANS else tile_gemm.NN
+    tiles = (ta == _NO_TRANS or tb == _NO_TRANS) and tile_gemm.takes_compiled(
+        size, kind, M, N, K, TILES)
     w = _width(size, M, N, K, SMALL_NT) if ta == _NO_TRANS and tb == _TRANS else 0
     if by_rows:
         a_off = r0 * lda if ta == _NO_TRANS else r0     # A (M, K) or stored (K, M)
@@ -70,7 +75,9 @@ def gemm_part(dtype_code, ta, tb, M, N, K, a, lda, b, ldb, c, ldc, by_rows, r0, 
     if M <= 0 or N <= 0:
         return
     a, b, c = a + a_off * size, b + b_off * size, c + c_off * size
-    if w > 0:  # float32 only; blocks at multiples of w of the whole C, whatever the part
+    if tiles:  # float32 only; each element's bits whatever the part
+        tile_gemm.run(kind, a, lda, b, ldb, c, ldc, M, N, K)
+    elif w > 0:  # float32 only; blocks at multiples of w of the whole C, whatever the part
         first = 0 if by_rows else r0
         s = 0
         while s < N:

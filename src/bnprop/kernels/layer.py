@@ -78,6 +78,7 @@ from bnprop.kernels.bn import BLOCK_BYTES
 from bnprop.kernels.buffers import MIN_BYTES
 from bnprop.kernels.buffers import shared as pool
 from bnprop.kernels.small_gemm import matmul_nt
+from bnprop.kernels.tile_gemm import matmul
 from bnprop.layer import (
     LayerCache,
     LayerGrads,
@@ -342,7 +343,7 @@ def backward(dY: np.ndarray, cache: LayerCache, stats: str) -> tuple[LayerGrads,
                 dW_p += term
             elif c1 < stop:  # the first chunk wrote dW_p; later ones add their terms
                 term = np.empty_like(dW_p)
-            np.matmul(dZ_c, W, out=dO[s])
+            matmul(dZ_c, W, dO[s], m)
         return dW_p
 
     dW_parts = _parts(m, n, dt.itemsize, apply)

@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from bnprop import threads
-from bnprop.kernels import small_gemm
+from bnprop.kernels import small_gemm, tile_gemm
 
 #: Minimum floating-point operations of one part of a split GEMM (smaller GEMMs run whole:
 #: handing a part to a worker thread costs 25-50 us, a 16 MFLOP part takes ~0.15 ms). A
@@ -48,10 +48,10 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     if m < 2 * min_rows or threads.num_threads() == 1:  # one part: no map_rows call
         if b.T.flags.c_contiguous and not b.flags.c_contiguous:  # a B^T: maybe in blocks
             return small_gemm.matmul_nt(a, b.T, out)
-        return np.matmul(a, b, out=out)
+        return tile_gemm.matmul(a, b, out)
 
     def part(start: int, stop: int) -> None:
-        np.matmul(a[start:stop], b, out=out[start:stop])
+        tile_gemm.matmul(a[start:stop], b, out[start:stop], m)
 
     threads.map_rows(part, m, min_rows=min_rows)
     return out
@@ -73,6 +73,9 @@ def dW_into(dZ: np.ndarray, O: np.ndarray, out: np.ndarray) -> np.ndarray:
     call: the same bits (tested) at the same speed on one thread. Larger outputs keep
     ``np.matmul`` (``np.dot`` was up to 2% slower on some). ``out``: C-contiguous, of
     ``dZ``'s dtype."""
+    if tile_gemm.takes(out.dtype.itemsize, tile_gemm.TN, out.shape[0], out.shape[1],
+                       dZ.shape[0], tile_gemm.enabled()):
+        return tile_gemm.matmul(dZ.T, O, out)
     if out.size <= MATMUL_GIL_OUTPUT:
         return np.dot(dZ.T, O, out=out)
     return np.matmul(dZ.T, O, out=out)

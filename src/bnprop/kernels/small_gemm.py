@@ -39,6 +39,8 @@ from functools import cache
 
 import numpy as np
 
+from bnprop.kernels import tile_rule
+
 #: OpenBLAS cores whose kernels :func:`width` is measured on (``openblas_get_corename``).
 CORES = ("SkylakeX", "Cooperlake", "SapphireRapids")
 #: The small kernel's limits for row-major ``A B^T`` on those cores.
@@ -84,6 +86,11 @@ def matmul_nt(A: np.ndarray, B: np.ndarray, out: np.ndarray, rows: int | None = 
     column blocks of the whole product; ``rows``: the whole product's rows when ``A`` is
     a part of them (default: ``A``'s)."""
     M = A.shape[0] if rows is None else rows
+    if tile_rule.takes(out.dtype.itemsize, tile_rule.NT, M, B.shape[0], A.shape[1],
+                       tile_rule.enabled()):
+        from bnprop.kernels import tile_gemm  # compiled code: imported when first taken
+
+        return tile_gemm.matmul(A, B.T, out, M)
     w = width(out.dtype.itemsize, M, B.shape[0], A.shape[1], enabled())
     if w == 0 or out.shape != (A.shape[0], B.shape[0]):  # a misfit: NumPy's error
         return np.matmul(A, B.T, out=out)

@@ -33,6 +33,7 @@ from bnprop._validate import (
 from bnprop.activations import get_activation
 from bnprop.kernels import activations as kernels
 from bnprop.kernels.small_gemm import matmul_nt
+from bnprop.kernels.tile_gemm import matmul
 
 DTYPES = ("float32", "float64")
 BACKENDS = ("numba", "numpy")
@@ -258,11 +259,11 @@ class Linear(Module):
         return self._Z
 
     def _backward(self, dY: np.ndarray, dX: np.ndarray | None) -> None:
-        np.matmul(dY.T, self._X, out=self.grads["W"])
+        matmul(dY.T, self._X, self.grads["W"])
         if self.has_bias:
             column_sums(dY, self.grads["b"])
         if dX is not None:
-            np.matmul(dY, self.W, out=dX)
+            matmul(dY, self.W, dX)
 
 
 def column_sums(a: np.ndarray, out: np.ndarray) -> None:

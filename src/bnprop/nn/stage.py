@@ -56,6 +56,7 @@ from bnprop.kernels.rows import (
     gemm,
 )
 from bnprop.kernels.small_gemm import matmul_nt
+from bnprop.kernels.tile_gemm import matmul
 from bnprop.layer import check_global_rows
 from bnprop.nn.widen import Plain, Widened, widening
 
@@ -388,7 +389,7 @@ class BNStage:
                 if c0 != start:
                     P.dW[p] += target
                 if dO is not None:
-                    np.matmul(dY[c0:c1], W, out=dO[c0:c1])
+                    matmul(dY[c0:c1], W, dO[c0:c1], dY.shape[0])
             if dO_rows is not None:
                 dO_rows(start, stop)
 
