@@ -24,6 +24,8 @@ import hashlib
 import os
 from typing import Any
 
+from bnprop.kernels import _cache_lock
+
 KERNELS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -65,6 +67,11 @@ def _stamped(base: type) -> type:
         def get_source_stamp(self) -> Any:
             return (super().get_source_stamp(), kernels_stamp(), _constants())
 
+        def get_cache_path(self) -> str:
+            path = super().get_cache_path()
+            _cache_lock.KERNEL_CACHE_PATHS.add(os.path.abspath(path))  # saved under a lock
+            return path
+
         @classmethod
         def from_function(cls, py_func: Any, py_file: str) -> Any:
             if os.path.dirname(os.path.abspath(py_file)) != KERNELS_DIR:
@@ -76,7 +83,8 @@ def _stamped(base: type) -> type:
 
 
 def install() -> bool:
-    """Put the stamped locators first (once); True when this Numba has the classes."""
+    """Put the stamped locators first (once), their folders read and written under a lock
+    (:mod:`bnprop.kernels._cache_lock`); True when this Numba has the classes."""
     from numba.core import caching
 
     impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
@@ -84,6 +92,8 @@ def install() -> bool:
     bases = [getattr(caching, n, None) or getattr(caching, "_" + n, None) for n in names]
     if impl is None or None in bases or not isinstance(getattr(impl, "_locator_classes",
                                                                None), list):
+        return False
+    if not _cache_lock.install():
         return False
     if not any(getattr(c, "_bnprop_kernels", False) for c in impl._locator_classes):
         stamped = [_stamped(b) for b in bases]
