@@ -70,12 +70,24 @@ def test_a_pinned_choice_holds_and_one_thread_never_uses_the_helper() -> None:
         assert team.for_call()[1] is False
 
 
+def _float32_helper_loop_loaded() -> None:
+    """The helper's float32 loop compiled or loaded here, before anything is counted: on a
+    cold cache it is compiled by a second process, and no call is measured meanwhile."""
+    from numba import typeof
+
+    from bnprop.kernels import _helper_thread
+
+    args = _helper_thread.loop_args(_helper_thread.F32, _helper_thread._helper.ctl, 0)
+    _helper_thread.helper_loop.compile(tuple(typeof(a) for a in args))
+
+
 def test_each_kind_and_shape_of_call_keeps_its_own_choice() -> None:
     """A layer call's time (~25 us) never enters a step's medians (~0.3 ms), nor one
     shape's another's; the layer functions measure their own way (unmeasured, they had
     never used the helper); the optimizer update follows the last measured call."""
     from bnprop.kernels import _helper_thread
 
+    _float32_helper_loop_loaded()
     team.prefer(None)
     rng = np.random.default_rng(3)
     choices = _helper_thread._choices
