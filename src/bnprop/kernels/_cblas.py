@@ -14,8 +14,10 @@ A part is a GEMM of its own on offset pointers with the whole operands' leading
 dimensions; each element of ``C`` is still the dot product over all ``K`` of one row and
 one column, so on OpenBLAS (whose kernels accumulate each element over ``K`` in the same
 order whatever ``M`` and ``N``) the parts give the whole call's bits
-(``tests/test_team.py`` holds them equal at the step's shapes).
-Import this module only when :func:`bnprop.kernels.blas.available` is True.
+(``tests/test_team.py`` holds them equal at the step's shapes). A float32 product that
+bnprop's own tiles take (:mod:`bnprop.kernels.tile_rule`, decided on the whole) runs in
+them instead (:mod:`bnprop.kernels.tile_gemm`), whose every element has its bits in any
+part. Import this module only when :func:`bnprop.kernels.blas.available` is True.
 """
 
 from __future__ import annotations

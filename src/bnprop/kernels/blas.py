@@ -9,7 +9,10 @@ The compiled train step (:mod:`bnprop.kernels._mlp_compiled`) calls ``cblas_sgem
     gemm_tn(A, B, C)    C = A^T B     np.matmul(A.T, B, out=C)    backward dW = dZ^T O
     gemm_nn(A, B, C)    C = A B       np.matmul(A, B, out=C)      backward dO = dZ W
 
-(all C-contiguous, row-major; ``lda``, ``ldb``, ``ldc`` are the row lengths). Only
+(all C-contiguous, row-major; ``lda``, ``ldb``, ``ldc`` are the row lengths). A float32
+product that bnprop's own tiles take (:mod:`bnprop.kernels.tile_rule`) runs there
+instead, in the compiled step and in the Python step alike, with the tiles' bits
+(:mod:`bnprop.kernels.tile_gemm`). Only
 NumPy's wheels' ``scipy-openblas`` (64-bit integers, symbols ``scipy_cblas_?gemm64_``)
 is bound; with any other BLAS :func:`available` is False and bnprop runs its Python
 step, which calls ``np.matmul`` itself.

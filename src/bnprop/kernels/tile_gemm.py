@@ -6,20 +6,24 @@ operands first, and its kernels are the ones its core type names. On this AMD EP
 (AVX-512) with the environment's ``OPENBLAS_CORETYPE=Haswell``, its AVX2 kernels gave
 118 GFLOP/s at ``dW = dZ^T O`` (100 x 784 over 60) and 108 at ``Z = O W^T`` (60 x 100
 over 784), one thread; its own SkylakeX kernels 212 and 145. These register tiles of 16
-lanes (:mod:`bnprop.kernels._tiles`), without packing, gave 239 and 223 (1.5 to 2.4x on
-the other products of that step). So where :func:`takes` says so, the fast path's float32
-products run here, in compiled code (:func:`bnprop.kernels._cblas.gemm_part`) and in
-Python (:func:`matmul`) alike::
+lanes (:mod:`bnprop.kernels._tiles`), without packing, gave 217-227 and 185-234 (1.4 to
+2.4x OpenBLAS's Haswell kernels on the other products of that step, 0.8 to 1.05x its
+SkylakeX kernels; ``docs/bench.md``). So where :func:`takes` says so, the fast path's
+float32 products run here, in compiled code (:func:`bnprop.kernels._cblas.gemm_part`)
+and in Python (:func:`matmul`) alike::
 
     C = A B     (NN)  and  C = A^T B  (TN):  c_ij = fma(A(i, k), B[k, j], c_ij), k = 0 .. K-1
     C = A B^T   (NT):  c_ij = halves-sum over l < 16 of (sum over k = l mod 16, by fma)
 
 Each element's chain of operations is fixed (:mod:`bnprop.kernels._tiles`) whatever tile
 holds it, so a part of a product (rows or columns, on any thread) gives the whole one's
-bits. They are not ``np.matmul``'s bits: OpenBLAS sums in its own orders (its SkylakeX
-kernels sum ``NN``/``TN`` in the order above, 100% of the elements equal at ``K = 60``;
-its Haswell kernels in 91-97%); every element is within rounding of the exact product
-(``tests/test_tile_gemm.py`` against float64). ``np.matmul`` is the reference.
+bits. They are not always ``np.matmul``'s bits: OpenBLAS sums in its own orders (at the
+Ioffe step's shapes its SkylakeX kernels give the same ``dW`` over ``K = 60``, 96.5% of
+the same ``dO`` over 100; its Haswell kernels other bits in 5-65% of the elements of
+``dW`` and ``dO``); ``Z``'s 16 lanes are more accurate than either (largest error over
+``|A| |B|`` 3.1e-8 to 5.4e-8, OpenBLAS's 8.1e-8 to 2.2e-7), and every element is within
+rounding of the exact product (``tests/test_tile_gemm.py`` against float64).
+``np.matmul`` is the reference.
 
 :func:`takes` (decided on the whole product, fixed for the process): float32, the host
 CPU has AVX-512 (Numba compiles for it; a 16-lane vector is then one register),

@@ -12,8 +12,9 @@ calls instead: the forward pass (ending with the loss's shift by the row maximum
 backward pass (starting with the loss's row totals and ``dlogits``; NumPy's ``exp``
 runs between the two, its ``log`` after), then the finiteness check, the running update
 and the optimizer's update. The numbers are the Python step's: same kernels, same
-GEMM calls (NumPy's BLAS, on 1 thread as :mod:`bnprop.threads` sets it), same order;
-tests hold them bit-identical. (A second BLAS thread was measured too: no faster at
+GEMMs (bnprop's own float32 tiles where :mod:`bnprop.kernels.tile_rule` takes a product,
+else NumPy's BLAS on 1 thread as :mod:`bnprop.threads` sets it), same order; tests hold
+them bit-identical. (A second BLAS thread was measured too: no faster at
 these sizes, 454 against 444 us a step, and on a busy machine 3.4 ms a forward pass;
 and the numbers would then depend on the thread count.) With two or more threads the
 second core comes from the helper thread of :mod:`bnprop.kernels.team` instead: half of
