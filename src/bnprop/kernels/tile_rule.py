@@ -20,11 +20,15 @@ NT, TN, NN = 0, 1, 2
 
 @cache
 def enabled() -> bool:
-    """Whether the CPU Numba compiles for has AVX-512F (fixed for the process)."""
+    """Whether the CPU Numba compiles for has AVX-512F (fixed for the process): the host's,
+    unless ``NUMBA_CPU_NAME`` names another CPU or ``NUMBA_CPU_FEATURES`` leaves it out."""
     from llvmlite import binding
     from numba.core import config
 
     if getattr(config, "CPU_NAME", None) not in (None, "host"):
+        return False
+    features = getattr(config, "CPU_FEATURES", None)
+    if features is not None and "+avx512f" not in features.split(","):
         return False
     try:
         return bool(binding.get_host_cpu_features().get("avx512f", False))
