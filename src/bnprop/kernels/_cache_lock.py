@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 try:
@@ -60,26 +60,22 @@ def _locking(base: type) -> type:
     class LockedIndexDataCacheFile(base):  # type: ignore[valid-type, misc]
         """Numba's index and data files; for the kernels' folders under :func:`locked`."""
 
-        def _ours(self) -> bool:
-            return os.path.abspath(self._cache_path) in KERNEL_CACHE_PATHS
+        def _lock(self, exclusive: bool) -> AbstractContextManager[None]:
+            if os.path.abspath(self._cache_path) not in KERNEL_CACHE_PATHS:
+                return nullcontext()  # another library's cache: Numba's own calls
+            return locked(self._index_path, exclusive)
 
         def save(self, key: Any, data: Any) -> None:
-            if not self._ours():
-                return super().save(key, data)
-            with locked(self._index_path, exclusive=True):
-                return super().save(key, data)
+            with self._lock(exclusive=True):
+                super().save(key, data)
 
         def load(self, key: Any) -> Any:
-            if not self._ours():
-                return super().load(key)
-            with locked(self._index_path, exclusive=False):
+            with self._lock(exclusive=False):
                 return super().load(key)
 
         def flush(self) -> None:
-            if not self._ours():
-                return super().flush()
-            with locked(self._index_path, exclusive=True):
-                return super().flush()
+            with self._lock(exclusive=True):
+                super().flush()
 
     LockedIndexDataCacheFile._bnprop_locked = True
     return LockedIndexDataCacheFile

@@ -87,24 +87,13 @@ def _splat(builder: ir.IRBuilder, x):  # type: ignore[no-untyped-def]
                                   ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
 
 
-def _halves_sum(builder: ir.IRBuilder, v):  # type: ignore[no-untyped-def]
-    """The 16 lanes added in halves: 16 -> 8 -> 4 -> 2 -> 1."""
-    n = LANES
-    while n > 1:
-        h = n // 2
-        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, h), list(range(h))))
-        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, h),
-                                                       list(range(h, n))))
-        v, n = builder.fadd(lo, hi), h
-    return builder.extract_element(v, ir.Constant(_I32, 0))
-
-
-def _halves_sum_16(builder: ir.IRBuilder, vs):  # type: ignore[no-untyped-def]
-    """:func:`_halves_sum` of 16 vectors at once, as one vector of their 16 sums in order:
-    each level adds the same halves of each element's lanes, two elements' partial sums
-    sharing a vector (16 vectors of 16 lanes -> 8 of 2 x 8 -> 4 of 4 x 4 -> 2 of 8 x 2 ->
-    1 of 16 x 1), so every sum has the bits of :func:`_halves_sum` at a quarter of the
-    instructions."""
+def _halves_sums(builder: ir.IRBuilder, vs):  # type: ignore[no-untyped-def]
+    """The lanes of each of up to 16 vectors added in halves (16 -> 8 -> 4 -> 2 -> 1), as
+    one vector of their sums in order. The vectors are reduced together, two elements'
+    partial sums sharing a vector at each level (16 vectors of 16 lanes -> 8 of 2 x 8 ->
+    4 of 4 x 4 -> 2 of 8 x 2 -> 1 of 16 x 1), a quarter of the instructions of one at a
+    time for the same additions; fewer than 16 are padded with zero vectors."""
+    vs = vs + [ir.Constant(_V, None)] * (LANES - len(vs))
     size = LANES
     while len(vs) > 1:
         h, n = size // 2, LANES // size  # lanes per element after this level; elements a vector
@@ -193,20 +182,19 @@ def dot_tile(R: int, S: int):  # type: ignore[no-untyped-def]
             rest = builder.sub(K, done)
             with builder.if_then(builder.icmp_signed(">", rest, _const(0))):
                 step(done, _first_lanes(builder, rest))
-            if R == S == 4:  # the 16 sums as one vector, stored a row of 4 at a time
-                sums = _halves_sum_16(builder, [builder.load(acc[r][s]) for r in range(R)
-                                                for s in range(S)])
-                v4 = ir.VectorType(_F, 4)
-                for r in range(R):
+            sums = _halves_sums(builder, [builder.load(acc[r][s]) for r in range(R)
+                                          for s in range(S)])
+            v4 = ir.VectorType(_F, 4)
+            for r in range(R):  # element r S + s of sums is C[r, s]
+                if S == 4:  # a row of 4 at a time
                     row = builder.shuffle_vector(sums, sums, ir.Constant(
                         ir.VectorType(_I32, 4), list(range(4 * r, 4 * r + 4))))
                     at = builder.gep(c, [builder.mul(_const(r), ldc)])
                     builder.store(row, builder.bitcast(at, v4.as_pointer()), align=4)
-                return context.get_dummy_value()
-            for r in range(R):
+                    continue
                 for s in range(S):
                     at = builder.add(builder.mul(_const(r), ldc), _const(s))
-                    builder.store(_halves_sum(builder, builder.load(acc[r][s])),
+                    builder.store(builder.extract_element(sums, ir.Constant(_I32, r * S + s)),
                                   builder.gep(c, [at]))
             return context.get_dummy_value()
 
